@@ -1,0 +1,152 @@
+"""``sparse_ops.attention``: one entry point, validated before anything compiles.
+
+    out[b, i, h] = softmax_j(scale * q[b, i, h] · k[b, j, h // G]) v[b, j, h // G]
+
+over the keys j the mask (or layout) allows for head h and query i; G = Hq / Hkv (GQA/MQA).
+A row with no allowed key is zeros.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from sparse_ops import masks as masks_lib
+from sparse_ops import reference, xla
+from sparse_ops.layout import BlockLayout
+
+
+class Implementation(NamedTuple):
+  run: Callable  # (q, k, v, layout, scale) -> out
+  unavailable: Callable[[], str | None]  # None if it can run here, else why not
+  default_blocks: Callable[[int, int, int], tuple[int, int]]  # (T, S, D) -> (block_q, block_kv)
+
+
+def _pow2_blocks(t: int, s: int, d: int, cap: int = 128) -> tuple[int, int]:
+  """Blocks of up to ``cap``, shrunk for short sequences so padding stays small."""
+  fit = lambda n: min(cap, max(8, 1 << (max(n, 1) - 1).bit_length()))
+  del d
+  return fit(t), fit(s)
+
+
+def _always() -> str | None:
+  return None
+
+
+def _not_built(name: str) -> Callable[[], str]:
+  return lambda: (f"implementation={name!r} is not built yet in this version of sparse_ops; "
+                  f"use 'xla' (any backend) or 'reference'")
+
+
+IMPLEMENTATIONS: dict[str, Implementation] = {
+    "reference": Implementation(reference.attention, _always, _pow2_blocks),
+    "xla": Implementation(xla.attention, _always, _pow2_blocks),
+    "pallas_triton": Implementation(None, _not_built("pallas_triton"), _pow2_blocks),
+    "pallas_mosaic_gpu": Implementation(None, _not_built("pallas_mosaic_gpu"), _pow2_blocks),
+    "pallas_tpu": Implementation(None, _not_built("pallas_tpu"), _pow2_blocks),
+}
+
+
+def available_implementations() -> list[str]:
+  """Names of the implementations that can run on the default backend, best first."""
+  order = ["pallas_mosaic_gpu", "pallas_triton", "pallas_tpu", "xla", "reference"]
+  return [n for n in order if IMPLEMENTATIONS[n].unavailable() is None]
+
+
+def default_implementation() -> str:
+  """The best implementation available here (never 'reference', which is for checking)."""
+  return next(n for n in available_implementations() if n != "reference")
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, mask: masks_lib.Mask | None = None,
+              layout: BlockLayout | None = None, scale: float | None = None,
+              implementation: str | None = None) -> jax.Array:
+  """Masked / block-sparse attention.
+
+  Args:
+    q: [B, T, Hq, D]; k: [B, S, Hkv, D]; v: [B, S, Hkv, Dv]; Hq % Hkv == 0.
+    mask: a static ``sparse_ops.masks.Mask`` (its layout is built and cached at trace time), or
+    layout: a ``BlockLayout`` (may be built inside jit, e.g. by ``select_blocks``). Exactly one.
+    scale: logits scale, default D ** -0.5.
+    implementation: "reference", "xla", "pallas_triton", "pallas_mosaic_gpu", "pallas_tpu", or
+      None for the best available here. Asking for one that cannot run raises, never falls back.
+
+  Returns:
+    [B, T, Hq, Dv] in q's dtype.
+  """
+  _check_arrays(q, k, v)
+  b, t, hq, d = q.shape
+  s, hkv = k.shape[1], k.shape[2]
+  if (mask is None) == (layout is None):
+    raise ValueError("give exactly one of mask= or layout= (got "
+                     f"{'both' if mask is not None else 'neither'})")
+  if implementation is None:
+    implementation = default_implementation()
+  if implementation not in IMPLEMENTATIONS:
+    raise ValueError(f"implementation={implementation!r} is unknown; valid: "
+                     f"{sorted(IMPLEMENTATIONS)} or None")
+  impl = IMPLEMENTATIONS[implementation]
+  why = impl.unavailable()
+  if why is not None:
+    raise ValueError(why)
+  if mask is not None:
+    if not isinstance(mask, masks_lib.Mask):
+      raise ValueError(f"mask={mask!r} must be a sparse_ops.masks.Mask")
+    _check_heads("mask", mask.num_heads, hq, hkv)
+    block_q, block_kv = impl.default_blocks(t, s, d)
+    layout = BlockLayout.from_mask(mask, t, s, block_q=block_q, block_kv=block_kv)
+  else:
+    _check_layout(layout, b, t, s, hq, hkv)
+  if scale is None:
+    scale = d ** -0.5
+  return impl.run(q, k, v, layout, scale)
+
+
+# ----------------------------------------------------------------------------------- validation
+
+
+def _check_arrays(q, k, v) -> None:
+  for name, x in (("q", q), ("k", k), ("v", v)):
+    if not hasattr(x, "shape") or len(x.shape) != 4:
+      raise ValueError(f"{name}.shape={getattr(x, 'shape', None)} must be 4-D: "
+                       f"q [B, T, Hq, D], k [B, S, Hkv, D], v [B, S, Hkv, Dv]")
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+      raise ValueError(f"{name}.dtype={x.dtype} must be floating point")
+  if not (q.dtype == k.dtype == v.dtype):
+    raise ValueError(f"q, k, v dtypes {q.dtype}, {k.dtype}, {v.dtype} must be equal")
+  if not (q.shape[0] == k.shape[0] == v.shape[0]):
+    raise ValueError(f"batch sizes q={q.shape[0]}, k={k.shape[0]}, v={v.shape[0]} must be equal")
+  if k.shape[:3] != v.shape[:3]:
+    raise ValueError(f"k.shape={k.shape} and v.shape={v.shape} must agree on [B, S, Hkv]")
+  if q.shape[3] != k.shape[3]:
+    raise ValueError(f"head dims q={q.shape[3]} and k={k.shape[3]} must be equal")
+  if min(q.shape) == 0 or min(k.shape) == 0 or v.shape[3] == 0:
+    raise ValueError(f"empty dimension in q.shape={q.shape}, k.shape={k.shape}, v.shape={v.shape}")
+  hq, hkv = q.shape[2], k.shape[2]
+  if hq % hkv:
+    raise ValueError(f"Hq={hq} must be a multiple of Hkv={hkv} (grouped-query attention)")
+
+
+def _check_heads(what: str, heads: int | None, hq: int, hkv: int) -> None:
+  if heads not in (None, 1, hq, hkv):
+    raise ValueError(f"{what} has {heads} heads; valid: 1, Hkv={hkv} or Hq={hq}")
+
+
+def _check_layout(layout, b, t, s, hq, hkv) -> None:
+  if not isinstance(layout, BlockLayout):
+    raise ValueError(f"layout={type(layout).__name__} must be a sparse_ops.BlockLayout")
+  if (layout.q_len, layout.kv_len) != (t, s):
+    raise ValueError(f"layout is for (q_len, kv_len)=({layout.q_len}, {layout.kv_len}) but "
+                     f"q and k have T={t}, S={s}")
+  if layout.batch_size not in (1, b):
+    raise ValueError(f"layout batch={layout.batch_size}; valid: 1 or B={b}")
+  _check_heads("layout", layout.num_heads, hq, hkv)
+  if layout.mask is not None:
+    _check_heads("layout.mask", layout.mask.num_heads, hq, hkv)
+  nq, nk = layout.num_q_blocks, layout.num_kv_blocks
+  if layout.kv_num_blocks.shape[-1] != nq or layout.q_num_blocks.shape[-1] != nk:
+    raise ValueError(f"layout arrays have {layout.kv_num_blocks.shape[-1]} q-blocks and "
+                     f"{layout.q_num_blocks.shape[-1]} kv-blocks; expected {nq} and {nk}")
+

@@ -1,0 +1,236 @@
+"""Block-sparse attention in plain jnp: visits only a layout's kept blocks, runs on any backend.
+
+Tensors are blocked as ``q [B, Hq, nq, bq, D]`` and ``k, v [B, Hkv, nk, bk, D]``. The forward
+pass scans over the *slots* of the layout's kv lists: at slot ``j`` every q-block gathers its
+``j``-th kv-block, so each step holds ``[B, Hq, T, bk]`` scores and memory grows with T × block,
+never T × S. Partial blocks apply the mask elementwise; full blocks skip it. Softmax is online
+(running max and sum), so slots can come in any order.
+
+The backward pass is a custom_vjp (autodiff of the scan would keep every step's scores, T × kept
+blocks × block, as residuals): a dQ pass over the same slots and a dK/dV pass over the layout's
+transposed lists, recomputing probabilities from the saved log-sum-exp (FlashAttention-2).
+
+Cost note: a scan runs ``max slots per row`` steps for every row, so rows with fewer blocks than
+the longest row pay for the difference (dense causal executes about 2× its kept blocks here).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from sparse_ops.layout import BlockLayout
+
+_HI = jax.lax.Precision.HIGHEST
+
+
+def attention(q, k, v, layout: BlockLayout, scale: float) -> jax.Array:
+  """q [B, T, Hq, D], k [B, S, Hkv, D], v [B, S, Hkv, Dv] -> [B, T, Hq, Dv]."""
+  return _attention(q, k, v, layout, scale)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _attention(q, k, v, layout, scale):
+  return _forward(q, k, v, layout, scale)[0]
+
+
+def _attention_fwd(q, k, v, layout, scale):
+  out, lse = _forward(q, k, v, layout, scale)
+  return out, (q, k, v, layout, out, lse)
+
+
+def _attention_bwd(scale, res, dout):
+  q, k, v, layout, out, lse = res
+  dq, dk, dv = _backward(q, k, v, layout, scale, out, lse, dout)
+  # The layout carries integer arrays: their cotangents are float0 zeros.
+  dlayout = jax.tree.map(lambda x: jnp.zeros(x.shape, jax.dtypes.float0), layout)
+  return dq, dk, dv, dlayout
+
+
+_attention.defvjp(_attention_fwd, _attention_bwd)
+
+
+# ------------------------------------------------------------------------------------- blocking
+
+
+def _block(x, n, blk):
+  """[B, L, H, D] -> [B, H, n, blk, D], zero-padded to n * blk."""
+  b, length, h, d = x.shape
+  x = jnp.pad(x, ((0, 0), (0, n * blk - length), (0, 0), (0, 0)))
+  return x.reshape(b, n, blk, h, d).transpose(0, 3, 1, 2, 4)
+
+
+def _unblock(x, length):
+  """[B, H, n, blk, D] -> [B, L, H, D]."""
+  b, h, n, blk, d = x.shape
+  return x.transpose(0, 2, 3, 1, 4).reshape(b, n * blk, h, d)[:, :length]
+
+
+def _lists(layout: BlockLayout, b: int, hq: int, transposed: bool):
+  """The layout's (count, indices) pairs, broadcast to [B, Hq, rows(, slots)]."""
+  if transposed:
+    pairs = ((layout.q_num_blocks, layout.q_indices),
+             (layout.full_q_num_blocks, layout.full_q_indices))
+  else:
+    pairs = ((layout.kv_num_blocks, layout.kv_indices),
+             (layout.full_kv_num_blocks, layout.full_kv_indices))
+  out = []
+  for count, idx in pairs:
+    hl = count.shape[1]
+    if hl not in (1, hq):  # per kv-head layout: each q-head of a group shares its kv-head's
+      count, idx = jnp.repeat(count, hq // hl, 1), jnp.repeat(idx, hq // hl, 1)
+    count = jnp.broadcast_to(jnp.asarray(count), (b, hq) + count.shape[2:])
+    idx = jnp.broadcast_to(jnp.asarray(idx), (b, hq) + idx.shape[2:])
+    out.append((count, idx))
+  return out
+
+
+def _elementwise(layout: BlockLayout, q_pos, k_pos, hq: int):
+  """Mask of partial blocks: layout.mask & (key < kv_len); q_pos/k_pos broadcast with a head axis 1."""
+  ok = k_pos < layout.kv_len
+  m = layout.mask
+  if m is None:
+    return ok
+  if m.num_heads is None:
+    return ok & m(q_pos, k_pos)
+  per = hq // m.num_heads  # mask over Hkv heads: q-head h uses mask head h // per
+  heads = []
+  for h in range(hq):
+    sl = slice(h, h + 1)
+    qp = q_pos[:, sl] if q_pos.shape[1] > 1 else q_pos
+    kp = k_pos[:, sl] if k_pos.shape[1] > 1 else k_pos
+    heads.append(m.head(h // per)(qp, kp))
+  shape = jnp.broadcast_shapes(*(x.shape for x in heads))
+  return ok & jnp.concatenate([jnp.broadcast_to(x, shape) for x in heads], axis=1)
+
+
+def _dot(spec, a, b):
+  prec = _HI if a.dtype == jnp.float32 else None
+  return jnp.einsum(spec, a, b, precision=prec, preferred_element_type=jnp.float32)
+
+
+def _gather_rows(x, idx, head_map):
+  """x [B, Hx, n, blk, D], idx [B, Hq, r] -> [B, Hq, r, blk, D]; q-head h reads x head head_map[h]."""
+  bi = jnp.arange(x.shape[0])[:, None, None]
+  return x[bi, head_map[None, :, None], idx]
+
+
+# -------------------------------------------------------------------------------------- forward
+
+
+def _forward(q, k, v, layout: BlockLayout, scale):
+  b, t, hq, _ = q.shape
+  hkv = k.shape[2]
+  bq, bk = layout.block_q, layout.block_kv
+  nq, nk = layout.num_q_blocks, layout.num_kv_blocks
+  qb, kb, vb = _block(q, nq, bq), _block(k, nk, bk), _block(v, nk, bk)
+  head_map = jnp.arange(hq) // (hq // hkv)
+  q_pos = (jnp.arange(nq)[:, None] * bq + jnp.arange(bq))[None, None, :, :, None]
+  dv = v.shape[-1]
+  m = jnp.full((b, hq, nq, bq), -jnp.inf, jnp.float32)
+  l = jnp.zeros((b, hq, nq, bq), jnp.float32)
+  acc = jnp.zeros((b, hq, nq, bq, dv), jnp.float32)
+  carry = (m, l, acc)
+  for (count, idx), partial in zip(_lists(layout, b, hq, False), (True, False)):
+
+    def step(carry, j, count=count, idx=idx, partial=partial):
+      m, l, acc = carry
+      blk = idx[..., j]  # [B, Hq, nq]
+      kj, vj = _gather_rows(kb, blk, head_map), _gather_rows(vb, blk, head_map)
+      s = _dot("bhiqd,bhikd->bhiqk", qb, kj) * scale
+      ok = (j < count)[..., None, None]
+      if partial:
+        k_pos = (blk[..., None] * bk + jnp.arange(bk))[..., None, :]
+        ok = ok & _elementwise(layout, q_pos, k_pos, hq)
+      s = jnp.where(ok, s, -jnp.inf)
+      m_new = jnp.maximum(m, s.max(-1))
+      m_safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)  # rows with nothing yet stay at zero
+      p = jnp.exp(s - m_safe[..., None])
+      alpha = jnp.exp(m - m_safe)
+      l = alpha * l + p.sum(-1)
+      acc = alpha[..., None] * acc + _dot("bhiqk,bhikd->bhiqd", p.astype(vj.dtype), vj)
+      return (m_new, l, acc), None
+
+    carry, _ = jax.lax.scan(step, carry, jnp.arange(idx.shape[-1]))
+  m, l, acc = carry
+  out = acc / jnp.where(l > 0, l, 1.0)[..., None]
+  # +inf for empty rows, so exp(s - lse) is exactly 0 in the backward pass.
+  lse = jnp.where(l > 0, m + jnp.log(jnp.where(l > 0, l, 1.0)), jnp.inf)
+  out = _unblock(out, t).astype(q.dtype)
+  return out, lse  # lse [B, Hq, nq, bq]
+
+
+# ------------------------------------------------------------------------------------- backward
+
+
+def _backward(q, k, v, layout: BlockLayout, scale, out, lse, dout):
+  b, t, hq, _ = q.shape
+  hkv, s_len = k.shape[2], k.shape[1]
+  group = hq // hkv
+  bq, bk = layout.block_q, layout.block_kv
+  nq, nk = layout.num_q_blocks, layout.num_kv_blocks
+  qb, kb, vb = _block(q, nq, bq), _block(k, nk, bk), _block(v, nk, bk)
+  dob = _block(dout.astype(q.dtype), nq, bq)
+  # D_i = sum_d dO_i * O_i: the softmax-backward row term, in f32.
+  delta = _block((dout.astype(jnp.float32) * out.astype(jnp.float32)).sum(-1, keepdims=True),
+                 nq, bq)[..., 0]  # [B, Hq, nq, bq]
+  head_map = jnp.arange(hq) // group
+  all_heads = jnp.arange(hq)
+
+  def probs_and_ds(qx, kx, vx, dox, lsex, deltax, ok):
+    s = _dot("bhiqd,bhikd->bhiqk", qx, kx) * scale
+    p = jnp.where(ok, jnp.exp(s - lsex[..., None]), 0.0)
+    dp = _dot("bhiqd,bhikd->bhiqk", dox, vx)
+    return p, p * (dp - deltax[..., None])
+
+  # dQ: the forward's slots.
+  q_pos = (jnp.arange(nq)[:, None] * bq + jnp.arange(bq))[None, None, :, :, None]
+  dq = jnp.zeros(qb.shape, jnp.float32)
+  for (count, idx), partial in zip(_lists(layout, b, hq, False), (True, False)):
+
+    def dq_step(dq, j, count=count, idx=idx, partial=partial):
+      blk = idx[..., j]
+      kj, vj = _gather_rows(kb, blk, head_map), _gather_rows(vb, blk, head_map)
+      ok = (j < count)[..., None, None]
+      if partial:
+        k_pos = (blk[..., None] * bk + jnp.arange(bk))[..., None, :]
+        ok = ok & _elementwise(layout, q_pos, k_pos, hq)
+      _, ds = probs_and_ds(qb, kj, vj, dob, lse, delta, ok)
+      return dq + _dot("bhiqk,bhikd->bhiqd", ds.astype(kj.dtype), kj) * scale, None
+
+    dq, _ = jax.lax.scan(dq_step, dq, jnp.arange(idx.shape[-1]))
+
+  # dK, dV: the transposed slots (q-blocks per kv-block), per q-head, summed over each group.
+  kbh, vbh = kb[:, head_map], vb[:, head_map]  # [B, Hq, nk, bk, D]
+  k_pos = (jnp.arange(nk)[:, None] * bk + jnp.arange(bk))[None, None, :, None, :]
+  dk = jnp.zeros(kbh.shape, jnp.float32)
+  dv = jnp.zeros(vbh.shape, jnp.float32)
+  for (count, idx), partial in zip(_lists(layout, b, hq, True), (True, False)):
+
+    def dkv_step(carry, j, count=count, idx=idx, partial=partial):
+      dk, dv = carry
+      blk = idx[..., j]  # [B, Hq, nk]: the q-block visiting each kv-block at this slot
+      qj, doj = _gather_rows(qb, blk, all_heads), _gather_rows(dob, blk, all_heads)
+      bi = jnp.arange(b)[:, None, None]
+      lsej = lse[bi, all_heads[None, :, None], blk]
+      deltaj = delta[bi, all_heads[None, :, None], blk]
+      ok = (j < count)[..., None, None]
+      if partial:
+        qp = (blk[..., None] * bq + jnp.arange(bq))[..., :, None]
+        ok = ok & _elementwise(layout, qp, k_pos, hq)
+      p, ds = probs_and_ds(qj, kbh, vbh, doj, lsej, deltaj, ok)
+      dv = dv + _dot("bhiqk,bhiqd->bhikd", p.astype(doj.dtype), doj)
+      dk = dk + _dot("bhiqk,bhiqd->bhikd", ds.astype(qj.dtype), qj) * scale
+      return (dk, dv), None
+
+    (dk, dv), _ = jax.lax.scan(dkv_step, (dk, dv), jnp.arange(idx.shape[-1]))
+
+  def fold(x):  # [B, Hq, nk, bk, D] -> [B, Hkv, nk, bk, D]
+    return x.reshape((b, hkv, group) + x.shape[2:]).sum(2)
+
+  dq = _unblock(dq, t).astype(q.dtype)
+  dk = _unblock(fold(dk), s_len).astype(k.dtype)
+  dv = _unblock(fold(dv), s_len).astype(v.dtype)
+  return dq, dk, dv
