@@ -1,0 +1,129 @@
+"""Aggregation: the answer is a statistic of word counts over the whole context (RULER CWE/FWE).
+
+- common_words: `num_common` words appear `common_count` times each and `num_uncommon`
+  words `uncommon_count` times each, scattered uniformly through filler. `QUERY` -> the
+  common words in ascending token id.
+- frequent_words: a `density` fraction of the context holds words drawn from a Zipf(`alpha`)
+  law over `num_types` word types (ranks assigned to tokens at random per example).
+  `QUERY` -> the `num_top` most frequent words, most frequent first. Draws are redone
+  (deterministically) until the top `num_top + 1` counts are strictly distinct, so the
+  answer and its order are unique.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+from experiments.tasks import base
+
+_MAX_REDRAWS = 1000
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CommonWords(base.Task):
+  num_common: int = 4
+  common_count: int = 6
+  num_uncommon: int = 12
+  uncommon_count: int = 2
+
+  name = "common_words"
+  category = "aggregation"
+
+  def _validate(self):
+    n_words = len(self.vocab.words)
+    why = f"num_common + num_uncommon distinct words; {n_words} at vocab_size={self.vocab_size}"
+    base.check_int(self.name, "num_common", self.num_common, 1, n_words, why)
+    base.check_int(self.name, "num_uncommon", self.num_uncommon, 0, n_words - self.num_common, why)
+    base.check_int(self.name, "uncommon_count", self.uncommon_count, 1, 2**20)
+    base.check_int(self.name, "common_count", self.common_count, self.uncommon_count + 1, 2**20,
+                   "common words must be strictly more frequent than uncommon ones")
+
+  @property
+  def question_len(self):
+    return 1
+
+  @property
+  def answer_len(self):
+    return self.num_common
+
+  @property
+  def min_context_len(self):
+    return self.num_common * self.common_count + self.num_uncommon * self.uncommon_count
+
+  def _sample(self, rng):
+    v = self.vocab
+    words = base.distinct(rng, v.words, self.num_common + self.num_uncommon)[:, 0]
+    counts = np.where(np.arange(len(words)) < self.num_common, self.common_count, self.uncommon_count)
+    tokens = rng.permutation(np.repeat(words, counts))
+    starts = base.place(rng, self.context_len, len(tokens), 1)
+    context = base.fill(rng, v, self.context_len, starts, tokens[:, None])
+    answer = np.sort(words[:self.num_common])
+    return context, np.array([v.QUERY]), answer, starts[np.isin(tokens, answer)]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class FrequentWords(base.Task):
+  alpha: float = 2.0
+  num_types: int = 16
+  num_top: int = 3
+  density: float = 1.0
+
+  name = "frequent_words"
+  category = "aggregation"
+
+  def _validate(self):
+    n_words = len(self.vocab.words)
+    base.check_range(self.name, "alpha", self.alpha, 1.0, 8.0)
+    base.check_int(self.name, "num_types", self.num_types, 2, n_words,
+                   f"distinct words; {n_words} at vocab_size={self.vocab_size}")
+    base.check_int(self.name, "num_top", self.num_top, 1, self.num_types - 1, "below num_types")
+    base.check_range(self.name, "density", self.density, 1e-3, 1.0)
+
+  @property
+  def question_len(self):
+    return 1
+
+  @property
+  def answer_len(self):
+    return self.num_top
+
+  @property
+  def probs(self) -> np.ndarray:
+    """[num_types] Zipf probabilities by rank."""
+    p = np.arange(1, self.num_types + 1, dtype=np.float64) ** -self.alpha
+    return p / p.sum()
+
+  @property
+  def min_words(self) -> int:
+    # Enough draws that the count gap between ranks num_top and num_top + 1 (the
+    # narrowest one that matters) is at least one standard deviation, so redraws stay rare.
+    p = self.probs
+    pk, pk1 = p[self.num_top - 1], p[self.num_top]
+    return max(4 * (self.num_top + 1) ** 2, math.ceil((pk + pk1) / (pk - pk1) ** 2))
+
+  @property
+  def min_context_len(self):
+    return math.ceil(self.min_words / self.density)
+
+  def _sample(self, rng):
+    v = self.vocab
+    n = max(self.min_words, round(self.density * self.context_len))
+    n = min(n, self.context_len)
+    p = self.probs
+    for _ in range(_MAX_REDRAWS):
+      counts = rng.multinomial(n, p)
+      top = np.argsort(-counts, kind="stable")[:self.num_top + 1]
+      if np.all(np.diff(counts[top]) < 0):
+        break
+    else:
+      raise RuntimeError(f"{self.name}: no draw with distinct top counts in {_MAX_REDRAWS} "
+                         f"tries; raise length or density, or lower num_top")
+    types = base.distinct(rng, v.words, self.num_types)[:, 0]
+    tokens = rng.permutation(np.repeat(types, counts))
+    starts = base.place(rng, self.context_len, n, 1)
+    context = base.fill(rng, v, self.context_len, starts, tokens[:, None])
+    answer = types[top[:self.num_top]]
+    return context, np.array([v.QUERY]), answer, starts[np.isin(tokens, answer)]

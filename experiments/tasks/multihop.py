@@ -1,0 +1,93 @@
+"""Multi-hop: chains of assignments `x1 ASSIGN value`, `x2 ASSIGN x1`, ... (RULER VT).
+
+`num_chains` chains of `num_hops` assignments each, interleaved in the context with each
+chain's assignments in order. Variables and values are distinct across chains.
+
+- variable_tracking: `QUERY value` -> every variable of that value's chain, in
+  assignment order.
+- chain_resolve: `QUERY var` with var the chain's last variable -> the chain's value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from experiments.tasks import base
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _Chains(base.Task):
+  num_chains: int = 4
+  num_hops: int = 4
+  depth: tuple[float, float] = (0.0, 1.0)
+
+  category = "multihop"
+
+  def _validate(self):
+    v = self.vocab
+    base.check_int(self.name, "num_chains", self.num_chains, 1, len(v.values),
+                   f"one distinct value per chain; {len(v.values)} values at vocab_size={self.vocab_size}")
+    base.check_int(self.name, "num_hops", self.num_hops, 1, len(v.variables) // self.num_chains,
+                   f"num_chains * num_hops distinct variables; {len(v.variables)} at "
+                   f"vocab_size={self.vocab_size}")
+    base.check_depth(self.name, self.depth)
+
+  @property
+  def min_context_len(self):
+    return 3 * self.num_chains * self.num_hops
+
+  def _chains(self, rng):
+    """-> context [C], variables [chains, hops], values [chains], chain of each item, starts."""
+    v = self.vocab
+    c, h = self.num_chains, self.num_hops
+    variables = base.distinct(rng, v.variables, c * h)[:, 0].reshape(c, h)
+    values = base.distinct(rng, v.values, c)[:, 0]
+    # Interleave chains at random while keeping each chain's assignments in order.
+    chain = rng.permutation(np.repeat(np.arange(c), h))
+    hop = np.empty(c * h, np.int64)
+    hop[np.argsort(chain, kind="stable")] = np.tile(np.arange(h), c)
+    rhs = np.where(hop == 0, values[chain], variables[chain, np.maximum(hop - 1, 0)])
+    items = np.stack([variables[chain, hop], np.full(c * h, v.ASSIGN), rhs], axis=1)
+    starts = base.place(rng, self.context_len, c * h, 3, self.depth)
+    context = base.fill(rng, v, self.context_len, starts, items)
+    return context, variables, values, chain, starts
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class VariableTracking(_Chains):
+  name = "variable_tracking"
+
+  @property
+  def question_len(self):
+    return 2
+
+  @property
+  def answer_len(self):
+    return self.num_hops
+
+  def _sample(self, rng):
+    context, variables, values, chain, starts = self._chains(rng)
+    q = rng.integers(self.num_chains)
+    question = np.array([self.vocab.QUERY, values[q]])
+    return context, question, variables[q], starts[chain == q]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ChainResolve(_Chains):
+  name = "chain_resolve"
+
+  @property
+  def question_len(self):
+    return 2
+
+  @property
+  def answer_len(self):
+    return 1
+
+  def _sample(self, rng):
+    context, variables, values, chain, starts = self._chains(rng)
+    q = rng.integers(self.num_chains)
+    question = np.array([self.vocab.QUERY, variables[q, -1]])
+    return context, question, values[q:q + 1], starts[chain == q]

@@ -1,0 +1,202 @@
+"""Retrieval: needles `key BIND value` in a filler haystack, asked back by key (RULER NIAH).
+
+- niah_single: one needle; `QUERY key` -> its value.
+- niah_multikey: `num_needles` needles with distinct keys; one is asked.
+- niah_multivalue: one key bound to `num_values` values (plus `num_distractors` needles
+  with other keys); the answer is all its values in context order.
+- niah_multiquery: `num_needles` needles, `num_queries` of them asked as
+  `QUERY k1 QUERY k2 ...`; the answer is their values in query order (MQAR-like).
+
+Keys are `key_len` tokens and values `value_len` tokens; values are distinct across
+needles so every answer is unambiguous. `depth=(lo, hi)` confines needles to that
+fraction of the context (uniform over the whole context by default).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from experiments.tasks import base
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _Niah(base.Task):
+  key_len: int = 1
+  value_len: int = 1
+  depth: tuple[float, float] = (0.0, 1.0)
+
+  category = "retrieval"
+
+  # -- what differs per task: how many keys and needles, which needles are asked --------
+  @property
+  def num_keys(self) -> int:
+    """Distinct keys in the context."""
+    raise NotImplementedError
+
+  @property
+  def num_needles_total(self) -> int:
+    raise NotImplementedError
+
+  def _layout(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """-> needle_key [N] (index into the distinct keys, context order), asked keys [q]."""
+    raise NotImplementedError
+
+  # -- shared ------------------------------------------------------------------------------
+  def _validate(self):
+    check = base.check_int
+    check(self.name, "key_len", self.key_len, 1, 4)
+    check(self.name, "value_len", self.value_len, 1, 4)
+    base.check_depth(self.name, self.depth)
+    v = self.vocab
+    self._validate_counts(len(v.keys) ** self.key_len, len(v.values) ** self.value_len)
+
+  def _validate_counts(self, keys: int, values: int) -> None:
+    """Checks the count knobs given how many distinct keys and values the vocab offers."""
+
+  def _why(self, what: str) -> str:
+    width = self.key_len if what == "keys" else self.value_len
+    return f"distinct {what} of {what[:-1]}_len={width} at vocab_size={self.vocab_size}"
+
+  @property
+  def needle_len(self) -> int:
+    return self.key_len + 1 + self.value_len
+
+  @property
+  def min_context_len(self) -> int:
+    return self.num_needles_total * self.needle_len
+
+  def _sample(self, rng):
+    v = self.vocab
+    keys = base.distinct(rng, v.keys, self.num_keys, self.key_len)
+    values = base.distinct(rng, v.values, self.num_needles_total, self.value_len)
+    needle_key, asked = self._layout(rng)
+    n = len(needle_key)
+    needles = np.concatenate([keys[needle_key], np.full((n, 1), v.BIND), values], axis=1)
+    starts = base.place(rng, self.context_len, n, self.needle_len, self.depth)
+    context = base.fill(rng, v, self.context_len, starts, needles)
+    question = np.concatenate(
+        [np.full((len(asked), 1), v.QUERY), keys[asked]], axis=1).ravel()
+    # Needles answering each asked key, asked order first, then context order.
+    hit = [np.flatnonzero(needle_key == k) for k in asked]
+    hit = np.concatenate(hit)
+    return context, question, values[hit].ravel(), starts[hit]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class NiahSingle(_Niah):
+  name = "niah_single"
+
+  num_keys = 1
+  num_needles_total = 1
+
+  @property
+  def question_len(self):
+    return 1 + self.key_len
+
+  @property
+  def answer_len(self):
+    return self.value_len
+
+  def _layout(self, rng):
+    return np.zeros(1, np.int64), np.zeros(1, np.int64)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class NiahMultikey(_Niah):
+  num_needles: int = 4
+
+  name = "niah_multikey"
+
+  def _validate_counts(self, keys, values):
+    base.check_int(self.name, "num_needles", self.num_needles, 2, min(keys, values),
+                   self._why("keys" if keys <= values else "values"))
+
+  @property
+  def num_keys(self):
+    return self.num_needles
+
+  @property
+  def num_needles_total(self):
+    return self.num_needles
+
+  @property
+  def question_len(self):
+    return 1 + self.key_len
+
+  @property
+  def answer_len(self):
+    return self.value_len
+
+  def _layout(self, rng):
+    return np.arange(self.num_needles), rng.integers(self.num_needles, size=1)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class NiahMultivalue(_Niah):
+  num_values: int = 4
+  num_distractors: int = 0
+
+  name = "niah_multivalue"
+
+  def _validate_counts(self, keys, values):
+    base.check_int(self.name, "num_values", self.num_values, 2, values, self._why("values"))
+    base.check_int(self.name, "num_distractors", self.num_distractors, 0,
+                   min(keys - 1, values - self.num_values),
+                   f"one distinct key and value each; {self._why('keys')}, minus num_values values")
+
+  @property
+  def num_keys(self):
+    return 1 + self.num_distractors
+
+  @property
+  def num_needles_total(self):
+    return self.num_values + self.num_distractors
+
+  @property
+  def question_len(self):
+    return 1 + self.key_len
+
+  @property
+  def answer_len(self):
+    return self.num_values * self.value_len
+
+  def _layout(self, rng):
+    # Key 0 is asked; it owns num_values needles, each distractor key one.
+    owners = np.concatenate([np.zeros(self.num_values, np.int64),
+                             np.arange(1, 1 + self.num_distractors)])
+    return rng.permutation(owners), np.zeros(1, np.int64)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class NiahMultiquery(_Niah):
+  num_needles: int = 8
+  num_queries: int = 4
+
+  name = "niah_multiquery"
+
+  def _validate_counts(self, keys, values):
+    base.check_int(self.name, "num_needles", self.num_needles, 2, min(keys, values),
+                   self._why("keys" if keys <= values else "values"))
+    base.check_int(self.name, "num_queries", self.num_queries, 2, self.num_needles,
+                   "at most num_needles")
+
+  @property
+  def num_keys(self):
+    return self.num_needles
+
+  @property
+  def num_needles_total(self):
+    return self.num_needles
+
+  @property
+  def question_len(self):
+    return self.num_queries * (1 + self.key_len)
+
+  @property
+  def answer_len(self):
+    return self.num_queries * self.value_len
+
+  def _layout(self, rng):
+    return np.arange(self.num_needles), rng.choice(self.num_needles, self.num_queries, replace=False)
