@@ -69,7 +69,8 @@ def causal_blocks(q_len: int, kv_len: int, block_q: int, block_kv: int) -> int:
   q0 = np.arange(-(-q_len // block_q))[:, None] * block_q
   k0 = np.arange(-(-kv_len // block_kv))[None, :] * block_kv
   q1 = np.minimum(q0 + block_q, q_len)
-  return int(masks_lib.Causal().block_bounds(q0, q1, k0, None)[0].sum())
+  k1 = np.minimum(k0 + block_kv, kv_len)
+  return int(masks_lib.Causal().block_bounds(q0, q1, k0, k1)[0].sum())
 
 
 def block_sparsity(layout: BlockLayout) -> float:
