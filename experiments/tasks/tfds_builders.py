@@ -122,4 +122,6 @@ def builder(task: str, *, data_dir: str, length: int, vocab_size: int = 512, see
     raise ValueError(f"task={task!r} must be one of {sorted(BUILDERS)}")
   registry.make(task, length=length, vocab_size=vocab_size, seed=seed, **knobs)  # validate early
   cfg = config(length, vocab_size=vocab_size, seed=seed, splits=splits, **knobs)
+  if cfg.name in BUILDERS[task].builder_configs:
+    cfg = cfg.name  # tfds refuses a second config object under a registered name
   return BUILDERS[task](data_dir=data_dir, config=cfg, file_format="array_record")
