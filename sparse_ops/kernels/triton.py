@@ -1,0 +1,512 @@
+"""Block-sparse flash attention in Pallas with the Triton lowering (NVIDIA GPUs, Ampere or newer).
+
+Same semantics as ``sparse_ops.xla`` (the contract): a ``BlockLayout`` names, per
+(batch or 1, head or 1, q-block), the partial and the full kv-blocks to visit; partial blocks apply
+``layout.mask(q, k) & (k < kv_len)`` elementwise, full blocks nothing. Rows with no allowed key
+give zeros (the saved log-sum-exp is +inf there, so the backward pass sees exactly zero
+probability). Ragged lengths are zero-padded to block multiples outside the kernels.
+
+Three kernels, each a grid over (tile, batch, head) whose programs read the layout's index lists
+as ordinary int32 inputs (Triton has no scalar prefetch) and loop only over the listed blocks,
+one ``fori_loop`` over partial blocks with masking and one over full blocks without:
+
+  forward   grid (T/tq, B, Hq):  out and lse (log2 domain) per q tile
+  dQ        grid (T/tq, B, Hq):  over the forward lists
+  dK/dV     grid (S/tk, B, Hkv): over the transposed lists (q-blocks per kv-block), summing the
+            GQA group's heads inside the program (no [B, S, Hq, D] partials, no reduction after)
+
+Kernel tiles subdivide the layout's blocks (``tq | block_q``, ``tk | block_kv``), so the layout
+keeps the sparsity granularity (128 × 128 by default) while each pass uses the tile shape that
+is fastest for it (``Tiles``, tuned per head dim and dtype on an H100; see
+benchmarks/results/attention_h100.md).
+
+On CPU the kernels run only when asked for explicitly, ``attention(..., interpret=True)`` (Pallas
+interpret mode, for tests); ``sparse_ops.attention(implementation="pallas_triton")`` raises there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as pltriton
+
+from sparse_ops.layout import BlockLayout
+
+_LOG2E = math.log2(math.e)
+# Finite "minus infinity" for masked scores: a tile whose row is entirely masked then gives
+# exp2(0) = 1 junk that the next real maximum rescales to zero (alpha = exp2(_NEG - m) = 0), never
+# NaN; a row that only ever saw masked scores keeps m <= _NEG and is written as zeros.
+_NEG = -0.7 * float(np.finfo(np.float32).max)
+_MIN_BLOCK = 16  # tl.dot needs every matrix dimension >= 16
+
+
+# --------------------------------------------------------------------------------------- tiles
+
+
+@dataclasses.dataclass(frozen=True)
+class PassTiles:
+  """One kernel's tile: ``block_q`` q rows × ``block_kv`` kv rows per step, Triton launch knobs."""
+  block_q: int
+  block_kv: int
+  num_warps: int = 4
+  num_stages: int = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class Tiles:
+  fwd: PassTiles
+  dq: PassTiles
+  dkv: PassTiles
+
+
+# Chosen by the sweep in benchmarks/attention.py --tune on an H100 (bf16, T=8192, causal); the
+# table and the measurements are in benchmarks/results/attention_h100.md. Keyed by
+# (head dim <= 64, 2-byte dtype).
+_TUNED: dict[tuple[bool, bool], Tiles] = {
+    (False, True): Tiles(fwd=PassTiles(128, 64, 8, 3), dq=PassTiles(64, 64, 4, 2),
+                         dkv=PassTiles(64, 64, 4, 2)),
+    (True, True): Tiles(fwd=PassTiles(128, 64, 4, 3), dq=PassTiles(64, 64, 4, 2),
+                        dkv=PassTiles(64, 64, 4, 2)),
+    # f32 tiles hold twice the bytes: smaller tiles keep them in shared memory.
+    (False, False): Tiles(fwd=PassTiles(64, 32, 4, 2), dq=PassTiles(32, 32, 4, 2),
+                          dkv=PassTiles(32, 32, 4, 2)),
+    (True, False): Tiles(fwd=PassTiles(64, 64, 4, 2), dq=PassTiles(64, 32, 4, 2),
+                         dkv=PassTiles(32, 64, 4, 2)),
+}
+
+
+def default_tiles(head_dim: int, dtype) -> Tiles:
+  """Tuned tiles for a head dim and dtype (before clipping to the layout's blocks)."""
+  return _TUNED[(head_dim <= 64, jnp.dtype(dtype).itemsize <= 2)]
+
+
+def default_blocks(t: int, s: int, d: int) -> tuple[int, int]:
+  """Layout blocks for ``sparse_ops.attention(mask=...)``: 128 (FlexAttention's granularity),
+  shrunk to a power of two >= 16 for short sequences so padding stays small."""
+  del d
+  fit = lambda n: min(128, max(_MIN_BLOCK, 1 << (max(n, 1) - 1).bit_length()))
+  return fit(t), fit(s)
+
+
+# -------------------------------------------------------------------------------- availability
+
+
+def unavailable() -> str | None:
+  """None if the Triton kernels can run on the default backend, else why not."""
+  hint = ("; on CPU, tests call sparse_ops.kernels.triton.attention(..., interpret=True); "
+          "use implementation='xla' to run anywhere")
+  try:
+    dev = jax.devices()[0]
+  except RuntimeError as e:  # no backend at all
+    return f"implementation='pallas_triton' needs an NVIDIA GPU: {e}{hint}"
+  if dev.platform != "gpu":
+    return (f"implementation='pallas_triton' needs an NVIDIA GPU (Ampere or newer); the default "
+            f"backend here is {jax.default_backend()!r}{hint}")
+  cc = getattr(dev, "compute_capability", None)
+  if cc is None:
+    return (f"implementation='pallas_triton' needs an NVIDIA GPU; {dev.device_kind!r} reports "
+            f"no CUDA compute capability{hint}")
+  if float(cc) < 8.0:
+    return (f"implementation='pallas_triton' needs compute capability >= 8.0 (Ampere); "
+            f"{dev.device_kind!r} has {cc}{hint}")
+  return None
+
+
+# ------------------------------------------------------------------------------------ public
+
+
+def attention(q, k, v, layout: BlockLayout, scale: float | None = None, *,
+              tiles: Tiles | None = None, interpret: bool = False) -> jax.Array:
+  """q [B, T, Hq, D], k [B, S, Hkv, D], v [B, S, Hkv, Dv] -> [B, T, Hq, Dv]; custom VJP.
+
+  ``interpret=True`` runs the kernels in Pallas interpret mode on any backend (slow; for tests).
+  Without it, raises on anything but an NVIDIA GPU: there is no silent fallback.
+  """
+  if not interpret:
+    why = unavailable()
+    if why is not None:
+      raise ValueError(why)
+  b, t, hq, d = q.shape
+  s, hkv = k.shape[1], k.shape[2]
+  if (layout.q_len, layout.kv_len) != (t, s):
+    raise ValueError(f"layout is for (q_len, kv_len)=({layout.q_len}, {layout.kv_len}) but q and "
+                     f"k have T={t}, S={s}")
+  if hq % hkv:
+    raise ValueError(f"Hq={hq} must be a multiple of Hkv={hkv}")
+  for name, blk in (("block_q", layout.block_q), ("block_kv", layout.block_kv)):
+    if blk < _MIN_BLOCK or blk & (blk - 1):
+      raise ValueError(f"layout.{name}={blk} must be a power of two >= {_MIN_BLOCK} for "
+                       f"implementation='pallas_triton' (Triton tiles); build the layout with "
+                       f"e.g. block_q=block_kv=128")
+  if layout.batch_size not in (1, b):
+    raise ValueError(f"layout batch={layout.batch_size}; valid: 1 or B={b}")
+  if layout.num_heads not in (1, hkv, hq):
+    raise ValueError(f"layout has {layout.num_heads} heads; valid: 1, Hkv={hkv} or Hq={hq}")
+  if scale is None:
+    scale = d ** -0.5
+  if tiles is None:
+    tiles = default_tiles(d, q.dtype)
+  return _attention(q, k, v, layout, float(scale), _Static(tiles, bool(interpret)))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Static:
+  tiles: Tiles
+  interpret: bool
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _attention(q, k, v, layout, scale, static):
+  return _forward(q, k, v, layout, scale, static)[0]
+
+
+def _attention_fwd(q, k, v, layout, scale, static):
+  out, lse = _forward(q, k, v, layout, scale, static)
+  return out, (q, k, v, layout, out, lse)
+
+
+def _attention_bwd(scale, static, res, dout):
+  q, k, v, layout, out, lse = res
+  dq, dk, dv = _backward(q, k, v, layout, scale, static, out, lse, dout)
+  dlayout = jax.tree.map(lambda x: jnp.zeros(jnp.shape(x), jax.dtypes.float0), layout)
+  return dq, dk, dv, dlayout
+
+
+_attention.defvjp(_attention_fwd, _attention_bwd)
+
+
+# ------------------------------------------------------------------------------------ geometry
+
+
+def _pow2(n: int) -> int:
+  return max(_MIN_BLOCK, 1 << (n - 1).bit_length())
+
+
+@dataclasses.dataclass(frozen=True)
+class _Geo:
+  """Static shapes of one call, shared by the three kernels."""
+  b: int
+  hq: int
+  hkv: int
+  group: int
+  bq: int  # layout blocks
+  bk: int
+  nq: int
+  nk: int
+  d: int  # padded head dims
+  dv: int
+  kv_len: int
+  dtype: np.dtype
+
+
+def _geometry(q, k, v, layout) -> _Geo:
+  b, _, hq, d = q.shape
+  hkv = k.shape[2]
+  return _Geo(b=b, hq=hq, hkv=hkv, group=hq // hkv, bq=layout.block_q, bk=layout.block_kv,
+              nq=layout.num_q_blocks, nk=layout.num_kv_blocks, d=_pow2(d), dv=_pow2(v.shape[3]),
+              kv_len=layout.kv_len, dtype=jnp.dtype(q.dtype))
+
+
+def _pad(x, length: int, dim: int):
+  """[B, L, H, D] zero-padded to [B, length, H, dim]."""
+  pl_, pd = length - x.shape[1], dim - x.shape[3]
+  if pl_ or pd:
+    x = jnp.pad(x, ((0, 0), (0, pl_), (0, 0), (0, pd)))
+  return x
+
+
+@dataclasses.dataclass(frozen=True)
+class _Lists:
+  """One (count, indices) pair flattened to 1-D int32, with the static shape to index it."""
+  bl: int
+  hl: int
+  rows: int
+  slots: int
+
+  def row(self, b, h, r, geo: _Geo):
+    """Flat row of (batch b, q-head h, block row r); broadcasts Bl = 1 and Hl in {1, Hkv}."""
+    bl = b if self.bl > 1 else 0
+    if self.hl == 1:
+      hl = 0
+    elif self.hl == geo.hq:
+      hl = h
+    else:  # per kv-head: every q-head of a group shares its kv-head's list
+      hl = h // geo.group
+    return (bl * self.hl + hl) * self.rows + r
+
+
+def _flat_lists(count, idx):
+  count, idx = jnp.asarray(count, jnp.int32), jnp.asarray(idx, jnp.int32)
+  spec = _Lists(bl=count.shape[0], hl=count.shape[1], rows=count.shape[2], slots=idx.shape[3])
+  return spec, count.reshape(-1), idx.reshape(-1)
+
+
+def _mask_fn(layout: BlockLayout, geo: _Geo):
+  """(q_pos [tq, 1], k_pos [1, tk], q-head h) -> bool [tq, tk] for partial blocks."""
+  mask = layout.mask
+
+  def fn(qp, kp, h):
+    ok = kp < geo.kv_len
+    if mask is not None:
+      if mask.num_heads is None:
+        ok = ok & mask(qp, kp)
+      else:  # per-head masks over Hq or Hkv heads; h is dynamic, so select by comparison
+        mh = h // (geo.hq // mask.num_heads)
+        sel = None
+        for j in range(mask.num_heads):
+          mj = (mh == j) & mask.head(j)(qp, kp)
+          sel = mj if sel is None else sel | mj
+        ok = ok & sel
+    return jnp.broadcast_to(ok, (qp.shape[0], kp.shape[1]))
+
+  return fn
+
+
+def _dot(a, b, geo: _Geo):
+  prec = lax.Precision.HIGHEST if geo.dtype == jnp.float32 else None
+  return pltriton.dot(a, b, precision=prec)
+
+
+def _clip(tile: PassTiles, geo: _Geo) -> PassTiles:
+  return dataclasses.replace(tile, block_q=min(tile.block_q, geo.bq),
+                             block_kv=min(tile.block_kv, geo.bk))
+
+
+def _params(tile: PassTiles):
+  return pltriton.CompilerParams(num_warps=tile.num_warps, num_stages=tile.num_stages)
+
+
+_ANY = pl.BlockSpec(memory_space=pl.ANY)  # whole array, indexed by the kernel (the block lists)
+
+
+# -------------------------------------------------------------------------------------- forward
+
+
+def _fwd_kernel(pcnt_ref, pidx_ref, fcnt_ref, fidx_ref, q_ref, k_ref, v_ref, o_ref, lse_ref, *,
+                geo: _Geo, tq: int, tk: int, c: float, plist: _Lists, flist: _Lists, mask_fn):
+  i, b, h = pl.program_id(0), pl.program_id(1), pl.program_id(2)
+  r = i // (geo.bq // tq)  # the layout's q-block holding this tile
+  prow, frow = plist.row(b, h, r, geo), flist.row(b, h, r, geo)
+  chunks = geo.bk // tk
+  q = q_ref[...]
+  q_pos = (i * tq + jnp.arange(tq, dtype=jnp.int32))[:, None]
+
+  def make_body(idx_ref, row, lists: _Lists, masked: bool):
+    def body(step, carry):
+      acc, m, l = carry
+      slot, part = (step, 0) if chunks == 1 else (step // chunks, step % chunks)
+      start = idx_ref[row * lists.slots + slot] * geo.bk + part * tk
+      ks = pl.ds(pl.multiple_of(start, tk), tk)
+      kt, vt = k_ref[ks, :], v_ref[ks, :]
+      s = _dot(q, kt.T, geo) * c  # [tq, tk], log2 domain
+      if masked:
+        k_pos = (start + jnp.arange(tk, dtype=jnp.int32))[None, :]
+        s = jnp.where(mask_fn(q_pos, k_pos, h), s, _NEG)
+      m_new = jnp.maximum(m, s.max(-1))
+      alpha = jnp.exp2(m - m_new)
+      p = jnp.exp2(s - m_new[:, None])
+      l = l * alpha + p.sum(-1)
+      acc = acc * alpha[:, None] + _dot(p.astype(vt.dtype), vt, geo)
+      return acc, m_new, l
+    return body
+
+  carry = (jnp.zeros((tq, geo.dv), jnp.float32), jnp.full((tq,), -jnp.inf, jnp.float32),
+           jnp.zeros((tq,), jnp.float32))
+  carry = lax.fori_loop(0, pcnt_ref[prow] * chunks, make_body(pidx_ref, prow, plist, True), carry)
+  carry = lax.fori_loop(0, fcnt_ref[frow] * chunks, make_body(fidx_ref, frow, flist, False), carry)
+  acc, m, l = carry
+  empty = m < 0.5 * _NEG  # never saw an allowed key
+  l_safe = jnp.where(empty, 1.0, l)
+  o_ref[...] = jnp.where(empty[:, None], 0.0, acc / l_safe[:, None]).astype(o_ref.dtype)
+  lse_ref[...] = jnp.where(empty, jnp.inf, m + jnp.log2(l_safe))
+
+
+def _forward(q, k, v, layout, scale, static: _Static):
+  geo = _geometry(q, k, v, layout)
+  tile = _clip(static.tiles.fwd, geo)
+  tq, tk = tile.block_q, tile.block_kv
+  t, dv_true = q.shape[1], v.shape[3]
+  tp, sp = geo.nq * geo.bq, geo.nk * geo.bk
+  qp, kp, vp = _pad(q, tp, geo.d), _pad(k, sp, geo.d), _pad(v, sp, geo.dv)
+  plist, pcnt, pidx = _flat_lists(layout.kv_num_blocks, layout.kv_indices)
+  flist, fcnt, fidx = _flat_lists(layout.full_kv_num_blocks, layout.full_kv_indices)
+  g = geo.group
+  kernel = functools.partial(_fwd_kernel, geo=geo, tq=tq, tk=tk, c=scale * _LOG2E, plist=plist,
+                             flist=flist, mask_fn=_mask_fn(layout, geo))
+  out, lse = pl.pallas_call(
+      kernel,
+      grid=(tp // tq, geo.b, geo.hq),
+      in_specs=[_ANY] * 4 + [
+          pl.BlockSpec((None, tq, None, geo.d), lambda i, b, h: (b, i, h, 0)),
+          pl.BlockSpec((None, sp, None, geo.d), lambda i, b, h: (b, 0, h // g, 0)),
+          pl.BlockSpec((None, sp, None, geo.dv), lambda i, b, h: (b, 0, h // g, 0)),
+      ],
+      out_specs=[
+          pl.BlockSpec((None, tq, None, geo.dv), lambda i, b, h: (b, i, h, 0)),
+          pl.BlockSpec((None, None, tq), lambda i, b, h: (b, h, i)),
+      ],
+      out_shape=[jax.ShapeDtypeStruct((geo.b, tp, geo.hq, geo.dv), q.dtype),
+                 jax.ShapeDtypeStruct((geo.b, geo.hq, tp), jnp.float32)],
+      compiler_params=_params(tile),
+      interpret=static.interpret,
+      name="sparse_attention_fwd",
+  )(pcnt, pidx, fcnt, fidx, qp, kp, vp)
+  return out[:, :t, :, :dv_true], lse  # lse [B, Hq, T_pad], log2 domain, +inf on empty rows
+
+
+# ------------------------------------------------------------------------------------- backward
+
+
+def _dq_kernel(pcnt_ref, pidx_ref, fcnt_ref, fidx_ref, q_ref, k_ref, v_ref, do_ref, lse_ref,
+               delta_ref, dq_ref, *, geo: _Geo, tq: int, tk: int, c: float, scale: float,
+               plist: _Lists, flist: _Lists, mask_fn):
+  i, b, h = pl.program_id(0), pl.program_id(1), pl.program_id(2)
+  r = i // (geo.bq // tq)
+  prow, frow = plist.row(b, h, r, geo), flist.row(b, h, r, geo)
+  chunks = geo.bk // tk
+  q, do = q_ref[...], do_ref[...]
+  lse, delta = lse_ref[...], delta_ref[...]
+  q_pos = (i * tq + jnp.arange(tq, dtype=jnp.int32))[:, None]
+
+  def make_body(idx_ref, row, lists: _Lists, masked: bool):
+    def body(step, dq):
+      slot, part = (step, 0) if chunks == 1 else (step // chunks, step % chunks)
+      start = idx_ref[row * lists.slots + slot] * geo.bk + part * tk
+      ks = pl.ds(pl.multiple_of(start, tk), tk)
+      kt, vt = k_ref[ks, :], v_ref[ks, :]
+      p = jnp.exp2(_dot(q, kt.T, geo) * c - lse[:, None])  # lse = +inf on empty rows: p = 0
+      if masked:
+        k_pos = (start + jnp.arange(tk, dtype=jnp.int32))[None, :]
+        p = jnp.where(mask_fn(q_pos, k_pos, h), p, 0.0)
+      ds = p * (_dot(do, vt.T, geo) - delta[:, None])
+      return dq + _dot(ds.astype(kt.dtype), kt, geo)
+    return body
+
+  dq = jnp.zeros((tq, geo.d), jnp.float32)
+  dq = lax.fori_loop(0, pcnt_ref[prow] * chunks, make_body(pidx_ref, prow, plist, True), dq)
+  dq = lax.fori_loop(0, fcnt_ref[frow] * chunks, make_body(fidx_ref, frow, flist, False), dq)
+  dq_ref[...] = (dq * scale).astype(dq_ref.dtype)
+
+
+def _dkv_kernel(pcnt_ref, pidx_ref, fcnt_ref, fidx_ref, q_ref, k_ref, v_ref, do_ref, lse_ref,
+                delta_ref, dk_ref, dv_ref, *, geo: _Geo, tq: int, tk: int, c: float,
+                scale: float, plist: _Lists, flist: _Lists, mask_fn):
+  j, b, hk = pl.program_id(0), pl.program_id(1), pl.program_id(2)
+  r = j // (geo.bk // tk)  # the layout's kv-block holding this tile
+  chunks = geo.bq // tq
+  kt, vt = k_ref[...], v_ref[...]
+  k_pos = (j * tk + jnp.arange(tk, dtype=jnp.int32))[None, :]
+
+  def head(gi, carry):
+    h = hk * geo.group + gi
+    prow, frow = plist.row(b, h, r, geo), flist.row(b, h, r, geo)
+
+    def make_body(idx_ref, row, lists: _Lists, masked: bool):
+      def body(step, carry):
+        dk, dv = carry
+        slot, part = (step, 0) if chunks == 1 else (step // chunks, step % chunks)
+        start = idx_ref[row * lists.slots + slot] * geo.bq + part * tq
+        qs = pl.ds(pl.multiple_of(start, tq), tq)
+        qt, do = q_ref[qs, gi, :], do_ref[qs, gi, :]
+        lse, delta = lse_ref[gi, qs], delta_ref[gi, qs]
+        p = jnp.exp2(_dot(qt, kt.T, geo) * c - lse[:, None])  # [tq, tk]
+        if masked:
+          q_pos = (start + jnp.arange(tq, dtype=jnp.int32))[:, None]
+          p = jnp.where(mask_fn(q_pos, k_pos, h), p, 0.0)
+        dv = dv + _dot(p.astype(do.dtype).T, do, geo)
+        ds = p * (_dot(do, vt.T, geo) - delta[:, None])
+        dk = dk + _dot(ds.astype(qt.dtype).T, qt, geo)
+        return dk, dv
+      return body
+
+    carry = lax.fori_loop(0, pcnt_ref[prow] * chunks, make_body(pidx_ref, prow, plist, True),
+                          carry)
+    return lax.fori_loop(0, fcnt_ref[frow] * chunks, make_body(fidx_ref, frow, flist, False),
+                         carry)
+
+  carry = (jnp.zeros((tk, geo.d), jnp.float32), jnp.zeros((tk, geo.dv), jnp.float32))
+  if geo.group == 1:
+    dk, dv = head(0, carry)
+  else:
+    dk, dv = lax.fori_loop(0, geo.group, head, carry)
+  dk_ref[...] = (dk * scale).astype(dk_ref.dtype)
+  dv_ref[...] = dv.astype(dv_ref.dtype)
+
+
+def _backward(q, k, v, layout, scale, static: _Static, out, lse, dout):
+  geo = _geometry(q, k, v, layout)
+  t, s, d_true = q.shape[1], k.shape[1], q.shape[3]
+  tp, sp = geo.nq * geo.bq, geo.nk * geo.bk
+  g = geo.group
+  qp, kp, vp = _pad(q, tp, geo.d), _pad(k, sp, geo.d), _pad(v, sp, geo.dv)
+  dop = _pad(dout.astype(q.dtype), tp, geo.dv)
+  # delta_i = sum_d dO_i O_i, the softmax-backward row term (f32; a cheap fused XLA reduction).
+  delta = (dout.astype(jnp.float32) * out.astype(jnp.float32)).sum(-1).transpose(0, 2, 1)
+  delta = jnp.pad(delta, ((0, 0), (0, 0), (0, tp - t)))  # [B, Hq, T_pad]
+  c = scale * _LOG2E
+  mask_fn = _mask_fn(layout, geo)
+
+  # dQ over the forward lists.
+  tile = _clip(static.tiles.dq, geo)
+  tq, tk = tile.block_q, tile.block_kv
+  plist, pcnt, pidx = _flat_lists(layout.kv_num_blocks, layout.kv_indices)
+  flist, fcnt, fidx = _flat_lists(layout.full_kv_num_blocks, layout.full_kv_indices)
+  dq = pl.pallas_call(
+      functools.partial(_dq_kernel, geo=geo, tq=tq, tk=tk, c=c, scale=scale, plist=plist,
+                        flist=flist, mask_fn=mask_fn),
+      grid=(tp // tq, geo.b, geo.hq),
+      in_specs=[_ANY] * 4 + [
+          pl.BlockSpec((None, tq, None, geo.d), lambda i, b, h: (b, i, h, 0)),
+          pl.BlockSpec((None, sp, None, geo.d), lambda i, b, h: (b, 0, h // g, 0)),
+          pl.BlockSpec((None, sp, None, geo.dv), lambda i, b, h: (b, 0, h // g, 0)),
+          pl.BlockSpec((None, tq, None, geo.dv), lambda i, b, h: (b, i, h, 0)),
+          pl.BlockSpec((None, None, tq), lambda i, b, h: (b, h, i)),
+          pl.BlockSpec((None, None, tq), lambda i, b, h: (b, h, i)),
+      ],
+      out_specs=pl.BlockSpec((None, tq, None, geo.d), lambda i, b, h: (b, i, h, 0)),
+      out_shape=jax.ShapeDtypeStruct((geo.b, tp, geo.hq, geo.d), q.dtype),
+      compiler_params=_params(tile),
+      interpret=static.interpret,
+      name="sparse_attention_dq",
+  )(pcnt, pidx, fcnt, fidx, qp, kp, vp, dop, lse, delta)
+
+  # dK, dV over the transposed lists; each program owns a kv tile of one kv-head and sums over
+  # the q-heads of its group, read through a [B, T, Hkv, G, D] view (a free reshape).
+  tile = _clip(static.tiles.dkv, geo)
+  tq, tk = tile.block_q, tile.block_kv
+  plist, pcnt, pidx = _flat_lists(layout.q_num_blocks, layout.q_indices)
+  flist, fcnt, fidx = _flat_lists(layout.full_q_num_blocks, layout.full_q_indices)
+  q5 = qp.reshape(geo.b, tp, geo.hkv, g, geo.d)
+  do5 = dop.reshape(geo.b, tp, geo.hkv, g, geo.dv)
+  lse4 = lse.reshape(geo.b, geo.hkv, g, tp)
+  delta4 = delta.reshape(geo.b, geo.hkv, g, tp)
+  dk, dv = pl.pallas_call(
+      functools.partial(_dkv_kernel, geo=geo, tq=tq, tk=tk, c=c, scale=scale, plist=plist,
+                        flist=flist, mask_fn=mask_fn),
+      grid=(sp // tk, geo.b, geo.hkv),
+      in_specs=[_ANY] * 4 + [
+          pl.BlockSpec((None, tp, None, g, geo.d), lambda j, b, h: (b, 0, h, 0, 0)),
+          pl.BlockSpec((None, tk, None, geo.d), lambda j, b, h: (b, j, h, 0)),
+          pl.BlockSpec((None, tk, None, geo.dv), lambda j, b, h: (b, j, h, 0)),
+          pl.BlockSpec((None, tp, None, g, geo.dv), lambda j, b, h: (b, 0, h, 0, 0)),
+          pl.BlockSpec((None, None, g, tp), lambda j, b, h: (b, h, 0, 0)),
+          pl.BlockSpec((None, None, g, tp), lambda j, b, h: (b, h, 0, 0)),
+      ],
+      out_specs=[
+          pl.BlockSpec((None, tk, None, geo.d), lambda j, b, h: (b, j, h, 0)),
+          pl.BlockSpec((None, tk, None, geo.dv), lambda j, b, h: (b, j, h, 0)),
+      ],
+      out_shape=[jax.ShapeDtypeStruct((geo.b, sp, geo.hkv, geo.d), k.dtype),
+                 jax.ShapeDtypeStruct((geo.b, sp, geo.hkv, geo.dv), v.dtype)],
+      compiler_params=_params(tile),
+      interpret=static.interpret,
+      name="sparse_attention_dkv",
+  )(pcnt, pidx, fcnt, fidx, q5, kp, vp, do5, lse4, delta4)
+  return dq[:, :t, :, :d_true], dk[:, :s, :, :d_true], dv[:, :s, :, :v.shape[3]]
