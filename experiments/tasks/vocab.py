@@ -96,16 +96,9 @@ class Vocab:
   def decode(self, tokens: np.ndarray) -> str:
     """[T] int -> text with runs of filler collapsed to `.×n`, so long contexts stay readable."""
     tokens = np.asarray(tokens)
-    parts, i = [], 0
-    is_filler = self.in_range(tokens, "filler")
-    while i < len(tokens):
-      if is_filler[i]:
-        j = i
-        while j < len(tokens) and is_filler[j]:
-          j += 1
-        parts.append(f".×{j - i}")
-        i = j
-      else:
-        parts.append(self.token_text(tokens[i]))
-        i += 1
-    return " ".join(parts)
+    filler = self.in_range(tokens, "filler")
+    # Every non-filler token, and the first token of every filler run, starts a part.
+    starts = np.flatnonzero(~filler | np.r_[True, ~filler[:-1]])
+    ends = np.r_[starts[1:], len(tokens)]
+    return " ".join(f".×{e - s}" if filler[s] else self.token_text(tokens[s])
+                    for s, e in zip(starts, ends))

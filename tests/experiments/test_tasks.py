@@ -7,6 +7,7 @@ calls the generators' helpers, so a generator bug cannot hide behind shared code
 import collections
 import hashlib
 import json
+import pathlib
 import subprocess
 import sys
 
@@ -215,9 +216,11 @@ def _digest(names, lengths, splits, indices, seed=0):
 
 def test_identical_across_processes():
   args = (ALL, [128, 4096], ["train", "test"], [0, 1, 17, 2**40])
-  code = ("import json, sys; sys.path.insert(0, 'tests/experiments'); import test_tasks as t; "
-          f"print(json.dumps(t._digest(*{args!r})))")
-  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+  here = pathlib.Path(__file__).resolve().parent
+  code = (f"import json, sys; sys.path[:0] = [{str(here.parents[1])!r}, {str(here)!r}]; "
+          f"import test_tasks as t; print(json.dumps(t._digest(*{args!r})))")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                       cwd=here.parents[1])
   assert json.loads(out.stdout) == _digest(*args)
 
 
@@ -328,3 +331,10 @@ def test_vocab_ranges_partition_the_ids():
     assert all(len(r) >= 16 for r in v.ranges.values())
   assert (Vocab.PAD, Vocab.BOS, Vocab.SEP, Vocab.QUERY, Vocab.ANSWER, Vocab.BIND,
           Vocab.ASSIGN) == tuple(range(7))
+
+
+def test_decode_collapses_filler():
+  v = Vocab(512)
+  f = v.filler.start
+  tokens = [v.BOS, f, f, f, v.keys.start + 2, v.BIND, v.values.start, f, v.SEP, v.QUERY]
+  assert v.decode(tokens) == "<s> .×3 k2 : v0 .×1 | ?"
