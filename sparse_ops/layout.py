@@ -141,6 +141,9 @@ class BlockLayout:
 
   def to_dense(self) -> jax.Array:
     """Allowed pairs as bool [Bl, Hl, q_len, kv_len]; the ground truth the kernels must match."""
+    return _to_dense(self)
+
+  def _to_dense(self) -> jax.Array:
     partial, full = self.block_masks()
     expand = lambda b: jnp.repeat(jnp.repeat(b, self.block_q, -2), self.block_kv, -1)
     partial = expand(partial)[..., :self.q_len, :self.kv_len]
@@ -161,6 +164,9 @@ class BlockLayout:
 
 
 # ------------------------------------------------------------------------------------ internals
+
+
+_to_dense = jax.jit(BlockLayout._to_dense)  # one compile per layout shape, not one per op
 
 
 def _unpadded_kv_blocks(nk: int, block_kv: int, kv_len: int, xp):

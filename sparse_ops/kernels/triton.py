@@ -238,7 +238,7 @@ class _Lists:
     elif self.hl == geo.hq:
       hl = h
     else:  # per kv-head: every q-head of a group shares its kv-head's list
-      hl = h // geo.group
+      hl = lax.div(h, geo.group)
     return (bl * self.hl + hl) * self.rows + r
 
 
@@ -258,7 +258,7 @@ def _mask_fn(layout: BlockLayout, geo: _Geo):
       if mask.num_heads is None:
         ok = ok & mask(qp, kp)
       else:  # per-head masks over Hq or Hkv heads; h is dynamic, so select by comparison
-        mh = h // (geo.hq // mask.num_heads)
+        mh = lax.div(h, geo.hq // mask.num_heads)
         sel = None
         for j in range(mask.num_heads):
           mj = (mh == j) & mask.head(j)(qp, kp)
@@ -267,6 +267,14 @@ def _mask_fn(layout: BlockLayout, geo: _Geo):
     return jnp.broadcast_to(ok, (qp.shape[0], kp.shape[1]))
 
   return fn
+
+
+def _split(step, chunks: int):
+  """Loop step -> (list slot, tile within the layout block). lax.div/rem, not jnp's floor
+  versions: the Triton lowering rejects the sign fix-up those add (steps are >= 0 anyway)."""
+  if chunks == 1:
+    return step, 0
+  return lax.div(step, chunks), lax.rem(step, chunks)
 
 
 def _dot(a, b, geo: _Geo):
@@ -292,7 +300,7 @@ _ANY = pl.BlockSpec(memory_space=pl.ANY)  # whole array, indexed by the kernel (
 def _fwd_kernel(pcnt_ref, pidx_ref, fcnt_ref, fidx_ref, q_ref, k_ref, v_ref, o_ref, lse_ref, *,
                 geo: _Geo, tq: int, tk: int, c: float, plist: _Lists, flist: _Lists, mask_fn):
   i, b, h = pl.program_id(0), pl.program_id(1), pl.program_id(2)
-  r = i // (geo.bq // tq)  # the layout's q-block holding this tile
+  r = lax.div(i, geo.bq // tq)  # the layout's q-block holding this tile
   prow, frow = plist.row(b, h, r, geo), flist.row(b, h, r, geo)
   chunks = geo.bk // tk
   q = q_ref[...]
@@ -301,7 +309,7 @@ def _fwd_kernel(pcnt_ref, pidx_ref, fcnt_ref, fidx_ref, q_ref, k_ref, v_ref, o_r
   def make_body(idx_ref, row, lists: _Lists, masked: bool):
     def body(step, carry):
       acc, m, l = carry
-      slot, part = (step, 0) if chunks == 1 else (step // chunks, step % chunks)
+      slot, part = _split(step, chunks)
       start = idx_ref[row * lists.slots + slot] * geo.bk + part * tk
       ks = pl.ds(pl.multiple_of(start, tk), tk)
       kt, vt = k_ref[ks, :], v_ref[ks, :]
@@ -368,7 +376,7 @@ def _dq_kernel(pcnt_ref, pidx_ref, fcnt_ref, fidx_ref, q_ref, k_ref, v_ref, do_r
                delta_ref, dq_ref, *, geo: _Geo, tq: int, tk: int, c: float, scale: float,
                plist: _Lists, flist: _Lists, mask_fn):
   i, b, h = pl.program_id(0), pl.program_id(1), pl.program_id(2)
-  r = i // (geo.bq // tq)
+  r = lax.div(i, geo.bq // tq)
   prow, frow = plist.row(b, h, r, geo), flist.row(b, h, r, geo)
   chunks = geo.bk // tk
   q, do = q_ref[...], do_ref[...]
@@ -377,7 +385,7 @@ def _dq_kernel(pcnt_ref, pidx_ref, fcnt_ref, fidx_ref, q_ref, k_ref, v_ref, do_r
 
   def make_body(idx_ref, row, lists: _Lists, masked: bool):
     def body(step, dq):
-      slot, part = (step, 0) if chunks == 1 else (step // chunks, step % chunks)
+      slot, part = _split(step, chunks)
       start = idx_ref[row * lists.slots + slot] * geo.bk + part * tk
       ks = pl.ds(pl.multiple_of(start, tk), tk)
       kt, vt = k_ref[ks, :], v_ref[ks, :]
@@ -399,7 +407,7 @@ def _dkv_kernel(pcnt_ref, pidx_ref, fcnt_ref, fidx_ref, q_ref, k_ref, v_ref, do_
                 delta_ref, dk_ref, dv_ref, *, geo: _Geo, tq: int, tk: int, c: float,
                 scale: float, plist: _Lists, flist: _Lists, mask_fn):
   j, b, hk = pl.program_id(0), pl.program_id(1), pl.program_id(2)
-  r = j // (geo.bk // tk)  # the layout's kv-block holding this tile
+  r = lax.div(j, geo.bk // tk)  # the layout's kv-block holding this tile
   chunks = geo.bq // tq
   kt, vt = k_ref[...], v_ref[...]
   k_pos = (j * tk + jnp.arange(tk, dtype=jnp.int32))[None, :]
@@ -411,7 +419,7 @@ def _dkv_kernel(pcnt_ref, pidx_ref, fcnt_ref, fidx_ref, q_ref, k_ref, v_ref, do_
     def make_body(idx_ref, row, lists: _Lists, masked: bool):
       def body(step, carry):
         dk, dv = carry
-        slot, part = (step, 0) if chunks == 1 else (step // chunks, step % chunks)
+        slot, part = _split(step, chunks)
         start = idx_ref[row * lists.slots + slot] * geo.bq + part * tq
         qs = pl.ds(pl.multiple_of(start, tq), tq)
         qt, do = q_ref[qs, gi, :], do_ref[qs, gi, :]

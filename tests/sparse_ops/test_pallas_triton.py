@@ -37,6 +37,11 @@ class Case:
   dtype: str = "float32"
   b: int = 1
   block: int = 16
+  tiles: kt.Tiles | None = None  # None: the tuned defaults (clipped to the layout's blocks)
+
+
+# Kernel tiles smaller than the layout's blocks: several loop steps per listed block.
+_SUB = kt.Tiles(fwd=kt.PassTiles(16, 16), dq=kt.PassTiles(16, 32), dkv=kt.PassTiles(32, 16))
 
 
 CASES = [
@@ -53,6 +58,8 @@ CASES = [
     Case("causal_t_gt_s", masks.Causal(), 56, 24, 2, 2),
     # Rows q >= 6 allow no key: zeros inside a partial block (q < 16) and rows with no block.
     Case("empty_rows", masks.Local(4) & masks.Sink(2), 40, 40, 2, 1),
+    Case("sub_tiles_gqa2_ragged", masks.Sink(5) | masks.Local(21), 70, 70, 4, 2, block=32,
+         tiles=_SUB),
 ]
 
 GPU_CASES = CASES + [
@@ -102,8 +109,8 @@ def _check(case: Case, interpret: bool, seed: int):
       lay = build(keep)
       if impl == "reference":
         return reference.attention(q, k, v, lay, scale)
-      if interpret:
-        return kt.attention(q, k, v, lay, scale, interpret=True)
+      if interpret or case.tiles is not None:
+        return kt.attention(q, k, v, lay, scale, tiles=case.tiles, interpret=interpret)
       return so.attention(q, k, v, layout=lay, scale=scale, implementation="pallas_triton")
 
     def fwd_bwd(q, k, v, keep):

@@ -1,0 +1,119 @@
+"""BlockLayout: equals its mask elementwise, jittable construction, compaction invariants."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import sparse_ops as so
+from sparse_ops import masks as M
+from test_masks import any_mask
+
+
+def _masks():
+  return st.one_of(any_mask(), st.builds(lambda a, b: M.MultiHead([a, b]), any_mask(depth=1),
+                                         any_mask(depth=1)))
+
+
+@settings(max_examples=40)
+@given(_masks(), st.integers(1, 150), st.integers(1, 150), st.sampled_from([8, 16, 32]),
+       st.sampled_from([8, 16, 64]))
+def test_layout_equals_mask(m, t, s, bq, bk):
+  layout = so.BlockLayout.from_mask(m, t, s, block_q=bq, block_kv=bk)
+  dense = np.asarray(layout.to_dense())
+  expected = M.dense(m, t, s)
+  np.testing.assert_array_equal(dense[0], np.broadcast_to(expected, dense.shape[1:]))
+  _check_lists(layout)
+
+
+def _check_lists(layout):
+  """Counts match, indices ascending, padded slots repeat the last valid index."""
+  for count, idx in ((layout.kv_num_blocks, layout.kv_indices),
+                     (layout.full_kv_num_blocks, layout.full_kv_indices),
+                     (layout.q_num_blocks, layout.q_indices),
+                     (layout.full_q_num_blocks, layout.full_q_indices)):
+    count, idx = np.asarray(count), np.asarray(idx)
+    slots = np.arange(idx.shape[-1])
+    valid = slots < count[..., None]
+    diffs = np.diff(idx, axis=-1)
+    assert (diffs[valid[..., 1:]] > 0).all()
+    last = np.take_along_axis(idx, np.maximum(count - 1, 0)[..., None], -1)
+    assert (np.where(valid, idx, last) == idx).all()
+  partial, full = (np.asarray(x) for x in layout.block_masks())
+  assert not (partial & full).any()
+  # the transposed lists describe the same blocks
+  nq, nk = layout.num_q_blocks, layout.num_kv_blocks
+  from sparse_ops.layout import _expand
+  tp = np.asarray(_expand(layout.q_num_blocks, layout.q_indices, nq)).swapaxes(-1, -2)
+  tf = np.asarray(_expand(layout.full_q_num_blocks, layout.full_q_indices, nq)).swapaxes(-1, -2)
+  np.testing.assert_array_equal(tp, partial)
+  np.testing.assert_array_equal(tf, full)
+
+
+def test_padded_keys_are_never_full_blocks():
+  layout = so.BlockLayout.from_mask(M.Full(), 10, 20, block_q=8, block_kv=16)
+  partial, full = (np.asarray(x)[0, 0] for x in layout.block_masks())
+  assert full[:, 0].all() and not full[:, 1].any() and partial[:, 1].all()
+
+
+@settings(max_examples=10)
+@given(st.integers(1, 3), st.integers(1, 3), st.integers(1, 100), st.integers(1, 100),
+       st.sampled_from([8, 16]), st.integers(0, 2**31))
+def test_from_blocks_inside_jit_matches_numpy_path(b, h, t, s, blk, seed):
+  rng = np.random.default_rng(seed)
+  nq, nk = -(-t // blk), -(-s // blk)
+  keep = rng.random((b, h, nq, nk)) < 0.5
+  full = keep & (rng.random(keep.shape) < 0.5)
+
+  @jax.jit
+  def build(keep, full):
+    return so.BlockLayout.from_blocks(keep, full, block_q=blk, block_kv=blk, q_len=t, kv_len=s,
+                                      mask=M.Causal())
+
+  layout = build(keep, full)
+  partial_got, full_got = (np.asarray(x) for x in layout.block_masks())
+  full_expected = full & ((np.arange(nk) + 1) * blk <= s)
+  np.testing.assert_array_equal(full_got, full_expected)
+  np.testing.assert_array_equal(partial_got, keep & ~full_expected)
+  _check_lists(layout)
+  dense = np.asarray(layout.to_dense())
+  blocks = np.repeat(np.repeat(keep, blk, -2), blk, -1)[..., :t, :s]
+  fblocks = np.repeat(np.repeat(full_expected, blk, -2), blk, -1)[..., :t, :s]
+  np.testing.assert_array_equal(dense, fblocks | (blocks & M.dense(M.Causal(), t, s)))
+
+
+def test_numpy_compaction_general_and_contiguous_paths_agree():
+  from sparse_ops.layout import _compact_jnp, _compact_np
+  rng = np.random.default_rng(0)
+  for sel in (rng.random((3, 9, 13)) < 0.4, np.tril(np.ones((2, 9, 9), bool)),
+              np.zeros((1, 4, 5), bool)):
+    c_np, i_np = _compact_np(sel)
+    c_j, i_j = _compact_jnp(jnp.asarray(sel), sel.shape[-1])
+    np.testing.assert_array_equal(c_np, np.asarray(c_j))
+    np.testing.assert_array_equal(i_np, np.asarray(i_j)[..., :i_np.shape[-1]])
+
+
+def test_layout_is_a_pytree_and_validates():
+  layout = so.BlockLayout.from_mask(M.Causal(), 64, 64, block_q=16, block_kv=16)
+  leaves, treedef = jax.tree.flatten(layout)
+  assert len(leaves) == 8
+  again = jax.tree.unflatten(treedef, leaves)
+  assert again.block_q == 16 and again.mask == M.Causal()
+  with pytest.raises(ValueError, match="block_q=0 must be a positive integer"):
+    so.BlockLayout.from_mask(M.Causal(), 64, 64, block_q=0)
+  with pytest.raises(ValueError, match="block_kv=-16"):
+    so.BlockLayout.from_mask(M.Causal(), 64, 64, block_kv=-16)
+  with pytest.raises(ValueError, match=r"keep.shape=\(1, 1, 3, 3\) must be \[Bl, Hl, 4, 4\]"):
+    so.BlockLayout.from_blocks(np.ones((1, 1, 3, 3), bool), block_q=16, block_kv=16, q_len=64,
+                               kv_len=64)
+
+
+def test_long_causal_layout_is_block_proportional():
+  """T=2**18 with 128×128 blocks, from closed forms (T=2**20 is timed in benchmarks/layout.py)."""
+  t = 1 << 18
+  layout = so.BlockLayout.from_mask(M.Causal(), t, t)
+  n = t // 128
+  assert layout.full_kv_indices.shape == (1, 1, n, n - 1)
+  assert int(np.asarray(layout.visited_blocks())[0, 0]) == n * (n + 1) // 2
+  np.testing.assert_array_equal(np.asarray(layout.kv_indices)[0, 0, :, 0], np.arange(n))
