@@ -1,0 +1,242 @@
+"""Model and attention configs, and the size ladder (`family`).
+
+Configs are frozen dataclasses: hashable (static under jit), printable, and CLI-friendly (tyro).
+Every check runs in `__post_init__` or `validate(seq_len)`, in Python, so a bad config fails before
+anything is traced or compiled, with a message naming the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Literal
+
+import sparse_ops as so
+
+PATTERNS = ("dense", "local", "strided", "block_random")
+Pattern = Literal["dense", "local", "strided", "block_random"]
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionConfig:
+  """Which (query, key) pairs each layer attends to, and how it is computed.
+
+  pattern:
+    dense         causal attention.
+    local         causal sliding window of `window` keys (`q - window < k <= q`).
+    strided       Sparse-Transformer style: a local window of `window` keys (default: `stride`)
+                  plus every key at a distance that is a multiple of `stride`.
+    block_random  random `block_kv`-sized tiles kept with probability `density` (seed `seed`),
+                  plus the local window (default 1: the diagonal, so no row is empty).
+  sink: the first `sink` keys are visible to every query, added to any pattern.
+  sparsity: a target element sparsity against dense causal (``so.flops.sparsity``); when set, the
+    pattern's knob (local: window, strided: stride, block_random: density) is solved at each
+    sequence length for the closest achievable value, so one config means "90% sparse" at any T.
+  block_q, block_kv: kernel block sizes (None: the implementation's default for the length).
+  implementation: a `sparse_ops` implementation name, or None for the best one here.
+  """
+
+  pattern: Pattern = "dense"
+  window: int = 0
+  sink: int = 0
+  stride: int = 0
+  density: float = 1.0
+  seed: int = 0
+  sparsity: float | None = None
+  block_q: int | None = None
+  block_kv: int | None = None
+  implementation: str | None = None
+
+  def __post_init__(self):
+    if self.pattern not in PATTERNS:
+      raise ValueError(f"attention.pattern={self.pattern!r} is unknown; valid: {PATTERNS}")
+    for name in ("window", "sink", "stride", "seed"):
+      value = getattr(self, name)
+      if not isinstance(value, int) or value < 0:
+        raise ValueError(f"attention.{name}={value!r} must be a non-negative int")
+    if not 0.0 <= self.density <= 1.0:
+      raise ValueError(f"attention.density={self.density!r} must be in [0, 1]")
+    if self.sparsity is not None and not 0.0 <= self.sparsity < 1.0:
+      raise ValueError(f"attention.sparsity={self.sparsity!r} must be in [0, 1)")
+    for name in ("block_q", "block_kv"):
+      value = getattr(self, name)
+      if value is not None and (not isinstance(value, int) or value <= 0):
+        raise ValueError(f"attention.{name}={value!r} must be a positive int or None")
+    if self.implementation is not None and self.implementation not in so.IMPLEMENTATIONS:
+      raise ValueError(f"attention.implementation={self.implementation!r} is unknown; valid: "
+                       f"{sorted(so.IMPLEMENTATIONS)} or None")
+    if self.sparsity is None:
+      if self.pattern == "local" and self.window < 1:
+        raise ValueError("attention.window=0: pattern='local' needs window >= 1 (or sparsity=)")
+      if self.pattern == "strided" and self.stride < 1:
+        raise ValueError("attention.stride=0: pattern='strided' needs stride >= 1 (or sparsity=)")
+    elif self.pattern == "dense":
+      raise ValueError(f"attention.sparsity={self.sparsity} needs a sparse pattern, not 'dense'")
+
+  # ------------------------------------------------------------------------------ validation
+  def validate(self, seq_len: int) -> None:
+    """Checks that the blocks fit `seq_len` and that the sparsity target is reachable."""
+    for name in ("block_q", "block_kv"):
+      value = getattr(self, name)
+      if value is not None and seq_len % value:
+        raise ValueError(f"attention.{name}={value} must divide seq_len={seq_len}")
+    if self.sparsity is not None:
+      self.mask(seq_len)  # raises if the target cannot be approached
+
+  # --------------------------------------------------------------------------- mask / layout
+  def mask(self, seq_len: int) -> so.masks.Mask:
+    """The `sparse_ops` mask this config means at length `seq_len` (cached)."""
+    return _mask(self, seq_len)
+
+  def blocks(self, seq_len: int) -> tuple[int, int]:
+    """(block_q, block_kv) used at `seq_len`: the configured ones or the implementation's."""
+    impl = self.implementation or so.default_implementation()
+    default = so.IMPLEMENTATIONS[impl].default_blocks(seq_len, seq_len, 64)
+    return (self.block_q or default[0], self.block_kv or default[1])
+
+  def layout(self, seq_len: int) -> so.BlockLayout:
+    block_q, block_kv = self.blocks(seq_len)
+    return so.BlockLayout.from_mask(self.mask(seq_len), seq_len, seq_len, block_q=block_q,
+                                    block_kv=block_kv)
+
+
+def _build(cfg: AttentionConfig, seq_len: int, *, window: int, stride: int,
+           density: float) -> so.masks.Mask:
+  causal = so.masks.Causal()
+  if cfg.pattern == "dense":
+    mask = causal
+  elif cfg.pattern == "local":
+    mask = so.masks.Local(window)
+  elif cfg.pattern == "strided":
+    mask = causal & (so.masks.Local(window or stride) | so.masks.Strided(stride))
+  else:  # block_random
+    tile = cfg.block_kv or cfg.blocks(seq_len)[1]
+    mask = causal & (so.masks.BlockRandom(density, cfg.seed, tile) | so.masks.Local(window or 1))
+  if cfg.sink:
+    mask = mask | (so.masks.Sink(cfg.sink) & causal)
+  return mask
+
+
+@functools.lru_cache(maxsize=256)
+def _mask(cfg: AttentionConfig, seq_len: int) -> so.masks.Mask:
+  knobs = dict(window=cfg.window, stride=cfg.stride, density=cfg.density)
+  if cfg.sparsity is None:
+    return _build(cfg, seq_len, **knobs)
+  sparsity = lambda **kw: so.flops.sparsity(_build(cfg, seq_len, **{**knobs, **kw}), seq_len)
+  target = cfg.sparsity
+  if cfg.pattern == "block_random":
+    # nnz grows monotonically with density (a tile is kept iff its hash < threshold): bisect.
+    lo, hi = 0.0, 1.0
+    for _ in range(30):
+      mid = (lo + hi) / 2
+      lo, hi = (mid, hi) if sparsity(density=mid) > target else (lo, mid)
+    best = min((lo, hi), key=lambda d: abs(sparsity(density=d) - target))
+    return _build(cfg, seq_len, **{**knobs, "density": best})
+  if cfg.pattern == "local":  # sparsity falls as the window grows
+    window = _bisect(lambda w: sparsity(window=w), target, 1, seq_len, rising=False)
+    return _check_reached(cfg, seq_len, sparsity(window=window), window=window)
+  # strided: with window = stride a query sees ~stride + q/stride keys, so sparsity rises with the
+  # stride up to ~sqrt(T/2): take the first stride at or past the target there, then widen the
+  # window (sparsity falls with it) to land on the target between integer strides.
+  top = max(2, math.isqrt(seq_len // 2) + 1)
+  stride = _bisect(lambda s: sparsity(stride=s, window=s), target, 1, top, rising=True)
+  if sparsity(stride=stride, window=stride) < target and stride < top:
+    stride += 1
+  window = _bisect(lambda w: sparsity(stride=stride, window=w), target, stride, seq_len,
+                   rising=False)
+  got = sparsity(stride=stride, window=window)
+  return _check_reached(cfg, seq_len, got, stride=stride, window=window)
+
+
+def _bisect(sparsity_of, target: float, lo: int, hi: int, *, rising: bool) -> int:
+  """The int knob in [lo, hi] whose sparsity is closest to target (sparsity monotone in it)."""
+  while hi - lo > 1:
+    mid = (lo + hi) // 2
+    lo, hi = (lo, mid) if (sparsity_of(mid) > target) == rising else (mid, hi)
+  return min((lo, hi), key=lambda n: abs(sparsity_of(n) - target))
+
+
+def _check_reached(cfg: AttentionConfig, seq_len: int, got: float, **knobs) -> so.masks.Mask:
+  if abs(got - cfg.sparsity) > 0.05:
+    raise ValueError(f"attention.sparsity={cfg.sparsity} is out of reach for pattern="
+                     f"{cfg.pattern!r} at seq_len={seq_len} (closest: {got:.3f} at {knobs})")
+  base = dict(window=cfg.window, stride=cfg.stride, density=cfg.density)
+  return _build(cfg, seq_len, **{**base, **knobs})
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """A Llama-style decoder: pre-RMSNorm blocks of GQA attention (RoPE) and a SwiGLU MLP.
+
+  num_kv_heads: None means multi-head attention (= num_heads); 1 is multi-query.
+  head_dim: None means width // num_heads.
+  mlp_dim: None means 8/3·width rounded up to a multiple of 64 (SwiGLU at ~4·width² params).
+  """
+
+  vocab_size: int = 512
+  width: int = 64
+  depth: int = 2
+  num_heads: int = 4
+  num_kv_heads: int | None = None
+  head_dim: int | None = None
+  mlp_dim: int | None = None
+  tie_embeddings: bool = False
+  rope_base: float = 10_000.0
+  norm_eps: float = 1e-6
+  attention: AttentionConfig = AttentionConfig()
+
+  def __post_init__(self):
+    for name in ("vocab_size", "width", "depth", "num_heads"):
+      value = getattr(self, name)
+      if not isinstance(value, int) or value <= 0:
+        raise ValueError(f"model.{name}={value!r} must be a positive int")
+    for name in ("num_kv_heads", "head_dim", "mlp_dim"):
+      value = getattr(self, name)
+      if value is not None and (not isinstance(value, int) or value <= 0):
+        raise ValueError(f"model.{name}={value!r} must be a positive int or None")
+    if self.head_dim is None and self.width % self.num_heads:
+      raise ValueError(f"model.num_heads={self.num_heads} must divide model.width={self.width} "
+                       "(or set model.head_dim)")
+    if self.num_heads % self.kv_heads:
+      raise ValueError(f"model.num_kv_heads={self.num_kv_heads} must divide "
+                       f"model.num_heads={self.num_heads} (GQA groups)")
+    if self.head_size % 2:
+      raise ValueError(f"model.head_dim={self.head_size} must be even (RoPE rotates pairs)")
+
+  @property
+  def kv_heads(self) -> int:
+    return self.num_kv_heads or self.num_heads
+
+  @property
+  def head_size(self) -> int:
+    return self.head_dim or self.width // self.num_heads
+
+  @property
+  def hidden(self) -> int:
+    return self.mlp_dim or 64 * -(-8 * self.width // (3 * 64))
+
+  def validate(self, seq_len: int) -> None:
+    if not isinstance(seq_len, int) or seq_len <= 0:
+      raise ValueError(f"seq_len={seq_len!r} must be a positive int")
+    self.attention.validate(seq_len)
+
+
+# --------------------------------------------------------------------------------- size ladder
+
+# One rule: width = 32 · depth (aspect ratio 32), num_heads = max(4, width // 64), so head_dim is
+# 64 from width 256 on (GPU-sized) and width/4 below. Names are the non-embedding parameter
+# counts, rounded; `models.param_counts` gives the exact ones.
+_DEPTHS = {"100k": 2, "300k": 3, "800k": 4, "3m": 6, "6m": 8, "20m": 12, "50m": 16,
+           "100m": 20, "170m": 24, "400m": 32, "800m": 40, "1b": 44}
+SIZES = tuple(_DEPTHS)
+
+
+def family(size: str, **overrides) -> ModelConfig:
+  """The ladder's config named `size` (see `SIZES`), with any field overridden."""
+  if size not in _DEPTHS:
+    raise ValueError(f"model size={size!r} is unknown; valid: {list(SIZES)}")
+  depth = _DEPTHS[size]
+  width = 32 * depth
+  fields = dict(depth=depth, width=width, num_heads=max(4, width // 64))
+  return ModelConfig(**{**fields, **overrides})

@@ -1,0 +1,158 @@
+"""Counts against the built model, FLOPs against an independent derivation and XLA, causality of
+every pattern, and config errors that name the field."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import models
+import sparse_ops as so
+
+PATTERN_CONFIGS = {
+    "dense": models.AttentionConfig(),
+    "local": models.AttentionConfig("local", window=5),
+    "local_sink": models.AttentionConfig("local", window=3, sink=2),
+    "local_target": models.AttentionConfig("local", sparsity=0.8),
+    "strided": models.AttentionConfig("strided", stride=4),
+    "block_random": models.AttentionConfig("block_random", density=0.5, seed=3, block_q=8,
+                                           block_kv=8),
+    "block_random_target": models.AttentionConfig("block_random", sparsity=0.5, block_q=8,
+                                                  block_kv=8),
+}
+
+
+def _params(model):
+  return jax.tree.leaves(nnx.state(model, nnx.Param))
+
+
+@pytest.mark.parametrize("cfg", [
+    models.family("100k"),
+    models.family("300k", tie_embeddings=True),
+    models.ModelConfig(vocab_size=300, width=48, depth=3, num_heads=6, num_kv_heads=2),
+    models.ModelConfig(vocab_size=128, width=32, depth=1, num_heads=2, num_kv_heads=1,
+                       head_dim=24, mlp_dim=40),
+])
+def test_param_counts_match_built_model(cfg):
+  model = nnx.eval_shape(lambda: models.Transformer(cfg, rngs=nnx.Rngs(0)))  # shapes suffice
+  counts = models.param_counts(cfg)
+  assert counts.total == sum(p.size for p in _params(model))
+  embedding = model.embed_vd.size + (0 if model.head_dv is None else model.head_dv.size)
+  assert counts.nonembed == counts.total - embedding
+
+
+def test_family_ladder_follows_one_rule_and_names_its_size():
+  sizes = [models.param_counts(models.family(s)).nonembed for s in models.SIZES]
+  assert sizes == sorted(sizes)
+  assert 8e4 < sizes[0] < 2e5 and 0.8e9 < sizes[-1] < 1.3e9
+  nominal = {"k": 1e3, "m": 1e6, "b": 1e9}
+  for name, n in zip(models.SIZES, sizes):
+    assert 0.6 < n / (float(name[:-1]) * nominal[name[-1]]) < 1.5, (name, n)
+    cfg = models.family(name)
+    assert cfg.width == 32 * cfg.depth
+    if cfg.width >= 256:
+      assert cfg.head_size == 64
+
+
+@pytest.mark.parametrize("name", ["dense", "local_sink", "strided", "block_random"])
+def test_flops_per_token_match_an_independent_derivation(name):
+  cfg = models.ModelConfig(vocab_size=200, width=48, depth=2, num_heads=4, num_kv_heads=2,
+                           attention=PATTERN_CONFIGS[name])
+  model = nnx.eval_shape(lambda: models.Transformer(cfg, rngs=nnx.Rngs(0)))
+  t = 64
+  # Independently: 2 FLOPs per weight of every matmul (each ≥2-D array; the embedding lookup is
+  # no matmul but the head, tied or not, is one d×V matmul), plus the allowed pairs counted on the
+  # dense boolean mask, per head and layer: 2·Dqk (QKᵀ) + 2·Dv (PV).
+  matmul = sum(p.size for p in _params(model) if p.ndim >= 2) - model.embed_vd.size
+  matmul += 0 if model.head_dv is not None else cfg.width * cfg.vocab_size
+  pairs = so.masks.dense(cfg.attention.mask(t), t, t).sum()
+  fwd = 2 * matmul + cfg.depth * cfg.num_heads * 4 * cfg.head_size * pairs / t
+  norms = sum(p.size for p in _params(model) if p.ndim == 1)
+  # DESIGN's convention counts norm scales in N_nonembed (6 FLOPs each per trained token).
+  assert models.flops_per_token(cfg, t, training=False) == pytest.approx(fwd + 2 * norms, 1e-12)
+  assert models.flops_per_token(cfg, t) == pytest.approx(3 * (fwd + 2 * norms), 1e-12)
+
+
+def test_dense_flops_match_xla_cost_analysis():
+  cfg = models.ModelConfig(vocab_size=512, width=128, depth=2, num_heads=4,
+                           attention=models.AttentionConfig(implementation="reference"))
+  graphdef, state = nnx.split(models.Transformer(cfg, rngs=nnx.Rngs(0)))
+  b, t = 2, 32
+  tokens = jnp.zeros((b, t), jnp.int32)
+  forward = lambda state, x: nnx.merge(graphdef, state)(x)
+  train = jax.grad(lambda state, x: forward(state, x).sum())
+
+  def xla_flops(fn):
+    cost = jax.jit(fn).lower(state, tokens).compile().cost_analysis()
+    return (cost[0] if isinstance(cost, list) else cost)["flops"]
+
+  infer = models.flops_per_token(cfg, t, training=False) * b * t
+  assert xla_flops(forward) == pytest.approx(infer, rel=0.05)
+  assert xla_flops(train) == pytest.approx(3 * infer, rel=0.05)
+
+
+@pytest.mark.parametrize("name", sorted(PATTERN_CONFIGS))
+def test_no_gradient_or_influence_from_future_tokens(name):
+  t, vocab = 32, 128
+  cfg = models.ModelConfig(vocab_size=vocab, width=32, depth=2, num_heads=4, num_kv_heads=2,
+                           attention=PATTERN_CONFIGS[name])
+  graphdef, state = nnx.split(models.Transformer(cfg, rngs=nnx.Rngs(1)))
+  forward = jax.jit(lambda tokens: nnx.merge(graphdef, state)(tokens))
+
+  @jax.jit
+  def embed_grad(tokens, i):
+    def logits_at_i(state):
+      logits = nnx.merge(graphdef, state)(tokens)
+      return (logits[0, i] * jnp.arange(vocab)).sum()
+    return nnx.to_pure_dict(jax.grad(logits_at_i)(state))["embed_vd"]
+
+  rng = np.random.default_rng()
+  # Past tokens from [0, 64), future ones from [64, 128): an embedding row gets gradient only
+  # through the positions that hold its token.
+  for i in (0, 7, 19, t - 2):
+    tokens = np.concatenate([rng.integers(0, 64, i + 1), rng.integers(64, vocab, t - i - 1)])
+    tokens = jnp.asarray(tokens[None], jnp.int32)
+    grad = np.asarray(embed_grad(tokens, i))
+    assert np.all(grad[64:] == 0), f"{name}: position {i} sees the future"
+    assert np.any(grad[:64] != 0)
+    # Rewriting the future leaves every earlier output bit-identical.
+    other = tokens.at[0, i + 1:].set(jnp.asarray(rng.integers(64, vocab, t - i - 1), jnp.int32))
+    np.testing.assert_array_equal(forward(tokens)[0, :i + 1], forward(other)[0, :i + 1])
+
+
+def test_every_pattern_matches_reference_attention_in_the_model():
+  t = 32
+  tokens = jnp.asarray(np.random.default_rng().integers(0, 128, (2, t)), jnp.int32)
+  for name, attention in PATTERN_CONFIGS.items():
+    ref = models.AttentionConfig(**{**attention.__dict__, "implementation": "reference"})
+    cfg = models.ModelConfig(vocab_size=128, width=32, depth=1, num_heads=2, attention=attention)
+    graphdef, state = nnx.split(models.Transformer(cfg, rngs=nnx.Rngs(0)))
+    run = jax.jit(lambda tokens, attention: nnx.merge(graphdef, state)(tokens, attention),
+                  static_argnums=1)
+    np.testing.assert_allclose(run(tokens, None), run(tokens, ref), rtol=1e-5, atol=1e-5,
+                               err_msg=name)
+
+
+@pytest.mark.parametrize("make, field", [
+    (lambda: models.ModelConfig(width=64, num_heads=5), "num_heads"),
+    (lambda: models.ModelConfig(width=64, num_heads=4, num_kv_heads=3), "num_kv_heads"),
+    (lambda: models.family("huge"), "size"),
+    (lambda: models.ModelConfig(attention=models.AttentionConfig(block_q=48)).validate(128),
+     "block_q"),
+    (lambda: models.ModelConfig(attention=models.AttentionConfig(block_kv=256)).validate(128),
+     "block_kv"),
+    (lambda: models.AttentionConfig("local"), "window"),
+    (lambda: models.AttentionConfig("sliding"), "pattern"),
+    (lambda: models.AttentionConfig(implementation="cuda"), "implementation"),
+])
+def test_bad_configs_fail_naming_the_field(make, field):
+  with pytest.raises(ValueError, match=field):
+    make()
+
+
+def test_target_sparsity_is_met_at_every_length():
+  for pattern in ("local", "strided", "block_random"):
+    cfg = models.AttentionConfig(pattern, sparsity=0.6, block_q=16, block_kv=16)
+    for t in (128, 512):
+      assert so.flops.sparsity(cfg.mask(t), t) == pytest.approx(0.6, abs=0.05), (pattern, t)
