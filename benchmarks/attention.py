@@ -19,6 +19,7 @@ pattern (``Local(w)``), the case where a block-sparse kernel must not touch T×S
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -43,6 +44,12 @@ PRESETS = {
     "gpu": dict(lengths=[4096, 8192, 32768], densities=[1.0, 0.5, 0.25, 0.1, 0.05],
                 impls=None, batch=4, heads=16, head_dim=128, dtype="bfloat16", local=[],
                 reps=10, reference_max_len=0),
+    # The committed H100 run (benchmarks/results/attention_h100.*): our Triton kernel against cuDNN
+    # dense and PyTorch FlexAttention on the same layouts, side by side in one process.
+    "h100": dict(lengths=[4096, 8192, 32768], densities=[1.0, 0.5, 0.25, 0.1, 0.05],
+                 impls=["pallas_triton"], batch=4, heads=16, head_dim=128, dtype="bfloat16",
+                 local=[], reps=10, reference_max_len=0, baselines=["cudnn", "flex"],
+                 temp_bytes=False),
 }
 
 
@@ -87,18 +94,18 @@ def run_case(impl: str, mask: masks.Mask, t: int, cfg: dict, key) -> list[dict]:
   blocks = so.IMPLEMENTATIONS[impl].default_blocks(t, t, d)
   layout = so.BlockLayout.from_mask(mask, t, t, block_q=blocks[0], block_kv=blocks[1])
 
-  def fwd(q, k, v):
+  def fwd(q, k, v, layout):  # layout as an argument: no constant folding through it
     return so.attention(q, k, v, layout=layout, implementation=impl)
 
-  def fwd_bwd(q, k, v):
-    out, vjp = jax.vjp(fwd, q, k, v)
+  def fwd_bwd(q, k, v, layout):
+    out, vjp = jax.vjp(lambda q, k, v: fwd(q, k, v, layout), q, k, v)
     return vjp(g)
 
   model_fwd = so.flops.model_flops(mask, t, t, num_heads=h, head_dim=d, batch=b)
   rows = []
   for name, fn, mult in (("fwd", fwd, 1.0), ("fwd_bwd", fwd_bwd, 3.5)):
     jfn = jax.jit(fn)
-    med, times = _time(jfn, (q, k, v), cfg["reps"])
+    med, times = _time(jfn, (q, k, v, layout), cfg["reps"])
     rows.append(dict(
         impl=impl, pattern=repr(mask), T=t, batch=b, heads=h, head_dim=d, dtype=cfg["dtype"],
         block_q=blocks[0], block_kv=blocks[1], pass_=name,
@@ -108,8 +115,180 @@ def run_case(impl: str, mask: masks.Mask, t: int, cfg: dict, key) -> list[dict]:
         executed_tflop=so.flops.executed_flops(layout, num_heads=h, head_dim=d, batch=b,
                                                backward=(name == "fwd_bwd")) / 1e12,
         median_s=med, times_s=times, tflops=model_fwd * mult / med / 1e12,
-        temp_bytes=_temp_bytes(jfn, (q, k, v))))
+        temp_bytes=_temp_bytes(jfn, (q, k, v)) if cfg.get("temp_bytes", True) else None))
   return rows
+
+# ------------------------------------------------------------------------------ GPU baselines
+
+
+def _row(impl, mask, t, cfg, pass_, times, model_fwd, layout=None, **extra) -> dict:
+  b, h, d = cfg["batch"], cfg["heads"], cfg["head_dim"]
+  mult = 3.5 if pass_ == "fwd_bwd" else 1.0
+  med = statistics.median(times)
+  return dict(
+      impl=impl, pattern=repr(mask), T=t, batch=b, heads=h, head_dim=d, dtype=cfg["dtype"],
+      block_q=128, block_kv=128, pass_=pass_,
+      block_density=1.0 if layout is None else 1.0 - so.flops.block_sparsity(layout),
+      element_sparsity=so.flops.sparsity(mask, t), model_tflop=model_fwd * mult / 1e12,
+      executed_tflop=None, median_s=med, times_s=times, tflops=model_fwd * mult / med / 1e12,
+      temp_bytes=None, **extra)
+
+
+def gpu_baseline(name: str, patterns: list, t: int, cfg: dict, key) -> list[dict]:
+  """Rows for a GPU baseline on the same shapes (and, for FlexAttention, the same layouts).
+
+  ``cudnn``: ``jax.nn.dot_product_attention(implementation="cudnn")``, dense causal, on the same
+  inputs as our kernel. ``flex``: PyTorch FlexAttention under torch.compile on a BlockMask made
+  from *our* BlockLayout's lists (same kept blocks, 128 × 128; its partial blocks apply the causal
+  mask_mod), plus torch SDPA dense causal as its own dense reference.
+  """
+  b, h, d = cfg["batch"], cfg["heads"], cfg["head_dim"]
+  dtype = jnp.dtype(cfg["dtype"])
+  if name == "cudnn":
+    kq, kk, kv, kg = jax.random.split(key, 4)
+    q, k, v, g = (jax.random.normal(x, (b, t, h, d), dtype) for x in (kq, kk, kv, kg))
+    fwd = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=True,
+                                                       implementation="cudnn")
+
+    def fwd_bwd(q, k, v):
+      return jax.vjp(fwd, q, k, v)[1](g)
+
+    mask = masks.Causal()
+    model_fwd = so.flops.model_flops(mask, t, t, num_heads=h, head_dim=d, batch=b)
+    rows = []
+    for pass_, fn in (("fwd", fwd), ("fwd_bwd", fwd_bwd)):
+      _, times = _time(jax.jit(fn), (q, k, v), cfg["reps"])
+      rows.append(_row("cudnn_dense", mask, t, cfg, pass_, times, model_fwd))
+    return rows
+  if name == "flex":
+    return _flex_rows(patterns, t, cfg)
+  raise ValueError(f"baseline={name!r}; valid: 'cudnn', 'flex'")
+
+
+def _torch_time(fn, reps: int) -> list[float]:
+  import torch
+  for _ in range(2):
+    fn()
+  torch.cuda.synchronize()
+  times = []
+  for _ in range(reps):
+    t0 = time.perf_counter()
+    fn()
+    torch.cuda.synchronize()
+    times.append(time.perf_counter() - t0)
+  return times
+
+
+def _flex_rows(patterns: list, t: int, cfg: dict) -> list[dict]:
+  try:
+    import torch
+    import torch.nn.functional as F
+    from torch.nn.attention.flex_attention import BlockMask, flex_attention
+  except Exception as e:  # the row says why rather than the run failing
+    print(f"flex baseline skipped: {e!r}", flush=True)
+    return []
+  b, h, d = cfg["batch"], cfg["heads"], cfg["head_dim"]
+  tdtype = {"bfloat16": torch.bfloat16, "float16": torch.float16,
+            "float32": torch.float32}[cfg["dtype"]]
+  gen = torch.Generator(device="cuda").manual_seed(0)
+  q, k, v, g = (torch.randn(b, h, t, d, device="cuda", dtype=tdtype, generator=gen)
+                for _ in range(4))
+  q.requires_grad_(), k.requires_grad_(), v.requires_grad_()
+  flex = torch.compile(flex_attention)
+  causal = lambda bb, hh, qi, ki: ki <= qi
+  extra = dict(torch=torch.__version__)
+  rows = []
+
+  def both(impl, mask, run, model_fwd, layout=None):
+    def fwd():
+      with torch.no_grad():
+        run()
+
+    def fwd_bwd():
+      torch.autograd.grad(run(), (q, k, v), g)
+
+    for pass_, fn in (("fwd", fwd), ("fwd_bwd", fwd_bwd)):
+      times = _torch_time(fn, cfg["reps"])
+      rows.append(_row(impl, mask, t, cfg, pass_, times, model_fwd, layout, **extra))
+      print(_fmt(rows[-1]), flush=True)
+
+  dense = masks.Causal()
+  both("torch_sdpa_dense", dense,
+       lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True),
+       so.flops.model_flops(dense, t, t, num_heads=h, head_dim=d, batch=b))
+  for mask in patterns:
+    layout = so.BlockLayout.from_mask(mask, t, t, block_q=128, block_kv=128)
+    cuda = lambda x: torch.as_tensor(np.asarray(x, np.int32)).cuda()
+    block_mask = BlockMask.from_kv_blocks(
+        cuda(layout.kv_num_blocks), cuda(layout.kv_indices), cuda(layout.full_kv_num_blocks),
+        cuda(layout.full_kv_indices), BLOCK_SIZE=128, mask_mod=causal)
+    both("torch_flex", mask, lambda: flex(q, k, v, block_mask=block_mask),
+         so.flops.model_flops(mask, t, t, num_heads=h, head_dim=d, batch=b), layout)
+  return rows
+
+
+def _add_cudnn_ratios(rows: list[dict]) -> None:
+  """Speedup over cuDNN dense causal (same T, pass); torch rows also over torch SDPA dense."""
+  ref = {(r["impl"], r["T"], r["pass_"]): r["median_s"] for r in rows
+         if r["impl"] in ("cudnn_dense", "torch_sdpa_dense")}
+  for r in rows:
+    base = ref.get(("cudnn_dense", r["T"], r["pass_"]))
+    r["speedup_vs_cudnn"] = base / r["median_s"] if base else None
+    tbase = ref.get(("torch_sdpa_dense", r["T"], r["pass_"]))
+    r["speedup_vs_torch_sdpa"] = tbase / r["median_s"] if tbase else None
+
+
+# ------------------------------------------------------------------------------- tile tuning
+
+
+def tune(cfg: dict, head_dims=(128, 64), t: int = 8192) -> dict:
+  """Sweeps the Triton kernels' tiles per pass (dense causal, bf16), one pass at a time.
+
+  fwd: times the forward; dq / dkv: times forward+backward with the other tiles fixed.
+  """
+  from sparse_ops.kernels import triton as kt
+  P = kt.PassTiles
+  cands = {
+      "fwd": [P(128, 64, 4, 3), P(128, 64, 8, 3), P(128, 128, 8, 2), P(128, 128, 8, 3),
+              P(64, 64, 4, 3), P(128, 32, 4, 4), P(64, 128, 4, 2), P(128, 64, 8, 4)],
+      "dq": [P(64, 64, 4, 2), P(64, 64, 4, 3), P(128, 64, 8, 2), P(64, 128, 8, 2),
+             P(128, 128, 8, 2), P(32, 64, 4, 2), P(128, 32, 8, 2)],
+      "dkv": [P(64, 64, 4, 2), P(64, 64, 4, 3), P(64, 128, 8, 2), P(128, 64, 8, 2),
+              P(128, 128, 8, 2), P(32, 64, 4, 2), P(32, 128, 8, 2)],
+  }
+  b, h = cfg["batch"], cfg["heads"]
+  dtype = jnp.dtype(cfg["dtype"])
+  out = {}
+  for d in head_dims:
+    kq, kk, kv, kg = jax.random.split(jax.random.PRNGKey(0), 4)
+    q, k, v, g = (jax.random.normal(x, (b, t, h, d), dtype) for x in (kq, kk, kv, kg))
+    layout = so.BlockLayout.from_mask(masks.Causal(), t, t, block_q=128, block_kv=128)
+    best = kt.default_tiles(d, dtype)
+    flops = so.flops.model_flops(masks.Causal(), t, t, num_heads=h, head_dim=d, batch=b)
+    log = []
+    for pass_ in ("fwd", "dq", "dkv"):
+      results = []
+      for c in cands[pass_]:
+        tiles = dataclasses.replace(best, **{pass_: c})
+        fwd = lambda q, k, v, tiles=tiles: kt.attention(q, k, v, layout, tiles=tiles)
+        fn = fwd if pass_ == "fwd" else (lambda q, k, v, fwd=fwd: jax.vjp(fwd, q, k, v)[1](g))
+        try:
+          med, _ = _time(jax.jit(fn), (q, k, v), 5)
+        except Exception as e:  # e.g. out of shared memory: recorded, not fatal
+          print(f"tune d={d} {pass_} {c}: failed {type(e).__name__}: {str(e)[:200]}", flush=True)
+          log.append(dict(head_dim=d, pass_=pass_, tiles=dataclasses.asdict(c), error=str(e)[:300]))
+          continue
+        tf = flops * (1.0 if pass_ == "fwd" else 3.5) / med / 1e12
+        print(f"tune d={d} {pass_:>3} {c}: {med * 1e3:8.3f} ms {tf:7.1f} TFLOP/s", flush=True)
+        log.append(dict(head_dim=d, pass_=pass_, tiles=dataclasses.asdict(c), median_s=med,
+                        tflops=tf))
+        results.append((med, c))
+      if results:
+        best = dataclasses.replace(best, **{pass_: min(results, key=lambda x: x[0])[1]})
+    out[d] = dict(chosen=dataclasses.asdict(best), log=log)
+    print(f"tune d={d} chosen: {best}", flush=True)
+  return out
+
 
 
 def environment() -> dict:
@@ -134,7 +313,13 @@ def sweep(cfg: dict) -> dict:
         rows += run_case(impl, mask, t, cfg, key)
         print(_fmt(rows[-2]), flush=True)
         print(_fmt(rows[-1]), flush=True)
+    for base in cfg.get("baselines", []):
+      new = gpu_baseline(base, patterns, t, cfg, key)
+      for r in new:
+        print(_fmt(r), flush=True)
+      rows += new
   _add_speedups(rows)
+  _add_cudnn_ratios(rows)
   return dict(environment=environment(), config=cfg, rows=rows)
 
 
@@ -155,15 +340,18 @@ def _fmt(r: dict) -> str:
 
 
 def table(rows: list[dict]) -> str:
-  head = "| impl | pass | T | pattern | block density | median ms | TFLOP/s | vs own dense | ideal | temp MiB |"
-  lines = [head, "|" + "---|" * 10]
+  head = ("| impl | pass | T | pattern | block density | median ms | TFLOP/s | vs own dense | "
+          "ideal | temp MiB | vs cuDNN dense |")
+  lines = [head, "|" + "---|" * 11]
   for r in rows:
     sp = r.get("speedup_vs_own_dense")
     ideal = r.get("ideal_speedup")
+    vs_cudnn = r.get("speedup_vs_cudnn")
     lines.append(
         f"| {r['impl']} | {r['pass_']} | {r['T']} | `{r['pattern'][:48]}` | {r['block_density']:.3f} "
         f"| {r['median_s'] * 1e3:.1f} | {r['tflops']:.4f} | {'' if sp is None else f'{sp:.2f}×'} "
-        f"| {'' if ideal is None else f'{ideal:.2f}×'} | {(r['temp_bytes'] or 0) / 2**20:.1f} |")
+        f"| {'' if ideal is None else f'{ideal:.2f}×'} | {(r['temp_bytes'] or 0) / 2**20:.1f} "
+        f"| {'' if vs_cudnn is None else f'{vs_cudnn:.2f}×'} |")
   return "\n".join(lines)
 
 
@@ -180,13 +368,21 @@ def main(argv=None) -> None:
   p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
   p.add_argument("--reps", type=int)
   p.add_argument("--out", default=None, help="JSON path (a .md table is written beside it)")
+  p.add_argument("--baselines", nargs="*", help="GPU baselines to add: cudnn flex")
+  p.add_argument("--tune", default=None, metavar="JSON",
+                 help="sweep the pallas_triton tiles (T=8192, dense causal) into this JSON, then exit")
   args = p.parse_args(argv)
   default = "gpu" if jax.default_backend() == "gpu" else "cpu"
   cfg = dict(PRESETS[args.preset or default])
   for field in ("lengths", "densities", "local", "impls", "batch", "heads", "head_dim", "dtype",
-                "reps"):
+                "reps", "baselines"):
     if getattr(args, field) is not None:
       cfg[field] = getattr(args, field)
+  if args.tune:
+    res = dict(environment=environment(), config=cfg, tune=tune(cfg))
+    with open(args.tune, "w") as f:
+      json.dump(res, f, indent=1)
+    return
   result = sweep(cfg)
   print(table(result["rows"]))
   if args.out:
