@@ -108,7 +108,10 @@ class BlockLayout:
 
     ``full`` (same shape) marks kept blocks that need no elementwise ``mask``; by default a kept
     block is full when ``mask`` is None and partial otherwise. Blocks holding padded keys past
-    ``kv_len`` are always partial. ``max_blocks`` bounds the slots per row (static; default nk).
+    ``kv_len`` are always partial. ``max_blocks`` (static; default nk) sizes the slot arrays of
+    the forward lists: it must be at least the most blocks any row keeps in either list, or the
+    extra blocks are dropped (inside jit this cannot be checked; callers derive it from their
+    budget, as ``select_blocks`` does).
     """
     for name, v in (("q_len", q_len), ("kv_len", kv_len), ("block_q", block_q),
                     ("block_kv", block_kv)):

@@ -1,0 +1,239 @@
+"""Content-based block selection: which kv-blocks each q-block attends to, chosen from q and k.
+
+    layout = so.select_blocks(q, k, block_q=64, block_kv=64, budget=so.Budget.density(0.1))
+    out = so.attention(q, k, v, layout=layout)
+
+Per batch element and kv-head group (the layout has one head per kv-head, shared by the query
+heads of its group, as in NSA/MoBA), every causal kv-block gets a score from pooled queries and
+keys; each q-block keeps the sink block(s), its local (diagonal) block(s), and the best-scoring
+rest up to its budget. Selection runs inside jit and is not differentiated (it returns integer
+indices); attention over the chosen blocks is.
+
+Scorings:
+  "mean":  mean-pooled query block · mean-pooled key block (MoBA, NSA's compressed scores).
+  "quest": an upper bound of q·k over the key block from its per-channel min/max (Quest):
+           sum_d max(q_d · kmax_d, q_d · kmin_d), with the mean-pooled query block.
+
+Budgets (``Budget``) give each q-block a number of blocks from its number ``n`` of causal
+kv-blocks: fixed count, fixed density, length-adaptive ``c · n**alpha`` (longer contexts keep a
+smaller fraction, the Sparse Frontier finding), or coverage-adaptive (FlexPrefill): the fewest
+blocks whose estimated attention mass reaches a threshold.
+
+Positions are raw indices (query i, key j; causal means j <= i), as everywhere in sparse_ops.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sparse_ops import masks as masks_lib
+from sparse_ops.layout import BlockLayout
+
+Scoring = Literal["mean", "quest"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+  """How many kv-blocks a q-block keeps, given its number n of causal kv-blocks.
+
+  Build with the constructors: ``Budget.blocks(k)``, ``Budget.density(d)``,
+  ``Budget.adaptive(c, alpha)``, ``Budget.coverage(threshold)``. Sink and local blocks count
+  toward the budget; a budget never drops them (so a row keeps at least those).
+  """
+
+  kind: Literal["blocks", "density", "adaptive", "coverage"]
+  value: float
+  alpha: float = 1.0
+
+  @classmethod
+  def blocks(cls, k: int) -> Budget:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
+      raise ValueError(f"Budget.blocks(k={k!r}): k must be a positive integer")
+    return cls("blocks", int(k))
+
+  @classmethod
+  def density(cls, d: float) -> Budget:
+    if not (isinstance(d, (int, float)) and 0.0 < d <= 1.0):
+      raise ValueError(f"Budget.density(d={d!r}): d must be in (0, 1]")
+    return cls("density", float(d))
+
+  @classmethod
+  def adaptive(cls, c: float, alpha: float = 0.5) -> Budget:
+    if not (c > 0):
+      raise ValueError(f"Budget.adaptive(c={c!r}): c must be > 0")
+    if not (0.0 <= alpha <= 1.0):
+      raise ValueError(f"Budget.adaptive(alpha={alpha!r}): alpha must be in [0, 1]")
+    return cls("adaptive", float(c), float(alpha))
+
+  @classmethod
+  def coverage(cls, threshold: float) -> Budget:
+    if not (0.0 < threshold <= 1.0):
+      raise ValueError(f"Budget.coverage(threshold={threshold!r}): threshold must be in (0, 1]")
+    return cls("coverage", float(threshold))
+
+  def counts(self, n):
+    """Blocks to keep for rows with n causal kv-blocks (int arrays; not for 'coverage')."""
+    if self.kind == "blocks":
+      k = jnp.full_like(n, int(self.value))
+    elif self.kind == "density":
+      k = jnp.ceil(self.value * n - 1e-6).astype(n.dtype)
+    elif self.kind == "adaptive":
+      k = jnp.ceil(self.value * n.astype(jnp.float32) ** self.alpha - 1e-6).astype(n.dtype)
+    else:
+      raise ValueError("coverage budgets depend on scores; use select_blocks")
+    return jnp.clip(k, 1, n)
+
+  def max_blocks(self, n_max: int) -> int:
+    """A static bound on any row's kept blocks (sizes the layout's slot arrays)."""
+    if self.kind == "blocks":
+      return min(n_max, int(self.value))
+    if self.kind == "density":
+      return min(n_max, math.ceil(self.value * n_max))
+    if self.kind == "adaptive":
+      return min(n_max, math.ceil(self.value * n_max ** self.alpha))
+    return n_max
+
+
+def select_blocks(q: jax.Array, k: jax.Array, *, block_q: int, block_kv: int, budget: Budget,
+                  scoring: Scoring = "mean", sink_blocks: int = 1,
+                  local_blocks: int = 1) -> BlockLayout:
+  """A causal BlockLayout [B, Hkv, ...] of the best-scoring kv-blocks per q-block.
+
+  Args:
+    q: [B, T, Hq, D]; k: [B, S, Hkv, D] (Hq % Hkv == 0).
+    block_q, block_kv: block sizes of the layout.
+    budget: a ``Budget``; sink and local blocks count toward it and are always kept.
+    scoring: "mean" or "quest".
+    sink_blocks: leading kv-blocks every q-block keeps (>= 0).
+    local_blocks: kv-blocks ending at the diagonal every q-block keeps (>= 1, so no row is empty).
+  """
+  keep = select_block_mask(q, k, block_q=block_q, block_kv=block_kv, budget=budget,
+                           scoring=scoring, sink_blocks=sink_blocks, local_blocks=local_blocks)
+  t, s = q.shape[1], k.shape[1]
+  full = keep & _fully_causal(t, s, block_q, block_kv)
+  n_max = int(np.max(_causal_counts(t, s, block_q, block_kv)))
+  # Slots must hold every kept block: the budget's bound, or the forced blocks if more.
+  slots = min(n_max, max(budget.max_blocks(n_max), sink_blocks + local_blocks))
+  return BlockLayout.from_blocks(keep, full, block_q=block_q, block_kv=block_kv, q_len=t,
+                                 kv_len=s, mask=masks_lib.Causal(), max_blocks=slots)
+
+
+def select_block_mask(q, k, *, block_q, block_kv, budget, scoring="mean", sink_blocks=1,
+                      local_blocks=1) -> jax.Array:
+  """The kept-block booleans [B, Hkv, nq, nk] behind ``select_blocks``."""
+  _validate(q, k, block_q, block_kv, budget, scoring, sink_blocks, local_blocks)
+  q, k = jax.lax.stop_gradient(q), jax.lax.stop_gradient(k)
+  b, t, hq, d = q.shape
+  s, hkv = k.shape[1], k.shape[2]
+  nq, nk = -(-t // block_q), -(-s // block_kv)
+  scores = block_scores(q, k, block_q=block_q, block_kv=block_kv, scoring=scoring)
+  causal = jnp.asarray(_causal_blocks(t, s, block_q, block_kv))  # [nq, nk]
+  n = jnp.asarray(_causal_counts(t, s, block_q, block_kv))  # [nq]
+  # Forced blocks: the first sink_blocks and the last local_blocks causal kv-blocks of each row.
+  j = jnp.arange(nk)
+  last = n - 1  # index of the diagonal (last causal) kv-block
+  forced = causal & ((j < sink_blocks) | (j > last[:, None] - local_blocks))
+  ranked = jnp.where(forced, jnp.inf, jnp.where(causal, scores, -jnp.inf))
+  # rank[..., j] = position of block j in descending order (ties: lower index first)
+  order = jnp.argsort(-ranked, axis=-1, stable=True)
+  rank = jnp.argsort(order, axis=-1)
+  if budget.kind == "coverage":
+    counts = _coverage_counts(ranked, scores, order, causal, budget.value, block_kv, d)
+  else:
+    counts = jnp.broadcast_to(budget.counts(n), (b, hkv, nq))
+  n_forced = forced.sum(-1)
+  counts = jnp.clip(jnp.maximum(counts, n_forced), 0, n)
+  return (rank < counts[..., None]) & causal
+
+
+def block_scores(q, k, *, block_q, block_kv, scoring="mean") -> jax.Array:
+  """Estimated q-block × kv-block affinities [B, Hkv, nq, nk] (float32)."""
+  b, t, hq, d = q.shape
+  s, hkv = k.shape[1], k.shape[2]
+  nq, nk = -(-t // block_q), -(-s // block_kv)
+  qf = _pool_mean(q.astype(jnp.float32), nq, block_q, t)  # [B, nq, Hq, D]
+  qf = qf.reshape(b, nq, hkv, hq // hkv, d).mean(3)  # the group shares one layout
+  kf = k.astype(jnp.float32)
+  if scoring == "mean":
+    kp = _pool_mean(kf, nk, block_kv, s)  # [B, nk, Hkv, D]
+    return jnp.einsum("bihd,bjhd->bhij", qf, kp) * d ** -0.5
+  kmax = _pool_extreme(kf, nk, block_kv, s, jnp.max, -jnp.inf)
+  kmin = _pool_extreme(kf, nk, block_kv, s, jnp.min, jnp.inf)
+  hi = jnp.einsum("bihd,bjhd->bhijd", qf, kmax)
+  lo = jnp.einsum("bihd,bjhd->bhijd", qf, kmin)
+  return jnp.maximum(hi, lo).sum(-1) * d ** -0.5
+
+
+def _pool_mean(x, n, blk, length):
+  """[B, L, H, D] -> mean over each block of real positions [B, n, H, D]."""
+  b, _, h, d = x.shape
+  x = jnp.pad(x, ((0, 0), (0, n * blk - length), (0, 0), (0, 0)))
+  sizes = jnp.minimum(blk, length - jnp.arange(n) * blk).astype(jnp.float32)
+  return x.reshape(b, n, blk, h, d).sum(2) / sizes[None, :, None, None]
+
+
+def _pool_extreme(x, n, blk, length, reduce, pad_value):
+  b, _, h, d = x.shape
+  x = jnp.pad(x, ((0, 0), (0, n * blk - length), (0, 0), (0, 0)), constant_values=pad_value)
+  return reduce(x.reshape(b, n, blk, h, d), axis=2)
+
+
+def _coverage_counts(ranked, scores, order, causal, threshold, block_kv, d):
+  """Fewest blocks (in rank order) whose estimated softmax mass reaches ``threshold``.
+
+  A block's mass is estimated as block_kv · exp(score): its keys' logits approximated by the
+  pooled score. Forced blocks come first in the order, so they count toward the mass too.
+  """
+  logits = jnp.where(causal, scores + jnp.log(float(block_kv)), -jnp.inf)
+  p = jax.nn.softmax(logits, axis=-1)
+  p_sorted = jnp.take_along_axis(p, order, axis=-1)
+  cum = jnp.cumsum(p_sorted, axis=-1)
+  # count = 1 + number of leading blocks whose cumulative mass is still below the threshold
+  return 1 + (cum < threshold - 1e-6).sum(-1).astype(jnp.int32)
+
+
+def _causal_blocks(t, s, block_q, block_kv) -> np.ndarray:
+  """[nq, nk] bool: kv-blocks holding at least one key <= some query of the q-block."""
+  nq, nk = -(-t // block_q), -(-s // block_kv)
+  q_last = np.minimum((np.arange(nq) + 1) * block_q, t) - 1
+  return (np.arange(nk) * block_kv)[None, :] <= q_last[:, None]
+
+
+def _causal_counts(t, s, block_q, block_kv) -> np.ndarray:
+  return _causal_blocks(t, s, block_q, block_kv).sum(-1).astype(np.int32)
+
+
+def _fully_causal(t, s, block_q, block_kv) -> np.ndarray:
+  """[nq, nk] bool: every (q, k) pair of the block satisfies k <= q."""
+  nq, nk = -(-t // block_q), -(-s // block_kv)
+  k_last = (np.arange(nk) + 1) * block_kv - 1
+  return k_last[None, :] <= (np.arange(nq) * block_q)[:, None]
+
+
+def _validate(q, k, block_q, block_kv, budget, scoring, sink_blocks, local_blocks) -> None:
+  if q.ndim != 4 or k.ndim != 4:
+    raise ValueError(f"q.shape={q.shape} and k.shape={k.shape} must be [B, T, Hq, D] and "
+                     "[B, S, Hkv, D]")
+  if q.shape[0] != k.shape[0] or q.shape[3] != k.shape[3]:
+    raise ValueError(f"q.shape={q.shape} and k.shape={k.shape} must share B and D")
+  if q.shape[2] % k.shape[2]:
+    raise ValueError(f"Hq={q.shape[2]} must be a multiple of Hkv={k.shape[2]}")
+  for name, v in (("block_q", block_q), ("block_kv", block_kv)):
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0:
+      raise ValueError(f"{name}={v!r} must be a positive integer")
+  if not isinstance(budget, Budget):
+    raise ValueError(f"budget={budget!r} must be a sparse_ops.Budget (Budget.blocks(k), "
+                     "Budget.density(d), Budget.adaptive(c, alpha), Budget.coverage(threshold))")
+  if scoring not in ("mean", "quest"):
+    raise ValueError(f"scoring={scoring!r}; valid: 'mean', 'quest'")
+  if isinstance(sink_blocks, bool) or not isinstance(sink_blocks, int) or sink_blocks < 0:
+    raise ValueError(f"sink_blocks={sink_blocks!r} must be an integer >= 0")
+  if isinstance(local_blocks, bool) or not isinstance(local_blocks, int) or local_blocks < 1:
+    raise ValueError(f"local_blocks={local_blocks!r} must be an integer >= 1 (every row keeps "
+                     "its diagonal block)")

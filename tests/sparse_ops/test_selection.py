@@ -1,0 +1,152 @@
+"""Content-based block selection: causal, forced blocks kept, exact budgets, equals brute force."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import sparse_ops as so
+from test_attention import _close, _inputs
+
+
+def brute_force(q, k, blk_q, blk_kv, budget, scoring, sink, local):
+  """A straightforward numpy re-implementation, loop over rows: the spec in code."""
+  q, k = np.asarray(q, np.float64), np.asarray(k, np.float64)
+  b, t, hq, d = q.shape
+  s, hkv = k.shape[1], k.shape[2]
+  g = hq // hkv
+  nq, nk = math.ceil(t / blk_q), math.ceil(s / blk_kv)
+  keep = np.zeros((b, hkv, nq, nk), bool)
+  for bi in range(b):
+    for h in range(hkv):
+      for i in range(nq):
+        qs = q[bi, i * blk_q:(i + 1) * blk_q, h * g:(h + 1) * g].mean((0, 1))
+        q_last = min((i + 1) * blk_q, t) - 1
+        cand = [j for j in range(nk) if j * blk_kv <= q_last]
+        n = len(cand)
+        scores = {}
+        for j in cand:
+          kb = k[bi, j * blk_kv:(j + 1) * blk_kv, h]
+          if scoring == "mean":
+            scores[j] = qs @ kb.mean(0) / math.sqrt(d)
+          else:
+            scores[j] = np.maximum(qs * kb.max(0), qs * kb.min(0)).sum() / math.sqrt(d)
+        forced = [j for j in cand if j < sink or j > n - 1 - local]
+        rest = sorted((j for j in cand if j not in forced), key=lambda j: (-scores[j], j))
+        if budget.kind == "blocks":
+          want = min(n, int(budget.value))
+        elif budget.kind == "density":
+          want = min(n, max(1, math.ceil(budget.value * n - 1e-6)))
+        elif budget.kind == "adaptive":
+          want = min(n, max(1, math.ceil(budget.value * n ** budget.alpha - 1e-6)))
+        else:  # coverage: softmax over (score + log block) in the forced-then-ranked order
+          order = forced + rest
+          logits = np.array([scores[j] + math.log(blk_kv) for j in order])
+          p = np.exp(logits - logits.max()); p /= p.sum()
+          want = 1 + int((np.cumsum(p) < budget.value - 1e-6).sum())
+        chosen = forced + rest[:max(0, want - len(forced))]
+        keep[bi, h, i, chosen] = True
+  return keep
+
+
+budgets = st.one_of(st.integers(1, 6).map(so.Budget.blocks),
+                    st.floats(0.05, 1.0).map(so.Budget.density),
+                    st.tuples(st.floats(0.2, 2.0), st.floats(0.0, 1.0)).map(
+                        lambda a: so.Budget.adaptive(*a)),
+                    st.floats(0.05, 1.0).map(so.Budget.coverage))
+
+
+@settings(max_examples=30)
+@given(st.integers(0, 2**31), budgets, st.sampled_from(["mean", "quest"]),
+       st.integers(0, 2), st.integers(1, 2), st.sampled_from([(1, 1), (4, 2), (2, 1)]),
+       st.integers(20, 90), st.sampled_from([8, 16]), st.sampled_from([8, 16]))
+def test_selection_equals_brute_force(seed, budget, scoring, sink, local, heads, t, bq, bk):
+  q, k, _, _ = _inputs(seed, 2, t, t, heads[0], heads[1], 8, 8, jnp.float32)
+  got = np.asarray(so.select_block_mask(q, k, block_q=bq, block_kv=bk, budget=budget,
+                                        scoring=scoring, sink_blocks=sink, local_blocks=local))
+  want = brute_force(q, k, bq, bk, budget, scoring, sink, local)
+  np.testing.assert_array_equal(got, want)
+  # the properties, stated directly
+  nq, nk = got.shape[-2:]
+  q_last = np.minimum((np.arange(nq) + 1) * bq, t) - 1
+  causal = np.arange(nk)[None, :] * bk <= q_last[:, None]
+  assert not (got & ~causal).any(), "selected a future block"
+  n = causal.sum(-1)
+  for i in range(nq):
+    assert got[..., i, :min(sink, n[i])].all(), "dropped a sink block"
+    assert got[..., i, max(0, n[i] - local):n[i]].all(), "dropped a local block"
+  if budget.kind == "blocks":
+    expect = np.maximum(np.minimum(n, budget.value),
+                        np.minimum(n, np.minimum(sink, n) + np.minimum(local, n)))
+    # forced blocks may overlap (short rows): the count is the budget, or all forced blocks
+    assert (got.sum(-1) <= np.maximum(expect, 1)).all()
+    assert (got.sum(-1) >= np.minimum(n, budget.value)).all()
+
+
+@settings(max_examples=4)
+@given(st.integers(0, 2**31), st.sampled_from([jnp.float32, jnp.bfloat16]))
+def test_attention_over_selected_layout_matches_reference(seed, dtype):
+  q, k, v, g = _inputs(seed, 2, 77, 77, 4, 2, 16, 16, dtype)
+
+  @jax.jit
+  def sparse(q, k, v):
+    layout = so.select_blocks(q, k, block_q=16, block_kv=8, budget=so.Budget.density(0.3))
+    return so.attention(q, k, v, layout=layout, implementation="xla"), layout.to_dense()
+
+  out, allowed = sparse(q, k, v)
+  layout = so.BlockLayout.from_blocks(allowed, block_q=1, block_kv=1, q_len=77, kv_len=77)
+  ref = lambda q, k, v: so.attention(q, k, v, layout=layout, implementation="reference")
+  _close(out, ref(q, k, v), dtype, "out")
+  gs = jax.grad(lambda *a: (sparse(*a)[0] * g).sum(), argnums=(0, 1, 2))(q, k, v)
+  gr = jax.grad(lambda *a: (ref(*a) * g).sum(), argnums=(0, 1, 2))(q, k, v)
+  for name, a, b in zip(("dq", "dk", "dv"), gs, gr):
+    _close(a, b, dtype, name)
+
+
+def test_selection_finds_the_planted_block():
+  """A key block aligned with the queries is chosen over random ones, at 1 extra block."""
+  rng = np.random.default_rng(0)
+  t, blk, d = 256, 16, 32
+  q = rng.normal(size=(1, t, 1, d)).astype(np.float32) * 0.1
+  k = rng.normal(size=(1, t, 1, d)).astype(np.float32) * 0.1
+  direction = rng.normal(size=d).astype(np.float32)
+  q[0, 200:, 0] += direction
+  k[0, 80:96, 0] += direction  # kv-block 5
+  keep = np.asarray(so.select_block_mask(jnp.asarray(q), jnp.asarray(k), block_q=blk,
+                                         block_kv=blk, budget=so.Budget.blocks(3)))
+  assert keep[0, 0, 13, 5] and keep[0, 0, 15, 5]
+  assert keep[0, 0, 13].sum() == 3
+
+
+def test_adaptive_budget_keeps_a_smaller_fraction_of_longer_rows():
+  b = so.Budget.adaptive(2.0, 0.5)
+  n = jnp.array([4, 16, 64, 256])
+  frac = np.asarray(b.counts(n)) / np.asarray(n)
+  assert (np.diff(frac) < 0).all()
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: so.Budget.blocks(0), r"k=0\): k must be a positive integer"),
+    (lambda: so.Budget.density(0.0), r"d=0.0\): d must be in \(0, 1\]"),
+    (lambda: so.Budget.density(1.5), r"d=1.5"),
+    (lambda: so.Budget.adaptive(1.0, 2.0), r"alpha=2.0\): alpha must be in \[0, 1\]"),
+    (lambda: so.Budget.coverage(0), r"threshold=0"),
+    (lambda: so.select_blocks(jnp.zeros((1, 8, 2, 4)), jnp.zeros((1, 8, 2, 4)), block_q=0,
+                              block_kv=8, budget=so.Budget.blocks(1)), "block_q=0"),
+    (lambda: so.select_blocks(jnp.zeros((1, 8, 3, 4)), jnp.zeros((1, 8, 2, 4)), block_q=8,
+                              block_kv=8, budget=so.Budget.blocks(1)), "Hq=3 must be a multiple"),
+    (lambda: so.select_blocks(jnp.zeros((1, 8, 2, 4)), jnp.zeros((1, 8, 2, 4)), block_q=8,
+                              block_kv=8, budget=0.5), "budget=0.5 must be a sparse_ops.Budget"),
+    (lambda: so.select_blocks(jnp.zeros((1, 8, 2, 4)), jnp.zeros((1, 8, 2, 4)), block_q=8,
+                              block_kv=8, budget=so.Budget.blocks(1), local_blocks=0),
+     "local_blocks=0"),
+    (lambda: so.select_blocks(jnp.zeros((1, 8, 2, 4)), jnp.zeros((1, 8, 2, 4)), block_q=8,
+                              block_kv=8, budget=so.Budget.blocks(1), scoring="max"),
+     "scoring='max'"),
+])
+def test_bad_selection_arguments(call, message):
+  with pytest.raises(ValueError, match=message):
+    call()
