@@ -83,7 +83,8 @@ def _temp_bytes(fn, args) -> int | None:
     return None
 
 
-def run_case(impl: str, mask: masks.Mask, t: int, cfg: dict, key) -> list[dict]:
+def run_case(impl: str, mask: masks.Mask, t: int, cfg: dict, key,
+             partial_mask: masks.Mask | None = None, label: str | None = None) -> list[dict]:
   b, h, d = cfg["batch"], cfg["heads"], cfg["head_dim"]
   dtype = jnp.dtype(cfg["dtype"])
   kq, kk, kv, kg = jax.random.split(key, 4)
@@ -93,6 +94,8 @@ def run_case(impl: str, mask: masks.Mask, t: int, cfg: dict, key) -> list[dict]:
   g = jax.random.normal(kg, (b, t, h, d), dtype)
   blocks = so.IMPLEMENTATIONS[impl].default_blocks(t, t, d)
   layout = so.BlockLayout.from_mask(mask, t, t, block_q=blocks[0], block_kv=blocks[1])
+  if partial_mask is not None:  # same kept blocks, a different elementwise mask on partial ones
+    layout = dataclasses.replace(layout, mask=partial_mask)
 
   def fwd(q, k, v, layout):  # layout as an argument: no constant folding through it
     return so.attention(q, k, v, layout=layout, implementation=impl)
@@ -107,8 +110,8 @@ def run_case(impl: str, mask: masks.Mask, t: int, cfg: dict, key) -> list[dict]:
     jfn = jax.jit(fn)
     med, times = _time(jfn, (q, k, v, layout), cfg["reps"])
     rows.append(dict(
-        impl=impl, pattern=repr(mask), T=t, batch=b, heads=h, head_dim=d, dtype=cfg["dtype"],
-        block_q=blocks[0], block_kv=blocks[1], pass_=name,
+        impl=label or impl, pattern=repr(mask), T=t, batch=b, heads=h, head_dim=d,
+        dtype=cfg["dtype"], block_q=blocks[0], block_kv=blocks[1], pass_=name,
         block_density=1.0 - so.flops.block_sparsity(layout),
         element_sparsity=so.flops.sparsity(mask, t),
         model_tflop=model_fwd * mult / 1e12,
@@ -218,10 +221,18 @@ def _flex_rows(patterns: list, t: int, cfg: dict) -> list[dict]:
        so.flops.model_flops(dense, t, t, num_heads=h, head_dim=d, batch=b))
   for mask in patterns:
     layout = so.BlockLayout.from_mask(mask, t, t, block_q=128, block_kv=128)
-    cuda = lambda x: torch.as_tensor(np.asarray(x, np.int32)).cuda()
+    nk = layout.num_kv_blocks
+
+    def cuda(x, width=None):  # torch infers the kv-block count from the indices' width
+      x = np.asarray(x, np.int32)
+      if width is not None and x.shape[-1] < width:
+        x = np.concatenate([x, np.repeat(x[..., -1:], width - x.shape[-1], -1)], -1)
+      return torch.as_tensor(x).cuda()
+
     block_mask = BlockMask.from_kv_blocks(
-        cuda(layout.kv_num_blocks), cuda(layout.kv_indices), cuda(layout.full_kv_num_blocks),
-        cuda(layout.full_kv_indices), BLOCK_SIZE=128, mask_mod=causal)
+        cuda(layout.kv_num_blocks), cuda(layout.kv_indices, nk),
+        cuda(layout.full_kv_num_blocks), cuda(layout.full_kv_indices, nk), BLOCK_SIZE=128,
+        mask_mod=causal)
     both("torch_flex", mask, lambda: flex(q, k, v, block_mask=block_mask),
          so.flops.model_flops(mask, t, t, num_heads=h, head_dim=d, batch=b), layout)
   return rows
@@ -241,7 +252,7 @@ def _add_cudnn_ratios(rows: list[dict]) -> None:
 # ------------------------------------------------------------------------------- tile tuning
 
 
-def tune(cfg: dict, head_dims=(128, 64), t: int = 8192) -> dict:
+def tune(cfg: dict, head_dims=(128, 64), t: int = 8192, density: float = 1.0) -> dict:
   """Sweeps the Triton kernels' tiles per pass (dense causal, bf16), one pass at a time.
 
   fwd: times the forward; dq / dkv: times forward+backward with the other tiles fixed.
@@ -262,9 +273,11 @@ def tune(cfg: dict, head_dims=(128, 64), t: int = 8192) -> dict:
   for d in head_dims:
     kq, kk, kv, kg = jax.random.split(jax.random.PRNGKey(0), 4)
     q, k, v, g = (jax.random.normal(x, (b, t, h, d), dtype) for x in (kq, kk, kv, kg))
-    layout = so.BlockLayout.from_mask(masks.Causal(), t, t, block_q=128, block_kv=128)
+    layout = so.BlockLayout.from_mask(block_causal_random(t, 128, density), t, t, block_q=128,
+                                      block_kv=128)
     best = kt.default_tiles(d, dtype)
-    flops = so.flops.model_flops(masks.Causal(), t, t, num_heads=h, head_dim=d, batch=b)
+    # executed FLOPs (whole visited blocks), so sparse sweeps read as kernel efficiency
+    flops = so.flops.executed_flops(layout, num_heads=h, head_dim=d, batch=b, backward=False)
     log = []
     for pass_ in ("fwd", "dq", "dkv"):
       results = []
@@ -313,6 +326,13 @@ def sweep(cfg: dict) -> dict:
         rows += run_case(impl, mask, t, cfg, key)
         print(_fmt(rows[-2]), flush=True)
         print(_fmt(rows[-1]), flush=True)
+        if impl == "pallas_triton" and "flex" in cfg.get("baselines", []) and mask != masks.Causal():
+          # FlexAttention's partial (diagonal) blocks apply a plain causal mask_mod; this row does
+          # the same, so the two differ only in the kernels, not in the elementwise predicate.
+          rows += run_case(impl, mask, t, cfg, key, partial_mask=masks.Causal(),
+                           label="pallas_triton[causal partial]")
+          print(_fmt(rows[-2]), flush=True)
+          print(_fmt(rows[-1]), flush=True)
     for base in cfg.get("baselines", []):
       new = gpu_baseline(base, patterns, t, cfg, key)
       for r in new:
@@ -370,7 +390,9 @@ def main(argv=None) -> None:
   p.add_argument("--out", default=None, help="JSON path (a .md table is written beside it)")
   p.add_argument("--baselines", nargs="*", help="GPU baselines to add: cudnn flex")
   p.add_argument("--tune", default=None, metavar="JSON",
-                 help="sweep the pallas_triton tiles (T=8192, dense causal) into this JSON, then exit")
+                 help="sweep the pallas_triton tiles (T=8192, the first of --densities) into "
+                      "this JSON, then exit")
+  p.add_argument("--tune-head-dims", type=int, nargs="+", default=[128, 64], dest="tune_head_dims")
   args = p.parse_args(argv)
   default = "gpu" if jax.default_backend() == "gpu" else "cpu"
   cfg = dict(PRESETS[args.preset or default])
@@ -378,8 +400,10 @@ def main(argv=None) -> None:
                 "reps", "baselines"):
     if getattr(args, field) is not None:
       cfg[field] = getattr(args, field)
+  cfg["tune_head_dims"] = args.tune_head_dims
   if args.tune:
-    res = dict(environment=environment(), config=cfg, tune=tune(cfg))
+    res = dict(environment=environment(), config=cfg,
+               tune=tune(cfg, head_dims=cfg["tune_head_dims"], density=cfg["densities"][0]))
     with open(args.tune, "w") as f:
       json.dump(res, f, indent=1)
     return

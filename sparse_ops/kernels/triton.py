@@ -66,15 +66,15 @@ class Tiles:
   dkv: PassTiles
 
 
-# Chosen by the sweep in benchmarks/attention.py --tune on an H100 (bf16, T=8192, causal); the
-# table and the measurements are in benchmarks/results/attention_h100.md. Keyed by
-# (head dim <= 64, 2-byte dtype).
+# Chosen by `python benchmarks/attention.py --tune` on an H100 (bf16, B=4, H=16, T=8192, dense
+# causal, one pass swept at a time); the sweep is in benchmarks/results/attention_h100_tune.json
+# and summarised in attention_h100.md. Keyed by (head dim <= 64, 2-byte dtype). The f32 entries
+# are not tuned: smaller tiles, as f32 tiles hold twice the bytes.
 _TUNED: dict[tuple[bool, bool], Tiles] = {
-    (False, True): Tiles(fwd=PassTiles(128, 64, 8, 3), dq=PassTiles(64, 64, 4, 2),
+    (False, True): Tiles(fwd=PassTiles(128, 128, 8, 3), dq=PassTiles(128, 128, 8, 2),
                          dkv=PassTiles(64, 64, 4, 2)),
-    (True, True): Tiles(fwd=PassTiles(128, 64, 4, 3), dq=PassTiles(64, 64, 4, 2),
-                        dkv=PassTiles(64, 64, 4, 2)),
-    # f32 tiles hold twice the bytes: smaller tiles keep them in shared memory.
+    (True, True): Tiles(fwd=PassTiles(64, 64, 4, 3), dq=PassTiles(64, 64, 4, 2),
+                        dkv=PassTiles(128, 128, 8, 2)),
     (False, False): Tiles(fwd=PassTiles(64, 32, 4, 2), dq=PassTiles(32, 32, 4, 2),
                           dkv=PassTiles(32, 32, 4, 2)),
     (True, False): Tiles(fwd=PassTiles(64, 64, 4, 2), dq=PassTiles(64, 32, 4, 2),
@@ -269,6 +269,21 @@ def _mask_fn(layout: BlockLayout, geo: _Geo):
   return fn
 
 
+def _q_tile(geo: _Geo, tq: int):
+  """The q tile of this program: last first. Causal rows grow with the tile index, so the
+  longest programs start first and the short ones fill the tail of the last wave; the tile stays
+  the fastest grid axis, so programs that run together share one head's K/V in L2."""
+  return geo.nq * geo.bq // tq - 1 - pl.program_id(0)
+
+
+def _q_map(n: int, kv_group: int | None = None):
+  """BlockSpec index map of a [B, T, H, D] q tile matching ``_q_tile`` (n tiles), or with
+  ``kv_group`` the whole-sequence K/V block of the q-head's kv-head."""
+  if kv_group is None:
+    return lambda i, b, h: (b, n - 1 - i, h, 0)
+  return lambda i, b, h: (b, 0, h // kv_group, 0)
+
+
 def _split(step, chunks: int):
   """Loop step -> (list slot, tile within the layout block). lax.div/rem, not jnp's floor
   versions: the Triton lowering rejects the sign fix-up those add (steps are >= 0 anyway)."""
@@ -299,7 +314,7 @@ _ANY = pl.BlockSpec(memory_space=pl.ANY)  # whole array, indexed by the kernel (
 
 def _fwd_kernel(pcnt_ref, pidx_ref, fcnt_ref, fidx_ref, q_ref, k_ref, v_ref, o_ref, lse_ref, *,
                 geo: _Geo, tq: int, tk: int, c: float, plist: _Lists, flist: _Lists, mask_fn):
-  i, b, h = pl.program_id(0), pl.program_id(1), pl.program_id(2)
+  i, b, h = _q_tile(geo, tq), pl.program_id(1), pl.program_id(2)
   r = lax.div(i, geo.bq // tq)  # the layout's q-block holding this tile
   prow, frow = plist.row(b, h, r, geo), flist.row(b, h, r, geo)
   chunks = geo.bk // tk
@@ -345,20 +360,20 @@ def _forward(q, k, v, layout, scale, static: _Static):
   qp, kp, vp = _pad(q, tp, geo.d), _pad(k, sp, geo.d), _pad(v, sp, geo.dv)
   plist, pcnt, pidx = _flat_lists(layout.kv_num_blocks, layout.kv_indices)
   flist, fcnt, fidx = _flat_lists(layout.full_kv_num_blocks, layout.full_kv_indices)
-  g = geo.group
+  g, n = geo.group, tp // tq
   kernel = functools.partial(_fwd_kernel, geo=geo, tq=tq, tk=tk, c=scale * _LOG2E, plist=plist,
                              flist=flist, mask_fn=_mask_fn(layout, geo))
   out, lse = pl.pallas_call(
       kernel,
-      grid=(tp // tq, geo.b, geo.hq),
+      grid=(n, geo.b, geo.hq),
       in_specs=[_ANY] * 4 + [
-          pl.BlockSpec((None, tq, None, geo.d), lambda i, b, h: (b, i, h, 0)),
-          pl.BlockSpec((None, sp, None, geo.d), lambda i, b, h: (b, 0, h // g, 0)),
-          pl.BlockSpec((None, sp, None, geo.dv), lambda i, b, h: (b, 0, h // g, 0)),
+          pl.BlockSpec((None, tq, None, geo.d), _q_map(n)),
+          pl.BlockSpec((None, sp, None, geo.d), _q_map(n, g)),
+          pl.BlockSpec((None, sp, None, geo.dv), _q_map(n, g)),
       ],
       out_specs=[
-          pl.BlockSpec((None, tq, None, geo.dv), lambda i, b, h: (b, i, h, 0)),
-          pl.BlockSpec((None, None, tq), lambda i, b, h: (b, h, i)),
+          pl.BlockSpec((None, tq, None, geo.dv), _q_map(n)),
+          pl.BlockSpec((None, None, tq), lambda i, b, h: (b, h, n - 1 - i)),
       ],
       out_shape=[jax.ShapeDtypeStruct((geo.b, tp, geo.hq, geo.dv), q.dtype),
                  jax.ShapeDtypeStruct((geo.b, geo.hq, tp), jnp.float32)],
@@ -375,7 +390,7 @@ def _forward(q, k, v, layout, scale, static: _Static):
 def _dq_kernel(pcnt_ref, pidx_ref, fcnt_ref, fidx_ref, q_ref, k_ref, v_ref, do_ref, lse_ref,
                delta_ref, dq_ref, *, geo: _Geo, tq: int, tk: int, c: float, scale: float,
                plist: _Lists, flist: _Lists, mask_fn):
-  i, b, h = pl.program_id(0), pl.program_id(1), pl.program_id(2)
+  i, b, h = _q_tile(geo, tq), pl.program_id(1), pl.program_id(2)
   r = lax.div(i, geo.bq // tq)
   prow, frow = plist.row(b, h, r, geo), flist.row(b, h, r, geo)
   chunks = geo.bk // tk
@@ -464,21 +479,22 @@ def _backward(q, k, v, layout, scale, static: _Static, out, lse, dout):
   # dQ over the forward lists.
   tile = _clip(static.tiles.dq, geo)
   tq, tk = tile.block_q, tile.block_kv
+  n = tp // tq
   plist, pcnt, pidx = _flat_lists(layout.kv_num_blocks, layout.kv_indices)
   flist, fcnt, fidx = _flat_lists(layout.full_kv_num_blocks, layout.full_kv_indices)
   dq = pl.pallas_call(
       functools.partial(_dq_kernel, geo=geo, tq=tq, tk=tk, c=c, scale=scale, plist=plist,
                         flist=flist, mask_fn=mask_fn),
-      grid=(tp // tq, geo.b, geo.hq),
+      grid=(n, geo.b, geo.hq),
       in_specs=[_ANY] * 4 + [
-          pl.BlockSpec((None, tq, None, geo.d), lambda i, b, h: (b, i, h, 0)),
-          pl.BlockSpec((None, sp, None, geo.d), lambda i, b, h: (b, 0, h // g, 0)),
-          pl.BlockSpec((None, sp, None, geo.dv), lambda i, b, h: (b, 0, h // g, 0)),
-          pl.BlockSpec((None, tq, None, geo.dv), lambda i, b, h: (b, i, h, 0)),
-          pl.BlockSpec((None, None, tq), lambda i, b, h: (b, h, i)),
-          pl.BlockSpec((None, None, tq), lambda i, b, h: (b, h, i)),
+          pl.BlockSpec((None, tq, None, geo.d), _q_map(n)),
+          pl.BlockSpec((None, sp, None, geo.d), _q_map(n, g)),
+          pl.BlockSpec((None, sp, None, geo.dv), _q_map(n, g)),
+          pl.BlockSpec((None, tq, None, geo.dv), _q_map(n)),
+          pl.BlockSpec((None, None, tq), lambda i, b, h: (b, h, n - 1 - i)),
+          pl.BlockSpec((None, None, tq), lambda i, b, h: (b, h, n - 1 - i)),
       ],
-      out_specs=pl.BlockSpec((None, tq, None, geo.d), lambda i, b, h: (b, i, h, 0)),
+      out_specs=pl.BlockSpec((None, tq, None, geo.d), _q_map(n)),
       out_shape=jax.ShapeDtypeStruct((geo.b, tp, geo.hq, geo.d), q.dtype),
       compiler_params=_params(tile),
       interpret=static.interpret,
