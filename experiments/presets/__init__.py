@@ -1,0 +1,7 @@
+"""Study presets: each module defines `STUDY` (an `experiments.study.Study`).
+
+  micro  the end-to-end path in seconds (tests)
+  smoke  the whole study on a 2-core CPU in under 10 minutes (the README's first command)
+  h100   >= 12 runs on one H100 in about 30 minutes
+  pod    a multi-host example: one run at a time over all hosts of a pod
+"""

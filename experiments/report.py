@@ -1,0 +1,383 @@
+"""report.md and PNG plots from results.csv (+ the run folders' states), and the W&B summary.
+
+The report leads with the study's question: does a larger sparse model beat a smaller dense one
+at equal compute (same training budget, inference FLOPs per token no higher), for which task
+categories, from which context length on — each answer with its test and interval, and "too weak
+to tell" where neither model is significantly above chance.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from experiments import frontier as fr
+from experiments import sweep
+
+ALPHA = 0.05
+
+
+# ------------------------------------------------------------------------------ aggregation
+def category_points(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+  """Pools task rows into one point per run × category × length × phase × eval setting."""
+  groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+  for r in rows:
+    groups[(r["run_id"], r["category"], r["eval_length"], r["phase"], r["eval_setting"])].append(r)
+  out = []
+  for (run_id, cat, length, phase, setting), rs in groups.items():
+    arm = fr.Arm.pool(fr.Arm(r["accuracy"], r["accuracy_std"], r["n"]) for r in rs)
+    first = rs[0]
+    out.append(dict(
+        run_id=run_id, category=cat, eval_length=length, phase=phase, eval_setting=setting,
+        label=f"{first['label']} eval {setting}", run_label=first["label"], size=first["size"],
+        params=first["params"], budget=first["budget"], train_pattern=first["train_pattern"],
+        train_sparsity=first["train_sparsity_target"], train_seq_len=first["train_seq_len"],
+        eval_pattern=first["eval_pattern"], eval_sparsity=first["eval_sparsity_element"],
+        sparse=first["eval_pattern"] != "dense",
+        inference_flops_per_token=sum(r["inference_flops_per_token"] for r in rs) / len(rs),
+        arm=arm, chance=sum(r["chance"] * r["n"] for r in rs) / max(arm.n, 1)))
+  return sorted(out, key=lambda p: (p["category"], p["eval_length"], p["phase"], p["params"],
+                                    p["label"]))
+
+
+def comparison_points(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+  """Dense points are dense-trained models evaluated dense; sparse points any sparse eval."""
+  out = []
+  for p in points:
+    if p["sparse"]:
+      out.append(p)
+    elif p["train_pattern"] == "dense" and p["eval_setting"] == "dense":
+      out.append(p)
+  return out
+
+
+def tolerances(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+  """Per model × category × length × phase × eval pattern: largest eval sparsity whose accuracy
+  is not significantly below the same model evaluated dense (one-sided Welch, alpha 0.05)."""
+  by_key: dict[tuple, dict[str, Any]] = defaultdict(dict)
+  for p in points:
+    key = (p["run_id"], p["category"], p["eval_length"], p["phase"])
+    by_key[key][p["eval_setting"]] = p
+  out = []
+  for (run_id, cat, length, phase), settings in sorted(by_key.items()):
+    dense = settings.get("dense")
+    if dense is None:
+      continue
+    patterns = sorted({p["eval_pattern"] for p in settings.values() if p["sparse"]
+                       and p["eval_setting"] != "native"})
+    for pattern in patterns:
+      curve = {p["eval_sparsity"]: p["arm"] for p in settings.values()
+               if p["eval_pattern"] == pattern and p["eval_setting"] != "native"}
+      weak = not fr.above_chance(dense["arm"], dense["chance"], ALPHA)
+      out.append(dict(label=dense["run_label"], category=cat, eval_length=length, phase=phase,
+                      pattern=pattern, dense_acc=dense["arm"].mean, n=dense["arm"].n,
+                      tolerance=None if weak else fr.tolerance(dense["arm"], curve, ALPHA),
+                      weak=weak))
+  return out
+
+
+# ---------------------------------------------------------------------------------- plots
+def _plt():
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  return plt
+
+
+def plot_tolerance(points, path: Path) -> Path | None:
+  """Accuracy vs eval sparsity per category (one line per model × length, prefill)."""
+  pts = [p for p in points if p["phase"] == "prefill" and p["eval_setting"] != "native"]
+  cats = sorted({p["category"] for p in pts})
+  if not cats:
+    return None
+  plt = _plt()
+  fig, axes = plt.subplots(1, len(cats), figsize=(4.5 * len(cats), 3.6), squeeze=False)
+  for ax, cat in zip(axes[0], cats):
+    lines = defaultdict(list)
+    for p in pts:
+      if p["category"] == cat:
+        lines[(p["run_label"], p["eval_length"])].append(p)
+    for (label, length), ps in sorted(lines.items()):
+      ps.sort(key=lambda p: p["eval_sparsity"])
+      x = [p["eval_sparsity"] for p in ps]
+      y = [p["arm"].mean for p in ps]
+      err = [1.96 * p["arm"].std / math.sqrt(max(p["arm"].n, 1)) for p in ps]
+      ax.errorbar(x, y, yerr=err, marker="o", capsize=2, label=f"{label} T={length}")
+    ax.axhline(sum(p["chance"] for p in pts if p["category"] == cat)
+               / max(1, sum(p["category"] == cat for p in pts)), color="grey", ls=":", lw=1)
+    ax.set(title=f"{cat}: accuracy vs inference sparsity", xlabel="element sparsity (prefill)",
+           ylabel="exact match", ylim=(-0.02, 1.02))
+  axes[0][-1].legend(fontsize=6, loc="best")
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
+def plot_frontier(points, path: Path) -> Path | None:
+  """Accuracy vs inference FLOPs per token, per category × length (prefill); Pareto points
+  ringed and joined."""
+  pts = [p for p in points if p["phase"] == "prefill"]
+  keys = sorted({(p["category"], p["eval_length"]) for p in pts})
+  if not keys:
+    return None
+  plt = _plt()
+  cols = min(4, len(keys))
+  rows_ = -(-len(keys) // cols)
+  fig, axes = plt.subplots(rows_, cols, figsize=(4.2 * cols, 3.5 * rows_), squeeze=False)
+  for ax, (cat, length) in zip(axes.ravel(), keys):
+    ps = [p for p in pts if p["category"] == cat and p["eval_length"] == length]
+    on = fr.pareto([(p["inference_flops_per_token"], p["arm"].mean) for p in ps])
+    for size in sorted({p["size"] for p in ps}):
+      sel = [p for p in ps if p["size"] == size]
+      ax.scatter([p["inference_flops_per_token"] for p in sel], [p["arm"].mean for p in sel],
+                 label=size, s=18)
+    front = sorted((p["inference_flops_per_token"], p["arm"].mean) for p, o in zip(ps, on) if o)
+    ax.plot([f for f, _ in front], [a for _, a in front], "k--", lw=1)
+    ax.scatter([f for f, _ in front], [a for _, a in front], facecolors="none", edgecolors="k",
+               s=60)
+    ax.set_xscale("log")
+    ax.set(title=f"{cat}, T={length}", xlabel="inference FLOPs/token", ylabel="exact match",
+           ylim=(-0.02, 1.02))
+    ax.legend(fontsize=6)
+  for ax in axes.ravel()[len(keys):]:
+    ax.axis("off")
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
+def plot_isoflop(points, path: Path) -> Path | None:
+  """Per training budget: accuracy (native eval, training length) vs parameters, one line per
+  training attention."""
+  pts = [p for p in points if p["eval_setting"] == "native" and p["phase"] == "prefill"
+         and p["eval_length"] == p["train_seq_len"]]
+  cats = sorted({p["category"] for p in pts})
+  if not cats:
+    return None
+  plt = _plt()
+  fig, axes = plt.subplots(1, len(cats), figsize=(4.5 * len(cats), 3.6), squeeze=False)
+  for ax, cat in zip(axes[0], cats):
+    lines = defaultdict(list)
+    for p in pts:
+      if p["category"] == cat:
+        tag = "dense" if p["train_pattern"] == "dense" else \
+            f"{p['train_pattern']}@{p['train_sparsity']:g}"
+        lines[(p["budget"], tag)].append(p)
+    for (budget, tag), ps in sorted(lines.items()):
+      ps.sort(key=lambda p: p["params"])
+      ax.plot([p["params"] for p in ps], [p["arm"].mean for p in ps], marker="o",
+              label=f"{budget:.2g} FLOPs, {tag}")
+    ax.set_xscale("log")
+    ax.set(title=f"{cat}: iso-FLOP (training)", xlabel="parameters", ylabel="exact match",
+           ylim=(-0.02, 1.02))
+    ax.legend(fontsize=6)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
+# --------------------------------------------------------------------------------- markdown
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+  def cell(v):
+    if isinstance(v, float):
+      return f"{v:.3g}"
+    return str(v)
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  lines += ["| " + " | ".join(cell(v) for v in r) + " |" for r in rows]
+  return "\n".join(lines)
+
+
+def answer(comparisons: list[dict[str, Any]], categories: list[str]) -> list[str]:
+  """One line per category: the study's question answered from the pairwise tests."""
+  lines = []
+  for cat in categories:
+    cs = [c for c in comparisons if c["category"] == cat]
+    if not cs:
+      lines.append(f"- **{cat}**: no pair to compare — no larger model evaluated sparse fits "
+                   "within a smaller dense model's inference FLOPs per token at the same "
+                   "training budget in this grid (at these lengths the non-attention FLOPs of "
+                   "the larger model dominate).")
+      continue
+    wins = sorted({c["eval_length"] for c in cs if c["verdict"] == "sparse wins"})
+    losses = sorted({c["eval_length"] for c in cs if c["verdict"] == "dense wins"})
+    weak = sorted({c["eval_length"] for c in cs if c["verdict"] == "too weak to tell"})
+    lengths = sorted({c["eval_length"] for c in cs})
+    if wins:
+      best = max((c for c in cs if c["verdict"] == "sparse wins"),
+                 key=lambda c: c["sparse_acc"] - c["dense_acc"])
+      text = (f"**yes, from length {wins[0]} on** (sparse wins at T ∈ {wins}); e.g. "
+              f"{best['sparse']} {best['sparse_acc']:.2f} vs {best['dense']} "
+              f"{best['dense_acc']:.2f} (n={best['sparse_n']}/{best['dense_n']}, "
+              f"p={best['p']:.3g}, {best['phase']})")
+    elif losses:
+      text = f"**no**: the smaller dense model is significantly better at T ∈ {losses}"
+    elif len(weak) == len(lengths):
+      text = "**too weak to tell**: neither model of any pair is significantly above chance"
+    else:
+      text = "**no significant difference** at any length tested"
+    if weak and (wins or losses):
+      text += f"; too weak to tell at T ∈ {weak}"
+    lines.append(f"- **{cat}** (lengths {lengths}, {len(cs)} pairs): {text}.")
+  return lines
+
+
+def write(out: Path, *, wall_s: float | None = None, wandb_mode: str | None = None) -> Path:
+  """Writes report.md and plots/*.png for the study in `out` (from results.csv)."""
+  out = Path(out)
+  study = sweep.load_study(out)
+  csv_path = sweep.collect(out)
+  rows = sweep.read_results(csv_path)
+  status = sweep.status_rows(out)
+  skipped = sweep.read_json(out / "study.json")["skipped"]
+  points = category_points(rows)
+  plots = out / "plots"
+  plots.mkdir(exist_ok=True)
+  figs = [f for f in (plot_tolerance(points, plots / "tolerance.png"),
+                      plot_frontier(points, plots / "frontier.png"),
+                      plot_isoflop(points, plots / "isoflop.png")) if f]
+  comps = fr.sparse_vs_dense(comparison_points(points), alpha=ALPHA)
+  cats = sorted({p["category"] for p in points})
+  tol = tolerances(points)
+
+  md = [f"# Study `{study.name}`", ""]
+  counts = defaultdict(int)
+  for s in status:
+    counts[s["state"]] += 1
+  md.append(f"{len(status)} runs: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
+            + (f"; wall time {wall_s:.0f} s" if wall_s is not None else "") + ".")
+  failed = [s for s in status if s["state"] == "failed"]
+  if failed:
+    md += ["", "**Failed runs** (not in the results; `python -m experiments status` shows them):"]
+    md += [f"- `{s['run_id']}` {s['label']} after {s['attempts']} attempt(s): {s['error']}"
+           for s in failed]
+  unfinished = [s for s in status if s["state"] not in ("done", "failed")]
+  if unfinished:
+    md += ["", "**Unfinished runs**: " + ", ".join(f"`{s['run_id']}` {s['label']} ({s['state']})"
+                                                     for s in unfinished)]
+  if skipped:
+    md += ["", "Grid points skipped: " + "; ".join(
+        f"{s['size']} {s['pattern']}@{s['sparsity']} budget {s['budget']:.2g}: {s['reason']}"
+        for s in skipped)]
+
+  md += ["", "## Does a larger sparse model beat a smaller dense one at equal compute?", "",
+         "Pairs: same training budget, the larger model evaluated with sparse attention at "
+         "inference FLOPs per token no higher than the smaller dense model's. Test: one-sided "
+         f"Welch t on per-example exact match, alpha={ALPHA}, pooled over a category's tasks; "
+         "\"too weak to tell\" when neither model is significantly above chance (binomial test "
+         "against the task's chance rate).", ""]
+  md += answer(comps, cats)
+  if comps:
+    md += ["", _table(["category", "T", "phase", "budget", "dense (smaller)", "acc", "sparse "
+                       "(larger)", "acc", "FLOPs/tok d→s", "p", "verdict"],
+                      [[c["category"], c["eval_length"], c["phase"], c["budget"], c["dense"],
+                        c["dense_acc"], c["sparse"], c["sparse_acc"],
+                        f"{c['dense_flops']:.3g}→{c['sparse_flops']:.3g}", c["p"], c["verdict"]]
+                       for c in comps])]
+
+  md += ["", "## Accuracy at the training length (dense eval)", ""]
+  md += [_table(["model", "category", "T", "exact match", "95% CI", "n", "chance",
+                 "above chance?"],
+                [[p["run_label"], p["category"], p["eval_length"], p["arm"].mean,
+                  f"[{_ci(p)[0]:.2f}, {_ci(p)[1]:.2f}]", p["arm"].n, p["chance"],
+                  "yes" if fr.above_chance(p["arm"], p["chance"], ALPHA) else "no (too weak)"]
+                 for p in points if p["eval_setting"] == "dense" and p["phase"] == "prefill"
+                 and p["eval_length"] == p["train_seq_len"]])]
+
+  md += ["", "## Sparsity tolerance", "",
+         "Largest inference sparsity (element level) whose accuracy is not significantly below "
+         "the same model evaluated dense (one-sided Welch, alpha 0.05, monotone: the first "
+         "significant drop ends it). \"—\": the model is not above chance dense, so tolerance "
+         "is undefined.", ""]
+  md += [_table(["model", "category", "T", "phase", "pattern", "dense acc", "n", "tolerance"],
+                [[t["label"], t["category"], t["eval_length"], t["phase"], t["pattern"],
+                  t["dense_acc"], t["n"], "—" if t["weak"] else t["tolerance"]] for t in tol])]
+
+  md += ["", "## Pareto frontier (accuracy vs inference FLOPs per token)", ""]
+  front_rows = []
+  for cat, length, phase in sorted({(p["category"], p["eval_length"], p["phase"]) for p in points}):
+    ps = [p for p in points if (p["category"], p["eval_length"], p["phase"]) == (cat, length, phase)]
+    on = fr.pareto([(p["inference_flops_per_token"], p["arm"].mean) for p in ps])
+    front = sorted((p for p, o in zip(ps, on) if o), key=lambda p: p["inference_flops_per_token"])
+    front_rows.append([cat, length, phase, "; ".join(
+        f"{p['label']} ({p['inference_flops_per_token']:.3g}, {p['arm'].mean:.2f})"
+        for p in front)])
+  md += [_table(["category", "T", "phase", "on the frontier: model eval setting (FLOPs/tok, acc)"],
+                front_rows)]
+
+  md += ["", "## Log-linear fit of error", ""]
+  fit_pts = [p for p in points if p["phase"] == "prefill"]
+  if len(fit_pts) >= 8:
+    fit = fr.loglinear_fit([p["params"] for p in fit_pts], [p["eval_length"] for p in fit_pts],
+                           [1 / (1 - min(p["eval_sparsity"], 0.999)) for p in fit_pts],
+                           [1 - p["arm"].mean for p in fit_pts])
+    md.append("log(error) = " + " + ".join(f"{v:.3f}·{k}" for k, v in fit.coef.items())
+              + f"; R² {fit.r2_train:.2f} on {fit.n_train} points, held-out R² "
+              + (f"{fit.r2_heldout:.2f}" if fit.r2_heldout is not None else "n/a")
+              + f" on {fit.n_heldout} (every 4th point held out; compression = 1/(1-sparsity)).")
+  else:
+    md.append(f"Not fitted: {len(fit_pts)} points (needs >= 8).")
+
+  md += ["", "## Runs", ""]
+  md += [_table(["run", "model", "state", "steps", "train FLOPs", "budget", "residual/budget",
+                 "attempts"],
+                [[f"`{s['run_id']}`", s["label"], s["state"], f"{s['step']}/{s['steps']}",
+                  s["train_flops"], s["budget"], (s["train_flops"] - s["budget"]) / s["budget"],
+                  s["attempts"]] for s in status])]
+  md += ["", "## Plots", ""] + [f"![{f.stem}](plots/{f.name})" for f in figs]
+  md += ["", f"Data: `results.csv` ({len(rows)} rows: run × eval setting × task × length × "
+         "phase)."]
+  path = out / "report.md"
+  path.write_text("\n".join(md) + "\n")
+  mode = study.wandb if wandb_mode is None else wandb_mode
+  if mode != "disabled":
+    wandb_summary(study, out, rows, figs, mode)
+  return path
+
+
+def _ci(p) -> tuple[float, float]:
+  from experiments.evaluate import wilson
+  return wilson(round(p["arm"].mean * p["arm"].n), p["arm"].n)
+
+
+# ------------------------------------------------------------------------------------- W&B
+def _flat_config(study, spec) -> dict[str, Any]:
+  return dict(study=study.name, size=spec.size, params=spec.params,
+              nonembed_params=spec.nonembed_params, pattern=spec.pattern,
+              train_sparsity=spec.train_sparsity, budget=spec.budget, steps=spec.steps,
+              seq_len=spec.seq_len, lr=spec.optim.lr, batch_size=spec.batch_size,
+              width=spec.model.width, depth=spec.model.depth, run_id=spec.run_id)
+
+
+def wandb_model_run(study, spec, run_dir: Path, rows: list[dict[str, Any]]) -> None:
+  """A W&B run per model: flat config + accuracy per category × length × setting × phase."""
+  import wandb
+  summary = defaultdict(list)
+  for r in rows:
+    summary[f"acc/{r['category']}/T{r['eval_length']}/{r['eval_setting']}/{r['phase']}"] += \
+        r["correct"]
+  run = wandb.init(project=study.wandb_project, group=study.name, job_type="eval",
+                   name=spec.label, id=f"{spec.run_id}-eval", dir=str(run_dir), resume="allow",
+                   mode=study.wandb, config=_flat_config(study, spec),
+                   settings=wandb.Settings(silent=True, console="off"))
+  run.summary.update({k: sum(v) / len(v) for k, v in summary.items()})
+  run.finish()
+
+
+def wandb_summary(study, out: Path, rows: list[dict[str, Any]], figs: list[Path],
+                  mode: str) -> None:
+  """The results table and plots logged to one summary run of the study's group."""
+  import wandb
+  if not rows:
+    return
+  cols = list(rows[0])
+  run = wandb.init(project=study.wandb_project, group=study.name, job_type="summary",
+                   name=f"{study.name}-summary", id=f"{study.name}-summary", dir=str(out),
+                   resume="allow", mode=mode, settings=wandb.Settings(silent=True, console="off"))
+  run.log({"results": wandb.Table(columns=cols, data=[[r[c] for c in cols] for r in rows]),
+           **{f"plots/{f.stem}": wandb.Image(str(f)) for f in figs}})
+  run.finish()

@@ -1,0 +1,138 @@
+"""A study: the training grid, the evaluation settings and how runs are executed and logged.
+
+Presets under `experiments/presets/` each define `STUDY`; `load_preset(name)` returns it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import pkgutil
+from typing import Any
+
+from experiments import tasks as tasks_lib
+from experiments.grid import Grid, RunSpec, config_hash, to_dict
+
+PHASES = ("prefill", "decode")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSpec:
+  """Each model × task × length × inference setting × phase, teacher-forced.
+
+  settings: inference attention as (pattern, target element sparsity); ("dense", 0.0) is dense
+    causal. Every model is also evaluated with its own training attention ("native").
+  lengths: context lengths; may exceed the training length (RoPE extrapolation is measured).
+  examples: per task × length, from `split`, the same examples for every model and setting.
+  """
+
+  tasks: tuple[str, ...]
+  lengths: tuple[int, ...]
+  settings: tuple[tuple[str, float], ...] = (("dense", 0.0),)
+  phases: tuple[str, ...] = PHASES
+  examples: int = 64
+  batch_size: int = 32
+  split: str = "test"
+  native: bool = True
+  seed: int = 0  # task seed of the eval examples (the training mixture uses the grid's)
+
+  def __post_init__(self):
+    for t in self.tasks:
+      if t not in tasks_lib.TASKS:
+        raise ValueError(f"eval.tasks has {t!r}; valid: {sorted(tasks_lib.TASKS)}")
+    for p in self.phases:
+      if p not in PHASES:
+        raise ValueError(f"eval.phases has {p!r}; valid: {PHASES}")
+    for pattern, sparsity in self.settings:
+      if pattern not in ("dense", "local", "strided", "block_random"):
+        raise ValueError(f"eval.settings has pattern {pattern!r}; valid: dense, local, strided, "
+                         "block_random")
+      if not 0.0 <= sparsity < 1.0 or (pattern == "dense") != (sparsity == 0.0):
+        raise ValueError(f"eval.settings has ({pattern!r}, {sparsity!r}): sparsity must be in "
+                         "[0, 1), 0 exactly for 'dense' and > 0 for a sparse pattern")
+    if self.examples < 2 or self.batch_size < 1:
+      raise ValueError(f"eval.examples={self.examples} must be >= 2 (intervals need n >= 2) and "
+                       f"eval.batch_size={self.batch_size} >= 1")
+    if self.split not in ("train", "validation", "test"):
+      raise ValueError(f"eval.split={self.split!r} must be train, validation or test")
+
+  @property
+  def key(self) -> str:
+    """Hash of the settings: a run's cached evaluation is reused only if this matches."""
+    return config_hash(to_dict(self))
+
+
+@dataclasses.dataclass(frozen=True)
+class Study:
+  """name: the sweep's name (W&B group). max_attempts: tries per run before it is reported as
+  failed. checkpoint_every: training steps between checkpoints (what an interruption loses).
+  failing: run labels' substrings whose learning rate is multiplied by `failing_lr` — a
+  deliberately diverging run, to show that a failure neither stops nor hides in the sweep.
+  """
+
+  name: str
+  grid: Grid
+  eval: EvalSpec
+  max_attempts: int = 2
+  checkpoint_every: int = 100
+  log_every: int = 10
+  wandb: str = "offline"  # "offline" | "online" | "disabled"
+  wandb_project: str = "sparse-frontier"
+  executor: str = "local"
+  executor_options: tuple[tuple[str, Any], ...] = ()
+  failing: tuple[str, ...] = ()
+  failing_lr: float = 1e6
+
+  def __post_init__(self):
+    if not self.name or not all(c.isalnum() or c in "-_" for c in self.name):
+      raise ValueError(f"study.name={self.name!r} must be non-empty [A-Za-z0-9_-]")
+    if self.max_attempts < 1:
+      raise ValueError(f"study.max_attempts={self.max_attempts} must be >= 1")
+    if self.wandb not in ("offline", "online", "disabled"):
+      raise ValueError(f"study.wandb={self.wandb!r} must be offline, online or disabled")
+
+  def runs(self) -> tuple[list[RunSpec], list[dict[str, Any]]]:
+    """The grid's run specs (with the deliberate failures applied) and its skipped points."""
+    specs, skipped = self.grid.points()
+    out = []
+    for s in specs:
+      if any(f in s.label for f in self.failing):
+        s = dataclasses.replace(s, optim=dataclasses.replace(
+            s.optim, lr=s.optim.lr * self.failing_lr, clip_norm=0.0))
+      out.append(s)
+    return out, skipped
+
+
+def presets() -> list[str]:
+  import experiments.presets as pkg
+  return sorted(m.name for m in pkgutil.iter_modules(pkg.__path__))
+
+
+def load_preset(name: str) -> Study:
+  if name not in presets():
+    raise ValueError(f"preset={name!r} is unknown; valid: {presets()}")
+  return importlib.import_module(f"experiments.presets.{name}").STUDY
+
+
+def to_json(study: Study) -> dict[str, Any]:
+  return to_dict(study)
+
+
+def from_json(d: dict[str, Any]) -> Study:
+  """Inverse of `to_json` (study.json → Study)."""
+  from experiments.grid import Optim
+  d = dict(d)
+  g = dict(d.pop("grid"))
+  g["optim"] = Optim(**g["optim"])
+  for k in ("budgets", "sizes", "sparsities", "patterns", "seq_lens", "tasks"):
+    g[k] = tuple(g[k])
+  if g.get("task_weights") is not None:
+    g["task_weights"] = tuple(g["task_weights"])
+  g["model_overrides"] = tuple(tuple(x) for x in g.get("model_overrides", ()))
+  e = dict(d.pop("eval"))
+  e["settings"] = tuple((p, float(s)) for p, s in e["settings"])
+  for k in ("tasks", "lengths", "phases"):
+    e[k] = tuple(e[k])
+  d["executor_options"] = tuple(tuple(x) for x in d.get("executor_options", ()))
+  d["failing"] = tuple(d.get("failing", ()))
+  return Study(grid=Grid(**g), eval=EvalSpec(**e), **d)
