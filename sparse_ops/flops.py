@@ -84,3 +84,16 @@ def density(layout: BlockLayout) -> float:
   """Visited blocks over all blocks (nq × nk), averaged over [B, H]."""
   visited = np.asarray(layout.visited_blocks(), np.float64).mean()
   return float(visited / (layout.num_q_blocks * layout.num_kv_blocks))
+
+
+def selection_flops(q_len: int, kv_len: int, *, num_heads: int, num_kv_heads: int, head_dim: int,
+                    block_q: int, block_kv: int, scoring: str = "mean", batch: int = 1) -> int:
+  """Arithmetic of ``select_blocks``: pooling plus block scores (sorting is not counted).
+
+  Part of the executed cost of a content-selected layout: add it to ``executed_flops``.
+  """
+  nq, nk = -(-q_len // block_q), -(-kv_len // block_kv)
+  pool = batch * head_dim * (q_len * num_heads + kv_len * num_kv_heads * (1 if scoring == "mean"
+                                                                          else 2))
+  per_score = 2 * head_dim if scoring == "mean" else 4 * head_dim  # quest: two products, max, sum
+  return int(pool + batch * num_kv_heads * nq * nk * per_score)

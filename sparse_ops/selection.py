@@ -13,6 +13,11 @@ Scorings:
   "mean":  mean-pooled query block · mean-pooled key block (MoBA, NSA's compressed scores).
   "quest": an upper bound of q·k over the key block from its per-channel min/max (Quest):
            sum_d max(q_d · kmax_d, q_d · kmin_d), with the mean-pooled query block.
+  "vertical_slash": MInference's structure at block level, chosen from content: a column score
+           per kv-block (how much the last q-block attends to it, softmax of mean scores) plus
+           a diagonal score per block offset (mean over q-blocks of the softmaxed mean scores
+           at that offset); each q-block ranks its kv-blocks by the sum, so the kept set is a
+           few vertical lines and a few slashes shared by every row.
 
 Budgets (``Budget``) give each q-block a number of blocks from its number ``n`` of causal
 kv-blocks: fixed count, fixed density, length-adaptive ``c · n**alpha`` (longer contexts keep a
@@ -35,7 +40,7 @@ import numpy as np
 from sparse_ops import masks as masks_lib
 from sparse_ops.layout import BlockLayout
 
-Scoring = Literal["mean", "quest"]
+Scoring = Literal["mean", "quest", "vertical_slash"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,14 +165,39 @@ def block_scores(q, k, *, block_q, block_kv, scoring="mean") -> jax.Array:
   qf = _pool_mean(q.astype(jnp.float32), nq, block_q, t)  # [B, nq, Hq, D]
   qf = qf.reshape(b, nq, hkv, hq // hkv, d).mean(3)  # the group shares one layout
   kf = k.astype(jnp.float32)
-  if scoring == "mean":
+  if scoring in ("mean", "vertical_slash"):
     kp = _pool_mean(kf, nk, block_kv, s)  # [B, nk, Hkv, D]
-    return jnp.einsum("bihd,bjhd->bhij", qf, kp) * d ** -0.5
+    mean = jnp.einsum("bihd,bjhd->bhij", qf, kp) * d ** -0.5
+    if scoring == "mean":
+      return mean
+    return _vertical_slash(mean, _causal_blocks(t, s, block_q, block_kv), block_q, block_kv)
   kmax = _pool_extreme(kf, nk, block_kv, s, jnp.max, -jnp.inf)
   kmin = _pool_extreme(kf, nk, block_kv, s, jnp.min, jnp.inf)
   hi = jnp.einsum("bihd,bjhd->bhijd", qf, kmax)
   lo = jnp.einsum("bihd,bjhd->bhijd", qf, kmin)
   return jnp.maximum(hi, lo).sum(-1) * d ** -0.5
+
+
+def _vertical_slash(mean, causal, block_q, block_kv):
+  """[B, H, nq, nk] mean scores -> column score[j] + diagonal score[offset] (see the docstring).
+
+  The offset of kv-block j from q-block i is counted in kv-blocks from the kv-block holding the
+  q-block's first query, clipped at 0 (blocks overlapping the diagonal are offset 0).
+  """
+  nq, nk = causal.shape
+  p = jax.nn.softmax(jnp.where(causal, mean, -jnp.inf), axis=-1)  # estimated attention rows
+  column = p[..., -1, :]  # [B, H, nk]: the last q-block sees every causal kv-block
+  off_np = np.clip((np.arange(nq)[:, None] * block_q) // block_kv - np.arange(nk)[None, :], 0,
+                   nk - 1)
+  valid, off = jnp.asarray(causal), jnp.asarray(off_np)
+  # Sum each block diagonal with a segment sum over the flattened grid: O(nq · nk) memory.
+  lead = p.shape[:-2]
+  flat = jnp.where(valid, p, 0.0).reshape(lead + (nq * nk,))
+  flat = jnp.moveaxis(flat, -1, 0)
+  total = jax.ops.segment_sum(flat, off.reshape(-1), num_segments=nk)  # [nk, *lead]
+  sizes = jax.ops.segment_sum(valid.reshape(-1).astype(p.dtype), off.reshape(-1), num_segments=nk)
+  diagonal = jnp.moveaxis(total, 0, -1) / jnp.maximum(sizes, 1)  # mean mass per offset
+  return column[..., None, :] + jnp.take(diagonal, off, axis=-1)
 
 
 def _pool_mean(x, n, blk, length):
@@ -230,8 +260,8 @@ def _validate(q, k, block_q, block_kv, budget, scoring, sink_blocks, local_block
   if not isinstance(budget, Budget):
     raise ValueError(f"budget={budget!r} must be a sparse_ops.Budget (Budget.blocks(k), "
                      "Budget.density(d), Budget.adaptive(c, alpha), Budget.coverage(threshold))")
-  if scoring not in ("mean", "quest"):
-    raise ValueError(f"scoring={scoring!r}; valid: 'mean', 'quest'")
+  if scoring not in ("mean", "quest", "vertical_slash"):
+    raise ValueError(f"scoring={scoring!r}; valid: 'mean', 'quest', 'vertical_slash'")
   if isinstance(sink_blocks, bool) or not isinstance(sink_blocks, int) or sink_blocks < 0:
     raise ValueError(f"sink_blocks={sink_blocks!r} must be an integer >= 0")
   if isinstance(local_blocks, bool) or not isinstance(local_blocks, int) or local_blocks < 1:

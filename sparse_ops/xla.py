@@ -7,8 +7,10 @@ never T × S. Partial blocks apply the mask elementwise; full blocks skip it. So
 (running max and sum), so slots can come in any order.
 
 The backward pass is a custom_vjp (autodiff of the scan would keep every step's scores, T × kept
-blocks × block, as residuals): a dQ pass over the same slots and a dK/dV pass over the layout's
-transposed lists, recomputing probabilities from the saved log-sum-exp (FlashAttention-2).
+blocks × block, as residuals): one scan over the same slots recomputes probabilities from the
+saved log-sum-exp (FlashAttention-2), accumulates dQ per q-block and scatter-adds dK/dV into the
+visited kv-blocks. (The Pallas kernels use the layout's transposed lists instead, where a
+kernel instance owns a kv-block.)
 
 Cost note: a scan runs ``max slots per row`` steps for every row, so rows with fewer blocks than
 the longest row pay for the difference (dense causal executes about 2× its kept blocks here).
@@ -177,7 +179,6 @@ def _backward(q, k, v, layout: BlockLayout, scale, out, lse, dout):
   delta = _block((dout.astype(jnp.float32) * out.astype(jnp.float32)).sum(-1, keepdims=True),
                  nq, bq)[..., 0]  # [B, Hq, nq, bq]
   head_map = jnp.arange(hq) // group
-  all_heads = jnp.arange(hq)
 
   def probs_and_ds(qx, kx, vx, dox, lsex, deltax, ok):
     s = _dot("bhiqd,bhikd->bhiqk", qx, kx) * scale
@@ -185,47 +186,34 @@ def _backward(q, k, v, layout: BlockLayout, scale, out, lse, dout):
     dp = _dot("bhiqd,bhikd->bhiqk", dox, vx)
     return p, p * (dp - deltax[..., None])
 
-  # dQ: the forward's slots.
+  # One pass over the forward's slots: dQ accumulates per q-block, and each slot's dK/dV
+  # contributions are scatter-added into their kv-blocks. Scanning the transposed lists instead
+  # would run max(q-blocks per kv-block) steps for every kv-block, and one popular block (a
+  # sink, a selected summary block) makes that as slow as dense.
   q_pos = (jnp.arange(nq)[:, None] * bq + jnp.arange(bq))[None, None, :, :, None]
+  bi = jnp.arange(b)[:, None, None]
+  hi = jnp.arange(hq)[None, :, None]
   dq = jnp.zeros(qb.shape, jnp.float32)
+  dk = jnp.zeros((b, hq, nk, bk, qb.shape[-1]), jnp.float32)
+  dv = jnp.zeros((b, hq, nk, bk, vb.shape[-1]), jnp.float32)
   for (count, idx), partial in zip(_lists(layout, b, hq, False), (True, False)):
 
-    def dq_step(dq, j, count=count, idx=idx, partial=partial):
-      blk = idx[..., j]
+    def step(carry, j, count=count, idx=idx, partial=partial):
+      dq, dk, dv = carry
+      blk = idx[..., j]  # [B, Hq, nq]
       kj, vj = _gather_rows(kb, blk, head_map), _gather_rows(vb, blk, head_map)
       ok = (j < count)[..., None, None]
       if partial:
         k_pos = (blk[..., None] * bk + jnp.arange(bk))[..., None, :]
         ok = ok & _elementwise(layout, q_pos, k_pos, hq)
-      _, ds = probs_and_ds(qb, kj, vj, dob, lse, delta, ok)
-      return dq + _dot("bhiqk,bhikd->bhiqd", ds.astype(kj.dtype), kj) * scale, None
+      p, ds = probs_and_ds(qb, kj, vj, dob, lse, delta, ok)
+      dq = dq + _dot("bhiqk,bhikd->bhiqd", ds.astype(kj.dtype), kj) * scale
+      # Padded slots repeat a real block index with p = ds = 0, so they add exact zeros.
+      dv = dv.at[bi, hi, blk].add(_dot("bhiqk,bhiqd->bhikd", p.astype(dob.dtype), dob))
+      dk = dk.at[bi, hi, blk].add(_dot("bhiqk,bhiqd->bhikd", ds.astype(qb.dtype), qb) * scale)
+      return (dq, dk, dv), None
 
-    dq, _ = jax.lax.scan(dq_step, dq, jnp.arange(idx.shape[-1]))
-
-  # dK, dV: the transposed slots (q-blocks per kv-block), per q-head, summed over each group.
-  kbh, vbh = kb[:, head_map], vb[:, head_map]  # [B, Hq, nk, bk, D]
-  k_pos = (jnp.arange(nk)[:, None] * bk + jnp.arange(bk))[None, None, :, None, :]
-  dk = jnp.zeros(kbh.shape, jnp.float32)
-  dv = jnp.zeros(vbh.shape, jnp.float32)
-  for (count, idx), partial in zip(_lists(layout, b, hq, True), (True, False)):
-
-    def dkv_step(carry, j, count=count, idx=idx, partial=partial):
-      dk, dv = carry
-      blk = idx[..., j]  # [B, Hq, nk]: the q-block visiting each kv-block at this slot
-      qj, doj = _gather_rows(qb, blk, all_heads), _gather_rows(dob, blk, all_heads)
-      bi = jnp.arange(b)[:, None, None]
-      lsej = lse[bi, all_heads[None, :, None], blk]
-      deltaj = delta[bi, all_heads[None, :, None], blk]
-      ok = (j < count)[..., None, None]
-      if partial:
-        qp = (blk[..., None] * bq + jnp.arange(bq))[..., :, None]
-        ok = ok & _elementwise(layout, qp, k_pos, hq)
-      p, ds = probs_and_ds(qj, kbh, vbh, doj, lsej, deltaj, ok)
-      dv = dv + _dot("bhiqk,bhiqd->bhikd", p.astype(doj.dtype), doj)
-      dk = dk + _dot("bhiqk,bhiqd->bhikd", ds.astype(qj.dtype), qj) * scale
-      return (dk, dv), None
-
-    (dk, dv), _ = jax.lax.scan(dkv_step, (dk, dv), jnp.arange(idx.shape[-1]))
+    (dq, dk, dv), _ = jax.lax.scan(step, (dq, dk, dv), jnp.arange(idx.shape[-1]))
 
   def fold(x):  # [B, Hq, nk, bk, D] -> [B, Hkv, nk, bk, D]
     return x.reshape((b, hkv, group) + x.shape[2:]).sum(2)

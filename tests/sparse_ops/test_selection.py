@@ -22,6 +22,7 @@ def brute_force(q, k, blk_q, blk_kv, budget, scoring, sink, local):
   keep = np.zeros((b, hkv, nq, nk), bool)
   for bi in range(b):
     for h in range(hkv):
+      vs = _vertical_slash_scores(q[bi, :, h * g:(h + 1) * g], k[bi, :, h], blk_q, blk_kv)
       for i in range(nq):
         qs = q[bi, i * blk_q:(i + 1) * blk_q, h * g:(h + 1) * g].mean((0, 1))
         q_last = min((i + 1) * blk_q, t) - 1
@@ -32,6 +33,8 @@ def brute_force(q, k, blk_q, blk_kv, budget, scoring, sink, local):
           kb = k[bi, j * blk_kv:(j + 1) * blk_kv, h]
           if scoring == "mean":
             scores[j] = qs @ kb.mean(0) / math.sqrt(d)
+          elif scoring == "vertical_slash":
+            scores[j] = vs[i, j]
           else:
             scores[j] = np.maximum(qs * kb.max(0), qs * kb.min(0)).sum() / math.sqrt(d)
         forced = [j for j in cand if j < sink or j > n - 1 - local]
@@ -52,6 +55,28 @@ def brute_force(q, k, blk_q, blk_kv, budget, scoring, sink, local):
   return keep
 
 
+def _vertical_slash_scores(q, k, blk_q, blk_kv):
+  """q [T, G, D], k [S, D] -> column(j) + mean diagonal mass(offset(i, j)), loops only."""
+  t, s, d = q.shape[0], k.shape[0], k.shape[-1]
+  nq, nk = math.ceil(t / blk_q), math.ceil(s / blk_kv)
+  p = np.zeros((nq, nk))
+  for i in range(nq):
+    qs = q[i * blk_q:(i + 1) * blk_q].mean((0, 1))
+    cand = [j for j in range(nk) if j * blk_kv <= min((i + 1) * blk_q, t) - 1]
+    logits = np.array([qs @ k[j * blk_kv:(j + 1) * blk_kv].mean(0) / math.sqrt(d) for j in cand])
+    e = np.exp(logits - logits.max())
+    p[i, cand] = e / e.sum()
+  offset = lambda i, j: min(max((i * blk_q) // blk_kv - j, 0), nk - 1)
+  sums, counts = np.zeros(nk), np.zeros(nk)
+  for i in range(nq):
+    for j in range(nk):
+      if j * blk_kv <= min((i + 1) * blk_q, t) - 1:
+        sums[offset(i, j)] += p[i, j]
+        counts[offset(i, j)] += 1
+  diag = sums / np.maximum(counts, 1)
+  return np.array([[p[-1, j] + diag[offset(i, j)] for j in range(nk)] for i in range(nq)])
+
+
 budgets = st.one_of(st.integers(1, 6).map(so.Budget.blocks),
                     st.floats(0.05, 1.0).map(so.Budget.density),
                     st.tuples(st.floats(0.2, 2.0), st.floats(0.0, 1.0)).map(
@@ -60,7 +85,7 @@ budgets = st.one_of(st.integers(1, 6).map(so.Budget.blocks),
 
 
 @settings(max_examples=30)
-@given(st.integers(0, 2**31), budgets, st.sampled_from(["mean", "quest"]),
+@given(st.integers(0, 2**31), budgets, st.sampled_from(["mean", "quest", "vertical_slash"]),
        st.integers(0, 2), st.integers(1, 2), st.sampled_from([(1, 1), (4, 2), (2, 1)]),
        st.integers(20, 90), st.sampled_from([8, 16]), st.sampled_from([8, 16]))
 def test_selection_equals_brute_force(seed, budget, scoring, sink, local, heads, t, bq, bk):
