@@ -106,8 +106,8 @@ class Budget:
 
 
 def select_blocks(q: jax.Array, k: jax.Array, *, block_q: int, block_kv: int, budget: Budget,
-                  scoring: Scoring = "mean", sink_blocks: int = 1,
-                  local_blocks: int = 1) -> BlockLayout:
+                  scoring: Scoring = "mean", sink_blocks: int = 1, local_blocks: int = 1,
+                  dense_before: jax.Array | int | None = None) -> BlockLayout:
   """A causal BlockLayout [B, Hkv, ...] of the best-scoring kv-blocks per q-block.
 
   Args:
@@ -117,20 +117,27 @@ def select_blocks(q: jax.Array, k: jax.Array, *, block_q: int, block_kv: int, bu
     scoring: "mean" or "quest".
     sink_blocks: leading kv-blocks every q-block keeps (>= 0).
     local_blocks: kv-blocks ending at the diagonal every q-block keeps (>= 1, so no row is empty).
+    dense_before: position, scalar or [B], before which queries attend densely (the "decode"
+      phase of an evaluation: context queries dense, question/answer queries sparse). A q-block
+      holding any query before it is dense. None: every q-block is sparse ("prefill").
   """
   keep = select_block_mask(q, k, block_q=block_q, block_kv=block_kv, budget=budget,
-                           scoring=scoring, sink_blocks=sink_blocks, local_blocks=local_blocks)
+                           scoring=scoring, sink_blocks=sink_blocks, local_blocks=local_blocks,
+                           dense_before=dense_before)
   t, s = q.shape[1], k.shape[1]
   full = keep & _fully_causal(t, s, block_q, block_kv)
   n_max = int(np.max(_causal_counts(t, s, block_q, block_kv)))
-  # Slots must hold every kept block: the budget's bound, or the forced blocks if more.
+  # Slots must hold every kept block: the budget's bound, or the forced blocks if more (and
+  # every causal block when some rows are dense).
   slots = min(n_max, max(budget.max_blocks(n_max), sink_blocks + local_blocks))
+  if dense_before is not None:
+    slots = n_max
   return BlockLayout.from_blocks(keep, full, block_q=block_q, block_kv=block_kv, q_len=t,
                                  kv_len=s, mask=masks_lib.Causal(), max_blocks=slots)
 
 
 def select_block_mask(q, k, *, block_q, block_kv, budget, scoring="mean", sink_blocks=1,
-                      local_blocks=1) -> jax.Array:
+                      local_blocks=1, dense_before=None) -> jax.Array:
   """The kept-block booleans [B, Hkv, nq, nk] behind ``select_blocks``."""
   _validate(q, k, block_q, block_kv, budget, scoring, sink_blocks, local_blocks)
   q, k = jax.lax.stop_gradient(q), jax.lax.stop_gradient(k)
@@ -154,6 +161,10 @@ def select_block_mask(q, k, *, block_q, block_kv, budget, scoring="mean", sink_b
     counts = jnp.broadcast_to(budget.counts(n), (b, hkv, nq))
   n_forced = forced.sum(-1)
   counts = jnp.clip(jnp.maximum(counts, n_forced), 0, n)
+  if dense_before is not None:
+    first_q = jnp.arange(nq) * block_q  # a q-block is dense if it holds a query before the bound
+    bound = jnp.broadcast_to(jnp.asarray(dense_before), (b,))[:, None, None]
+    counts = jnp.where(first_q[None, None, :] < bound, n, counts)
   return (rank < counts[..., None]) & causal
 
 

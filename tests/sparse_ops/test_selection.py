@@ -146,6 +146,23 @@ def test_selection_finds_the_planted_block():
   assert keep[0, 0, 13].sum() == 3
 
 
+def test_dense_before_makes_context_rows_dense_and_question_rows_sparse():
+  q, k, _, _ = _inputs(3, 2, 128, 128, 2, 1, 8, 8, jnp.float32)
+  bound = jnp.array([40, 100])
+  keep = np.asarray(so.select_block_mask(q, k, block_q=16, block_kv=16,
+                                         budget=so.Budget.blocks(2), dense_before=bound))
+  causal = np.tril(np.ones((8, 8), bool))
+  # batch 0: q-blocks 0..2 hold a query < 40 -> dense; from block 3 on, 2 blocks each
+  np.testing.assert_array_equal(keep[0, 0, :3], causal[:3])
+  assert (keep[0, 0, 3:].sum(-1) == 2).all()
+  np.testing.assert_array_equal(keep[1, 0, :7], causal[:7])
+  assert keep[1, 0, 7].sum() == 2
+  layout = so.select_blocks(q, k, block_q=16, block_kv=16, budget=so.Budget.blocks(2),
+                            dense_before=bound)
+  np.testing.assert_array_equal(np.asarray(layout.block_masks()[0] | layout.block_masks()[1]),
+                                keep)
+
+
 def test_adaptive_budget_keeps_a_smaller_fraction_of_longer_rows():
   b = so.Budget.adaptive(2.0, 0.5)
   n = jnp.array([4, 16, 64, 256])
