@@ -133,6 +133,7 @@ def from_json(d: dict[str, Any]) -> Study:
   e["settings"] = tuple((p, float(s)) for p, s in e["settings"])
   for k in ("tasks", "lengths", "phases"):
     e[k] = tuple(e[k])
-  d["executor_options"] = tuple(tuple(x) for x in d.get("executor_options", ()))
+  d["executor_options"] = tuple((k, tuple(v) if isinstance(v, list) else v)
+                                for k, v in d.get("executor_options", ()))
   d["failing"] = tuple(d.get("failing", ()))
   return Study(grid=Grid(**g), eval=EvalSpec(**e), **d)

@@ -192,7 +192,8 @@ def run_job(run_dir: str | Path, trainer: Trainer | None = None,
     return {"state": result["status"], "attempts": 0}
   rec = job_record(run_dir)
   rec = _update(run_dir, state="running", attempts=rec.get("attempts", 0) + 1,
-                host=os.uname().nodename, pid=os.getpid(), started=time.time(), error=None)
+                host=os.uname().nodename, pid=os.getpid(), started=time.time(), error=None,
+                slurm_job=os.environ.get("SLURM_JOB_ID"))
   t0 = time.time()
   try:
     result = trainer(spec, run_dir, study)

@@ -20,6 +20,8 @@ class LocalExecutor:
   workers: int = 0
   visible_env: str = "CUDA_VISIBLE_DEVICES"
   name: str = "local"
+  trainer: Callable | None = None  # in-process only: replaces train.run (tests, dry runs)
+  loader: Callable | None = None
 
   def run(self, run_dirs: list[Path], log: Callable[[str], None] = print) -> None:
     from experiments import sweep
@@ -29,7 +31,7 @@ class LocalExecutor:
         label = sweep.read_json(Path(d) / "spec.json")["label"]
         log(f"[{i + 1}/{len(run_dirs)}] {label} (run {Path(d).name}), "
             f"{time.time() - t0:.0f}s into this round")
-        rec = sweep.run_job(d, log=log)
+        rec = sweep.run_job(d, trainer=self.trainer, loader=self.loader, log=log)
         log(f"[{i + 1}/{len(run_dirs)}] {label}: {rec['state']}"
             + (f" — {rec.get('error')}" if rec["state"] != "done" else ""))
         if rec["state"] == "preempted":

@@ -1,0 +1,135 @@
+"""Statistics and frontier extraction on constructed data where the right answer is known."""
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+
+from experiments import frontier as fr
+from experiments.evaluate import wilson
+
+
+def _bernoulli(k, n):
+  return np.array([1.0] * k + [0.0] * (n - k))
+
+
+def test_welch_matches_the_textbook_formula_and_scipy():
+  rng = np.random.default_rng()
+  a, b = rng.normal(1.0, 2.0, 37), rng.normal(0.2, 0.5, 23)
+  w = fr.welch_greater(fr.Arm.of(a), fr.Arm.of(b))
+  va, vb = a.var(ddof=1) / 37, b.var(ddof=1) / 23
+  assert w.t == pytest.approx((a.mean() - b.mean()) / math.sqrt(va + vb), rel=1e-12)
+  assert w.df == pytest.approx((va + vb) ** 2 / (va ** 2 / 36 + vb ** 2 / 22), rel=1e-12)
+  ref = sps.ttest_ind(a, b, equal_var=False, alternative="greater")
+  assert w.p == pytest.approx(ref.pvalue, rel=1e-9)
+
+
+def test_welch_known_case():
+  # Two arms with means 0.8 and 0.5 at n=100 each: t ≈ 4.60, clearly significant; reversed: not.
+  a, b = fr.Arm.of(_bernoulli(80, 100)), fr.Arm.of(_bernoulli(50, 100))
+  w = fr.welch_greater(a, b)
+  assert w.t == pytest.approx(0.3 / math.sqrt(0.8 * 0.2 * 100 / 99 / 100 + 0.25 * 100 / 99 / 100))
+  assert w.p < 1e-5 and fr.significantly_greater(a, b)
+  assert not fr.significantly_greater(b, a)
+  # Same rate, same n: the statistic is exactly 0, p exactly one half.
+  assert fr.welch_greater(a, a).p == pytest.approx(0.5)
+
+
+def test_welch_constant_arms():
+  ones, zeros = fr.Arm.of(np.ones(10)), fr.Arm.of(np.zeros(10))
+  assert fr.significantly_greater(ones, zeros)
+  assert not fr.significantly_greater(zeros, ones)
+  assert not fr.significantly_greater(ones, ones)
+  assert not fr.significantly_greater(fr.Arm.of(np.ones(3)), fr.Arm.of(np.zeros(3)))
+  with pytest.raises(ValueError, match="n >= 2"):
+    fr.welch_greater(fr.Arm.of([1.0]), ones)
+
+
+def test_pooled_arm_equals_the_concatenated_sample():
+  rng = np.random.default_rng()
+  parts = [rng.integers(0, 2, n).astype(float) for n in (5, 17, 40)]
+  pooled = fr.Arm.pool(fr.Arm.of(p) for p in parts)
+  whole = fr.Arm.of(np.concatenate(parts))
+  assert pooled.n == whole.n
+  assert pooled.mean == pytest.approx(whole.mean, rel=1e-12)
+  assert pooled.std == pytest.approx(whole.std, rel=1e-12)
+
+
+def test_bootstrap_interval_covers_the_difference_and_excludes_zero_when_large():
+  a, b = _bernoulli(90, 100), _bernoulli(40, 100)
+  lo, hi = fr.bootstrap_diff_ci(a, b, seed=1)
+  assert lo < 0.5 < hi and lo > 0.3
+  lo, hi = fr.bootstrap_diff_ci(a, a, seed=1)
+  assert lo <= 0.0 <= hi
+
+
+def test_wilson_interval_known_values():
+  lo, hi = wilson(5, 10)
+  assert (lo, hi) == pytest.approx((0.2366, 0.7634), abs=1e-4)
+  lo, hi = wilson(0, 10)
+  assert lo == 0.0 and hi == pytest.approx(0.2775, abs=1e-4)
+  assert wilson(10, 10)[1] == pytest.approx(1.0)
+
+
+def test_tolerance_finds_the_first_significant_drop():
+  dense = fr.Arm.of(_bernoulli(180, 200))  # 0.90
+  curve = {0.5: fr.Arm.of(_bernoulli(181, 200)),   # 0.905: fine
+           0.75: fr.Arm.of(_bernoulli(172, 200)),  # 0.86: within noise at n=200
+           0.9: fr.Arm.of(_bernoulli(60, 200)),    # 0.30: a collapse
+           0.95: fr.Arm.of(_bernoulli(180, 200))}  # recovery after a drop does not count
+  assert fr.tolerance(dense, curve) == 0.75
+  assert fr.tolerance(dense, {0.5: fr.Arm.of(_bernoulli(20, 200))}) == 0.0
+  assert fr.tolerance(dense, {s: dense for s in (0.5, 0.9)}) == 0.9
+
+
+def test_above_chance():
+  assert fr.above_chance(fr.Arm.of(_bernoulli(20, 64)), 1 / 30)
+  assert not fr.above_chance(fr.Arm.of(_bernoulli(3, 64)), 1 / 30)
+  assert not fr.above_chance(fr.Arm.of(_bernoulli(0, 64)), 0.0)
+
+
+def test_pareto_on_known_points():
+  pts = [(1.0, 0.2), (2.0, 0.5), (2.0, 0.4), (3.0, 0.5), (4.0, 0.9), (0.5, 0.1), (4.0, 0.9)]
+  assert fr.pareto(pts) == [True, True, False, False, True, True, True]
+  assert fr.pareto([]) == []
+
+
+def test_loglinear_fit_recovers_coefficients():
+  rng = np.random.default_rng()
+  n = 40
+  params = rng.uniform(1e5, 1e8, n)
+  length = rng.choice([128, 256, 1024, 4096], n)
+  comp = rng.choice([1.0, 2.0, 4.0, 10.0], n)
+  err = np.exp(1.5 - 0.3 * np.log(params) + 0.2 * np.log(length) + 0.4 * np.log(comp))
+  err = np.clip(err, 0, 1)
+  keep = err < 1.0  # the fit clips at 1: use only unclipped points for exact recovery
+  fit = fr.loglinear_fit(params[keep], length[keep], comp[keep], err[keep])
+  assert fit.coef["log_params"] == pytest.approx(-0.3, abs=1e-9)
+  assert fit.coef["log_length"] == pytest.approx(0.2, abs=1e-9)
+  assert fit.coef["log_compression"] == pytest.approx(0.4, abs=1e-9)
+  assert fit.r2_train == pytest.approx(1.0) and fit.r2_heldout == pytest.approx(1.0)
+  assert fit.n_heldout == keep.sum() // 4
+
+
+def _point(label, params, flops, k, n=100, sparse=False, length=1024, chance=0.01):
+  return dict(category="retrieval", eval_length=length, phase="prefill", budget=1e15,
+              label=label, params=params, sparse=sparse, inference_flops_per_token=flops,
+              arm=fr.Arm.of(_bernoulli(k, n)), chance=chance)
+
+
+def test_sparse_vs_dense_verdicts():
+  small = _point("small dense", 1e6, 10.0, 50)
+  rows = [small,
+          _point("big sparse good", 4e6, 9.0, 80, sparse=True),
+          _point("big sparse bad", 4e6, 8.0, 20, sparse=True),
+          _point("big sparse same", 4e6, 10.0, 52, sparse=True),
+          _point("big sparse too costly", 4e6, 20.0, 99, sparse=True),
+          _point("smaller sparse", 5e5, 5.0, 99, sparse=True)]
+  verdicts = {c["sparse"]: c["verdict"] for c in fr.sparse_vs_dense(rows)}
+  assert verdicts == {"big sparse good": "sparse wins", "big sparse bad": "dense wins",
+                      "big sparse same": "no significant difference"}
+  weak = [_point("small dense", 1e6, 10.0, 1, length=4096),
+          _point("big sparse", 4e6, 9.0, 2, sparse=True, length=4096)]
+  (c,) = fr.sparse_vs_dense(weak)
+  assert c["verdict"] == "too weak to tell"

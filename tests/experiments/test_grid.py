@@ -1,0 +1,122 @@
+"""The FLOP-matched grid: every point's training FLOPs equal its budget to within one step, run
+ids are hashes of what decides the result, bad grids are rejected naming the value."""
+
+import dataclasses
+import json
+
+import pytest
+
+import models
+import sparse_ops as so
+from experiments import study as study_lib
+from experiments.grid import Grid, Optim, RunSpec, spec_from_dict, to_dict
+
+
+def _all_preset_specs():
+  for name in study_lib.presets():
+    specs, _ = study_lib.load_preset(name).runs()
+    for s in specs:
+      yield name, s
+
+
+@pytest.mark.parametrize("preset", study_lib.presets())
+def test_every_preset_point_matches_its_budget_within_one_step(preset):
+  specs, skipped = study_lib.load_preset(preset).runs()
+  assert specs, f"preset {preset} has no runs"
+  for s in specs:
+    # Recomputed here from the model counter and the mask, not read from the spec.
+    fpt = models.flops_per_token(s.model, s.seq_len, training=True)
+    step = fpt * s.batch_size * s.seq_len
+    assert step == pytest.approx(s.step_flops, rel=1e-12)
+    total = s.steps * step
+    assert abs(total - s.budget) <= step / 2 * (1 + 1e-9), (s.label, total, s.budget, step)
+    assert s.flops_residual == pytest.approx(total - s.budget, rel=1e-9, abs=1.0)
+    # The trainer's own count of the same run agrees (its Config.flops_per_step).
+    assert s.steps >= 1
+  for p in skipped:
+    assert "reason" in p and p["steps"] < study_lib.load_preset(preset).grid.min_steps
+
+
+def test_residual_is_the_nearest_step_count():
+  g = Grid(budgets=(1e11, 3.3e11), sizes=("100k", "300k"), sparsities=(0.0, 0.5),
+           patterns=("local", "strided"), seq_lens=(64, 128), batch_size=4, vocab_size=128)
+  specs, skipped = g.points()
+  assert not skipped
+  assert len(specs) == 2 * 2 * 2 * (1 + 2)  # budgets × lens × sizes × (dense + 2 patterns)
+  for s in specs:
+    for other in (s.steps - 1, s.steps + 1):
+      assert abs(other * s.step_flops - s.budget) >= abs(s.flops_residual)
+
+
+def test_sparse_points_have_the_target_sparsity_and_fewer_flops():
+  g = Grid(budgets=(1e11,), sizes=("100k",), sparsities=(0.0, 0.75), patterns=("local",),
+           seq_lens=(128,), batch_size=4, vocab_size=128)
+  (dense, sparse), _ = g.points()
+  assert dense.pattern == "dense" and sparse.pattern == "local"
+  mask = sparse.model.attention.mask(128)
+  assert so.flops.sparsity(mask, 128) == pytest.approx(0.75, abs=0.02)
+  assert sparse.train_attention_stats()["element"] == so.flops.sparsity(mask, 128)
+  assert sparse.flops_per_token < dense.flops_per_token
+  assert sparse.steps > dense.steps  # same budget buys more, cheaper steps
+
+
+def test_run_id_hashes_the_result_deciding_fields_only():
+  g = Grid(budgets=(1e11,), sizes=("100k",), vocab_size=128, seq_lens=(64,), batch_size=4)
+  (s,), _ = g.points()
+  assert s.run_id == g.points()[0][0].run_id  # stable
+  assert len(s.run_id) == 12 and int(s.run_id, 16) >= 0
+  lr = dataclasses.replace(s, optim=dataclasses.replace(s.optim, lr=1e-3))
+  assert lr.run_id != s.run_id
+  seed = dataclasses.replace(s, seed=1)
+  assert seed.run_id != s.run_id
+  # Derived numbers are not identity: recomputing them cannot orphan a finished run.
+  assert dataclasses.replace(s, params=0, step_flops=1.0).run_id == s.run_id
+  # Renaming the study or changing its evaluation keeps the run ids.
+  smoke = study_lib.load_preset("smoke")
+  renamed = dataclasses.replace(smoke, name="other", eval=dataclasses.replace(
+      smoke.eval, examples=7))
+  assert [x.run_id for x in renamed.runs()[0]] == [x.run_id for x in smoke.runs()[0]]
+
+
+def test_spec_round_trips_through_json():
+  for _, s in _all_preset_specs():
+    back = spec_from_dict(json.loads(json.dumps(to_dict(s))))
+    assert back == s and back.run_id == s.run_id
+    break
+
+
+def test_study_round_trips_through_json():
+  for name in study_lib.presets():
+    st = study_lib.load_preset(name)
+    assert study_lib.from_json(json.loads(json.dumps(study_lib.to_json(st)))) == st
+
+
+def test_too_small_budget_is_skipped_with_reason():
+  g = Grid(budgets=(1e6, 1e11), sizes=("100k",), vocab_size=128, seq_lens=(64,), batch_size=4,
+           min_steps=10)
+  specs, skipped = g.points()
+  assert [s.budget for s in specs] == [1e11]
+  assert len(skipped) == 1 and "buys" in skipped[0]["reason"] and skipped[0]["budget"] == 1e6
+
+
+@pytest.mark.parametrize("kwargs, needle", [
+    (dict(budgets=()), "grid.budgets"),
+    (dict(budgets=(-1.0,)), "grid.budgets"),
+    (dict(sizes=("7b",)), "'7b'"),
+    (dict(sparsities=(1.0,)), "grid.sparsities has 1.0"),
+    (dict(patterns=("dense",)), "grid.patterns has 'dense'"),
+    (dict(tasks=("nope",)), "grid.tasks has 'nope'"),
+    (dict(task_weights=(1.0, 2.0)), "grid.task_weights"),
+    (dict(batch_size=0), "grid.batch_size=0"),
+])
+def test_bad_grid_names_the_value(kwargs, needle):
+  base = dict(budgets=(1e11,), sizes=("100k",))
+  with pytest.raises(ValueError, match=needle.replace("(", r"\(").replace(")", r"\)")):
+    Grid(**{**base, **kwargs})
+
+
+def test_unreachable_sparsity_fails_before_training():
+  g = Grid(budgets=(1e11,), sizes=("100k",), sparsities=(0.99,), patterns=("strided",),
+           seq_lens=(32,), vocab_size=128)
+  with pytest.raises(ValueError, match="sparsity=0.99"):
+    g.points()

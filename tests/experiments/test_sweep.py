@@ -1,0 +1,176 @@
+"""Sweep mechanics with a stand-in trainer (fast, controllable): done runs are skipped, failed
+runs are retried up to max_attempts and then reported without stopping the sweep, preempted runs
+resume, results.csv is deterministic, `status` and the report name what failed."""
+
+import csv
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+from flax import nnx
+
+import models
+from experiments import executors, report, sweep
+from experiments.__main__ import main as cli
+from experiments.executors.pod import PodExecutor
+from experiments.grid import Grid
+from experiments.study import EvalSpec, Study
+
+
+def _study(**kw):
+  grid = Grid(budgets=(1e10,), sizes=("100k",), sparsities=(0.0, 0.5, 0.75), patterns=("local",),
+              seq_lens=(32,), batch_size=2, vocab_size=128, implementation="xla")
+  ev = EvalSpec(tasks=("niah_single",), lengths=(32,), settings=(("dense", 0.0),), examples=4,
+                batch_size=4, phases=("prefill",))
+  return Study(name="t", grid=grid, eval=ev, wandb="disabled", **kw)
+
+
+class FakeTrainer:
+  """Counts calls per run; fails runs whose label contains `fail` (always), preempts once."""
+
+  def __init__(self, fail=(), preempt=()):
+    self.calls, self.fail, self.preempt = {}, fail, set(preempt)
+
+  def __call__(self, spec, run_dir, study):
+    self.calls[spec.label] = self.calls.get(spec.label, 0) + 1
+    if any(f in spec.label for f in self.fail):
+      return {"status": "failed", "message": "non-finite loss nan at step 3"}
+    if spec.label in self.preempt:
+      self.preempt.discard(spec.label)
+      return {"status": "preempted", "message": "SIGTERM"}
+    (run_dir / "trained").write_text(json.dumps({"seed": spec.seed}))
+    return {"status": "finished", "step": spec.steps}
+
+
+def loader(run_dir):
+  cfg = sweep.load_spec(run_dir).model
+  return models.Transformer(cfg, rngs=nnx.Rngs(0)), "float32"
+
+
+def test_failures_are_retried_then_reported_and_do_not_stop_the_sweep(tmp_path, capsys):
+  study = _study(max_attempts=3)
+  fake = FakeTrainer(fail=("local@0.5",))
+  ex = executors.make("local", trainer=fake, loader=loader)
+  by_state = sweep.run_sweep(study, tmp_path, ex, log=lambda s: None)
+  assert len(by_state["done"]) == 2 and len(by_state["failed"]) == 1
+  labels = {s.run_id: s.label for s in study.runs()[0]}
+  (bad,) = by_state["failed"]
+  assert labels[bad] == "100k/local@0.5/1e+10/T32"
+  assert fake.calls["100k/local@0.5/1e+10/T32"] == 3  # max_attempts
+  assert fake.calls["100k/dense/1e+10/T32"] == 1
+  # status names it, with the error
+  cli(["status", str(tmp_path)])
+  out = capsys.readouterr().out
+  line = next(l for l in out.splitlines() if l.startswith(bad))
+  assert "failed" in line and "non-finite" in line
+  # the report names it too; results.csv holds only the finished runs
+  md = report.write(tmp_path, wandb_mode="disabled").read_text()
+  assert bad in md and "non-finite loss" in md and "Failed runs" in md
+  rows = list(csv.DictReader(open(tmp_path / "results.csv")))
+  assert {r["run_id"] for r in rows} == set(by_state["done"])
+  assert (tmp_path / "plots" / "frontier.png").stat().st_size > 1000
+
+  # Rerun: nothing is retrained (done skipped; failed used up its attempts) ...
+  fake2 = FakeTrainer(fail=("local@0.5",))
+  sweep.run_sweep(study, tmp_path, executors.make("local", trainer=fake2, loader=loader),
+                  log=lambda s: None)
+  assert fake2.calls == {}
+  # ... unless asked to retry failed runs.
+  fake3 = FakeTrainer()
+  by_state = sweep.run_sweep(study, tmp_path, executors.make("local", trainer=fake3,
+                                                             loader=loader),
+                             retry_failed=True, log=lambda s: None)
+  assert fake3.calls == {"100k/local@0.5/1e+10/T32": 1} and len(by_state["done"]) == 3
+
+
+def test_preempted_run_stops_the_round_and_resumes_on_rerun(tmp_path):
+  study = _study()
+  fake = FakeTrainer(preempt={"100k/local@0.5/1e+10/T32"})
+  ex = executors.make("local", trainer=fake, loader=loader)
+  by_state = sweep.run_sweep(study, tmp_path, ex, log=lambda s: None)
+  assert len(by_state["preempted"]) == 1 and len(by_state["done"]) == 1
+  assert len(by_state["pending"]) == 1  # the sweep stopped instead of starting the next run
+  (pre,) = by_state["preempted"]
+  assert sweep.job_record(tmp_path / "runs" / pre)["attempts"] == 0  # not a failed attempt
+  before = (tmp_path / "results.csv").read_text()
+  by_state = sweep.run_sweep(study, tmp_path, ex, log=lambda s: None)
+  assert len(by_state["done"]) == 3
+  assert fake.calls["100k/dense/1e+10/T32"] == 1  # finished runs are never redone
+  after = (tmp_path / "results.csv").read_text()
+  assert after.startswith(before.strip().splitlines()[0])
+  assert len(after.splitlines()) > len(before.splitlines())
+
+
+def test_results_are_deterministic_and_eval_changes_only_reevaluate(tmp_path):
+  study = _study()
+  fake = FakeTrainer()
+  for out in (tmp_path / "a", tmp_path / "b"):
+    sweep.run_sweep(study, out, executors.make("local", trainer=fake, loader=loader),
+                    log=lambda s: None)
+  assert (tmp_path / "a" / "results.csv").read_bytes() == \
+      (tmp_path / "b" / "results.csv").read_bytes()
+  # New eval settings: runs are evaluated again but not retrained.
+  more = dataclasses.replace(study, eval=dataclasses.replace(
+      study.eval, settings=(("dense", 0.0), ("local", 0.5))))
+  calls = dict(fake.calls)
+  sweep.run_sweep(more, tmp_path / "a", executors.make("local", trainer=fake, loader=loader),
+                  log=lambda s: None)
+  rows = list(csv.DictReader(open(tmp_path / "a" / "results.csv")))
+  assert {r["eval_setting"] for r in rows} == {"native", "dense", "local@0.5"}
+  assert {k: v - calls[k] for k, v in fake.calls.items()} == {k: 1 for k in calls}
+
+
+def test_results_csv_has_the_columns_the_study_promises(tmp_path):
+  study = _study()
+  sweep.run_sweep(study, tmp_path, executors.make("local", trainer=FakeTrainer(),
+                                                  loader=loader), log=lambda s: None)
+  rows = sweep.read_results(tmp_path / "results.csv")
+  need = {"run_id", "size", "params", "train_pattern", "train_sparsity_element",
+          "train_sparsity_block", "eval_sparsity_element", "eval_sparsity_block", "budget",
+          "train_flops_per_token", "inference_flops_per_token", "accuracy", "ci_low", "ci_high",
+          "n", "task", "category", "eval_length", "phase", "eval_setting"}
+  assert need <= set(rows[0])
+  specs = {s.run_id: s for s in study.runs()[0]}
+  for r in rows:
+    s = specs[r["run_id"]]
+    assert r["params"] == models.param_counts(s.model).total
+    assert r["train_flops_per_token"] == models.flops_per_token(s.model, s.seq_len)
+    assert r["n"] == 4 and 0 <= r["ci_low"] <= r["accuracy"] <= r["ci_high"] <= 1
+
+
+def test_second_sweep_on_the_same_folder_is_refused(tmp_path):
+  with sweep.study_lock(tmp_path):
+    with pytest.raises(RuntimeError, match="another sweep is running"):
+      with sweep.study_lock(tmp_path):
+        pass
+
+
+def test_unknown_executor_and_pod_commands():
+  with pytest.raises(ValueError, match="executor='k8s'"):
+    executors.make("k8s")
+  pod = PodExecutor(hosts=("h0", "h1", "h2"), port=1234, python="/venv/bin/python",
+                    workdir="/repo")
+  cmds = pod.commands("/shared/runs/abc")
+  assert [h for h, _ in cmds] == ["h0", "h1", "h2"]
+  for i, (_, c) in enumerate(cmds):
+    assert "EXPERIMENTS_COORDINATOR=h0:1234" in c and "EXPERIMENTS_NUM_PROCESSES=3" in c
+    assert f"EXPERIMENTS_PROCESS_ID={i}" in c
+    assert c.endswith("/venv/bin/python -m experiments job /shared/runs/abc")
+  with pytest.raises(ValueError, match="launch='mpi'"):
+    PodExecutor(launch="mpi")
+
+
+def test_pod_environment_reaches_the_trainer_config(tmp_path, monkeypatch):
+  study = _study()
+  spec = study.runs()[0][0]
+  monkeypatch.setenv("EXPERIMENTS_COORDINATOR", "h0:1234")
+  monkeypatch.setenv("EXPERIMENTS_NUM_PROCESSES", "4")
+  monkeypatch.setenv("EXPERIMENTS_PROCESS_ID", "2")
+  cfg = sweep.train_config(spec, tmp_path, study)
+  assert (cfg.distributed.coordinator, cfg.distributed.num_processes,
+          cfg.distributed.process_id) == ("h0:1234", 4, 2)
+  assert cfg.steps == spec.steps and cfg.model == spec.model and cfg.resume
+  assert cfg.flops_per_step == pytest.approx(spec.step_flops)
+  assert cfg.log.group == study.name
+  np.testing.assert_equal(cfg.data.tasks, spec.tasks)
