@@ -1,0 +1,213 @@
+"""The trainer end to end: learning, exact resume after SIGKILL, SIGTERM, non-finite loss,
+multi-process and fsdp equivalence, and config errors before compiling.
+
+Mechanics use the toy tasks of `toy_tasks.py` (resolved by dotted path like any task suite);
+learning uses the real `niah_single`. Runs that must be killed or need their own jax runtime
+(several processes, forced host devices) are subprocesses.
+"""
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from train import log as log_lib
+from train.__main__ import main
+
+HERE = Path(__file__).resolve().parent
+TOY = ["--model.vocab-size", "128", "--model.width", "32", "--model.depth", "2",
+       "--model.num-heads", "2", "--data.seq-len", "32", "--batch-size", "8",
+       "--compute-dtype", "float32", "--eval.examples", "8", "--data.tasks", "toy",
+       "--data.factory", "toy_tasks:make", "--data.scorer", "toy_tasks:score",
+       "--data.shards", "2", "--log.every", "1", "--log.no-progress", "--log.wandb", "disabled",
+       "--checkpoint.every", "4", "--steps", "12", "--model.attention.implementation", "reference"]
+
+
+@pytest.fixture(scope="session")
+def launch(tmp_path_factory):
+  """Starts `python -m train` on the toy tasks; the subprocesses of a session share a persistent
+  XLA cache, so identical programs compile once."""
+  cache = str(tmp_path_factory.mktemp("xla_cache"))
+
+  def start(run_dir, *args, delay=0.0, env=None, tag=""):
+    env = {**os.environ, "TOY_DELAY": str(delay),
+           "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
+           "JAX_COMPILATION_CACHE_DIR": cache, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+           "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0", **(env or {})}
+    log = open(Path(f"{run_dir}{tag}.log"), "w")
+    return subprocess.Popen([sys.executable, "-m", "train", "--run-dir", str(run_dir), *TOY, *args],
+                            env=env, stdout=log, stderr=subprocess.STDOUT)
+
+  return start
+
+
+def finish(proc, timeout=240):
+  try:
+    code = proc.wait(timeout=timeout)
+  except subprocess.TimeoutExpired:
+    proc.kill()
+    raise
+  return code
+
+
+def losses(run_dir):
+  out = {}
+  for record in log_lib.read_metrics(run_dir):
+    if "loss" in record:
+      assert record["step"] not in out, f"step {record['step']} logged twice"
+      out[record["step"]] = record["loss"]
+  return out
+
+
+def wait_for(condition, proc, timeout=120):
+  start = time.time()
+  while not condition():
+    assert proc.poll() is None, "the run ended before the test could interrupt it"
+    assert time.time() - start < timeout
+    time.sleep(0.05)
+
+
+def committed(run_dir, step):
+  return (Path(run_dir) / "checkpoints" / str(step) / "state" / "commit_success.txt").exists()
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, launch):
+  """An uninterrupted 12-step toy run, one process, one device, data.shards=2."""
+  run_dir = tmp_path_factory.mktemp("reference") / "run"
+  assert finish(launch(run_dir)) == 0, Path(str(run_dir) + ".log").read_text()
+  got = losses(run_dir)
+  assert sorted(got) == list(range(1, 13)) and len(set(got.values())) > 1
+  return got
+
+
+def test_exact_resume_after_sigkill(tmp_path, reference, launch):
+  run_dir = tmp_path / "run"
+  proc = launch(run_dir, delay=0.03)
+  wait_for(lambda: committed(run_dir, 4) and max(losses(run_dir), default=0) >= 6, proc)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert log_lib.read_status(run_dir)["status"] == "running"  # killed: nobody wrote the end
+  assert finish(launch(run_dir, "--resume")) == 0
+  assert log_lib.read_status(run_dir)["status"] == "finished"
+  assert losses(run_dir) == reference  # bitwise, every step, data order included
+
+
+def test_sigterm_saves_exits_zero_and_resume_continues(tmp_path, reference, launch):
+  run_dir = tmp_path / "run"
+  proc = launch(run_dir, delay=0.03)
+  wait_for(lambda: max(losses(run_dir), default=0) >= 2, proc)
+  proc.send_signal(signal.SIGTERM)
+  assert finish(proc) == 0
+  status = log_lib.read_status(run_dir)
+  assert status["status"] == "preempted" and 2 <= status["step"] < 12
+  assert committed(run_dir, status["step"])
+  assert finish(launch(run_dir, "--resume")) == 0
+  assert log_lib.read_status(run_dir)["status"] == "finished"
+  assert losses(run_dir) == reference
+
+
+def test_non_finite_loss_stops_naming_the_step_and_marks_the_run_failed(tmp_path, capsys):
+  run_dir = tmp_path / "run"
+  argv = ["--run-dir", str(run_dir), *TOY, "--data.tasks", "toy_nan", "--steps", "40",
+          "--checkpoint.every", "2", "--checkpoint.no-async-save"]
+  assert main(argv) == 1
+  status = log_lib.read_status(run_dir)
+  assert status["status"] == "failed"
+  bad = status["step"]
+  assert f"at step {bad}" in status["message"] and f"at step {bad}" in capsys.readouterr().err
+  good = losses(run_dir)
+  assert sorted(good) == list(range(1, bad)) and all(np.isfinite(list(good.values())))
+  saved = sorted(int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit())
+  assert saved and max(saved) == 2 * ((bad - 1) // 2)  # the last good one, nothing after
+  # ... and it resumes: from the last good step (the same data then fails again, as it should).
+  assert main(argv + ["--resume"]) == 1
+  assert log_lib.read_status(run_dir)["step"] == bad
+
+
+def test_two_processes_reach_the_losses_of_one(tmp_path, reference, launch):
+  port = 20000 + os.getpid() % 20000
+  procs = [launch(tmp_path / "run", "--distributed.num-processes", "2",
+                  "--distributed.process-id", str(i), "--distributed.coordinator",
+                  f"localhost:{port}", "--grad-accum", "2", tag=str(i)) for i in range(2)]
+  try:
+    codes = [finish(p) for p in procs]
+  finally:
+    for p in procs:
+      p.kill()
+  assert codes == [0, 0], (tmp_path / "run0.log").read_text() + (tmp_path / "run1.log").read_text()
+  got = losses(tmp_path / "run")
+  assert sorted(got) == sorted(reference)
+  np.testing.assert_allclose([got[s] for s in reference], list(reference.values()), rtol=2e-5)
+
+
+def test_fsdp_on_8_host_devices_reaches_the_losses_of_one(tmp_path, reference, launch):
+  run_dir = tmp_path / "run"
+  env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+  code = finish(launch(run_dir, "--mesh.data", "2", "--mesh.fsdp", "4", env=env))
+  assert code == 0, Path(str(run_dir) + ".log").read_text()
+  got = losses(run_dir)
+  np.testing.assert_allclose([got[s] for s in reference], list(reference.values()), rtol=2e-5)
+  # The saved parameters really were split over the fsdp axis.
+  sharding = json.loads((run_dir / "checkpoints" / "12" / "state" / "_sharding").read_text())
+  specs = [json.loads(v)["partition_spec"] if isinstance(v, str) else v["partition_spec"]
+           for k, v in sharding.items() if "params" in k]
+  assert sum("fsdp" in json.dumps(s) for s in specs) >= len(specs) - 5  # all but the norms
+
+
+@pytest.mark.parametrize("args, field", [
+    (["--model.width", "64", "--model.num-heads", "5"], "num_heads"),
+    (["--model.num-heads", "4", "--model.num-kv-heads", "3"], "num_kv_heads"),
+    (["--model.attention.block-q", "48"], "block_q"),
+    (["--model.attention.block-kv", "64"], "block_kv"),
+    (["--batch-size", "6", "--grad-accum", "4"], "batch_size"),
+    (["--mesh.fsdp", "3"], "mesh.fsdp"),
+    (["--steps", "0"], "steps"),
+])
+def test_bad_configs_fail_before_compiling_naming_the_field(tmp_path, capsys, args, field):
+  run_dir = tmp_path / "run"
+  # Config checks in __post_init__ surface through tyro as a usage error (exit 2, message on
+  # stderr); run-level checks (`train.config.validate`) raise ValueError.
+  with pytest.raises((ValueError, SystemExit)) as error:
+    main(["--run-dir", str(run_dir), *TOY, *args])
+  assert field in str(error.value) + capsys.readouterr().err
+  assert not run_dir.exists()  # failed before creating anything, let alone compiling
+
+
+def test_unknown_size_name_fails_naming_it(tmp_path):
+  with pytest.raises(SystemExit, match="size='huge' is unknown"):
+    main(["--size", "huge", "--run-dir", str(tmp_path / "run")])
+
+
+def test_learns_niah_single_at_128_tokens(tmp_path):
+  """Real task suite, default factory and scorer; FLOP budget stopping; W&B offline; progress."""
+  import train
+  import models
+  model = models.ModelConfig(vocab_size=128, width=64, depth=2, num_heads=4)
+  cfg = train.Config(run_dir=str(tmp_path / "niah"), model=model, batch_size=32,
+                     compute_dtype="float32", optim=train.OptimConfig(lr=3e-3, warmup_steps=20),
+                     data=train.DataConfig(tasks=("niah_single",), seq_len=128),
+                     eval=train.EvalConfig(examples=64), log=train.LogConfig(every=20))
+  steps = 150
+  cfg = dataclasses.replace(cfg, flop_budget=(steps + 0.5) * cfg.flops_per_step)
+  start = time.time()
+  result = train.run(cfg)
+  assert result.status == "finished" and result.step == steps
+  scores = result.eval["niah_single"]
+  # Chance is 1/|values| (< 0.05 at vocab 128); the trained model retrieves the needle.
+  assert scores["exact_match"] > 0.8, scores
+  assert time.time() - start < 120
+  status = log_lib.read_status(cfg.run_dir)
+  assert status["status"] == "finished" and status["eval"]["niah_single"] == scores
+  last = [r for r in log_lib.read_metrics(cfg.run_dir) if "loss" in r][-1]
+  assert last["tokens"] == steps * 32 * 128 and last["tokens_per_s"] > 0
+  assert last["flops"] == pytest.approx(steps * cfg.flops_per_step)
+  wandb_runs = list((tmp_path / "niah" / "wandb").glob("offline-run-*"))
+  assert len(wandb_runs) == 1 and wandb_runs[0].name.endswith(log_lib.run_id(tmp_path / "niah"))

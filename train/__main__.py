@@ -1,0 +1,48 @@
+"""`python -m train [--flags]`: one training run from the command line (tyro, from `Config`).
+
+    python -m train --run-dir runs/try --model.width 64 --model.depth 2 --steps 300
+    python -m train --run-dir runs/try --resume            # continue it exactly
+    python -m train --size 100k --run-dir runs/a --flop-budget 1e13 \\
+        --model.attention.pattern local --model.attention.sparsity 0.9
+
+`--size NAME` starts from `models.family(NAME)`; explicit --model.* flags then override it.
+Exit status: 0 finished or preempted (SIGTERM), 1 failed (e.g. non-finite loss).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+
+import tyro
+
+import models
+from train.config import Config
+from train.loop import run
+
+
+def main(argv: list[str] | None = None) -> int:
+  argv = list(sys.argv[1:] if argv is None else argv)
+  default = Config()
+  if "--size" in argv:  # a ladder size as the model's defaults, before tyro parses the rest
+    i = argv.index("--size")
+    if i + 1 >= len(argv):
+      raise SystemExit("--size needs a value: one of " + ", ".join(models.SIZES))
+    size = argv[i + 1]
+    del argv[i:i + 2]
+    try:
+      model = models.family(size, vocab_size=default.model.vocab_size)
+    except ValueError as e:
+      raise SystemExit(str(e)) from e
+    default = dataclasses.replace(default, model=model)
+  cfg = tyro.cli(Config, args=argv, default=default,
+                 description=__doc__.split("\n\n")[0])
+  result = run(cfg)
+  if result.status == "failed":
+    print(result.message, file=sys.stderr)
+    return 1
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

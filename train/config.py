@@ -1,0 +1,235 @@
+"""One training run's config: frozen dataclasses, the CLI's schema (tyro) and the run's identity.
+
+Data is resolved by name, never imported: `DataConfig.factory` is a dotted path
+"module:function" to a task factory, imported lazily when the run starts. `train` therefore
+never imports `experiments` (arrows point one way: experiments -> train -> models), while the
+default still trains on the study's task suite. The factory protocol is that of
+`experiments.tasks.make`:
+
+    task = factory(name, length=seq_len, vocab_size=model.vocab_size, seed=data.seed)
+    task.source(split)  # random access: len() and [i] -> {"inputs","targets","weights"}: [T]
+
+and `DataConfig.scorer` ("module:function") scores evaluation predictions like
+`experiments.tasks.scoring.score(predictions [B,T], targets [B,T], weights [B,T]) -> {metric: [B]}`.
+Any other suite (or a test's toy) plugs in by giving its own paths.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from typing import Any, Literal
+
+import models
+from models import ModelConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  """tasks: trained on as a mixture with `weights` (None: equal); seq_len: tokens per example.
+
+  shards: the global batch is the concatenation of `shards` independent data shards (each a
+  `train.data.mixture` slice); processes split the shards between them. The batches therefore
+  depend on `shards`, not on how many processes or devices run: 1 process with shards=2 and 2
+  processes see the same global batches. 0 means one shard per process.
+  """
+
+  tasks: tuple[str, ...] = ("niah_single",)
+  weights: tuple[float, ...] | None = None
+  seq_len: int = 128
+  seed: int = 0
+  shards: int = 0
+  factory: str = "experiments.tasks:make"
+  scorer: str = "experiments.tasks.scoring:score"
+  num_threads: int = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+  """AdamW with linear warmup then cosine decay to `min_lr_ratio`·lr; global-norm clipping."""
+
+  lr: float = 3e-3
+  warmup_steps: int = 100
+  min_lr_ratio: float = 0.1
+  b1: float = 0.9
+  b2: float = 0.95
+  eps: float = 1e-8
+  weight_decay: float = 0.1
+  clip_norm: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+  """Devices as a (data, fsdp) grid; -1 takes the remaining devices. The batch is split over both
+  axes, parameters and optimizer state over `fsdp`."""
+
+  data: int = -1
+  fsdp: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class DistributedConfig:
+  """Multi-process launch. `jax.distributed.initialize` runs when num_processes > 1 (explicit
+  localhost/cluster launch) or when `auto` and a cluster environment (SLURM, ...) is detected."""
+
+  coordinator: str = ""
+  num_processes: int = 1
+  process_id: int = 0
+  auto: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+  every: int = 500  # steps; a final checkpoint is always written
+  keep: int = 3
+  async_save: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class LogConfig:
+  every: int = 10  # steps between metrics.jsonl lines (and W&B points)
+  progress: bool = True
+  wandb: Literal["offline", "online", "disabled"] = "offline"
+  project: str = "sparse-frontier"
+  group: str = ""  # W&B group: the sweep's name
+  peak_tflops: float = 0.0  # per-device peak for MFU; 0 looks the device up in train.log.PEAKS
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+  every: int = 0  # steps; 0 evaluates only at the end. Scores per task in metrics.jsonl.
+  examples: int = 64  # per task, from the "validation" split
+  batch_size: int = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """A training run. Stops after `steps`, or, if 0, after the steps `flop_budget` buys:
+  floor(budget / (models.flops_per_token(model, seq_len) · batch_size · seq_len)).
+
+  batch_size: sequences per optimizer step (global), split into `grad_accum` microbatches.
+  """
+
+  run_dir: str = "runs/default"
+  model: ModelConfig = ModelConfig()
+  data: DataConfig = DataConfig()
+  optim: OptimConfig = OptimConfig()
+  mesh: MeshConfig = MeshConfig()
+  distributed: DistributedConfig = DistributedConfig()
+  checkpoint: CheckpointConfig = CheckpointConfig()
+  log: LogConfig = LogConfig()
+  eval: EvalConfig = EvalConfig()
+  batch_size: int = 32
+  grad_accum: int = 1
+  steps: int = 0
+  flop_budget: float = 0.0
+  seed: int = 0
+  compute_dtype: Literal["bfloat16", "float32"] = "bfloat16"
+  resume: bool = False
+
+  @property
+  def tokens_per_step(self) -> int:
+    return self.batch_size * self.data.seq_len
+
+  @property
+  def flops_per_step(self) -> float:
+    return models.flops_per_token(self.model, self.data.seq_len) * self.tokens_per_step
+
+  @property
+  def total_steps(self) -> int:
+    if self.steps > 0:
+      return self.steps
+    return int(self.flop_budget // self.flops_per_step)
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+
+def from_dict(d: dict[str, Any]) -> Config:
+  """Inverse of `Config.to_dict` (used to read a run folder's config.json)."""
+  def build(cls, values):
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+      if f.name not in values:
+        continue
+      v = values[f.name]
+      sub = {"model": ModelConfig, "attention": models.AttentionConfig, "data": DataConfig,
+             "optim": OptimConfig, "mesh": MeshConfig, "distributed": DistributedConfig,
+             "checkpoint": CheckpointConfig, "log": LogConfig, "eval": EvalConfig}.get(f.name)
+      if sub is not None and isinstance(v, dict):
+        v = build(sub, v)
+      elif isinstance(v, list):
+        v = tuple(v)
+      kwargs[f.name] = v
+    return cls(**kwargs)
+  return build(Config, d)
+
+
+def validate(cfg: Config, num_devices: int, num_processes: int) -> None:
+  """Every check a run needs, in Python, before anything is compiled. Messages name the field."""
+  cfg.model.validate(cfg.data.seq_len)
+  d = cfg.data
+  if not d.tasks:
+    raise ValueError("data.tasks=() must name at least one task")
+  if d.weights is not None and (len(d.weights) != len(d.tasks) or min(d.weights) <= 0):
+    raise ValueError(f"data.weights={d.weights} must be one positive weight per task {d.tasks}")
+  for name in ("factory", "scorer"):
+    if ":" not in getattr(d, name):
+      raise ValueError(f"data.{name}={getattr(d, name)!r} must be 'module:function'")
+  shards = d.shards or num_processes
+  if shards % num_processes:
+    raise ValueError(f"data.shards={d.shards} must be a multiple of the {num_processes} processes")
+  if cfg.batch_size <= 0 or cfg.grad_accum <= 0:
+    raise ValueError(f"batch_size={cfg.batch_size} and grad_accum={cfg.grad_accum} must be >= 1")
+  if cfg.batch_size % (cfg.grad_accum * shards):
+    raise ValueError(f"batch_size={cfg.batch_size} must be a multiple of grad_accum="
+                     f"{cfg.grad_accum} × data.shards={shards}")
+  micro = cfg.batch_size // cfg.grad_accum
+  if micro % num_devices:
+    raise ValueError(f"batch_size={cfg.batch_size} / grad_accum={cfg.grad_accum} = {micro} "
+                     f"sequences per microbatch must be a multiple of the {num_devices} devices")
+  mesh_shape(cfg.mesh, num_devices)
+  if cfg.steps < 0 or cfg.flop_budget < 0 or (cfg.steps == 0 and cfg.flop_budget == 0):
+    raise ValueError(f"give steps > 0 or flop_budget > 0 (steps={cfg.steps}, "
+                     f"flop_budget={cfg.flop_budget})")
+  if cfg.total_steps < 1:
+    raise ValueError(f"flop_budget={cfg.flop_budget:.3g} buys no step of "
+                     f"{cfg.flops_per_step:.3g} FLOPs")
+  o = cfg.optim
+  if not (o.lr > 0 and o.warmup_steps >= 0 and 0 <= o.min_lr_ratio <= 1 and o.clip_norm >= 0):
+    raise ValueError(f"optim={o} needs lr > 0, warmup_steps >= 0, min_lr_ratio in [0, 1], "
+                     "clip_norm >= 0")
+  if cfg.checkpoint.every <= 0 or cfg.checkpoint.keep <= 0:
+    raise ValueError(f"checkpoint.every={cfg.checkpoint.every} and checkpoint.keep="
+                     f"{cfg.checkpoint.keep} must be >= 1")
+  if cfg.log.every <= 0:
+    raise ValueError(f"log.every={cfg.log.every} must be >= 1")
+  if cfg.eval.every < 0 or cfg.eval.examples < 0 or cfg.eval.batch_size <= 0:
+    raise ValueError(f"eval={cfg.eval} needs every >= 0, examples >= 0, batch_size >= 1")
+
+
+def mesh_shape(mesh: MeshConfig, num_devices: int) -> tuple[int, int]:
+  """(data, fsdp) sizes with -1 resolved; raises naming the field if they don't fit."""
+  data, fsdp = mesh.data, mesh.fsdp
+  if fsdp == -1 and data == -1:
+    raise ValueError("mesh.data and mesh.fsdp cannot both be -1")
+  for name, v in (("mesh.data", data), ("mesh.fsdp", fsdp)):
+    if v == 0 or v < -1:
+      raise ValueError(f"{name}={v} must be a positive int or -1")
+  if data == -1:
+    data = num_devices // fsdp if num_devices % fsdp == 0 else 0
+  if fsdp == -1:
+    fsdp = num_devices // data if num_devices % data == 0 else 0
+  if data * fsdp != num_devices:
+    raise ValueError(f"mesh.data={mesh.data} × mesh.fsdp={mesh.fsdp} must use all "
+                     f"{num_devices} devices")
+  return data, fsdp
+
+
+def resolve(path: str) -> Any:
+  """'package.module:attribute' -> the attribute, imported now (lazily, by name)."""
+  module, _, attr = path.partition(":")
+  try:
+    return getattr(importlib.import_module(module), attr)
+  except (ImportError, AttributeError) as e:
+    raise ValueError(f"cannot resolve {path!r}: {e}") from e

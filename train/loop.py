@@ -1,0 +1,272 @@
+"""One training run, start to finish: `run(config) -> Result`.
+
+Outputs in `config.run_dir`:
+  config.json     the run's config (`train.config.from_dict` reads it back)
+  status.json     "running" / "finished" / "preempted" / "failed", step, message, final numbers
+  metrics.jsonl   one JSON line per logged step (loss, lr, grad_norm, tokens, FLOPs, speed, MFU)
+                  and per evaluation (eval/<task>/<metric>)
+  checkpoints/    orbax: train state + data-iterator state of the last `checkpoint.keep` saves
+  wandb/          the W&B run (offline unless log.wandb says otherwise)
+
+Stops after `config.total_steps`, on SIGTERM (saves, status "preempted", returns normally so
+the process exits 0), or on a non-finite loss (keeps the last good checkpoint, status "failed").
+`resume=True` continues from the latest checkpoint exactly: same params, optimizer state and
+data order, so on CPU every later loss is bitwise what an uninterrupted run logs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import multihost_utils
+
+import models
+from train import checkpoint as ckpt_lib
+from train import data as data_lib
+from train import log as log_lib
+from train import mesh as mesh_lib
+from train import step as step_lib
+from train.config import Config, resolve, validate
+
+
+@dataclasses.dataclass
+class Result:
+  run_dir: Path
+  status: str  # "finished", "preempted" or "failed"
+  step: int
+  loss: float | None
+  eval: dict[str, dict[str, float]]  # task -> metric -> mean over the eval examples
+  message: str = ""
+
+
+class Batches:
+  """This process's data shards as one iterator of [A, B_local/A, T] batches (A = grad_accum),
+  with the checkpointable state of all of them."""
+
+  def __init__(self, cfg: Config, sources: list[Any]):
+    nproc, pid = jax.process_count(), jax.process_index()
+    shards = cfg.data.shards or nproc
+    per_process = shards // nproc
+    weights = list(cfg.data.weights or [1.0] * len(sources))
+    self.accum = cfg.grad_accum
+    self.datasets = [
+        data_lib.mixture(sources, weights, batch_size=cfg.batch_size // shards,
+                         seed=cfg.data.seed, shard_index=j, shard_count=shards,
+                         num_threads=cfg.data.num_threads)
+        for j in range(pid * per_process, (pid + 1) * per_process)]
+    self.iterators = [iter(d) for d in self.datasets]
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    parts = [next(it) for it in self.iterators]
+    # Each shard splits into the A microbatches on its own, so microbatch a holds the a-th chunk
+    # of every shard wherever the shards are computed.
+    return {k: np.concatenate([p[k].reshape(self.accum, -1, *p[k].shape[1:]) for p in parts], 1)
+            for k in data_lib.KEYS}
+
+  def get_state(self) -> list[Any]:
+    return [it.get_state() for it in self.iterators]
+
+  def set_state(self, state: list[Any]) -> None:
+    if len(state) != len(self.iterators):
+      raise ValueError(f"checkpoint holds {len(state)} data shards for this process, the config "
+                       f"gives {len(self.iterators)}: resume with the same data.shards")
+    for it, s in zip(self.iterators, state):
+      it.set_state(s)
+
+
+class _Stop:
+  """SIGTERM (preemption) asks the loop to save and leave at the next step boundary."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+  def agreed(self) -> bool:
+    """Every process stops at the same step if any of them was told to."""
+    if jax.process_count() == 1:
+      return self.requested
+    flags = multihost_utils.process_allgather(np.int32(self.requested))
+    return bool(np.asarray(flags).any())
+
+
+def run(cfg: Config) -> Result:
+  """Trains one model as `cfg` says; see the module docstring for what lands where."""
+  mesh_lib.initialize(cfg.distributed)
+  validate(cfg, jax.device_count(), jax.process_count())
+  run_dir = Path(cfg.run_dir)
+  primary = jax.process_index() == 0
+  if primary:
+    run_dir.mkdir(parents=True, exist_ok=True)
+  multihost_utils.sync_global_devices("run_dir")
+  checkpoints = ckpt_lib.Checkpoints(run_dir, keep=cfg.checkpoint.keep,
+                                     async_save=cfg.checkpoint.async_save)
+  if checkpoints.latest_step() is not None and not cfg.resume:
+    raise ValueError(f"run_dir={str(run_dir)!r} already holds checkpoints; pass resume=True "
+                     "(--resume) to continue it, or choose another run_dir")
+  if primary:
+    (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+
+  mesh = mesh_lib.make_mesh(cfg.mesh)
+  total = cfg.total_steps
+  codec = step_lib.Params(cfg.model)
+  tx = step_lib.optimizer(cfg.optim, total)
+
+  def init_state():
+    params = codec.init(cfg.model, cfg.seed)
+    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt": tx.init(params)}
+
+  abstract = jax.eval_shape(init_state)
+  shardings = mesh_lib.state_shardings(abstract, mesh)
+  factory = resolve(cfg.data.factory)
+  tasks = {name: factory(name, length=cfg.data.seq_len, vocab_size=cfg.model.vocab_size,
+                         seed=cfg.data.seed) for name in cfg.data.tasks}
+  batches = Batches(cfg, [t.source("train") for t in tasks.values()])
+
+  if cfg.resume and checkpoints.latest_step() is not None:
+    state, data_state, _ = checkpoints.restore(ckpt_lib.abstract(abstract, shardings))
+    batches.set_state(data_state)
+  else:
+    state = jax.jit(init_state, out_shardings=shardings)()
+  start = int(state["step"])
+
+  batch_sharding = mesh_lib.batch_sharding(mesh)
+  train_step = jax.jit(step_lib.make_train_step(cfg, codec, tx),
+                       in_shardings=(shardings, batch_sharding),
+                       out_shardings=(shardings, None), donate_argnums=0)
+  evaluator = _Evaluator(cfg, codec, tasks, mesh, shardings["params"])
+  logger = log_lib.Logger(
+      run_dir, cfg.to_dict(), total, cfg.tokens_per_step, cfg.flops_per_step,
+      progress=cfg.log.progress, wandb_mode=cfg.log.wandb, project=cfg.log.project,
+      group=cfg.log.group, peak_tflops=cfg.log.peak_tflops)
+  counts = models.param_counts(cfg.model)
+  log_lib.write_status(run_dir, "running", step=start)
+  logger.start(start)
+  logger.message(f"{run_dir}: {counts.total:,} params ({counts.nonembed:,} non-embedding), "
+                 f"{total} steps of {cfg.tokens_per_step:,} tokens, "
+                 f"{cfg.flops_per_step:.3g} FLOPs/step, {jax.device_count()} devices "
+                 f"(mesh data×fsdp={tuple(mesh.shape.values())}), from step {start}")
+
+  step, loss, scores, status, message = start, None, {}, "finished", ""
+  saved = start
+  with _Stop() as stop:
+    try:
+      while step < total:
+        batch = mesh_lib.global_batch(next(batches), mesh)
+        state, metrics = train_step(state, batch)
+        metrics = jax.device_get(metrics)  # blocks: the loss is checked before anything is saved
+        step += 1
+        loss = float(metrics["loss"])
+        if not math.isfinite(loss):
+          status = "failed"
+          message = (f"non-finite loss {loss} at step {step}; stopped. The last good checkpoint "
+                     f"is step {checkpoints.latest_step()} in {run_dir / 'checkpoints'}")
+          break
+        if step % cfg.log.every == 0 or step == total:
+          logger.log(step, {"loss": loss, "grad_norm": float(metrics["grad_norm"]),
+                            "lr": float(metrics["lr"]), "tokens": step * cfg.tokens_per_step,
+                            "flops": step * cfg.flops_per_step, **logger.throughput(step)})
+        if (cfg.eval.every and step % cfg.eval.every == 0) or step == total:
+          scores = evaluator(state["params"])
+          logger.log(step, {f"eval/{t}/{m}": v for t, s in scores.items() for m, v in s.items()})
+        if step % cfg.checkpoint.every == 0 or step == total:
+          checkpoints.save(step, state, batches.get_state())
+          saved = step
+        logger.advance(step)
+        if stop.agreed():
+          if saved != step:
+            checkpoints.save(step, state, batches.get_state())
+            saved = step
+          status, message = "preempted", f"SIGTERM: saved step {step} and stopped"
+          break
+      checkpoints.wait()
+    except BaseException as e:
+      checkpoints.wait()
+      log_lib.write_status(run_dir, "failed", step=step, message=f"{type(e).__name__}: {e}")
+      logger.close("failed")
+      raise
+    finally:
+      checkpoints.close()
+
+  if message:
+    logger.message(message)
+  log_lib.write_status(run_dir, status, step=step, loss=loss, message=message, eval=scores,
+                       params=counts.total, nonembed_params=counts.nonembed,
+                       tokens=step * cfg.tokens_per_step, flops=step * cfg.flops_per_step)
+  logger.close(status)
+  return Result(run_dir, status, step, loss, scores, message)
+
+
+class _Evaluator:
+  """Teacher-forced argmax on each task's first `eval.examples` validation examples, scored by
+  `data.scorer`; every process computes its rows, process 0's view of all rows is returned."""
+
+  def __init__(self, cfg: Config, codec: step_lib.Params, tasks: dict[str, Any], mesh,
+               param_shardings):
+    self.cfg, self.tasks, self.mesh = cfg, tasks, mesh
+    self.sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(mesh_lib.BATCH_AXES))
+    self.predict = jax.jit(step_lib.make_predict(cfg, codec),
+                           in_shardings=(param_shardings, self.sharding))
+    self._sets = None
+
+  def _eval_sets(self) -> dict[str, list[dict[str, np.ndarray]]]:
+    """Batches of the validation examples, padded with zero-weight rows to fill the devices."""
+    n, b = self.cfg.eval.examples, self.cfg.eval.batch_size
+    b = -(-b // jax.device_count()) * jax.device_count()
+    sets = {}
+    for name, task in self.tasks.items():
+      source = task.source("validation")
+      rows = [source[i] for i in range(n)]
+      out = []
+      for start in range(0, n, b):
+        chunk = rows[start:start + b]
+        batch = {k: np.stack([r[k] for r in chunk]) for k in data_lib.KEYS}
+        pad = b - len(chunk)
+        batch = {k: np.concatenate([v, np.zeros((pad, *v.shape[1:]), v.dtype)]) for k, v in
+                 batch.items()}
+        out.append((batch, len(chunk)))
+      sets[name] = out
+    return sets
+
+  def __call__(self, params) -> dict[str, dict[str, float]]:
+    if self.cfg.eval.examples == 0:
+      return {}
+    if self._sets is None:
+      self._sets = self._eval_sets()
+    scorer = resolve(self.cfg.data.scorer)
+    nproc, pid = jax.process_count(), jax.process_index()
+    results = {}
+    for name, batches in self._sets.items():
+      per_metric: dict[str, list[np.ndarray]] = {}
+      for batch, real in batches:
+        rows = batch["inputs"].shape[0] // nproc
+        local = batch["inputs"][pid * rows:(pid + 1) * rows]
+        inputs = jax.make_array_from_process_local_data(self.sharding, local)
+        preds = self.predict(params, {"inputs": inputs})
+        preds = np.asarray(multihost_utils.process_allgather(preds, tiled=True))
+        scores = scorer(preds[:real], batch["targets"][:real], batch["weights"][:real])
+        for metric, values in scores.items():
+          per_metric.setdefault(metric, []).append(np.asarray(values, np.float64))
+      results[name] = {m: float(np.concatenate(v).mean()) for m, v in per_metric.items()}
+    return results

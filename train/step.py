@@ -1,0 +1,119 @@
+"""The functional training step: f32 params in, bf16 compute, AdamW update, metrics out.
+
+The train state is a plain pytree {"step", "params", "opt"} with params a flat dict
+{"blocks/0/attn/wq_dhe": array, ...}: what orbax saves and shards most simply. The NNX module is
+rebuilt inside the jitted function with `nnx.merge(graphdef, params)`, so the step is a pure
+function of (state, batch) and jit sees no Python objects but the static graphdef.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+import models
+from train.config import Config, OptimConfig
+
+State = dict[str, Any]
+
+
+class Params:
+  """Converts between the model's nnx.State and the flat {path: array} dict the trainer keeps."""
+
+  def __init__(self, cfg: models.ModelConfig):
+    abstract = nnx.eval_shape(lambda: models.Transformer(cfg, rngs=nnx.Rngs(0)))
+    self.graphdef, state = nnx.split(abstract)
+    paths_leaves, self.treedef = jax.tree_util.tree_flatten_with_path(state)
+    self.names = [_name(path) for path, _ in paths_leaves]
+
+  def flatten(self, state: nnx.State) -> dict[str, jax.Array]:
+    return dict(zip(self.names, jax.tree.leaves(state)))
+
+  def model(self, params: dict[str, jax.Array]) -> models.Transformer:
+    state = jax.tree.unflatten(self.treedef, [params[n] for n in self.names])
+    return nnx.merge(self.graphdef, state)
+
+  def init(self, cfg: models.ModelConfig, seed: int) -> dict[str, jax.Array]:
+    return self.flatten(nnx.state(models.Transformer(cfg, rngs=nnx.Rngs(seed))))
+
+
+def _name(path) -> str:
+  parts = []
+  for key in path:
+    k = getattr(key, "key", getattr(key, "name", getattr(key, "idx", key)))
+    if k != "value":  # the Variable's own field
+      parts.append(str(k))
+  return "/".join(parts)
+
+
+def schedule(o: OptimConfig, total_steps: int) -> optax.Schedule:
+  warmup = min(o.warmup_steps, max(total_steps - 1, 0))
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=o.lr, warmup_steps=warmup,
+      decay_steps=max(total_steps, warmup + 1), end_value=o.lr * o.min_lr_ratio)
+
+
+def optimizer(o: OptimConfig, total_steps: int) -> optax.GradientTransformation:
+  # No decay on norm scales (1-D): decaying them toward 0 shrinks every activation.
+  decay_mask = lambda params: {k: v.ndim >= 2 for k, v in params.items()}
+  chain = [optax.clip_by_global_norm(o.clip_norm)] if o.clip_norm > 0 else []
+  chain.append(optax.adamw(schedule(o, total_steps), b1=o.b1, b2=o.b2, eps=o.eps,
+                           weight_decay=o.weight_decay, mask=decay_mask))
+  return optax.chain(*chain)
+
+
+def weighted_nll(model: models.Transformer, batch: dict[str, jax.Array]):
+  """(sum of weights · NLL, sum of weights, argmax predictions) over a [B, T] batch."""
+  logits_btv = model(batch["inputs"])
+  logp_btv = jax.nn.log_softmax(logits_btv)
+  nll_bt = -jnp.take_along_axis(logp_btv, batch["targets"][..., None], axis=-1)[..., 0]
+  w_bt = batch["weights"].astype(jnp.float32)
+  return (nll_bt * w_bt).sum(), w_bt.sum(), logits_btv.argmax(-1).astype(jnp.int32)
+
+
+def make_train_step(cfg: Config, codec: Params, tx: optax.GradientTransformation) -> Callable:
+  """(state, batch [A, B/A, T]) -> (state, metrics); not yet jitted (the loop adds shardings)."""
+  dtype = jnp.dtype(cfg.compute_dtype)
+  lr = schedule(cfg.optim, cfg.total_steps)
+
+  def micro_loss(params, micro):
+    compute = jax.tree.map(lambda p: p.astype(dtype), params)
+    nll_sum, w_sum, _ = weighted_nll(codec.model(compute), micro)
+    return nll_sum, w_sum
+
+  def step(state: State, batch: dict[str, jax.Array]):
+    params = state["params"]
+
+    # Gradients of the *summed* loss over the microbatches, divided once by the global weight:
+    # the update is the same however the batch is split (microbatches, devices, processes).
+    def body(carry, micro):
+      grads, nll, weight = carry
+      (n, w), g = jax.value_and_grad(micro_loss, has_aux=True)(params, micro)
+      return (jax.tree.map(jnp.add, grads, g), nll + n, weight + w), None
+
+    zeros = (jax.tree.map(jnp.zeros_like, params), jnp.float32(0), jnp.float32(0))
+    (grads, nll, weight), _ = jax.lax.scan(body, zeros, batch)
+    denom = jnp.maximum(weight, 1.0)
+    grads = jax.tree.map(lambda g: g / denom, grads)
+    updates, opt = tx.update(grads, state["opt"], params)
+    params = optax.apply_updates(params, updates)
+    metrics = {"loss": nll / denom, "grad_norm": optax.global_norm(grads), "weight": weight,
+               "lr": lr(state["step"])}
+    return {"step": state["step"] + 1, "params": params, "opt": opt}, metrics
+
+  return step
+
+
+def make_predict(cfg: Config, codec: Params) -> Callable:
+  """(params, {"inputs": [B, T]}) -> argmax predictions int32 [B, T] (teacher-forced)."""
+  dtype = jnp.dtype(cfg.compute_dtype)
+
+  def predict(params, batch):
+    compute = jax.tree.map(lambda p: p.astype(dtype), params)
+    return codec.model(compute)(batch["inputs"]).argmax(-1).astype(jnp.int32)
+
+  return predict
