@@ -2,6 +2,7 @@
 
     from train import Config, run
     result = run(Config(run_dir="runs/x", steps=100))   # -> train.loop.Result
+    model, cfg, step = load("runs/x")                     # the trained model, for evaluation
 
 `train.data` (the grain pipeline) stays importable without jax: the rest loads on first use.
 """
@@ -9,7 +10,7 @@
 _LAZY = {"Config": "train.config", "DataConfig": "train.config", "OptimConfig": "train.config",
          "MeshConfig": "train.config", "CheckpointConfig": "train.config",
          "LogConfig": "train.config", "EvalConfig": "train.config",
-         "DistributedConfig": "train.config", "run": "train.loop", "Result": "train.loop"}
+         "DistributedConfig": "train.config", "run": "train.loop", "Result": "train.loop", "load": "train.loop"}
 
 
 def __getattr__(name):

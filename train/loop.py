@@ -150,6 +150,11 @@ def run(cfg: Config) -> Result:
   else:
     state = jax.jit(init_state, out_shardings=shardings)()
   start = int(state["step"])
+  previous = log_lib.read_status(run_dir)
+  if start >= total and previous and previous.get("status") == "finished":
+    checkpoints.close()  # resuming a finished run: nothing to do, its outcome stands
+    return Result(run_dir, "finished", start, previous.get("loss"), previous.get("eval", {}),
+                  previous.get("message", ""))
 
   batch_sharding = mesh_lib.batch_sharding(mesh)
   train_step = jax.jit(step_lib.make_train_step(cfg, codec, tx),
@@ -270,3 +275,27 @@ class _Evaluator:
           per_metric.setdefault(metric, []).append(np.asarray(values, np.float64))
       results[name] = {m: float(np.concatenate(v).mean()) for m, v in per_metric.items()}
     return results
+
+
+def load(run_dir: str | Path, step: int | None = None) -> tuple[models.Transformer, Config, int]:
+  """(model with f32 params, config, step) of a run folder's checkpoint (default: the latest),
+  on one device, for evaluation."""
+  from train.config import from_dict
+  run_dir = Path(run_dir)
+  cfg = from_dict(json.loads((run_dir / "config.json").read_text()))
+  codec = step_lib.Params(cfg.model)
+  tx = step_lib.optimizer(cfg.optim, cfg.total_steps)
+
+  def init_state():
+    params = codec.init(cfg.model, cfg.seed)
+    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt": tx.init(params)}
+
+  abstract = jax.eval_shape(init_state)
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  checkpoints = ckpt_lib.Checkpoints(run_dir, keep=1 << 30, async_save=False)
+  try:
+    state, _, step = checkpoints.restore(
+        ckpt_lib.abstract(abstract, jax.tree.map(lambda _: device, abstract)), step)
+  finally:
+    checkpoints.close()
+  return codec.model(state["params"]), cfg, step
