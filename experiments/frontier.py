@@ -158,13 +158,15 @@ def loglinear_fit(params: Sequence[float], length: Sequence[float], compression:
 
 
 def sparse_vs_dense(rows: list[dict[str, Any]], *, alpha: float = 0.05,
-                    flops_slack: float = 0.0) -> list[dict[str, Any]]:
+                    flops_slack: float = 0.0, match_inference: bool = True
+                    ) -> list[dict[str, Any]]:
   """Does a larger sparse model beat a smaller dense one at equal (or lower) compute?
 
   `rows` are per-category aggregates {category, eval_length, phase, budget, params, label,
   sparse (bool), inference_flops_per_token, arm (Arm), chance}. For each category × length ×
   phase × training budget, every (smaller dense S, larger sparse L) pair with
-  flops(L) <= flops(S) · (1 + flops_slack) is tested (Welch, L > S). The verdict per pair:
+  flops(L) <= flops(S) · (1 + flops_slack) (only the budget when `match_inference` is False:
+  equal training compute) is tested (Welch, L > S and S > L). The verdict per pair:
   "sparse wins", "dense wins", "no significant difference", or "too weak to tell" (neither model
   is significantly above chance, so a comparison would only compare noise).
   """
@@ -173,14 +175,16 @@ def sparse_vs_dense(rows: list[dict[str, Any]], *, alpha: float = 0.05,
   groups: dict[Any, list[dict[str, Any]]] = {}
   for r in rows:
     groups.setdefault(keyf(r), []).append(r)
-  for key, group in sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0]))):
+  for key, group in sorted(groups.items(), key=lambda kv: (str(kv[0][0]), kv[0][1],
+                                                           str(kv[0][2]), kv[0][3])):
     dense = [r for r in group if not r["sparse"]]
     sparse = [r for r in group if r["sparse"]]
     for s in dense:
       for big in sparse:
         if big["params"] <= s["params"]:
           continue
-        if big["inference_flops_per_token"] > s["inference_flops_per_token"] * (1 + flops_slack):
+        if match_inference and big["inference_flops_per_token"] > \
+            s["inference_flops_per_token"] * (1 + flops_slack):
           continue
         weak = not (above_chance(s["arm"], s["chance"], alpha)
                     or above_chance(big["arm"], big["chance"], alpha))

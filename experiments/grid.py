@@ -138,6 +138,8 @@ class Grid:
     knob at each length (`AttentionConfig(sparsity=...)`).
   min_steps: points needing fewer steps than this cannot be trained meaningfully at that budget;
     they are returned as skipped with the reason rather than silently dropped.
+  sparse_sizes: the sizes that get sparse variants (None: all). The study's question pits larger
+    sparse models against smaller dense ones, so a small grid can skip the smallest sparse runs.
   """
 
   budgets: tuple[float, ...]
@@ -157,6 +159,7 @@ class Grid:
   block: int | None = None  # attention block size (None: the implementation's default)
   model_overrides: tuple[tuple[str, Any], ...] = ()
   min_steps: int = 1
+  sparse_sizes: tuple[str, ...] | None = None
 
   def __post_init__(self):
     if not self.budgets or any(not b > 0 for b in self.budgets):
@@ -181,6 +184,9 @@ class Grid:
                        f"({len(self.tasks)})")
     if not isinstance(self.batch_size, int) or self.batch_size < 1:
       raise ValueError(f"grid.batch_size={self.batch_size!r} must be an int >= 1")
+    for s in self.sparse_sizes or ():
+      if s not in self.sizes:
+        raise ValueError(f"grid.sparse_sizes has {s!r}, which is not in grid.sizes={self.sizes}")
     if not isinstance(self.min_steps, int) or self.min_steps < 1:
       raise ValueError(f"grid.min_steps={self.min_steps!r} must be an int >= 1")
 
@@ -199,7 +205,8 @@ class Grid:
       for seq_len in self.seq_lens:
         for size in self.sizes:
           combos = [("dense", 0.0)] if 0.0 in self.sparsities else []
-          combos += [(p, s) for s in self.sparsities if s > 0 for p in self.patterns]
+          if self.sparse_sizes is None or size in self.sparse_sizes:
+            combos += [(p, s) for s in self.sparsities if s > 0 for p in self.patterns]
           for pattern, sparsity in combos:
             cfg = family(size, vocab_size=self.vocab_size,
                          attention=self.attention(pattern, sparsity),

@@ -66,8 +66,9 @@ class EvalSpec:
 class Study:
   """name: the sweep's name (W&B group). max_attempts: tries per run before it is reported as
   failed. checkpoint_every: training steps between checkpoints (what an interruption loses).
-  failing: run labels' substrings whose learning rate is multiplied by `failing_lr` — a
-  deliberately diverging run, to show that a failure neither stops nor hides in the sweep.
+  failing: run labels' substrings whose learning rate is multiplied by `failing_lr` (inf: the
+  first update makes the loss NaN) — a deliberately diverging run, to show that a failure
+  neither stops nor hides in the sweep.
   """
 
   name: str
@@ -81,7 +82,7 @@ class Study:
   executor: str = "local"
   executor_options: tuple[tuple[str, Any], ...] = ()
   failing: tuple[str, ...] = ()
-  failing_lr: float = 1e6
+  failing_lr: float = float("inf")
 
   def __post_init__(self):
     if not self.name or not all(c.isalnum() or c in "-_" for c in self.name):
@@ -126,6 +127,8 @@ def from_json(d: dict[str, Any]) -> Study:
   g["optim"] = Optim(**g["optim"])
   for k in ("budgets", "sizes", "sparsities", "patterns", "seq_lens", "tasks"):
     g[k] = tuple(g[k])
+  if g.get("sparse_sizes") is not None:
+    g["sparse_sizes"] = tuple(g["sparse_sizes"])
   if g.get("task_weights") is not None:
     g["task_weights"] = tuple(g["task_weights"])
   g["model_overrides"] = tuple(tuple(x) for x in g.get("model_overrides", ()))

@@ -26,7 +26,7 @@ STUDY = Study(
         optim=Optim(lr=1e-3, warmup_frac=0.02, weight_decay=0.1),
         compute_dtype="bfloat16",
         block=128,
-        min_steps=1000,
+        min_steps=300,
     ),
     eval=EvalSpec(tasks=ALL_TASKS, lengths=(8192, 16384, 32768),
                   settings=(("dense", 0.0), ("local", 0.75), ("local", 0.9), ("local", 0.95),

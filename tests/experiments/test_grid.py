@@ -48,6 +48,14 @@ def test_residual_is_the_nearest_step_count():
       assert abs(other * s.step_flops - s.budget) >= abs(s.flops_residual)
 
 
+def test_sparse_sizes_limit_the_sparse_variants():
+  g = Grid(budgets=(1e11,), sizes=("100k", "300k"), sparsities=(0.0, 0.5), seq_lens=(64,),
+           vocab_size=128, batch_size=4, sparse_sizes=("300k",))
+  specs, _ = g.points()
+  assert [(s.size, s.pattern) for s in specs] == [("100k", "dense"), ("300k", "dense"),
+                                                  ("300k", "local")]
+
+
 def test_sparse_points_have_the_target_sparsity_and_fewer_flops():
   g = Grid(budgets=(1e11,), sizes=("100k",), sparsities=(0.0, 0.75), patterns=("local",),
            seq_lens=(128,), batch_size=4, vocab_size=128)
@@ -108,6 +116,7 @@ def test_too_small_budget_is_skipped_with_reason():
     (dict(tasks=("nope",)), "grid.tasks has 'nope'"),
     (dict(task_weights=(1.0, 2.0)), "grid.task_weights"),
     (dict(batch_size=0), "grid.batch_size=0"),
+    (dict(sparse_sizes=("300k",)), "grid.sparse_sizes has '300k'"),
 ])
 def test_bad_grid_names_the_value(kwargs, needle):
   base = dict(budgets=(1e11,), sizes=("100k",))
