@@ -326,7 +326,8 @@ def sweep(cfg: dict) -> dict:
         rows += run_case(impl, mask, t, cfg, key)
         print(_fmt(rows[-2]), flush=True)
         print(_fmt(rows[-1]), flush=True)
-        if impl == "pallas_triton" and "flex" in cfg.get("baselines", []) and mask != masks.Causal():
+        if (impl == "pallas_triton" and "flex" in cfg.get("baselines", [])
+            and cfg.get("causal_partial", True) and mask != masks.Causal()):
           # FlexAttention's partial (diagonal) blocks apply a plain causal mask_mod; this row does
           # the same, so the two differ only in the kernels, not in the elementwise predicate.
           rows += run_case(impl, mask, t, cfg, key, partial_mask=masks.Causal(),
@@ -393,6 +394,8 @@ def main(argv=None) -> None:
                  help="sweep the pallas_triton tiles (T=8192, the first of --densities) into "
                       "this JSON, then exit")
   p.add_argument("--tune-head-dims", type=int, nargs="+", default=[128, 64], dest="tune_head_dims")
+  p.add_argument("--no-causal-partial", action="store_true",
+                 help="skip the pallas_triton rows with FlexAttention's causal partial-block mask")
   args = p.parse_args(argv)
   default = "gpu" if jax.default_backend() == "gpu" else "cpu"
   cfg = dict(PRESETS[args.preset or default])
@@ -401,6 +404,7 @@ def main(argv=None) -> None:
     if getattr(args, field) is not None:
       cfg[field] = getattr(args, field)
   cfg["tune_head_dims"] = args.tune_head_dims
+  cfg["causal_partial"] = not args.no_causal_partial
   if args.tune:
     res = dict(environment=environment(), config=cfg,
                tune=tune(cfg, head_dims=cfg["tune_head_dims"], density=cfg["densities"][0]))

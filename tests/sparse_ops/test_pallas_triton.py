@@ -41,7 +41,8 @@ class Case:
 
 
 # Kernel tiles smaller than the layout's blocks: several loop steps per listed block.
-_SUB = kt.Tiles(fwd=kt.PassTiles(16, 16), dq=kt.PassTiles(16, 32), dkv=kt.PassTiles(32, 16))
+_SUB = kt.Tiles(fwd=kt.PassTiles(16, 16, prefetch=True), dq=kt.PassTiles(16, 32, prefetch=True),
+               dkv=kt.PassTiles(32, 16, prefetch=True))
 
 
 CASES = [
