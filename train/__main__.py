@@ -35,8 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
       raise SystemExit(str(e)) from e
     default = dataclasses.replace(default, model=model)
-  cfg = tyro.cli(Config, args=argv, default=default,
-                 description=__doc__.split("\n\n")[0])
+  cfg = tyro.cli(Config, args=argv, default=default, description=__doc__)
   result = run(cfg)
   if result.status == "failed":
     print(result.message, file=sys.stderr)
