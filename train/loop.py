@@ -175,34 +175,52 @@ def run(cfg: Config) -> Result:
 
   step, loss, scores, status, message = start, None, {}, "finished", ""
   saved = start
+  # Metrics are read one step late: while the device runs step s the host reads step s-1's
+  # loss and loads the next batch. Steps that save, evaluate or stop read their own loss first,
+  # so nothing is saved or scored after a non-finite loss.
+  pending: list[tuple[int, Any]] = []
+
+  def read(upto: int) -> int | None:
+    """Reads the pending metrics of steps <= upto; returns the first step with a bad loss."""
+    nonlocal loss
+    while pending and pending[0][0] <= upto:
+      s, m = pending.pop(0)
+      m = jax.device_get(m)
+      value = float(m["loss"])
+      if not math.isfinite(value):
+        loss = value
+        return s
+      loss = value
+      if s % cfg.log.every == 0 or s == total:
+        logger.log(s, {"loss": value, "grad_norm": float(m["grad_norm"]), "lr": float(m["lr"]),
+                       "tokens": s * cfg.tokens_per_step, "flops": s * cfg.flops_per_step,
+                       **logger.throughput(s)})
+      logger.advance(s)
+    return None
+
   with _Stop() as stop:
     try:
       while step < total:
         batch = mesh_lib.global_batch(next(batches), mesh)
         state, metrics = train_step(state, batch)
-        metrics = jax.device_get(metrics)  # blocks: the loss is checked before anything is saved
         step += 1
-        loss = float(metrics["loss"])
-        if not math.isfinite(loss):
-          status = "failed"
-          message = (f"non-finite loss {loss} at step {step}; stopped. The last good checkpoint "
+        pending.append((step, metrics))
+        stopping = stop.agreed()
+        evaluate = (cfg.eval.every and step % cfg.eval.every == 0) or step == total
+        save = step % cfg.checkpoint.every == 0 or step == total or stopping
+        bad = read(step if (evaluate or save) else step - 1)
+        if bad is not None:
+          step, status = bad, "failed"
+          message = (f"non-finite loss {loss} at step {bad}; stopped. The last good checkpoint "
                      f"is step {checkpoints.latest_step()} in {run_dir / 'checkpoints'}")
           break
-        if step % cfg.log.every == 0 or step == total:
-          logger.log(step, {"loss": loss, "grad_norm": float(metrics["grad_norm"]),
-                            "lr": float(metrics["lr"]), "tokens": step * cfg.tokens_per_step,
-                            "flops": step * cfg.flops_per_step, **logger.throughput(step)})
-        if (cfg.eval.every and step % cfg.eval.every == 0) or step == total:
+        if evaluate:
           scores = evaluator(state["params"])
           logger.log(step, {f"eval/{t}/{m}": v for t, s in scores.items() for m, v in s.items()})
-        if step % cfg.checkpoint.every == 0 or step == total:
+        if save and saved != step:
           checkpoints.save(step, state, batches.get_state())
           saved = step
-        logger.advance(step)
-        if stop.agreed():
-          if saved != step:
-            checkpoints.save(step, state, batches.get_state())
-            saved = step
+        if stopping:
           status, message = "preempted", f"SIGTERM: saved step {step} and stopped"
           break
       checkpoints.wait()
