@@ -166,7 +166,9 @@ def run(cfg: Config) -> Result:
       progress=cfg.log.progress, wandb_mode=cfg.log.wandb, project=cfg.log.project,
       group=cfg.log.group, peak_tflops=cfg.log.peak_tflops)
   counts = models.param_counts(cfg.model)
-  log_lib.write_status(run_dir, "running", step=start)
+  provenance = dict(git_sha=log_lib.git_sha(), devices=jax.device_count(),
+                    processes=jax.process_count())
+  log_lib.write_status(run_dir, "running", step=start, **provenance)
   logger.start(start)
   logger.message(f"{run_dir}: {counts.total:,} params ({counts.nonembed:,} non-embedding), "
                  f"{total} steps of {cfg.tokens_per_step:,} tokens, "
@@ -236,7 +238,8 @@ def run(cfg: Config) -> Result:
     logger.message(message)
   log_lib.write_status(run_dir, status, step=step, loss=loss, message=message, eval=scores,
                        params=counts.total, nonembed_params=counts.nonembed,
-                       tokens=step * cfg.tokens_per_step, flops=step * cfg.flops_per_step)
+                       tokens=step * cfg.tokens_per_step, flops=step * cfg.flops_per_step,
+                       **provenance)
   logger.close(status)
   return Result(run_dir, status, step, loss, scores, message)
 
