@@ -184,6 +184,7 @@ class ModelConfig:
   tie_embeddings: bool = False
   rope_base: float = 10_000.0
   norm_eps: float = 1e-6
+  remat: bool = False  # recompute each block's activations in the backward pass (saves memory)
   attention: AttentionConfig = AttentionConfig()
 
   def __post_init__(self):

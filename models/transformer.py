@@ -116,8 +116,11 @@ class Transformer(nnx.Module):
       impl, layout = attention.implementation, attention.layout(t)
     embed = self.embed_vd[...]
     x_btd = jnp.take(embed, tokens_bt, axis=0)
+    apply = lambda block, x_btd: block(x_btd, layout, impl)
+    if self.cfg.remat:  # keeps only each block's input for the backward pass
+      apply = nnx.remat(apply)
     for block in self.blocks:
-      x_btd = block(x_btd, layout, impl)
+      x_btd = apply(block, x_btd)
     x_btd = self.final_norm(x_btd)
     head = embed.T if self.head_dv is None else self.head_dv[...]
     # f32 logits: the softmax over V in bf16 loses the small differences the loss needs.

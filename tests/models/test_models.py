@@ -1,6 +1,8 @@
 """Counts against the built model, FLOPs against an independent derivation and XLA, causality of
 every pattern, and config errors that name the field."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -156,3 +158,14 @@ def test_target_sparsity_is_met_at_every_length():
     cfg = models.AttentionConfig(pattern, sparsity=0.6, block_q=16, block_kv=16)
     for t in (128, 512):
       assert so.flops.sparsity(cfg.mask(t), t) == pytest.approx(0.6, abs=0.05), (pattern, t)
+
+
+def test_remat_changes_memory_not_math():
+  cfg = models.ModelConfig(vocab_size=128, width=32, depth=2, num_heads=2)
+  graphdef, state = nnx.split(models.Transformer(cfg, rngs=nnx.Rngs(0)))
+  remat_graphdef, _ = nnx.split(models.Transformer(
+      dataclasses.replace(cfg, remat=True), rngs=nnx.Rngs(0)))
+  tokens = jnp.asarray(np.random.default_rng().integers(0, 128, (2, 32)), jnp.int32)
+  grad = lambda g: jax.jit(jax.grad(lambda s: nnx.merge(g, s)(tokens).sum()))(state)
+  for a, b in zip(jax.tree.leaves(grad(graphdef)), jax.tree.leaves(grad(remat_graphdef))):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
