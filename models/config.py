@@ -12,6 +12,8 @@ import functools
 import math
 from typing import Literal
 
+import numpy as np
+
 import sparse_ops as so
 
 PATTERNS = ("dense", "local", "strided", "block_random")
@@ -139,14 +141,30 @@ def _mask(cfg: AttentionConfig, seq_len: int) -> so.masks.Mask:
   # strided: with window = stride a query sees ~stride + q/stride keys, so sparsity rises with the
   # stride up to ~sqrt(T/2): take the first stride at or past the target there, then widen the
   # window (sparsity falls with it) to land on the target between integer strides.
+  # (The smallest such stride: the most strided keys for the target.) Counted in closed form:
+  # the generic count checks every partial block elementwise, and strided blocks are all partial.
+  sparsity = lambda stride, window: _strided_sparsity(seq_len, stride, window, cfg.sink)
   top = max(2, math.isqrt(seq_len // 2) + 1)
-  stride = _bisect(lambda s: sparsity(stride=s, window=s), target, 1, top, rising=True)
-  if sparsity(stride=stride, window=stride) < target and stride < top:
+  stride = _bisect(lambda s: sparsity(s, s), target, 1, top, rising=True)
+  if sparsity(stride, stride) < target and stride < top:
     stride += 1
-  window = _bisect(lambda w: sparsity(stride=stride, window=w), target, stride, seq_len,
-                   rising=False)
-  got = sparsity(stride=stride, window=window)
+  window = _bisect(lambda w: sparsity(stride, w), target, stride, seq_len, rising=False)
+  got = sparsity(stride, window)
   return _check_reached(cfg, seq_len, got, stride=stride, window=window)
+
+
+def _strided_sparsity(t: int, stride: int, window: int, sink: int) -> float:
+  """Sparsity of ``Causal & (Local(window) | Strided(stride)) | Sink(sink) & Causal`` over T=t.
+
+  The allowed distances q - k form a set D; distance d occurs T - d times. Sink keys k < sink
+  add the queries q >= k whose distance q - k is not already in D.
+  """
+  dist = np.union1d(np.arange(min(window, t)), np.arange(0, t, stride))
+  nnz = int((t - dist).sum())
+  if sink:
+    reach = t - np.arange(min(sink, t))  # queries at or after sink key k
+    nnz += int((reach - np.searchsorted(dist, reach)).sum())
+  return 1.0 - nnz / (t * (t + 1) / 2)
 
 
 def _bisect(sparsity_of, target: float, lo: int, hi: int, *, rising: bool) -> int:

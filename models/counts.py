@@ -12,6 +12,7 @@ allows over T positions (``sparse_ops.flops``). Inference FLOPs per token are th
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import sparse_ops as so
 from models.config import AttentionConfig, ModelConfig
@@ -34,6 +35,7 @@ def param_counts(cfg: ModelConfig) -> ParamCounts:
   return ParamCounts(total=nonembed + embed, nonembed=nonembed, embed=embed)
 
 
+@functools.lru_cache(maxsize=1024)  # exact counts of composite masks can take seconds at 32k
 def attention_flops_per_token(cfg: ModelConfig, seq_len: int,
                               attention: AttentionConfig | None = None) -> float:
   """Forward attention-score FLOPs (QKᵀ and PV over the allowed pairs) per token, all layers."""

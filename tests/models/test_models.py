@@ -153,9 +153,20 @@ def test_bad_configs_fail_naming_the_field(make, field):
     make()
 
 
+@pytest.mark.parametrize("t, stride, window, sink", [
+    (64, 4, 4, 0), (64, 3, 10, 2), (100, 7, 1, 5), (128, 200, 3, 1), (37, 1, 1, 0)])
+def test_closed_form_strided_count_is_exact(t, stride, window, sink):
+  from models.config import _strided_sparsity
+  mask = so.masks.Causal() & (so.masks.Local(window) | so.masks.Strided(stride))
+  if sink:
+    mask = mask | (so.masks.Sink(sink) & so.masks.Causal())
+  brute = 1 - so.masks.dense(mask, t, t).sum() / (t * (t + 1) / 2)
+  assert _strided_sparsity(t, stride, window, sink) == pytest.approx(brute, abs=1e-12)
+
+
 def test_target_sparsity_is_met_at_every_length():
-  for pattern in ("local", "strided", "block_random"):
-    cfg = models.AttentionConfig(pattern, sparsity=0.6, block_q=16, block_kv=16)
+  for pattern, sink in [("local", 0), ("strided", 0), ("strided", 4), ("block_random", 2)]:
+    cfg = models.AttentionConfig(pattern, sparsity=0.6, sink=sink, block_q=16, block_kv=16)
     for t in (128, 512):
       assert so.flops.sparsity(cfg.mask(t), t) == pytest.approx(0.6, abs=0.05), (pattern, t)
 
