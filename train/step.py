@@ -67,12 +67,12 @@ def optimizer(o: OptimConfig, total_steps: int) -> optax.GradientTransformation:
 
 
 def weighted_nll(model: models.Transformer, batch: dict[str, jax.Array]):
-  """(sum of weights · NLL, sum of weights, argmax predictions) over a [B, T] batch."""
+  """(sum of weights · NLL, sum of weights) over a [B, T] batch."""
   logits_btv = model(batch["inputs"])
   logp_btv = jax.nn.log_softmax(logits_btv)
   nll_bt = -jnp.take_along_axis(logp_btv, batch["targets"][..., None], axis=-1)[..., 0]
   w_bt = batch["weights"].astype(jnp.float32)
-  return (nll_bt * w_bt).sum(), w_bt.sum(), logits_btv.argmax(-1).astype(jnp.int32)
+  return (nll_bt * w_bt).sum(), w_bt.sum()
 
 
 def make_train_step(cfg: Config, codec: Params, tx: optax.GradientTransformation) -> Callable:
@@ -82,8 +82,7 @@ def make_train_step(cfg: Config, codec: Params, tx: optax.GradientTransformation
 
   def micro_loss(params, micro):
     compute = jax.tree.map(lambda p: p.astype(dtype), params)
-    nll_sum, w_sum, _ = weighted_nll(codec.model(compute), micro)
-    return nll_sum, w_sum
+    return weighted_nll(codec.model(compute), micro)
 
   def step(state: State, batch: dict[str, jax.Array]):
     params = state["params"]
