@@ -22,6 +22,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from sparse_ops.layout import BlockLayout
 
@@ -70,22 +71,22 @@ def _unblock(x, length):
   return x.transpose(0, 2, 3, 1, 4).reshape(b, n * blk, h, d)[:, :length]
 
 
-def _lists(layout: BlockLayout, b: int, hq: int, transposed: bool):
-  """The layout's (count, indices) pairs, broadcast to [B, Hq, rows(, slots)]."""
-  if transposed:
-    pairs = ((layout.q_num_blocks, layout.q_indices),
-             (layout.full_q_num_blocks, layout.full_q_indices))
-  else:
-    pairs = ((layout.kv_num_blocks, layout.kv_indices),
-             (layout.full_kv_num_blocks, layout.full_kv_indices))
+def _lists(layout: BlockLayout, b: int, hq: int):
+  """(count, indices, partial?) of the layout's kv lists, broadcast to [B, Hq, nq(, slots)]."""
   out = []
-  for count, idx in pairs:
+  for count, idx, partial in ((layout.kv_num_blocks, layout.kv_indices, True),
+                              (layout.full_kv_num_blocks, layout.full_kv_indices, False)):
+    if isinstance(count, np.ndarray) and not count.any():
+      continue  # statically empty (e.g. no full blocks): no scan at all
+    # A barrier keeps XLA from constant-folding the whole masked computation when the layout
+    # is a compile-time constant (built from a static mask): that folding took seconds.
+    count, idx = jax.lax.optimization_barrier((jnp.asarray(count), jnp.asarray(idx)))
     hl = count.shape[1]
     if hl not in (1, hq):  # per kv-head layout: each q-head of a group shares its kv-head's
       count, idx = jnp.repeat(count, hq // hl, 1), jnp.repeat(idx, hq // hl, 1)
-    count = jnp.broadcast_to(jnp.asarray(count), (b, hq) + count.shape[2:])
-    idx = jnp.broadcast_to(jnp.asarray(idx), (b, hq) + idx.shape[2:])
-    out.append((count, idx))
+    count = jnp.broadcast_to(count, (b, hq) + count.shape[2:])
+    idx = jnp.broadcast_to(idx, (b, hq) + idx.shape[2:])
+    out.append((count, idx, partial))
   return out
 
 
@@ -135,7 +136,7 @@ def _forward(q, k, v, layout: BlockLayout, scale):
   l = jnp.zeros((b, hq, nq, bq), jnp.float32)
   acc = jnp.zeros((b, hq, nq, bq, dv), jnp.float32)
   carry = (m, l, acc)
-  for (count, idx), partial in zip(_lists(layout, b, hq, False), (True, False)):
+  for count, idx, partial in _lists(layout, b, hq):
 
     def step(carry, j, count=count, idx=idx, partial=partial):
       m, l, acc = carry
@@ -196,7 +197,7 @@ def _backward(q, k, v, layout: BlockLayout, scale, out, lse, dout):
   dq = jnp.zeros(qb.shape, jnp.float32)
   dk = jnp.zeros((b, hq, nk, bk, qb.shape[-1]), jnp.float32)
   dv = jnp.zeros((b, hq, nk, bk, vb.shape[-1]), jnp.float32)
-  for (count, idx), partial in zip(_lists(layout, b, hq, False), (True, False)):
+  for count, idx, partial in _lists(layout, b, hq):
 
     def step(carry, j, count=count, idx=idx, partial=partial):
       dq, dk, dv = carry
