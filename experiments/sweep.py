@@ -133,32 +133,13 @@ def train_config(spec: RunSpec, run_dir: Path, study: study_lib.Study, *, progre
 
 
 def trained_model(run_dir: Path):
-  """The model of a finished run, from its latest checkpoint (the trainer's format)."""
-  import jax
-  from train import checkpoint as ckpt_lib
-  from train import step as step_lib
-  from train.config import from_dict
-  cfg = from_dict(read_json(Path(run_dir) / "config.json"))
-  codec = step_lib.Params(cfg.model)
-  tx = step_lib.optimizer(cfg.optim, cfg.total_steps)
-
-  def init_state():
-    params = codec.init(cfg.model, cfg.seed)
-    return {"step": jax.numpy.zeros((), jax.numpy.int32), "params": params,
-            "opt": tx.init(params)}
-
-  abstract = jax.eval_shape(init_state)
-  sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  shardings = jax.tree.map(lambda _: sharding, abstract)
-  checkpoints = ckpt_lib.Checkpoints(Path(run_dir), keep=2, async_save=False)
-  try:
-    state_, _, step = checkpoints.restore(ckpt_lib.abstract(abstract, shardings))
-  finally:
-    checkpoints.close()
+  """(model, compute dtype) of a finished run, from its latest checkpoint (`train.load`)."""
+  import train
+  model, cfg, step = train.load(run_dir)
   if step != cfg.total_steps:
     raise RuntimeError(f"{run_dir}: latest checkpoint is step {step}, the run has "
                        f"{cfg.total_steps} steps: training is not finished")
-  return codec.model(state_["params"]), cfg.compute_dtype
+  return model, cfg.compute_dtype
 
 
 Trainer = Callable[[RunSpec, Path, study_lib.Study], dict[str, Any]]
@@ -361,8 +342,7 @@ def status_rows(out: Path) -> list[dict[str, Any]]:
     spec = read_json(d / "spec.json")
     rec = job_record(d)
     st = state(d, study.eval.key)
-    tstat = read_json(d / "status.json") or {}
-    step = tstat.get("step", 0)
+    step = _last_step(d)
     if st == "running" and rec.get("pid") and rec.get("host") == os.uname().nodename:
       if not _alive(rec["pid"]):
         st = "stopped"  # the sweep that ran it died: the next run resumes it
@@ -371,6 +351,22 @@ def status_rows(out: Path) -> list[dict[str, Any]]:
                      budget=spec["budget"], attempts=rec.get("attempts", 0),
                      error=rec.get("error") or ""))
   return rows
+
+
+def _last_step(run_dir: Path) -> int:
+  """Training progress: the last step metrics.jsonl logged (live while a run trains)."""
+  status = read_json(run_dir / "status.json") or {}
+  step = status.get("step", 0) or 0
+  path = run_dir / "metrics.jsonl"
+  if path.exists():
+    with open(path, "rb") as f:
+      f.seek(max(0, path.stat().st_size - 4096))
+      for line in f.read().decode(errors="ignore").splitlines()[::-1]:
+        try:
+          return max(step, int(json.loads(line)["step"]))
+        except (ValueError, KeyError, TypeError):
+          continue
+  return step
 
 
 def _alive(pid: int) -> bool:

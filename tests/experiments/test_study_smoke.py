@@ -40,7 +40,8 @@ def test_killed_study_resumes_to_the_same_results(tmp_path):
     time.sleep(0.2)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
-  assert first is not None, "the sweep never reached its second run"
+  assert first is not None, ("the sweep never reached its second run: "
+                             f"{[sweep.job_record(d) for d in sweep.run_dirs(killed)]}")
   done_record = sweep.job_record(first)
   assert not (killed / "results.csv").exists() or \
       sweep.job_record(second)["state"] != "done"
@@ -48,16 +49,17 @@ def test_killed_study_resumes_to_the_same_results(tmp_path):
   rerun = subprocess.run(cmd + ["--out", str(killed)], cwd=REPO, env=_env(),
                          capture_output=True, text=True, timeout=300)
   assert rerun.returncode == 0, rerun.stderr[-3000:]
-  assert "1 already done" in rerun.stdout
+  assert "1 already done" in rerun.stdout, rerun.stdout[-3000:]
   assert sweep.job_record(first) == done_record  # the finished run was not touched
-  assert sweep.job_record(second)["state"] == "done"
+  assert sweep.job_record(second)["state"] == "done", sweep.job_record(second)
 
   plain = subprocess.run(cmd + ["--out", str(whole)], cwd=REPO, env=_env(),
                          capture_output=True, text=True, timeout=300)
   assert plain.returncode == 0, plain.stderr[-3000:]
   a = (whole / "results.csv").read_text()
   b = (killed / "results.csv").read_text()
-  assert a == b and len(a.splitlines()) > 1
+  diff = [(x, y) for x, y in zip(a.splitlines(), b.splitlines()) if x != y]
+  assert a == b and len(a.splitlines()) > 1, (len(a.splitlines()), len(b.splitlines()), diff[:3])
   for out in (whole, killed):
     assert (out / "report.md").exists() and list((out / "plots").glob("*.png"))
   _check_sparsity_columns(whole)

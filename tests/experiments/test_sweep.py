@@ -174,3 +174,22 @@ def test_pod_environment_reaches_the_trainer_config(tmp_path, monkeypatch):
   assert cfg.flops_per_step == pytest.approx(spec.step_flops)
   assert cfg.log.group == study.name
   np.testing.assert_equal(cfg.data.tasks, spec.tasks)
+
+
+def test_wandb_offline_summary_holds_the_results_table_and_plots(tmp_path, monkeypatch):
+  monkeypatch.setenv("WANDB_SILENT", "true")
+  study = dataclasses.replace(_study(), wandb="offline")
+  sweep.run_sweep(study, tmp_path, executors.make("local", trainer=FakeTrainer(),
+                                                  loader=loader), log=lambda s: None)
+  # one eval run per model, in the study's group, with flat config fields
+  for d in sweep.run_dirs(tmp_path):
+    (run,) = (d / "wandb").glob("offline-run-*-eval/*.wandb")
+    blob = run.read_bytes()
+    for key in (b"train_sparsity", b"pattern", b"budget", b"params", study.name.encode()):
+      assert key in blob
+  report.write(tmp_path)
+  (summary,) = (tmp_path / "wandb").glob("offline-run-*-t-summary")
+  (table,) = (summary / "files" / "media" / "table").glob("results_*.table.json")
+  data = json.loads(table.read_text())
+  assert "inference_flops_per_token" in data["columns"] and len(data["data"]) == 3
+  assert len(list((summary / "files" / "media" / "images" / "plots").glob("*.png"))) == 3
