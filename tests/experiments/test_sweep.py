@@ -191,5 +191,6 @@ def test_wandb_offline_summary_holds_the_results_table_and_plots(tmp_path, monke
   (summary,) = (tmp_path / "wandb").glob("offline-run-*-t-summary")
   (table,) = (summary / "files" / "media" / "table").glob("results_*.table.json")
   data = json.loads(table.read_text())
-  assert "inference_flops_per_token" in data["columns"] and len(data["data"]) == 3
+  rows = sweep.read_results(tmp_path / "results.csv")
+  assert "inference_flops_per_token" in data["columns"] and len(data["data"]) == len(rows) == 6
   assert len(list((summary / "files" / "media" / "images" / "plots").glob("*.png"))) == 3
