@@ -82,10 +82,14 @@ class RunSpec:
     return self.steps * self.batch_size * self.seq_len
 
   def identity(self) -> dict[str, Any]:
-    """The fields that determine the trained model (what the run id hashes)."""
-    d = to_dict(self)
+    """The fields that determine the trained model (what the run id hashes).
+
+    Fields at their dataclass default are left out, so a field added later to a config (with a
+    default that keeps the old behaviour) does not change the ids of finished runs.
+    """
+    d = _non_default(self)
     for derived in ("flops_per_token", "step_flops", "params", "nonembed_params"):
-      d.pop(derived)
+      d.pop(derived, None)
     return d
 
   @property
@@ -112,6 +116,18 @@ def to_dict(obj: Any) -> Any:
   if isinstance(obj, (list, tuple)):
     return [to_dict(x) for x in obj]
   return obj
+
+
+def _non_default(obj: Any) -> Any:
+  if not dataclasses.is_dataclass(obj):
+    return to_dict(obj)
+  out = {}
+  for f in dataclasses.fields(obj):
+    value = getattr(obj, f.name)
+    if f.default is not dataclasses.MISSING and value == f.default:
+      continue
+    out[f.name] = _non_default(value)
+  return out
 
 
 def config_hash(d: dict[str, Any], n: int = 12) -> str:

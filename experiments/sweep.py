@@ -98,9 +98,15 @@ def state(run_dir: Path, eval_key: str | None = None) -> str:
   return rec["state"]
 
 
+def _primary() -> bool:
+  """Process 0 of a pod run (or any single-process run): the one that writes the run folder."""
+  return int(os.environ.get("EXPERIMENTS_PROCESS_ID", "0")) == 0
+
+
 def _update(run_dir: Path, **fields: Any) -> dict[str, Any]:
   rec = {**job_record(run_dir), **fields}
-  write_json(Path(run_dir) / "job.json", rec)
+  if _primary():
+    write_json(Path(run_dir) / "job.json", rec)
   return rec
 
 
@@ -167,10 +173,8 @@ def run_job(run_dir: str | Path, trainer: Trainer | None = None,
   study = load_study(out)
   spec = load_spec(run_dir)
   trainer, loader = trainer or real_trainer, loader or trained_model
-  if int(os.environ.get("EXPERIMENTS_PROCESS_ID", "0")) != 0:
-    # A pod's other hosts only take part in training; process 0 records and evaluates.
-    result = trainer(spec, run_dir, study)
-    return {"state": result["status"], "attempts": 0}
+  # On a pod every process runs this same code (training and loading are collective); only
+  # process 0 writes job.json, eval.json and W&B.
   rec = job_record(run_dir)
   rec = _update(run_dir, state="running", attempts=rec.get("attempts", 0) + 1,
                 host=os.uname().nodename, pid=os.getpid(), started=time.time(), error=None,
@@ -188,9 +192,10 @@ def run_job(run_dir: str | Path, trainer: Trainer | None = None,
     model, compute_dtype = loader(run_dir)
     forward = eval_lib.make_forward(model, compute_dtype)
     rows = eval_lib.evaluate(forward, spec.model, study.eval, spec.model.vocab_size)
-    write_json(run_dir / "eval.json", {"eval_key": study.eval.key, "rows": rows})
-    log(f"  evaluated {spec.label} in {time.time() - t1:.0f}s")
-    _log_wandb_run(study, spec, run_dir, rows)
+    if _primary():
+      write_json(run_dir / "eval.json", {"eval_key": study.eval.key, "rows": rows})
+      log(f"  evaluated {spec.label} in {time.time() - t1:.0f}s")
+      _log_wandb_run(study, spec, run_dir, rows)
     return _update(run_dir, state="done", train_wall_s=t1 - t0, eval_wall_s=time.time() - t1,
                    finished=time.time())
   except KeyboardInterrupt:

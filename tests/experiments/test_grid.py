@@ -86,6 +86,17 @@ def test_run_id_hashes_the_result_deciding_fields_only():
   assert [x.run_id for x in renamed.runs()[0]] == [x.run_id for x in smoke.runs()[0]]
 
 
+def test_run_id_ignores_fields_at_their_default():
+  g = Grid(budgets=(1e11,), sizes=("100k",), vocab_size=128, seq_lens=(64,), batch_size=4)
+  (s,), _ = g.points()
+  ident = s.identity()
+  defaults = models.ModelConfig()
+  for key, value in ident["model"].items():  # only what differs from the defaults is hashed
+    assert value != to_dict(getattr(defaults, key)), key
+  assert "attention" not in ident["model"]  # dense attention with default knobs
+  assert ident["size"] == "100k" and ident["steps"] == s.steps
+
+
 def test_spec_round_trips_through_json():
   for _, s in _all_preset_specs():
     back = spec_from_dict(json.loads(json.dumps(to_dict(s))))
