@@ -9,6 +9,7 @@ Commands:
   report DIR      rewrite results.csv, report.md and plots from the run folders
   job RUN_DIR     train + evaluate one run folder (what executors run on each machine)
   presets         list the presets
+  calibrate --preset NAME   measure step times here and estimate the preset's wall time
   demo            a sparse_ops tour (implementations × patterns, with times)
 """
 
@@ -104,14 +105,14 @@ def _presets(argv: list[str]) -> None:
 def main(argv=None) -> None:
   argv = list(sys.argv[1:] if argv is None else argv)
   commands = {"run": _run, "status": _status, "report": _report, "job": _job,
-              "presets": _presets, "demo": None}
+              "presets": _presets, "calibrate": None, "demo": None}
   if not argv or argv[0] not in commands:
     print(__doc__, file=sys.stderr)
     print(f"usage: python -m experiments {{{','.join(commands)}}} [options]", file=sys.stderr)
     raise SystemExit(2)
-  if argv[0] == "demo":
+  if argv[0] in ("demo", "calibrate"):
     import importlib
-    importlib.import_module("experiments.demo").main(argv[1:])
+    importlib.import_module(f"experiments.{argv[0]}").main(argv[1:])
     return
   commands[argv[0]](argv[1:])
 
