@@ -116,7 +116,8 @@ def select_blocks(q: jax.Array, k: jax.Array, *, block_q: int, block_kv: int, bu
     budget: a ``Budget``; sink and local blocks count toward it and are always kept.
     scoring: "mean" or "quest".
     sink_blocks: leading kv-blocks every q-block keeps (>= 0).
-    local_blocks: kv-blocks ending at the diagonal every q-block keeps (>= 1, so no row is empty).
+    local_blocks: causal kv-blocks ending at the diagonal every q-block keeps (>= 1). Blocks the
+      diagonal cuts (partially causal) are always kept too, so content-chosen blocks are full.
     dense_before: position, scalar or [B], before which queries attend densely (the "decode"
       phase of an evaluation: context queries dense, question/answer queries sparse). A q-block
       holding any query before it is dense. None: every q-block is sparse ("prefill").
@@ -147,10 +148,7 @@ def select_block_mask(q, k, *, block_q, block_kv, budget, scoring="mean", sink_b
   scores = block_scores(q, k, block_q=block_q, block_kv=block_kv, scoring=scoring)
   causal = jnp.asarray(_causal_blocks(t, s, block_q, block_kv))  # [nq, nk]
   n = jnp.asarray(_causal_counts(t, s, block_q, block_kv))  # [nq]
-  # Forced blocks: the first sink_blocks and the last local_blocks causal kv-blocks of each row.
-  j = jnp.arange(nk)
-  last = n - 1  # index of the diagonal (last causal) kv-block
-  forced = causal & ((j < sink_blocks) | (j > last[:, None] - local_blocks))
+  forced = jnp.asarray(_forced_blocks(t, s, block_q, block_kv, sink_blocks, local_blocks))
   ranked = jnp.where(forced, jnp.inf, jnp.where(causal, scores, -jnp.inf))
   # rank[..., j] = position of block j in descending order (ties: lower index first)
   order = jnp.argsort(-ranked, axis=-1, stable=True)
@@ -237,6 +235,45 @@ def _coverage_counts(ranked, scores, order, causal, threshold, block_kv, d):
   cum = jnp.cumsum(p_sorted, axis=-1)
   # count = 1 + number of leading blocks whose cumulative mass is still below the threshold
   return 1 + (cum < threshold - 1e-6).sum(-1).astype(jnp.int32)
+
+
+def _forced_blocks(t, s, block_q, block_kv, sink_blocks, local_blocks) -> np.ndarray:
+  """[nq, nk] bool: blocks every q-block keeps whatever the content.
+
+  The first ``sink_blocks`` and last ``local_blocks`` causal kv-blocks, and every block that is
+  causal but not fully causal (the diagonal region: one block when block_q == block_kv). So all
+  content-chosen blocks are full, and the allowed pairs of a selection depend only on how many
+  blocks each row keeps (``selected_pairs``), never on which.
+  """
+  causal = _causal_blocks(t, s, block_q, block_kv)
+  n = causal.sum(-1)
+  j = np.arange(causal.shape[1])[None, :]
+  edge = (j < sink_blocks) | (j > n[:, None] - 1 - local_blocks)
+  return causal & (edge | ~_fully_causal(t, s, block_q, block_kv))
+
+
+def selected_pairs(q_len: int, kv_len: int, *, block_q: int, block_kv: int, budget: Budget,
+                   sink_blocks: int = 1, local_blocks: int = 1) -> tuple[int, int]:
+  """(allowed pairs, visited blocks) of any ``select_blocks`` layout with these arguments.
+
+  Exact without any q or k: forced blocks are fixed, the others are full, and a row keeps as
+  many as its budget says. Per head (one layout head); multiply by heads and batch. Coverage
+  budgets depend on the scores: they have no static count and raise.
+  """
+  if budget.kind == "coverage":
+    raise ValueError("Budget.coverage keeps a content-dependent number of blocks: its pairs "
+                     "are only known per input (count them on the layout)")
+  from sparse_ops import masks as masks_lib  # closed-form causal counts of the forced blocks
+  forced = _forced_blocks(q_len, kv_len, block_q, block_kv, sink_blocks, local_blocks)
+  n = _causal_counts(q_len, kv_len, block_q, block_kv)
+  kept = np.maximum(np.asarray(budget.counts(jnp.asarray(n))), forced.sum(-1))
+  rows = np.minimum(block_q, q_len - np.arange(len(n)) * block_q)
+  pairs = int(((kept - forced.sum(-1)) * rows * block_kv).sum())
+  for i, j in zip(*np.nonzero(forced)):
+    q0, k0 = int(i) * block_q, int(j) * block_kv
+    hq, hk = int(rows[i]), min(block_kv, kv_len - k0)
+    pairs += masks_lib._pairs_at_distance(hq, hk, k0 - q0, hq - 1)  # k <= q inside the block
+  return pairs, int(kept.sum())
 
 
 def _causal_blocks(t, s, block_q, block_kv) -> np.ndarray:
