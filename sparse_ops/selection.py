@@ -9,15 +9,21 @@ keys; each q-block keeps the sink block(s), its local (diagonal) block(s), and t
 rest up to its budget. Selection runs inside jit and is not differentiated (it returns integer
 indices); attention over the chosen blocks is.
 
+Selection is causal in what it reads, not only in what it picks, so it can be used in training:
+a q-block is represented by the mean of the ``block_q`` queries *ending at its first position*
+(the last ones every query of the block has seen), scored kv-blocks lie wholly before that
+position (blocks the diagonal cuts are always kept, never scored), and vertical-slash statistics
+are running means over earlier q-blocks. No query's blocks depend on a later token.
+
 Scorings:
   "mean":  mean-pooled query block · mean-pooled key block (MoBA, NSA's compressed scores).
   "quest": an upper bound of q·k over the key block from its per-channel min/max (Quest):
            sum_d max(q_d · kmax_d, q_d · kmin_d), with the mean-pooled query block.
   "vertical_slash": MInference's structure at block level, chosen from content: a column score
-           per kv-block (how much the last q-block attends to it, softmax of mean scores) plus
-           a diagonal score per block offset (mean over q-blocks of the softmaxed mean scores
-           at that offset); each q-block ranks its kv-blocks by the sum, so the kept set is a
-           few vertical lines and a few slashes shared by every row.
+           per kv-block (the mean attention, softmax of mean scores, that q-blocks up to this
+           one give it) plus a diagonal score per block offset (the same running mean along
+           each block diagonal); each q-block ranks its kv-blocks by the sum, so the kept set
+           is a few vertical lines and slashes that evolve along the sequence.
 
 Budgets (``Budget``) give each q-block a number of blocks from its number ``n`` of causal
 kv-blocks: fixed count, fixed density, length-adaptive ``c · n**alpha`` (longer contexts keep a
@@ -171,7 +177,7 @@ def block_scores(q, k, *, block_q, block_kv, scoring="mean") -> jax.Array:
   b, t, hq, d = q.shape
   s, hkv = k.shape[1], k.shape[2]
   nq, nk = -(-t // block_q), -(-s // block_kv)
-  qf = _pool_mean(q.astype(jnp.float32), nq, block_q, t)  # [B, nq, Hq, D]
+  qf = _pool_queries(q.astype(jnp.float32), nq, block_q)  # [B, nq, Hq, D]
   qf = qf.reshape(b, nq, hkv, hq // hkv, d).mean(3)  # the group shares one layout
   kf = k.astype(jnp.float32)
   if scoring in ("mean", "vertical_slash"):
@@ -188,25 +194,40 @@ def block_scores(q, k, *, block_q, block_kv, scoring="mean") -> jax.Array:
 
 
 def _vertical_slash(mean, causal, block_q, block_kv):
-  """[B, H, nq, nk] mean scores -> column score[j] + diagonal score[offset] (see the docstring).
+  """[B, H, nq, nk] mean scores -> column score + diagonal score, both running means over rows.
 
-  The offset of kv-block j from q-block i is counted in kv-blocks from the kv-block holding the
-  q-block's first query, clipped at 0 (blocks overlapping the diagonal are offset 0).
+  Row i's column score for kv-block j is the mean over rows i' <= i of their estimated attention
+  p[i', j]; its diagonal score for offset o is the mean over rows i' <= i of p along offset o
+  (offsets in kv-blocks from the kv-block holding the q-block's first query, clipped at 0).
   """
   nq, nk = causal.shape
   p = jax.nn.softmax(jnp.where(causal, mean, -jnp.inf), axis=-1)  # estimated attention rows
-  column = p[..., -1, :]  # [B, H, nk]: the last q-block sees every causal kv-block
+  rows = jnp.arange(1, nq + 1, dtype=jnp.float32)[:, None]
+  column = jnp.cumsum(p, axis=-2) / rows
   off_np = np.clip((np.arange(nq)[:, None] * block_q) // block_kv - np.arange(nk)[None, :], 0,
                    nk - 1)
-  valid, off = jnp.asarray(causal), jnp.asarray(off_np)
-  # Sum each block diagonal with a segment sum over the flattened grid: O(nq · nk) memory.
-  lead = p.shape[:-2]
-  flat = jnp.where(valid, p, 0.0).reshape(lead + (nq * nk,))
-  flat = jnp.moveaxis(flat, -1, 0)
-  total = jax.ops.segment_sum(flat, off.reshape(-1), num_segments=nk)  # [nk, *lead]
-  sizes = jax.ops.segment_sum(valid.reshape(-1).astype(p.dtype), off.reshape(-1), num_segments=nk)
-  diagonal = jnp.moveaxis(total, 0, -1) / jnp.maximum(sizes, 1)  # mean mass per offset
-  return column[..., None, :] + jnp.take(diagonal, off, axis=-1)
+  off = jnp.asarray(off_np)
+  # per row, scatter p into offset bins ([nq, nk] offsets), then running sums over rows
+  per_row = jnp.zeros(p.shape, p.dtype).at[..., jnp.arange(nq)[:, None], off].add(p)
+  hits = np.zeros((nq, nk))
+  np.add.at(hits, (np.broadcast_to(np.arange(nq)[:, None], off_np.shape)[causal], off_np[causal]),
+            1.0)
+  diagonal = jnp.cumsum(per_row, axis=-2) / jnp.maximum(jnp.asarray(hits.cumsum(0)), 1.0)
+  return column + jnp.take_along_axis(diagonal, jnp.broadcast_to(off, diagonal.shape), axis=-1)
+
+
+def _pool_queries(q, n, blk):
+  """[B, T, H, D] -> [B, n, H, D]: q-block i is the mean of queries (i·blk - blk, i·blk].
+
+  The queries ending at the block's first position: every query of the block has seen them, so
+  choosing blocks from them leaks nothing from the future into training.
+  """
+  c = jnp.cumsum(q, axis=1)
+  c = jnp.concatenate([jnp.zeros_like(c[:, :1]), c], axis=1)  # c[:, m] = sum of q[:, :m]
+  end = jnp.arange(n) * blk + 1  # exclusive end: through position i·blk
+  start = jnp.maximum(end - blk, 0)
+  size = (end - start).astype(q.dtype)[None, :, None, None]
+  return (jnp.take(c, end, axis=1) - jnp.take(c, start, axis=1)) / size
 
 
 def _pool_mean(x, n, blk, length):

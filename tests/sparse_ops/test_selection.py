@@ -24,7 +24,8 @@ def brute_force(q, k, blk_q, blk_kv, budget, scoring, sink, local):
     for h in range(hkv):
       vs = _vertical_slash_scores(q[bi, :, h * g:(h + 1) * g], k[bi, :, h], blk_q, blk_kv)
       for i in range(nq):
-        qs = q[bi, i * blk_q:(i + 1) * blk_q, h * g:(h + 1) * g].mean((0, 1))
+        # the block's representative: the blk_q queries ending at its first position
+        qs = q[bi, max(0, i * blk_q - blk_q + 1):i * blk_q + 1, h * g:(h + 1) * g].mean((0, 1))
         q_last = min((i + 1) * blk_q, t) - 1
         cand = [j for j in range(nk) if j * blk_kv <= q_last]
         n = len(cand)
@@ -58,25 +59,30 @@ def brute_force(q, k, blk_q, blk_kv, budget, scoring, sink, local):
 
 
 def _vertical_slash_scores(q, k, blk_q, blk_kv):
-  """q [T, G, D], k [S, D] -> column(j) + mean diagonal mass(offset(i, j)), loops only."""
+  """q [T, G, D], k [S, D] -> running column mean(j) + running diagonal mean(offset), loops only."""
   t, s, d = q.shape[0], k.shape[0], k.shape[-1]
   nq, nk = math.ceil(t / blk_q), math.ceil(s / blk_kv)
+  causal = lambda i, j: j * blk_kv <= min((i + 1) * blk_q, t) - 1
   p = np.zeros((nq, nk))
   for i in range(nq):
-    qs = q[i * blk_q:(i + 1) * blk_q].mean((0, 1))
-    cand = [j for j in range(nk) if j * blk_kv <= min((i + 1) * blk_q, t) - 1]
+    qs = q[max(0, i * blk_q - blk_q + 1):i * blk_q + 1].mean((0, 1))
+    cand = [j for j in range(nk) if causal(i, j)]
     logits = np.array([qs @ k[j * blk_kv:(j + 1) * blk_kv].mean(0) / math.sqrt(d) for j in cand])
     e = np.exp(logits - logits.max())
     p[i, cand] = e / e.sum()
   offset = lambda i, j: min(max((i * blk_q) // blk_kv - j, 0), nk - 1)
-  sums, counts = np.zeros(nk), np.zeros(nk)
+  out = np.zeros((nq, nk))
   for i in range(nq):
+    sums, counts = np.zeros(nk), np.zeros(nk)
+    for r in range(i + 1):
+      for j in range(nk):
+        if causal(r, j):
+          sums[offset(r, j)] += p[r, j]
+          counts[offset(r, j)] += 1
+    diag = sums / np.maximum(counts, 1)
     for j in range(nk):
-      if j * blk_kv <= min((i + 1) * blk_q, t) - 1:
-        sums[offset(i, j)] += p[i, j]
-        counts[offset(i, j)] += 1
-  diag = sums / np.maximum(counts, 1)
-  return np.array([[p[-1, j] + diag[offset(i, j)] for j in range(nk)] for i in range(nq)])
+      out[i, j] = p[:i + 1, j].mean() + diag[offset(i, j)]
+  return out
 
 
 budgets = st.one_of(st.integers(1, 6).map(so.Budget.blocks),
@@ -131,6 +137,23 @@ def test_attention_over_selected_layout_matches_reference(seed, dtype):
   gr = jax.grad(lambda *a: (ref(*a) * g).sum(), argnums=(0, 1, 2))(q, k, v)
   for name, a, b in zip(("dq", "dk", "dv"), gs, gr):
     _close(a, b, dtype, name)
+
+
+@pytest.mark.parametrize("scoring", ["mean", "quest", "vertical_slash"])
+def test_selection_never_reads_the_future(scoring):
+  """Changing q and k after position p changes no choice of a q-block starting at or before p."""
+  q, k, _, _ = _inputs(5, 1, 96, 96, 2, 1, 8, 8, jnp.float32)
+  select = lambda q, k: np.asarray(so.select_block_mask(
+      q, k, block_q=8, block_kv=8, budget=so.Budget.blocks(3), scoring=scoring))
+  before = select(q, k)
+  for p in (17, 40, 64):
+    noise = jax.random.normal(jax.random.PRNGKey(p), q.shape) * 5
+    q2 = q.at[:, p + 1:].add(noise[:, p + 1:])
+    k2 = k.at[:, p + 1:].add(noise[:, p + 1:, :1])
+    after = select(q2, k2)
+    rows = p // 8 + 1  # q-blocks whose first query is at or before p
+    np.testing.assert_array_equal(after[..., :rows, :], before[..., :rows, :])
+    assert (after != before).any(), "the perturbation should change some later choice"
 
 
 def test_selection_finds_the_planted_block():
