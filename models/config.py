@@ -16,8 +16,13 @@ import numpy as np
 
 import sparse_ops as so
 
-PATTERNS = ("dense", "local", "strided", "block_random")
-Pattern = Literal["dense", "local", "strided", "block_random"]
+STATIC_PATTERNS = ("dense", "local", "strided", "block_random")
+# Content-based: each layer picks its blocks from its own queries and keys (sparse_ops.select_blocks)
+CONTENT_PATTERNS = {"topk_blocks": "mean", "quest": "quest", "vertical_slash": "vertical_slash"}
+PATTERNS = STATIC_PATTERNS + tuple(CONTENT_PATTERNS)
+Pattern = Literal["dense", "local", "strided", "block_random", "topk_blocks", "quest",
+                  "vertical_slash"]
+BUDGETS = ("density", "blocks", "adaptive", "coverage")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +36,17 @@ class AttentionConfig:
                   plus every key at a distance that is a multiple of `stride`.
     block_random  random `block_kv`-sized tiles kept with probability `density` (seed `seed`),
                   plus the local window (default 1: the diagonal, so no row is empty).
+    topk_blocks, quest, vertical_slash
+                  content-based: each layer keeps, per q-block and kv-head, the best kv-blocks
+                  by mean-pooled, Quest min/max, or vertical-slash scores of its own q and k
+                  (`sparse_ops.select_blocks`), under `budget`:
+                    density   budget_value = kept fraction of each row's causal blocks
+                              (default: 1 - sparsity, or `density`)
+                    blocks    budget_value = blocks per row
+                    adaptive  budget_value = c in c·n**budget_alpha (longer rows keep less)
+                    coverage  budget_value = estimated attention mass to cover (inference only:
+                              its cost depends on the content, so training FLOPs are unknown)
+                  The sink (rounded up to blocks) and the diagonal blocks are always kept.
   sink: the first `sink` keys are visible to every query, added to any pattern.
   sparsity: a target element sparsity against dense causal (``so.flops.sparsity``); when set, the
     pattern's knob (local: window, strided: stride, block_random: density) is solved at each
@@ -49,6 +65,9 @@ class AttentionConfig:
   block_q: int | None = None
   block_kv: int | None = None
   implementation: str | None = None
+  budget: str = "density"
+  budget_value: float | None = None
+  budget_alpha: float = 0.5
 
   def __post_init__(self):
     if self.pattern not in PATTERNS:
@@ -68,13 +87,57 @@ class AttentionConfig:
     if self.implementation is not None and self.implementation not in so.IMPLEMENTATIONS:
       raise ValueError(f"attention.implementation={self.implementation!r} is unknown; valid: "
                        f"{sorted(so.IMPLEMENTATIONS)} or None")
-    if self.sparsity is None:
+    if self.budget not in BUDGETS:
+      raise ValueError(f"attention.budget={self.budget!r} is unknown; valid: {BUDGETS}")
+    if self.is_content:
+      self.selection_budget()  # raises with the field named if the budget is not valid
+    elif self.sparsity is None:
       if self.pattern == "local" and self.window < 1:
         raise ValueError("attention.window=0: pattern='local' needs window >= 1 (or sparsity=)")
       if self.pattern == "strided" and self.stride < 1:
         raise ValueError("attention.stride=0: pattern='strided' needs stride >= 1 (or sparsity=)")
     elif self.pattern == "dense":
       raise ValueError(f"attention.sparsity={self.sparsity} needs a sparse pattern, not 'dense'")
+
+  @property
+  def is_content(self) -> bool:
+    return self.pattern in CONTENT_PATTERNS
+
+  def selection_budget(self) -> so.Budget:
+    """The `sparse_ops.Budget` of a content-based pattern."""
+    value = self.budget_value
+    if self.budget == "density" and value is None:
+      value = 1.0 - self.sparsity if self.sparsity is not None else self.density
+    if value is None:
+      raise ValueError(f"attention.budget_value is needed for budget={self.budget!r}")
+    try:
+      if self.budget == "density":
+        return so.Budget.density(float(value))
+      if self.budget == "blocks":
+        return so.Budget.blocks(int(value))
+      if self.budget == "adaptive":
+        return so.Budget.adaptive(float(value), self.budget_alpha)
+      return so.Budget.coverage(float(value))
+    except ValueError as e:
+      raise ValueError(f"attention.budget_value={value!r} (budget={self.budget!r}): {e}") from e
+
+  def select(self, q, k, dense_before=None) -> so.BlockLayout:
+    """The layout a content-based pattern picks from q [B, T, Hq, D] and k [B, T, Hkv, D]."""
+    t = q.shape[1]
+    block_q, block_kv = self.blocks(t)
+    return so.select_blocks(q, k, block_q=block_q, block_kv=block_kv,
+                            budget=self.selection_budget(),
+                            scoring=CONTENT_PATTERNS[self.pattern],
+                            sink_blocks=-(-self.sink // block_kv), dense_before=dense_before)
+
+  def pairs(self, seq_len: int) -> int:
+    """Allowed (query, key) pairs per head at `seq_len`: what FLOP counts use."""
+    if not self.is_content:
+      return self.mask(seq_len).nnz(seq_len, seq_len)
+    block_q, block_kv = self.blocks(seq_len)
+    return so.selected_pairs(seq_len, seq_len, block_q=block_q, block_kv=block_kv,
+                             budget=self.selection_budget(),
+                             sink_blocks=-(-self.sink // block_kv))[0]
 
   # ------------------------------------------------------------------------------ validation
   def validate(self, seq_len: int) -> None:
@@ -83,12 +146,15 @@ class AttentionConfig:
       value = getattr(self, name)
       if value is not None and seq_len % value:
         raise ValueError(f"attention.{name}={value} must divide seq_len={seq_len}")
-    if self.sparsity is not None:
+    if self.sparsity is not None and not self.is_content:
       self.mask(seq_len)  # raises if the target cannot be approached
 
   # --------------------------------------------------------------------------- mask / layout
   def mask(self, seq_len: int) -> so.masks.Mask:
     """The `sparse_ops` mask this config means at length `seq_len` (cached)."""
+    if self.is_content:
+      raise ValueError(f"attention.pattern={self.pattern!r} is content-based: it has no static "
+                       "mask (its layout comes from `select(q, k)`)")
     return _mask(self, seq_len)
 
   def blocks(self, seq_len: int) -> tuple[int, int]:

@@ -39,9 +39,8 @@ def param_counts(cfg: ModelConfig) -> ParamCounts:
 def attention_flops_per_token(cfg: ModelConfig, seq_len: int,
                               attention: AttentionConfig | None = None) -> float:
   """Forward attention-score FLOPs (QKᵀ and PV over the allowed pairs) per token, all layers."""
-  mask = (attention or cfg.attention).mask(seq_len)
-  fwd = so.flops.model_flops(mask, seq_len, seq_len, num_heads=cfg.num_heads,
-                             head_dim=cfg.head_size)
+  pairs = (attention or cfg.attention).pairs(seq_len)  # static masks and content selections
+  fwd = so.flops.per_pair(cfg.head_size) * cfg.num_heads * pairs
   return cfg.depth * fwd / seq_len
 
 

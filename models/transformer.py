@@ -57,10 +57,14 @@ class Attention(nnx.Module):
     # Residual-branch outputs shrink with depth so the stream's variance stays O(1) at init.
     self.wo_hed = _normal(rngs, (h, e, d), (h * e * 2 * cfg.depth) ** -0.5)
 
-  def __call__(self, x_btd: jax.Array, layout: so.BlockLayout, implementation: str | None):
+  def __call__(self, x_btd: jax.Array, layout, implementation: str | None):
+    """`layout`: a BlockLayout, or (content-based AttentionConfig, dense_before) to select one."""
     q = rope(jnp.einsum("btd,dhe->bthe", x_btd, self.wq_dhe[...]), self.cfg.rope_base)
     k = rope(jnp.einsum("bsd,dke->bske", x_btd, self.wk_dke[...]), self.cfg.rope_base)
     v = jnp.einsum("bsd,dke->bske", x_btd, self.wv_dke[...])
+    if isinstance(layout, tuple):  # content-based: this layer's own blocks from its q and k
+      attention, dense_before = layout
+      layout = attention.select(q, k, dense_before)
     out_bthe = so.attention(q, k, v, layout=layout, implementation=implementation)
     return jnp.einsum("bthe,hed->btd", out_bthe, self.wo_hed[...])
 
@@ -103,8 +107,13 @@ class Transformer(nnx.Module):
         rngs, (cfg.width, cfg.vocab_size), cfg.width ** -0.5)
 
   def __call__(self, tokens_bt: jax.Array,
-               attention: AttentionConfig | so.masks.Mask | None = None) -> jax.Array:
-    """`attention` overrides the config's pattern (e.g. evaluating at another sparsity)."""
+               attention: AttentionConfig | so.masks.Mask | None = None,
+               dense_before: jax.Array | int | None = None) -> jax.Array:
+    """`attention` overrides the config's pattern (e.g. evaluating at another sparsity).
+
+    `dense_before` (content-based patterns only; scalar or [B]): queries before this position
+    attend densely, later ones sparsely (the "decode" evaluation phase).
+    """
     t = tokens_bt.shape[1]
     attention = self.cfg.attention if attention is None else attention
     if isinstance(attention, so.masks.Mask):
@@ -113,7 +122,11 @@ class Transformer(nnx.Module):
       layout = so.BlockLayout.from_mask(attention, t, t, block_q=block_q, block_kv=block_kv)
     else:
       attention.validate(t)
-      impl, layout = attention.implementation, attention.layout(t)
+      impl = attention.implementation
+      layout = (attention, dense_before) if attention.is_content else attention.layout(t)
+    if dense_before is not None and not isinstance(layout, tuple):
+      raise ValueError("dense_before applies to content-based patterns; for static ones put "
+                       "the phase in the mask")
     embed = self.embed_vd[...]
     x_btd = jnp.take(embed, tokens_bt, axis=0)
     apply = lambda block, x_btd: block(x_btd, layout, impl)

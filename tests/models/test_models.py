@@ -22,6 +22,12 @@ PATTERN_CONFIGS = {
                                            block_kv=8),
     "block_random_target": models.AttentionConfig("block_random", sparsity=0.5, block_q=8,
                                                   block_kv=8),
+    # content-based: every layer selects its blocks from its own q and k
+    "topk_blocks": models.AttentionConfig("topk_blocks", sparsity=0.5, block_q=8, block_kv=8),
+    "quest_sink": models.AttentionConfig("quest", budget="blocks", budget_value=2, sink=3,
+                                         block_q=8, block_kv=8),
+    "vertical_slash": models.AttentionConfig("vertical_slash", budget="adaptive",
+                                             budget_value=1.0, block_q=8, block_kv=4),
 }
 
 
@@ -74,6 +80,25 @@ def test_flops_per_token_match_an_independent_derivation(name):
   # DESIGN's convention counts norm scales in N_nonembed (6 FLOPs each per trained token).
   assert models.flops_per_token(cfg, t, training=False) == pytest.approx(fwd + 2 * norms, 1e-12)
   assert models.flops_per_token(cfg, t) == pytest.approx(3 * (fwd + 2 * norms), 1e-12)
+
+
+@pytest.mark.parametrize("name", ["topk_blocks", "quest_sink", "vertical_slash"])
+def test_content_pattern_flops_count_the_pairs_each_layer_selects(name):
+  """The counter's pairs equal those of the layout a layer really selects, on random inputs."""
+  cfg = models.ModelConfig(vocab_size=200, width=48, depth=2, num_heads=4, num_kv_heads=2,
+                           attention=PATTERN_CONFIGS[name])
+  t = 64
+  ks = jax.random.split(jax.random.PRNGKey(np.random.default_rng().integers(2**31)), 2)
+  q = jax.random.normal(ks[0], (3, t, 4, 12))
+  k = jax.random.normal(ks[1], (3, t, 2, 12))
+  layout = cfg.attention.select(q, k)
+  pairs = np.asarray(layout.to_dense()).sum((2, 3))  # [B, Hkv]
+  assert (pairs == cfg.attention.pairs(t)).all()
+  dense = models.ModelConfig(**{**cfg.__dict__, "attention": models.AttentionConfig()})
+  per_pair = cfg.depth * cfg.num_heads * 4 * cfg.head_size / t
+  assert models.flops_per_token(cfg, t, training=False) == pytest.approx(
+      models.flops_per_token(dense, t, training=False)
+      - per_pair * (t * (t + 1) // 2 - cfg.attention.pairs(t)), 1e-12)
 
 
 def test_dense_flops_match_xla_cost_analysis():
