@@ -4,6 +4,9 @@
 Sizes are the ladder's 3m, 6m and 20m (width 192–384): large enough for the Pallas kernels'
 blocks and for attention FLOPs to matter at 4k, small enough that 12+ runs fit the half hour.
 Resumable across machines: copy (or share) the study folder and rerun the same command.
+
+Not yet timed on an H100: the half-hour is an estimate. Measure it with
+`python -m experiments calibrate --preset h100` on the GPU and adjust the budgets.
 """
 
 from experiments.grid import Grid, Optim

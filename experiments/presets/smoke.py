@@ -10,6 +10,9 @@ be clearly above chance on retrieval; the 100k model gets ~1230 steps. Small bat
 more updates per FLOP learn faster. Training uses the `reference` attention: at T=128 on a CPU the
 dense masked softmax is the fastest implementation, and FLOPs are counted from the masks whatever
 runs (model FLOPs, DESIGN.md).
+
+Measured on the shared 2-core CPU: 3 min 14 s end to end (100k dense: 0.64 exact match on
+retrieval, 300k dense: 0.40, chance 0.03; the 50%-sparse 300k stays at chance).
 """
 
 from experiments.grid import Grid, Optim
