@@ -178,7 +178,7 @@ def run_job(run_dir: str | Path, trainer: Trainer | None = None,
   rec = job_record(run_dir)
   rec = _update(run_dir, state="running", attempts=rec.get("attempts", 0) + 1,
                 host=os.uname().nodename, pid=os.getpid(), started=time.time(), error=None,
-                slurm_job=os.environ.get("SLURM_JOB_ID"))
+                slurm_job=_slurm_job_id())
   t0 = time.time()
   try:
     result = trainer(spec, run_dir, study)
@@ -204,6 +204,14 @@ def run_job(run_dir: str | Path, trainer: Trainer | None = None,
   except Exception as e:  # noqa: BLE001 — any failure of one run is recorded, not propagated
     return _update(run_dir, state="failed", error=f"{type(e).__name__}: {e}",
                    traceback=traceback.format_exc()[-4000:])
+
+
+def _slurm_job_id() -> str | None:
+  """The id Slurm and submitit use for this job: JOB_TASK for an array task."""
+  env = os.environ
+  if env.get("SLURM_ARRAY_TASK_ID"):
+    return f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+  return env.get("SLURM_JOB_ID")
 
 
 def _log_wandb_run(study, spec: RunSpec, run_dir: Path, rows: list[dict[str, Any]]) -> None:

@@ -21,6 +21,16 @@ def _job(run_dir: str) -> dict[str, Any]:
   return sweep.run_job(run_dir)
 
 
+def _active_jobs() -> set[str]:
+  """Ids (array tasks as JOB_TASK) of this user's jobs Slurm still has queued or running."""
+  import subprocess
+  out = subprocess.run(["squeue", "-h", "-r", "--me", "-o", "%i"], capture_output=True, text=True,
+                       timeout=60)
+  if out.returncode != 0:
+    raise RuntimeError(f"squeue failed: {out.stderr.strip()}")
+  return {line.strip() for line in out.stdout.splitlines() if line.strip()}
+
+
 @dataclasses.dataclass
 class SlurmExecutor:
   """partition: Slurm partition (None: the cluster's default). timeout_min: per run.
@@ -55,13 +65,34 @@ class SlurmExecutor:
     return ex
 
   def submit(self, run_dirs: list[Path]):
+    """Submits one array job over `run_dirs`; records each job id in its run's job.json, so a
+    later sweep waits for a job still queued or running instead of submitting it twice."""
+    from experiments import sweep
     out = Path(run_dirs[0]).parent.parent
-    return self.executor(out).map_array(_job, [str(d) for d in run_dirs])
+    jobs = self.executor(out).map_array(_job, [str(d) for d in run_dirs])
+    for j, d in zip(jobs, run_dirs):
+      sweep._update(Path(d), slurm_submitted=j.job_id)
+    return jobs
 
   def run(self, run_dirs: list[Path], log: Callable[[str], None] = print) -> None:
     if not run_dirs:
       return
-    jobs = self.submit(run_dirs)
+    from experiments import sweep
+    active = _active_jobs()
+    waiting = {}
+    for d in run_dirs:
+      jid = sweep.job_record(d).get("slurm_submitted")
+      if jid and jid in active:
+        waiting[jid] = d
+    if waiting:
+      log(f"slurm: {len(waiting)} run(s) already queued/running as job(s) "
+          f"{', '.join(waiting)}: waiting for them instead of submitting again")
+      while waiting.keys() & _active_jobs():
+        time.sleep(self.poll_s)
+    fresh = [d for d in run_dirs if d not in waiting.values()]
+    if not fresh:
+      return
+    jobs = self.submit(fresh)
     log(f"slurm: submitted {len(jobs)} job(s): {', '.join(j.job_id for j in jobs)}")
     last: dict[str, str] = {}
     while True:
@@ -73,7 +104,7 @@ class SlurmExecutor:
       if all(j.done() for j in jobs):
         break
       time.sleep(self.poll_s)
-    for j, d in zip(jobs, run_dirs):
+    for j, d in zip(jobs, fresh):
       try:
         j.result()
       except Exception as e:  # noqa: BLE001 — the job died outside run_job (OOM, node, timeout)

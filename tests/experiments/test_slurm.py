@@ -73,3 +73,23 @@ def test_two_runs_through_slurm(tmp_path, slurm_cluster):
   assert all(r["n"] == 4 for r in rows)
   # submitit kept each job's log under the study folder
   assert list((tmp_path / "slurm").glob("*/*_log.out"))
+
+
+def test_rerun_waits_for_queued_jobs_instead_of_resubmitting(tmp_path, slurm_cluster):
+  grid = Grid(budgets=(3e9,), sizes=("100k",), sparsities=(0.0, 0.5), patterns=("local",),
+              seq_lens=(32,), batch_size=2, vocab_size=128, implementation="reference")
+  ev = EvalSpec(tasks=("niah_single",), lengths=(32,), settings=(("dense", 0.0),), examples=4,
+                batch_size=4, phases=("prefill",))
+  study = Study(name="slurm-rerun", grid=grid, eval=ev, wandb="disabled", max_attempts=1)
+  ex = SlurmExecutor(timeout_min=10, cpus_per_task=1, poll_s=1.0)
+  dirs = sweep.plan(study, tmp_path)
+  # A sweep that submitted its jobs and then died: the jobs are queued/running, nobody waits.
+  jobs = ex.submit(dirs)
+  submitted = sorted(j.job_id for j in jobs)
+  logs = []
+  by_state = sweep.run_sweep(study, tmp_path, ex, log=logs.append)
+  assert len(by_state["done"]) == 2, (by_state, logs)
+  assert any("waiting for them instead of submitting again" in line for line in logs), logs
+  assert not any("slurm: submitted" in line for line in logs), logs
+  ran = sorted(sweep.job_record(d)["slurm_job"] for d in dirs)
+  assert ran == submitted  # each run trained once, in the job first submitted for it
