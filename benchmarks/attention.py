@@ -344,7 +344,10 @@ def sweep(cfg: dict) -> dict:
       rows += new
   _add_speedups(rows)
   _add_cudnn_ratios(rows)
-  return dict(environment=environment(), config=cfg, rows=rows)
+  import resource  # the whole process's peak resident memory, after every case ran
+  peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+  print(f"peak resident memory of this process: {peak_rss_mib:.0f} MiB", flush=True)
+  return dict(environment=environment(), config=cfg, rows=rows, peak_rss_mib=peak_rss_mib)
 
 
 def _add_speedups(rows: list[dict]) -> None:

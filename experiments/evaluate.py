@@ -5,7 +5,7 @@ suite's `scoring.score` (exact match = greedy decoding reproduces the answer).
 
 Phases (DESIGN.md): `prefill` makes every query sparse. `decode` keeps the context dense and makes
 only the question/answer queries sparse, as a decoding-time sparse method would: the mask is
-    sparse | (QueryPrefix(first question query) & Causal)
+    sparse | (so.masks.QueryPrefix(first question query) & Causal)
 so queries before the question see every earlier key, the later ones follow the sparse pattern.
 
 Every reported sparsity and FLOP number is computed by `sparse_ops.flops` on the very mask the
@@ -14,7 +14,6 @@ forward pass used.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any, Callable
 
@@ -26,32 +25,6 @@ import sparse_ops as so
 from experiments import tasks as tasks_lib
 from experiments.tasks import scoring
 from models import AttentionConfig, ModelConfig, attention_flops_per_token, flops_per_token
-
-
-@dataclasses.dataclass(frozen=True)
-class QueryPrefix(so.masks.Mask):
-  """Queries at positions < n see every key (combine with Causal); later queries see none.
-
-  Lives here until sparse_ops has a row-range primitive: it implements the Mask protocol
-  (predicate, exact block bounds, closed-form nnz), so layouts and FLOP counts stay exact.
-  """
-
-  n: int
-
-  def __post_init__(self):
-    if not isinstance(self.n, int) or self.n < 0:
-      raise ValueError(f"QueryPrefix n={self.n!r} must be a non-negative int")
-
-  def __call__(self, q_idx, kv_idx):
-    return (q_idx < self.n) & (kv_idx >= 0)
-
-  def block_bounds(self, q0, q1, k0, k1):
-    shape = np.broadcast_shapes(np.shape(q0), np.shape(k0))
-    return (np.broadcast_to(np.asarray(q0) < self.n, shape),
-            np.broadcast_to(np.asarray(q1) <= self.n, shape))
-
-  def _nnz(self, q_len, kv_len):
-    return min(self.n, q_len) * kv_len
 
 
 def setting_attention(model: ModelConfig, setting: tuple[str, float] | str) -> AttentionConfig:
@@ -81,7 +54,7 @@ def phase_mask(attention: AttentionConfig, length: int, phase: str, prefix: int)
     return mask
   if phase != "decode":
     raise ValueError(f"phase={phase!r} must be 'prefill' or 'decode'")
-  return mask | (QueryPrefix(prefix) & so.masks.Causal())
+  return mask | (so.masks.QueryPrefix(prefix) & so.masks.Causal())
 
 
 def mask_stats(model: ModelConfig, attention: AttentionConfig, mask: so.masks.Mask,

@@ -368,6 +368,31 @@ class VerticalSlash(Mask):
     return total
 
 
+@dataclasses.dataclass(frozen=True)
+class QueryPrefix(Mask):
+  """Queries at positions < n see every key; later queries see none. Combine with Causal.
+
+  For phases: ``sparse | (QueryPrefix(p) & Causal())`` keeps the first p queries dense (a
+  context read densely) and makes the rest follow the sparse pattern (decoding-time sparsity).
+  """
+
+  n: int
+
+  def __post_init__(self):
+    _check_nonnegative_int("n", self.n)
+
+  def __call__(self, q_idx, kv_idx):
+    return (q_idx < self.n) & (kv_idx >= 0)
+
+  def block_bounds(self, q0, q1, k0, k1):
+    shape = np.broadcast_shapes(np.shape(q0), np.shape(k0))
+    return (np.broadcast_to(np.asarray(q0) < self.n, shape),
+            np.broadcast_to(np.asarray(q1) <= self.n, shape))
+
+  def _nnz(self, q_len, kv_len):
+    return min(self.n, q_len) * kv_len
+
+
 # ------------------------------------------------------------------------------------- algebra
 
 
@@ -477,5 +502,6 @@ def causal_pairs(q_len: int) -> int:
 
 __all__ = [
     "Mask", "Full", "Causal", "Local", "Sink", "Strided", "BlockRandom", "VerticalSlash",
+    "QueryPrefix",
     "And", "Or", "MultiHead", "dense", "causal_pairs",
 ]

@@ -19,7 +19,7 @@ from sparse_ops import masks as M
 @pytest.mark.parametrize("n", [0, 1, 37, 64, 100])
 def test_query_prefix_nnz_and_layout_match_brute_force(n):
   t = 64
-  m = ev.QueryPrefix(n) & M.Causal()
+  m = M.QueryPrefix(n) & M.Causal()
   dense = M.dense(m, t, t)
   want = np.tril(np.ones((t, t), bool)) & (np.arange(t)[:, None] < n)
   np.testing.assert_array_equal(dense, want)

@@ -8,7 +8,10 @@ from sparse_ops import masks as M
 
 
 def primitive(draw):
-  kind = draw(st.sampled_from(["causal", "full", "local", "sink", "strided", "random", "vs"]))
+  kind = draw(st.sampled_from(["causal", "full", "local", "sink", "strided", "random", "vs",
+                               "prefix"]))
+  if kind == "prefix":
+    return M.QueryPrefix(draw(st.integers(0, 60)))
   if kind == "causal":
     return M.Causal()
   if kind == "full":
@@ -119,6 +122,7 @@ def test_block_random_is_stateless_and_near_density():
     (lambda: M.VerticalSlash((), (-2,)), "diagonals"),
     (lambda: M.MultiHead([]), "at least one"),
     (lambda: M.Causal().nnz(0, 4), "q_len=0"),
+    (lambda: M.QueryPrefix(-1), "n=-1 must be a non-negative integer"),
 ])
 def test_bad_parameters_name_the_value(make, message):
   with pytest.raises(ValueError, match=message):
