@@ -128,6 +128,10 @@ class BlockLayout:
     full = jnp.asarray(full, bool) & keep & _unpadded_kv_blocks(nk, block_kv, kv_len, jnp)
     partial = keep & ~full
     m = nk if max_blocks is None else int(max_blocks)
+    if not isinstance(keep, jax.core.Tracer):  # concrete input: a too-small bound is an error
+      most = int(jnp.maximum(partial.sum(-1), full.sum(-1)).max())
+      if most > m:
+        raise ValueError(f"max_blocks={max_blocks} is below the {most} blocks a row keeps")
     pn, pi = _compact_jnp(partial, m)
     fn, fi = _compact_jnp(full, m)
     tpn, tpi = _compact_jnp(jnp.swapaxes(partial, -1, -2), nq)

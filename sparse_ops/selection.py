@@ -136,7 +136,8 @@ def select_blocks(q: jax.Array, k: jax.Array, *, block_q: int, block_kv: int, bu
   n_max = int(np.max(_causal_counts(t, s, block_q, block_kv)))
   # Slots must hold every kept block: the budget's bound, or the forced blocks if more (and
   # every causal block when some rows are dense).
-  slots = min(n_max, max(budget.max_blocks(n_max), sink_blocks + local_blocks))
+  forced = _forced_blocks(t, s, block_q, block_kv, sink_blocks, local_blocks).sum(-1).max()
+  slots = min(n_max, max(budget.max_blocks(n_max), int(forced)))
   if dense_before is not None:
     slots = n_max
   return BlockLayout.from_blocks(keep, full, block_q=block_q, block_kv=block_kv, q_len=t,

@@ -104,6 +104,9 @@ def test_layout_is_a_pytree_and_validates():
     so.BlockLayout.from_mask(M.Causal(), 64, 64, block_q=0)
   with pytest.raises(ValueError, match="block_kv=-16"):
     so.BlockLayout.from_mask(M.Causal(), 64, 64, block_kv=-16)
+  with pytest.raises(ValueError, match="max_blocks=1 is below the 2 blocks a row keeps"):
+    so.BlockLayout.from_blocks(np.ones((1, 1, 2, 2), bool), block_q=8, block_kv=8, q_len=16,
+                               kv_len=16, max_blocks=1)
   with pytest.raises(ValueError, match=r"keep.shape=\(1, 1, 3, 3\) must be \[Bl, Hl, 4, 4\]"):
     so.BlockLayout.from_blocks(np.ones((1, 1, 3, 3), bool), block_q=16, block_kv=16, q_len=64,
                                kv_len=64)

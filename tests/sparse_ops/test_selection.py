@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 import sparse_ops as so
 from test_attention import _close, _inputs
@@ -177,6 +177,7 @@ def test_selection_finds_the_planted_block():
                                         st.floats(0.3, 2.0).map(lambda c: so.Budget.adaptive(c))),
        st.integers(9, 100), st.integers(9, 100), st.sampled_from([(8, 8), (16, 8), (8, 16)]),
        st.integers(0, 2), st.integers(1, 2))
+@example(seed=0, budget=so.Budget.blocks(1), t=9, s=9, blocks=(16, 8), sink=0, local=1)
 def test_selected_pairs_are_known_without_content(seed, budget, t, s, blocks, sink, local):
   """FLOP accounting of content-chosen layouts is exact before seeing q and k."""
   bq, bk = blocks
