@@ -188,47 +188,112 @@ def _block_grid(n: int, block: int, length: int):
 
 @functools.lru_cache(maxsize=64)
 def _layout_from_mask(mask, q_len, kv_len, block_q, block_kv) -> BlockLayout:
-  fwd = _block_classes(mask, q_len, kv_len, block_q, block_kv, transpose=False)
   # The transpose is classified again with swapped broadcasting rather than transposing the
   # [nq, nk] arrays: a strided transpose costs more than the closed-form bounds themselves.
-  bwd = _block_classes(mask, q_len, kv_len, block_q, block_kv, transpose=True)
-  (pn, pi), (fn, fi) = (_compact_np(x) for x in fwd)
-  (tpn, tpi), (tfn, tfi) = (_compact_np(x) for x in bwd)
+  pn, pi, fn, fi = _lists_from_mask(mask, q_len, kv_len, block_q, block_kv, transpose=False)
+  tpn, tpi, tfn, tfi = _lists_from_mask(mask, q_len, kv_len, block_q, block_kv, transpose=True)
   arrays = (a[None] for a in (pn, pi, fn, fi, tpn, tpi, tfn, tfi))
   return BlockLayout(*arrays, block_q=block_q, block_kv=block_kv, q_len=q_len, kv_len=kv_len,
                      mask=mask)
 
 
-def _block_classes(mask, q_len, kv_len, block_q, block_kv, transpose):
-  """(partial, full) block booleans [H, nq, nk] (or [H, nk, nq] with transpose)."""
+def _lists_from_mask(mask, q_len, kv_len, block_q, block_kv, transpose):
+  """(partial count, indices, full count, indices) of one orientation, in row chunks.
+
+  Chunks of about 4M blocks keep the block booleans small and their memory reused: at T=1M a
+  whole [nq, nk] array is 67 MB, and fresh pages, not arithmetic, dominated the build. Row
+  counts come first (to size each index array once), then the fill: pure arithmetic for chunks
+  whose rows are each one contiguous run; the others keep their booleans for a general fill.
+  """
+  nq, nk = -(-q_len // block_q), -(-kv_len // block_kv)
+  rows = nk if transpose else nq
+  step = max(1, (1 << 22) // (nq if transpose else nk))
+  spans = [(r0, min(rows, r0 + step)) for r0 in range(0, rows, step)]
+
+  def classes(r0, r1):
+    return _block_classes(mask, q_len, kv_len, block_q, block_kv, transpose, r0, r1,
+                          budget=_REFINE_BUDGET * (r1 - r0) // rows)
+
+  stats = []  # per chunk and part: (count, first, the booleans if some row is not one run)
+  for r0, r1 in spans:
+    chunk = []
+    for sel in classes(r0, r1):
+      count, first, contiguous = _row_stats(sel)
+      chunk.append((count, first, None if contiguous else sel))
+    stats.append(chunk)
+  out = []
+  for part in (0, 1):  # partial, full
+    count = np.concatenate([st[part][0] for st in stats], axis=-1)
+    idx = np.empty(count.shape + (max(1, int(count.max(initial=0))),), np.int32)
+    for (r0, r1), chunk in zip(spans, stats):
+      _fill(idx[:, r0:r1], *chunk[part])
+    out += [count, idx]
+  return tuple(out)
+
+
+def _row_stats(sel: np.ndarray):
+  """sel [..., r, m] bool -> (count int32, first kept index int32, all rows one run?)."""
+  count = sel.sum(-1, dtype=np.int32)
+  first = np.argmax(sel, -1).astype(np.int32)  # 0 for empty rows
+  last = (sel.shape[-1] - 1 - np.argmax(sel[..., ::-1], -1)).astype(np.int32)
+  return count, first, bool(np.all((count == 0) | (last - first + 1 == count)))
+
+
+def _fill(out: np.ndarray, count, first, sel) -> None:
+  """Writes ascending kept indices into out [..., r, W]; padded slots repeat the last valid index
+  (0 for empty rows), so a kernel that prefetches the next slot never fetches a new block.
+  ``sel`` None: every row is one contiguous run starting at ``first``."""
+  slots = np.arange(out.shape[-1], dtype=np.int32)
+  clip = np.maximum(count - 1, 0)[..., None]
+  if sel is None:
+    np.minimum(slots, clip, out=out)
+    out += first[..., None]
+    return
+  flat = out.reshape(-1, out.shape[-1])
+  r, c = np.nonzero(sel.reshape(-1, sel.shape[-1]))
+  start = np.zeros(flat.shape[0] + 1, np.int64)
+  np.cumsum(count.reshape(-1), out=start[1:])
+  flat[:] = 0
+  flat[r, np.arange(len(r)) - start[r]] = c
+  out[...] = np.take_along_axis(flat, np.minimum(slots[None, :], clip.reshape(-1, 1)),
+                                axis=1).reshape(out.shape)
+
+
+def _block_classes(mask, q_len, kv_len, block_q, block_kv, transpose, r0, r1, budget):
+  """(partial, full) block booleans [H, r1 - r0, cols] for rows r0:r1 (q-blocks, or kv-blocks
+  with transpose)."""
   nq, nk = -(-q_len // block_q), -(-kv_len // block_kv)
   q0, q1 = _block_grid(nq, block_q, q_len)
   k0, k1 = _block_grid(nk, block_kv, kv_len)
-  qa, ka = (np.s_[None, :], np.s_[:, None]) if transpose else (np.s_[:, None], np.s_[None, :])
-  any_, all_ = mask.block_bounds(q0[qa], q1[qa], k0[ka], k1[ka])
-  shape = (mask.num_heads or 1,) + ((nk, nq) if transpose else (nq, nk))
+  if transpose:
+    k0, k1 = k0[r0:r1, None], k1[r0:r1, None]
+    q0, q1 = q0[None, :], q1[None, :]
+  else:
+    q0, q1 = q0[r0:r1, None], q1[r0:r1, None]
+    k0, k1 = k0[None, :], k1[None, :]
+  any_, all_ = mask.block_bounds(q0, q1, k0, k1)
+  shape = (mask.num_heads or 1, r1 - r0, nq if transpose else nk)
   if any_.shape != shape:
     any_ = np.broadcast_to(any_, shape)
   if all_.shape != shape:
     all_ = np.broadcast_to(all_, shape)
   if isinstance(mask, (masks_lib.And, masks_lib.Or, masks_lib.MultiHead)):
     uncertain = any_ & ~all_
-    if int(uncertain.sum()) * block_q * block_kv <= _REFINE_BUDGET:
+    if int(uncertain.sum()) * block_q * block_kv <= budget:
       any_, all_ = _refine(mask, any_, all_, uncertain, q_len, kv_len, block_q, block_kv,
-                           transpose)
+                           transpose, r0)
   unpadded = _unpadded_kv_blocks(nk, block_kv, kv_len, np)
-  # In place where we own the arrays: at T=1M these are 67 MB each and fresh pages dominate.
-  full = np.logical_and(all_, unpadded[:, None] if transpose else unpadded[None, :],
-                        out=all_ if all_.flags.writeable else None)
+  unpadded = unpadded[r0:r1, None] if transpose else unpadded[None, :]
+  full = np.logical_and(all_, unpadded, out=all_ if all_.flags.writeable else None)
   partial = np.greater(any_, full, out=any_ if any_.flags.writeable else None)  # any & ~full
   return partial, full
 
 
-def _refine(mask, any_, all_, uncertain, q_len, kv_len, block_q, block_kv, transpose):
+def _refine(mask, any_, all_, uncertain, q_len, kv_len, block_q, block_kv, transpose, r0):
   """Checks blocks that algebraic bounds leave uncertain elementwise (bounded total work)."""
   any_, all_ = any_.copy(), all_.copy()
   hs, ri, ci = np.nonzero(uncertain)
-  qi, ki = (ci, ri) if transpose else (ri, ci)
+  qi, ki = (ci, ri + r0) if transpose else (ri + r0, ci)
   qo, ko = np.arange(block_q), np.arange(block_kv)
   for start in range(0, len(hs), 256):
     sl = np.s_[start:start + 256]
@@ -247,31 +312,11 @@ def _refine(mask, any_, all_, uncertain, q_len, kv_len, block_q, block_kv, trans
 
 
 def _compact_np(sel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """sel [..., n, m] bool -> (count [..., n] int32, indices [..., n, M] int32), M = max(1, max count).
-
-  Indices ascending; padded slots repeat the last valid index (0 for empty rows), so a kernel
-  that prefetches the next slot never fetches a new block.
-  """
-  count = sel.sum(-1, dtype=np.int32)
-  width = max(1, int(count.max(initial=0)))
-  m = sel.shape[-1]
-  first = np.argmax(sel, -1).astype(np.int32)  # 0 for empty rows
-  clip = np.maximum(count - 1, 0)[..., None]
-  slots = np.arange(width, dtype=np.int32)
-  last = (m - 1 - np.argmax(sel[..., ::-1], -1)).astype(np.int32)
-  if np.all((count == 0) | (last - first + 1 == count)):
-    # Every row is one contiguous run (causal, local, sink-free windows): pure arithmetic.
-    idx = np.minimum(slots, clip)
-    idx += first[..., None]
-    return count, idx
-  rows = sel.reshape(-1, m)
-  r, c = np.nonzero(rows)
-  start = np.zeros(rows.shape[0] + 1, np.int64)
-  np.cumsum(count.reshape(-1), out=start[1:])
-  out = np.zeros((rows.shape[0], width), np.int32)
-  out[r, np.arange(len(r)) - start[r]] = c
-  out = np.take_along_axis(out, np.minimum(slots[None, :], clip.reshape(-1, 1)), axis=1)
-  return count, out.reshape(sel.shape[:-1] + (width,))
+  """sel [..., n, m] bool -> (count [..., n], indices [..., n, max(1, max count)]), int32."""
+  count, first, contiguous = _row_stats(sel)
+  idx = np.empty(count.shape + (max(1, int(count.max(initial=0))),), np.int32)
+  _fill(idx, count, first, None if contiguous else sel)
+  return count, idx
 
 
 def _compact_jnp(sel: jax.Array, width: int) -> tuple[jax.Array, jax.Array]:
