@@ -20,8 +20,7 @@ from sparse_ops import masks, reference
 from sparse_ops.kernels import triton as kt
 
 ON_GPU = jax.default_backend() == "gpu"
-gpu = [pytest.mark.gpu,
-       pytest.mark.skipif(not ON_GPU, reason="needs an NVIDIA GPU; run on the device machine")]
+# Tests marked `gpu` are skipped off the GPU, with the reason, by tests/conftest.py.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,14 +142,13 @@ def test_interpret_matches_reference(case):
 
 @pytest.mark.parametrize("case", GPU_CASES, ids=lambda c: c.name)
 @pytest.mark.gpu
-@pytest.mark.skipif(not ON_GPU, reason="needs an NVIDIA GPU; run on the device machine")
 def test_gpu_matches_reference(case):
   _check(case, interpret=False, seed=int.from_bytes(os.urandom(4), "little"))
 
 
 def test_no_silent_fallback_off_gpu():
   if ON_GPU:
-    pytest.skip("checks the error off the GPU")
+    pytest.skip("checks the error raised off the GPU; runs on every CPU machine (CI)")
   x = jnp.ones((1, 32, 1, 16))
   with pytest.raises(ValueError, match="needs an NVIDIA GPU.*interpret=True"):
     so.attention(x, x, x, mask=masks.Causal(), implementation="pallas_triton")
