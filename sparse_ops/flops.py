@@ -48,11 +48,21 @@ def model_flops(mask: masks_lib.Mask, q_len: int, kv_len: int, *, num_heads: int
 
 
 def executed_flops(layout: BlockLayout, *, num_heads: int, head_dim: int,
-                   v_head_dim: int | None = None, batch: int = 1, backward: bool = False):
-  """FLOPs of the visited blocks (what a block-sparse kernel runs), forward or fwd+bwd."""
+                   v_head_dim: int | None = None, batch: int | None = None,
+                   backward: bool = False):
+  """FLOPs of the visited blocks (what a block-sparse kernel runs), forward or fwd+bwd.
+
+  batch: the call's batch size. A layout shared by the batch (Bl=1) counts once per element;
+  a per-batch layout (Bl=B) already holds every element, so batch must be None or B.
+  """
   visited = np.asarray(layout.visited_blocks(), np.int64)  # [Bl, Hl]
   total = int(visited.sum()) * _heads_factor(layout.num_heads, num_heads)
-  total *= batch // layout.batch_size if layout.batch_size > 1 else batch
+  if layout.batch_size > 1:
+    if batch not in (None, layout.batch_size):
+      raise ValueError(f"batch={batch} does not match the layout's per-batch size "
+                       f"{layout.batch_size}; pass batch=None or {layout.batch_size}")
+  else:
+    total *= 1 if batch is None else batch
   fwd = total * layout.block_q * layout.block_kv * per_pair(head_dim, v_head_dim)
   return int(fwd * EXECUTED_FWD_BWD) if backward else fwd
 

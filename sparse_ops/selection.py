@@ -275,26 +275,40 @@ def _forced_blocks(t, s, block_q, block_kv, sink_blocks, local_blocks) -> np.nda
 
 
 def selected_pairs(q_len: int, kv_len: int, *, block_q: int, block_kv: int, budget: Budget,
-                   sink_blocks: int = 1, local_blocks: int = 1) -> tuple[int, int]:
+                   sink_blocks: int = 1, local_blocks: int = 1,
+                   dense_before: int | None = None) -> tuple[int, int]:
   """(allowed pairs, visited blocks) of any ``select_blocks`` layout with these arguments.
 
   Exact without any q or k: forced blocks are fixed, the others are full, and a row keeps as
-  many as its budget says. Per head (one layout head); multiply by heads and batch. Coverage
+  many as its budget says. ``dense_before`` (an int here: one bound for the whole batch) counts
+  the decode variant: q-blocks holding a query before it keep every causal block, as
+  ``select_blocks`` does. Per head (one layout head); multiply by heads and batch. Coverage
   budgets depend on the scores: they have no static count and raise.
   """
   if budget.kind == "coverage":
     raise ValueError("Budget.coverage keeps a content-dependent number of blocks: its pairs "
                      "are only known per input (count them on the layout)")
-  from sparse_ops import masks as masks_lib  # closed-form causal counts of the forced blocks
+  if dense_before is not None and (isinstance(dense_before, bool) or
+                                   not isinstance(dense_before, (int, np.integer)) or
+                                   dense_before < 0):
+    raise ValueError(f"dense_before={dense_before!r} must be None or an integer >= 0 (a "
+                     "per-example bound has per-example counts: call once per bound)")
   forced = _forced_blocks(q_len, kv_len, block_q, block_kv, sink_blocks, local_blocks)
   n = _causal_counts(q_len, kv_len, block_q, block_kv)
   kept = np.maximum(np.asarray(budget.counts(jnp.asarray(n))), forced.sum(-1))
-  rows = np.minimum(block_q, q_len - np.arange(len(n)) * block_q)
-  pairs = int(((kept - forced.sum(-1)) * rows * block_kv).sum())
-  for i, j in zip(*np.nonzero(forced)):
+  first = np.arange(len(n)) * block_q
+  rows = np.minimum(block_q, q_len - first)
+  dense = first < (dense_before or 0)  # q-blocks with a query before the bound
+  kept = np.where(dense, n, kept)
+  sparse = ~dense
+  pairs = int(((kept - forced.sum(-1)) * rows * block_kv)[sparse].sum())
+  for i, j in zip(*np.nonzero(forced & sparse[:, None])):
     q0, k0 = int(i) * block_q, int(j) * block_kv
     hq, hk = int(rows[i]), min(block_kv, kv_len - k0)
     pairs += masks_lib._pairs_at_distance(hq, hk, k0 - q0, hq - 1)  # k <= q inside the block
+  for i in np.nonzero(dense)[0]:  # every causal pair of the row: min(q + 1, kv_len) keys each
+    q = np.arange(first[i], first[i] + rows[i])
+    pairs += int(np.minimum(q + 1, kv_len).sum())
   return pairs, int(kept.sum())
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import sparse_ops as so
 from experiments import evaluate as ev
 from experiments import executors, report, study as study_lib, sweep
+from experiments import settings as settings_lib
 from experiments import tasks
 
 REPO = Path(__file__).resolve().parents[2]
@@ -66,16 +67,27 @@ def test_killed_study_resumes_to_the_same_results(tmp_path):
 
 
 def _check_sparsity_columns(out):
-  """Every row's sparsity numbers are sparse_ops.flops on the mask that setting means."""
+  """Every row's sparsity numbers are sparse_ops.flops on the mask that setting means, or, for
+  content selection, sparse_ops.selected_pairs for its blocks, budget and phase."""
   specs = {d.name: sweep.load_spec(d) for d in sweep.run_dirs(out)}
   study = sweep.load_study(out)
-  settings = {"native": "native", "dense": ("dense", 0.0)}
-  settings.update({f"{p}@{s:g}": (p, s) for p, s in study.eval.settings if p != "dense"})
+  settings = {"native": "native"}
+  settings.update({settings_lib.parse(s).name: s for s in study.eval.settings})
+  assert any(r["eval_budget"] for r in sweep.read_results(out / "results.csv"))
   for r in sweep.read_results(out / "results.csv"):
     spec = specs[r["run_id"]]
     t = r["eval_length"]
-    att = ev.setting_attention(spec.model, settings[r["eval_setting"]])
+    att = ev.setting_attention(spec.model, settings[r["eval_setting"]], study.eval.selection_block)
     task = tasks.make(r["task"], length=t, vocab_size=spec.model.vocab_size)
+    if att.is_content:
+      sel = ev.phase_attention(att, t, r["phase"], ev.dense_prefix(task))
+      bq, bk = sel.attention.blocks(t)
+      pairs, visited = so.selected_pairs(t, t, block_q=bq, block_kv=bk,
+                                         budget=att.selection_budget(), sink_blocks=0,
+                                         dense_before=sel.dense_before)
+      assert r["eval_sparsity_element"] == 1 - pairs / (t * (t + 1) // 2)
+      assert r["eval_sparsity_block"] == 1 - visited / so.flops.causal_blocks(t, t, bq, bk)
+      continue
     mask = ev.phase_mask(att, t, r["phase"], ev.dense_prefix(task))
     assert r["eval_sparsity_element"] == so.flops.sparsity(mask, t)
     bq, bk = att.blocks(t)

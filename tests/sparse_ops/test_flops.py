@@ -1,5 +1,6 @@
 """FLOP counts and sparsity against hand-derived formulas."""
 
+import jax
 import numpy as np
 import pytest
 
@@ -32,6 +33,12 @@ def test_executed_flops_count_whole_blocks():
   assert so.flops.executed_flops(layout, num_heads=h, head_dim=d) == blocks * blk * blk * 4 * d * h
   assert so.flops.executed_flops(layout, num_heads=h, head_dim=d, batch=2, backward=True) == \
       int(3.5 * 2 * blocks * blk * blk * 4 * d * h)
+  # A per-batch layout (Bl=2) already holds both elements: same count as batch=2 above.
+  stacked = jax.tree.map(lambda x: np.concatenate([x, x]), layout)
+  assert so.flops.executed_flops(stacked, num_heads=h, head_dim=d, backward=True) == \
+      int(3.5 * 2 * blocks * blk * blk * 4 * d * h)
+  with pytest.raises(ValueError, match="batch=3"):
+    so.flops.executed_flops(stacked, num_heads=h, head_dim=d, batch=3)
   local = so.BlockLayout.from_mask(M.Local(256), t, t, block_q=blk, block_kv=blk)
   # each q-block i sees blocks i-2..i (window 256 reaches into the second previous block)
   assert int(np.asarray(local.visited_blocks()).sum()) == 1 + 2 + 3 * (n - 2)
