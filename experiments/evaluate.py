@@ -4,16 +4,23 @@ Teacher-forced: one forward pass per batch, argmax at the answer positions, scor
 suite's `scoring.score` (exact match = greedy decoding reproduces the answer).
 
 Phases (DESIGN.md): `prefill` makes every query sparse. `decode` keeps the context dense and makes
-only the question/answer queries sparse, as a decoding-time sparse method would: the mask is
+only the question/answer queries sparse, as a decoding-time sparse method would. For a static
+pattern the mask is
     sparse | (so.masks.QueryPrefix(first question query) & Causal)
 so queries before the question see every earlier key, the later ones follow the sparse pattern.
+A content-based setting (`experiments.settings`) selects per layer from its own q and k; in
+decode it does so with `dense_before=` the first question query and one-query q-blocks
+(`decode_attention`), so the context queries are dense and each question/answer query picks its
+own kv-blocks.
 
-Every reported sparsity and FLOP number is computed by `sparse_ops.flops` on the very mask the
-forward pass used.
+Every reported sparsity and FLOP number is an exact count: `sparse_ops.flops` on the very mask
+the forward pass used, or, for content selection, `sparse_ops.selected_pairs` for the budget,
+blocks and phase the forward pass used (the count of any layout the selection can produce).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Callable
 
@@ -22,25 +29,35 @@ import jax.numpy as jnp
 import numpy as np
 
 import sparse_ops as so
+from experiments import settings as settings_lib
 from experiments import tasks as tasks_lib
 from experiments.tasks import scoring
 from models import AttentionConfig, ModelConfig, attention_flops_per_token, flops_per_token
+from models.config import CONTENT_PATTERNS
 
 
-def setting_attention(model: ModelConfig, setting: tuple[str, float] | str) -> AttentionConfig:
+def setting_attention(model: ModelConfig, setting, block: int | None = None) -> AttentionConfig:
   """The inference AttentionConfig of a setting; "native" is the model's training attention.
 
-  Block sizes, sink and implementation follow the model so only the pattern changes. Sparsity 0
-  is plain dense causal: the same mask as a dense model's own, hence bitwise the same logits.
+  Static patterns keep the model's blocks, sink and implementation, so only the pattern changes;
+  sparsity 0 is plain dense causal: the same mask as a dense model's own, hence bitwise the same
+  logits. Content patterns select at `block` (None: the model's blocks).
   """
-  base = model.attention
   if setting == "native":
-    return base
-  pattern, sparsity = setting
-  common = dict(block_q=base.block_q, block_kv=base.block_kv, implementation=base.implementation)
-  if pattern == "dense" or sparsity == 0.0:
-    return AttentionConfig("dense", **common)
-  return AttentionConfig(pattern, sparsity=sparsity, sink=base.sink, **common)
+    return model.attention
+  return settings_lib.parse(setting).attention(model, block)
+
+
+@dataclasses.dataclass(frozen=True)
+class Selection:
+  """A content-based setting in one phase: each layer selects from its own q and k.
+
+  dense_before: the first sparse query (decode: queries before it attend densely); None: every
+  query is sparse (prefill).
+  """
+
+  attention: AttentionConfig
+  dense_before: int | None = None
 
 
 def dense_prefix(task) -> int:
@@ -49,12 +66,49 @@ def dense_prefix(task) -> int:
 
 
 def phase_mask(attention: AttentionConfig, length: int, phase: str, prefix: int) -> so.masks.Mask:
+  if attention.is_content:
+    raise ValueError(f"attention.pattern={attention.pattern!r} is content-based: it has no mask "
+                     "(use phase_attention)")
   mask = attention.mask(length)
   if phase == "prefill" or attention.pattern == "dense":
     return mask
   if phase != "decode":
     raise ValueError(f"phase={phase!r} must be 'prefill' or 'decode'")
   return mask | (so.masks.QueryPrefix(prefix) & so.masks.Causal())
+
+
+def phase_attention(attention: AttentionConfig, length: int, phase: str,
+                    prefix: int) -> so.masks.Mask | Selection:
+  """What the forward pass runs in `phase`: a static mask, or a content Selection."""
+  if not attention.is_content:
+    return phase_mask(attention, length, phase, prefix)
+  if phase not in ("prefill", "decode"):
+    raise ValueError(f"phase={phase!r} must be 'prefill' or 'decode'")
+  attention.validate(length)
+  if phase == "prefill":
+    return Selection(attention)
+  return Selection(decode_attention(attention, length), prefix)
+
+
+# Implementations that run a layout of one-query blocks (the Pallas kernels tile by >= 16).
+PER_QUERY_IMPLEMENTATIONS = ("reference", "xla")
+
+
+def decode_attention(attention: AttentionConfig, length: int) -> AttentionConfig:
+  """A content setting's decode-phase config: selection per query (block_q=1).
+
+  Decoding runs one query at a time, so a decoding-time method picks kv-blocks for each query
+  from that query (Quest). With q-blocks of several queries, the block holding the first
+  question query would also hold context queries and be dense (`select_blocks`' rule for
+  `dense_before`), and with it most question/answer queries. The kv-blocks stay the setting's.
+  One-query blocks need an implementation that takes them: the model's if it does, else "xla"
+  (the same attention, a different kernel; the FLOP counts don't depend on it).
+  """
+  impl = attention.implementation or so.default_implementation()
+  if impl not in PER_QUERY_IMPLEMENTATIONS:
+    impl = "xla"
+  return dataclasses.replace(attention, block_q=1, block_kv=attention.blocks(length)[1],
+                             implementation=impl)
 
 
 def mask_stats(model: ModelConfig, attention: AttentionConfig, mask: so.masks.Mask,
@@ -67,7 +121,31 @@ def mask_stats(model: ModelConfig, attention: AttentionConfig, mask: so.masks.Ma
   # The non-attention part comes from models.flops_per_token; only the attention term changes.
   rest = flops_per_token(model, length, training=False) - attention_flops_per_token(model, length)
   return {"element": so.flops.sparsity(mask, length), "block": so.flops.block_sparsity(layout),
-          "inference_flops_per_token": rest + attn}
+          "inference_flops_per_token": rest + attn, "selection_flops_per_token": 0.0}
+
+
+def selection_stats(model: ModelConfig, selection: Selection, length: int) -> dict[str, float]:
+  """The same numbers for a content Selection, from `selected_pairs` (exact for any content),
+  plus the selection's own arithmetic per token (pooling and block scores, every layer)."""
+  att = selection.attention
+  pairs, visited = att.selection_counts(length, selection.dense_before)
+  block_q, block_kv = att.blocks(length)
+  attn = model.depth * so.flops.per_pair(model.head_size) * model.num_heads * pairs / length
+  rest = flops_per_token(model, length, training=False) - attention_flops_per_token(model, length)
+  select = so.flops.selection_flops(length, length, num_heads=model.num_heads,
+                                    num_kv_heads=model.kv_heads, head_dim=model.head_size,
+                                    block_q=block_q, block_kv=block_kv,
+                                    scoring=CONTENT_PATTERNS[att.pattern])
+  return {"element": 1.0 - pairs / so.masks.causal_pairs(length),
+          "block": 1.0 - visited / so.flops.causal_blocks(length, length, block_q, block_kv),
+          "inference_flops_per_token": rest + attn,
+          "selection_flops_per_token": model.depth * select / length}
+
+
+def phase_stats(model: ModelConfig, attention: AttentionConfig, phased, length: int):
+  if isinstance(phased, Selection):
+    return selection_stats(model, phased, length)
+  return mask_stats(model, attention, phased, length)
 
 
 def wilson(k: float, n: int, z: float = 1.959964) -> tuple[float, float]:
@@ -92,30 +170,44 @@ def chance_exact_match(task) -> float:
   return p
 
 
-Forward = Callable[[np.ndarray, so.masks.Mask], np.ndarray]
+Forward = Callable[[np.ndarray, "so.masks.Mask | Selection"], np.ndarray]
 
 
 def make_forward(model, compute_dtype: str = "float32") -> Forward:
-  """(tokens int [B, T], mask) -> argmax predictions int32 [B, T].
+  """(tokens int [B, T], mask or Selection) -> argmax predictions int32 [B, T].
 
-  One compiled program per (mask, shape); the mask is static (hashable) and its layout is built
-  from it at trace time.
+  One compiled program per (mask, shape), or per (content config, phase, shape): a mask is
+  static (hashable) and its layout is built at trace time; a Selection's dense_before is a
+  traced argument, so every task's decode bound shares one program.
   """
   from flax import nnx
   graphdef, state = nnx.split(model)
   dtype = jnp.dtype(compute_dtype)
+  cast = lambda state: jax.tree.map(
+      lambda p: p.astype(dtype) if jnp.issubdtype(p.dtype, jnp.floating) else p, state)
 
   cache: dict[Any, Callable] = {}
 
-  def forward(tokens: np.ndarray, mask: so.masks.Mask) -> np.ndarray:
-    fn = cache.get(mask)
+  def compiled(key, attention, decode: bool) -> Callable:
+    fn = cache.get(key)
     if fn is None:
-      def predict(state, tokens):
-        cast = jax.tree.map(lambda p: p.astype(dtype) if jnp.issubdtype(p.dtype, jnp.floating)
-                            else p, state)
-        return nnx.merge(graphdef, cast)(tokens, attention=mask).argmax(-1).astype(jnp.int32)
-      fn = cache[mask] = jax.jit(predict)
-    return np.asarray(fn(state, jnp.asarray(tokens)))
+      def predict(state, tokens, dense_before):
+        logits = nnx.merge(graphdef, cast(state))(
+            tokens, attention=attention, dense_before=dense_before if decode else None)
+        return logits.argmax(-1).astype(jnp.int32)
+      fn = cache[key] = jax.jit(predict)
+    return fn
+
+  def forward(tokens: np.ndarray, phased) -> np.ndarray:
+    if isinstance(phased, Selection):
+      decode = phased.dense_before is not None
+      fn = compiled((phased.attention, decode), phased.attention, decode)
+      bound = jnp.int32(phased.dense_before if decode else 0)
+    elif isinstance(phased, so.masks.Mask):
+      fn, bound = compiled(phased, phased, False), jnp.int32(0)
+    else:
+      raise ValueError(f"forward takes a sparse_ops mask or a Selection, got {phased!r}")
+    return np.asarray(fn(state, jnp.asarray(tokens), bound))
 
   return forward
 
@@ -124,13 +216,20 @@ def evaluate(forward: Forward, model: ModelConfig, eval_spec, vocab_size: int,
              progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
   """Rows {task, category, length, setting, phase, sparsities, FLOPs, correct: [n] 0/1, ...}.
 
-  Settings whose mask is identical (e.g. sparsity 0 in both phases) are computed once.
+  Settings whose mask (or selection) is identical (e.g. sparsity 0 in both phases) are computed
+  once. All settings are parsed and their configs checked at every length before anything runs.
   """
   settings: list[tuple[str, Any]] = []
   if eval_spec.native:
     settings.append(("native", "native"))
   for s in eval_spec.settings:
-    settings.append((f"{s[0]}@{s[1]:g}" if s[0] != "dense" else "dense", tuple(s)))
+    parsed = settings_lib.parse(s)
+    settings.append((parsed.name, parsed))
+  block = getattr(eval_spec, "selection_block", None)
+  attentions = {name: setting_attention(model, setting, block) for name, setting in settings}
+  for length in eval_spec.lengths:  # bad blocks or unreachable sparsities fail here, not mid-way
+    for att in attentions.values():
+      att.validate(length)
   rows, computed = [], {}
   for length in eval_spec.lengths:
     for task_name in eval_spec.tasks:
@@ -139,31 +238,41 @@ def evaluate(forward: Forward, model: ModelConfig, eval_spec, vocab_size: int,
       batch = {k: np.stack([e[k] for e in examples]) for k in ("inputs", "targets", "weights")}
       chance = chance_exact_match(task)
       for name, setting in settings:
-        attention = setting_attention(model, setting)
+        attention = attentions[name]
         for phase in eval_spec.phases:
-          mask = phase_mask(attention, length, phase, dense_prefix(task))
-          key = (task_name, length, mask)
+          phased = phase_attention(attention, length, phase, dense_prefix(task))
+          key = (task_name, length, phased)
           if key not in computed:
             preds = np.concatenate([
-                forward(batch["inputs"][i:i + eval_spec.batch_size], mask)
+                forward(batch["inputs"][i:i + eval_spec.batch_size], phased)
                 for i in range(0, len(examples), eval_spec.batch_size)])
             computed[key] = scoring.score(preds, batch["targets"], batch["weights"])
             if progress:
               progress(f"eval {task_name} T={length} {name} {phase}: "
                        f"{computed[key]['exact_match'].mean():.3f}")
           scores = computed[key]
-          stats = mask_stats(model, attention, mask, length)
+          stats = phase_stats(model, attention, phased, length)
           correct = scores["exact_match"].astype(int)
           lo, hi = wilson(correct.sum(), len(correct))
           rows.append(dict(
               task=task_name, category=task.category, eval_length=length, phase=phase,
               eval_setting=name, eval_pattern=attention.pattern,
-              eval_sparsity_target=attention.sparsity or 0.0,
+              eval_budget=attention.budget if attention.is_content else "",
+              eval_sparsity_target=_target(model, attention, length),
               eval_sparsity_element=stats["element"], eval_sparsity_block=stats["block"],
               inference_flops_per_token=stats["inference_flops_per_token"],
+              selection_flops_per_token=stats["selection_flops_per_token"],
               n=len(correct), accuracy=float(correct.mean()), ci_low=lo, ci_high=hi,
               accuracy_std=float(correct.std(ddof=1)) if len(correct) > 1 else 0.0,
               token_accuracy=float(scores["token_accuracy"].mean()),
               set_recall=float(scores["set_recall"].mean()), chance=chance,
               correct=correct.tolist()))
   return rows
+
+
+def _target(model: ModelConfig, attention: AttentionConfig, length: int) -> float:
+  """The pattern's own element sparsity before the decode phase densifies the context rows:
+  the static target, or what a content budget gives at this length (prefill, exact count)."""
+  if attention.is_content:
+    return selection_stats(model, Selection(attention), length)["element"]
+  return attention.sparsity or 0.0

@@ -13,6 +13,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from experiments import budgets
 from experiments import frontier as fr
 from experiments import sweep
 
@@ -38,8 +39,11 @@ def category_points(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         # The pattern's own sparsity (its rows): in decode the context rows are dense, so the
         # whole-mask element sparsity understates what the sparse rows tolerate.
         eval_target=first["eval_sparsity_target"],
+        eval_budget=first.get("eval_budget", ""),  # content budget kind; "" for static
         sparse=first["eval_pattern"] != "dense",
         inference_flops_per_token=sum(r["inference_flops_per_token"] for r in rs) / len(rs),
+        selection_flops_per_token=sum(r.get("selection_flops_per_token", 0.0) for r in rs)
+        / len(rs),
         arm=arm, chance=sum(r["chance"] * r["n"] for r in rs) / max(arm.n, 1)))
   return sorted(out, key=lambda p: (p["category"], p["eval_length"], p["phase"], p["params"],
                                     p["label"]))
@@ -72,17 +76,23 @@ def tolerances(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
     dense = settings.get("dense")
     if dense is None:
       continue
-    patterns = sorted({p["eval_pattern"] for p in settings.values() if p["sparse"]
+    patterns = sorted({_family(p) for p in settings.values() if p["sparse"]
                        and p["eval_setting"] != "native"})
     for pattern in patterns:
       curve = {p["eval_target"]: p["arm"] for p in settings.values()
-               if p["eval_pattern"] == pattern and p["eval_setting"] != "native"}
+               if _family(p) == pattern and p["eval_setting"] != "native"}
       weak = not fr.above_chance(dense["arm"], dense["chance"], ALPHA)
       out.append(dict(label=dense["run_label"], category=cat, eval_length=length, phase=phase,
                       pattern=pattern, dense_acc=dense["arm"].mean, n=dense["arm"].n,
                       tolerance=None if weak else fr.tolerance(dense["arm"], curve, ALPHA),
                       weak=weak))
   return out
+
+
+def _family(p: dict[str, Any]) -> str:
+  """A tolerance curve's pattern: static patterns by name, content ones by name and budget kind
+  (a fixed and an adaptive budget are different curves)."""
+  return f"{p['eval_pattern']} ({p['eval_budget']})" if p["eval_budget"] else p["eval_pattern"]
 
 
 # ---------------------------------------------------------------------------------- plots
@@ -94,8 +104,10 @@ def _plt():
 
 
 def plot_tolerance(points, path: Path) -> Path | None:
-  """Accuracy vs eval sparsity per category (one line per model × length, prefill)."""
-  pts = [p for p in points if p["phase"] == "prefill" and p["eval_setting"] != "native"]
+  """Accuracy vs eval sparsity per category (one line per model × length, prefill), static
+  patterns (content budgets have their own plot, `budgets.plot`)."""
+  pts = [p for p in points if p["phase"] == "prefill" and p["eval_setting"] != "native"
+         and not p["eval_budget"]]
   cats = sorted({p["category"] for p in pts})
   if not cats:
     return None
@@ -248,9 +260,11 @@ def write(out: Path, *, wall_s: float | None = None, wandb_mode: str | None = No
   points = category_points(rows)
   plots = out / "plots"
   plots.mkdir(exist_ok=True)
+  budget_rows = budgets.comparisons(points, ALPHA)
   figs = [f for f in (plot_tolerance(points, plots / "tolerance.png"),
                       plot_frontier(points, plots / "frontier.png"),
-                      plot_isoflop(points, plots / "isoflop.png")) if f]
+                      plot_isoflop(points, plots / "isoflop.png"),
+                      budgets.plot(budget_rows, plots / "budgets.png")) if f]
   comps = fr.sparse_vs_dense(comparison_points(points, "inference"), alpha=ALPHA)
   train_comps = fr.sparse_vs_dense(comparison_points(points, "training"), alpha=ALPHA,
                                    match_inference=False)
@@ -316,6 +330,8 @@ def write(out: Path, *, wall_s: float | None = None, wandb_mode: str | None = No
   md += [_table(["model", "category", "T", "phase", "pattern", "dense acc", "n", "tolerance"],
                 [[t["label"], t["category"], t["eval_length"], t["phase"], t["pattern"],
                   t["dense_acc"], t["n"], "—" if t["weak"] else t["tolerance"]] for t in tol])]
+
+  md += ["", *budgets.markdown(budget_rows, _table)]
 
   md += ["", "## Pareto frontier (accuracy vs inference FLOPs per token)", ""]
   front_rows = []

@@ -10,6 +10,7 @@ import importlib
 import pkgutil
 from typing import Any
 
+from experiments import settings as settings_lib
 from experiments import tasks as tasks_lib
 from experiments.grid import Grid, RunSpec, config_hash, to_dict
 
@@ -20,21 +21,28 @@ PHASES = ("prefill", "decode")
 class EvalSpec:
   """Each model × task × length × inference setting × phase, teacher-forced.
 
-  settings: inference attention as (pattern, target element sparsity); ("dense", 0.0) is dense
-    causal. Every model is also evaluated with its own training attention ("native").
+  settings: inference attention, one tuple each (`experiments.settings` has the formats):
+    ("local", 0.75) a static pattern at that element sparsity, ("dense", 0.0) dense causal;
+    content-based selection with a fixed budget, ("topk_blocks", 0.9) (block density 0.1) or
+    ("quest", "density", 0.1) or ("quest", "blocks", 4), or an adaptive one,
+    ("topk_blocks", "adaptive", c, alpha) (c·n**alpha of n causal blocks per row). Every model
+    is also evaluated with its own training attention ("native").
+  selection_block: block size (q and kv) at which content settings select; None: the model's.
+    Static settings keep the model's blocks (their meaning does not depend on them).
   lengths: context lengths; may exceed the training length (RoPE extrapolation is measured).
   examples: per task × length, from `split`, the same examples for every model and setting.
   """
 
   tasks: tuple[str, ...]
   lengths: tuple[int, ...]
-  settings: tuple[tuple[str, float], ...] = (("dense", 0.0),)
+  settings: tuple[tuple[Any, ...], ...] = (("dense", 0.0),)
   phases: tuple[str, ...] = PHASES
   examples: int = 64
   batch_size: int = 32
   split: str = "test"
   native: bool = True
   seed: int = 0  # task seed of the eval examples (the training mixture uses the grid's)
+  selection_block: int | None = None
 
   def __post_init__(self):
     for t in self.tasks:
@@ -43,13 +51,17 @@ class EvalSpec:
     for p in self.phases:
       if p not in PHASES:
         raise ValueError(f"eval.phases has {p!r}; valid: {PHASES}")
-    for pattern, sparsity in self.settings:
-      if pattern not in ("dense", "local", "strided", "block_random"):
-        raise ValueError(f"eval.settings has pattern {pattern!r}; valid: dense, local, strided, "
-                         "block_random")
-      if not 0.0 <= sparsity < 1.0 or (pattern == "dense") != (sparsity == 0.0):
-        raise ValueError(f"eval.settings has ({pattern!r}, {sparsity!r}): sparsity must be in "
-                         "[0, 1), 0 exactly for 'dense' and > 0 for a sparse pattern")
+    parsed = [settings_lib.parse(s) for s in self.settings]  # raises naming the bad one
+    names = [p.name for p in parsed]
+    if len(set(names)) != len(names):
+      raise ValueError(f"eval.settings repeats a setting: {names}")
+    b = self.selection_block
+    if b is not None and (isinstance(b, bool) or not isinstance(b, int) or b <= 0):
+      raise ValueError(f"eval.selection_block={b!r} must be a positive int or None")
+    for t in self.lengths if b is not None else ():
+      if t % b:
+        raise ValueError(f"eval.selection_block={b} must divide every eval length "
+                         f"(lengths={self.lengths})")
     if self.examples < 2 or self.batch_size < 1:
       raise ValueError(f"eval.examples={self.examples} must be >= 2 (intervals need n >= 2) and "
                        f"eval.batch_size={self.batch_size} >= 1")
@@ -59,7 +71,10 @@ class EvalSpec:
   @property
   def key(self) -> str:
     """Hash of the settings: a run's cached evaluation is reused only if this matches."""
-    return config_hash(to_dict(self))
+    d = to_dict(self)
+    if d["selection_block"] is None:  # added later: studies that don't set it keep their key
+      del d["selection_block"]
+    return config_hash(d)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,7 +148,7 @@ def from_json(d: dict[str, Any]) -> Study:
     g["task_weights"] = tuple(g["task_weights"])
   g["model_overrides"] = tuple(tuple(x) for x in g.get("model_overrides", ()))
   e = dict(d.pop("eval"))
-  e["settings"] = tuple((p, float(s)) for p, s in e["settings"])
+  e["settings"] = tuple(settings_lib.setting_from_json(s) for s in e["settings"])
   for k in ("tasks", "lengths", "phases"):
     e[k] = tuple(e[k])
   d["executor_options"] = tuple((k, tuple(v) if isinstance(v, list) else v)

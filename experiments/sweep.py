@@ -291,9 +291,12 @@ COLUMNS = (
     "study", "run_id", "label", "size", "params", "nonembed_params", "train_pattern",
     "train_sparsity_target", "train_sparsity_element", "train_sparsity_block", "budget", "steps",
     "train_flops", "flops_residual", "train_flops_per_token", "train_seq_len", "task", "category",
-    "eval_length", "phase", "eval_setting", "eval_pattern", "eval_sparsity_target",
-    "eval_sparsity_element", "eval_sparsity_block", "inference_flops_per_token", "accuracy",
-    "ci_low", "ci_high", "n", "accuracy_std", "token_accuracy", "set_recall", "chance")
+    "eval_length", "phase", "eval_setting", "eval_pattern", "eval_budget", "eval_sparsity_target",
+    "eval_sparsity_element", "eval_sparsity_block", "inference_flops_per_token",
+    "selection_flops_per_token", "accuracy", "ci_low", "ci_high", "n", "accuracy_std",
+    "token_accuracy", "set_recall", "chance")
+# Columns added later, with the value every row written before them had (static patterns only).
+_DEFAULTS = {"eval_budget": "", "selection_flops_per_token": 0.0}
 
 
 def result_rows(out: Path) -> list[dict[str, Any]]:
@@ -314,7 +317,7 @@ def result_rows(out: Path) -> list[dict[str, Any]]:
                 train_flops=spec.train_flops, flops_residual=spec.flops_residual,
                 train_flops_per_token=spec.flops_per_token, train_seq_len=spec.seq_len)
     for r in read_json(d / "eval.json")["rows"]:
-      rows.append({**base, **{k: v for k, v in r.items() if k != "correct"}})
+      rows.append({**base, **_DEFAULTS, **{k: v for k, v in r.items() if k != "correct"}})
   return rows
 
 
@@ -338,7 +341,7 @@ def read_results(path: Path) -> list[dict[str, Any]]:
   """results.csv → typed rows."""
   ints = {"params", "nonembed_params", "steps", "train_seq_len", "eval_length", "n"}
   strs = {"study", "run_id", "label", "size", "train_pattern", "task", "category", "phase",
-          "eval_setting", "eval_pattern"}
+          "eval_setting", "eval_pattern", "eval_budget"}
   rows = []
   with open(path) as f:
     for r in csv.DictReader(f):

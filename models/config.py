@@ -134,10 +134,20 @@ class AttentionConfig:
     """Allowed (query, key) pairs per head at `seq_len`: what FLOP counts use."""
     if not self.is_content:
       return self.mask(seq_len).nnz(seq_len, seq_len)
+    return self.selection_counts(seq_len)[0]
+
+  def selection_counts(self, seq_len: int, dense_before: int | None = None) -> tuple[int, int]:
+    """(allowed pairs, visited blocks) per head of a content-based pattern at `seq_len`.
+
+    Exact before seeing any content (`so.selected_pairs`). `dense_before`: queries before it
+    are dense (the decode phase; see `select`).
+    """
+    if not self.is_content:
+      raise ValueError(f"attention.pattern={self.pattern!r} is static: count its mask instead")
     block_q, block_kv = self.blocks(seq_len)
     return so.selected_pairs(seq_len, seq_len, block_q=block_q, block_kv=block_kv,
                              budget=self.selection_budget(),
-                             sink_blocks=-(-self.sink // block_kv))[0]
+                             sink_blocks=-(-self.sink // block_kv), dense_before=dense_before)
 
   # ------------------------------------------------------------------------------ validation
   def validate(self, seq_len: int) -> None:

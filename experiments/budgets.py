@@ -1,0 +1,161 @@
+"""Report section: fixed vs adaptive content budgets at equal average FLOPs across lengths.
+
+The Sparse Frontier's finding is that longer inputs tolerate more sparsity, so a budget whose
+kept fraction shrinks with length (c·n**alpha blocks of n) should beat a fixed fraction that
+spends the same FLOPs on average. For each run, every pair of content settings of one pattern,
+a fixed budget (density or blocks) and an adaptive one, whose prefill inference FLOPs per token
+averaged over the eval lengths agree within `MATCH` is compared per category and phase: accuracy
+with its Wilson interval and FLOPs/token at each length, and pooled over the lengths (the
+average), tested both ways (Welch, as the rest of the report; the two arms are the same examples,
+so treating them as independent is conservative).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Callable
+
+from experiments import frontier as fr
+
+MATCH = 0.01  # relative difference of average prefill FLOPs/token that still counts as equal
+FIXED = ("density", "blocks")
+
+
+def comparisons(points: list[dict[str, Any]], alpha: float) -> list[dict[str, Any]]:
+  """One entry per run × matched (fixed, adaptive) pair × category × phase (report points)."""
+  content: dict[str, list[dict[str, Any]]] = defaultdict(list)
+  dense: dict[tuple, dict[str, Any]] = {}
+  for p in points:
+    if p["eval_setting"] == "dense":
+      dense[(p["run_id"], p["category"], p["phase"], p["eval_length"])] = p
+    elif p["eval_budget"] and p["eval_setting"] != "native":
+      content[p["run_id"]].append(p)
+  out = []
+  for run_id, ps in sorted(content.items(), key=lambda kv: (kv[1][0]["run_label"], kv[0])):
+    at = {(p["eval_setting"], p["category"], p["phase"], p["eval_length"]): p for p in ps}
+    lengths = sorted({p["eval_length"] for p in ps})
+    kind = {p["eval_setting"]: (p["eval_pattern"], p["eval_budget"]) for p in ps}
+    avg = {}  # prefill FLOPs don't depend on the task: any category's point gives them
+    for s in kind:
+      flops = {p["eval_length"]: p["inference_flops_per_token"] for p in ps
+               if p["eval_setting"] == s and p["phase"] == "prefill"}
+      if len(flops) == len(lengths):
+        avg[s] = sum(flops.values()) / len(flops)
+    for f in sorted(s for s in avg if kind[s][1] in FIXED):
+      for a in sorted(s for s in avg if kind[s][1] == "adaptive"):
+        if kind[f][0] != kind[a][0] or abs(avg[a] / avg[f] - 1) > MATCH:
+          continue
+        for cat, phase in sorted({(p["category"], p["phase"]) for p in ps}):
+          per = [dict(eval_length=t, fixed=at.get((f, cat, phase, t)),
+                      adaptive=at.get((a, cat, phase, t)),
+                      dense=dense.get((run_id, cat, phase, t))) for t in lengths]
+          if any(r["fixed"] is None or r["adaptive"] is None for r in per):
+            continue
+          out.append(_compare(per, f, a, cat, phase, alpha))
+  return out
+
+
+def _compare(per, fixed, adaptive, category, phase, alpha) -> dict[str, Any]:
+  arm = {k: fr.Arm.pool(r[k]["arm"] for r in per) for k in ("fixed", "adaptive")}
+  flops = {k: sum(r[k]["inference_flops_per_token"] for r in per) / len(per)
+           for k in ("fixed", "adaptive")}
+  first = per[0]["fixed"]
+  chance = sum(r["fixed"]["chance"] * r["fixed"]["arm"].n for r in per) / max(arm["fixed"].n, 1)
+  p_adaptive = fr.welch_greater(arm["adaptive"], arm["fixed"]).p
+  p_fixed = fr.welch_greater(arm["fixed"], arm["adaptive"]).p
+  if not (fr.above_chance(arm["fixed"], chance, alpha)
+          or fr.above_chance(arm["adaptive"], chance, alpha)):
+    verdict = "too weak to tell"
+  elif p_adaptive < alpha:
+    verdict = "adaptive wins"
+  elif p_fixed < alpha:
+    verdict = "fixed wins"
+  else:
+    verdict = "no significant difference"
+  return dict(run_id=first["run_id"], label=first["run_label"], pattern=first["eval_pattern"],
+              fixed=fixed, adaptive=adaptive, category=category, phase=phase, per_length=per,
+              fixed_arm=arm["fixed"], adaptive_arm=arm["adaptive"],
+              fixed_flops=flops["fixed"], adaptive_flops=flops["adaptive"],
+              p_adaptive=p_adaptive, p_fixed=p_fixed, verdict=verdict)
+
+
+def _acc(arm: fr.Arm) -> str:
+  from experiments.evaluate import wilson
+  lo, hi = wilson(round(arm.mean * arm.n), arm.n)
+  return f"{arm.mean:.2f} [{lo:.2f}, {hi:.2f}]"
+
+
+def markdown(rows: list[dict[str, Any]], table: Callable[..., str]) -> list[str]:
+  md = ["## Fixed vs adaptive content budgets at equal average FLOPs", "",
+        "Content-based selection with a fixed budget vs a length-adaptive one (c·n^alpha of a "
+        "row's n causal blocks), paired when their prefill inference FLOPs per token averaged over "
+        f"the eval lengths agree within {MATCH:.0%} (decode FLOPs are shown, not matched). "
+        "Accuracy: exact match with 95% Wilson interval; \"mean\" pools the lengths. Verdict: "
+        "one-sided Welch both ways on the pooled examples; \"too weak to tell\" when neither "
+        "policy is significantly above chance.", ""]
+  if not rows:
+    return md + ["No matched pair: the study's eval settings have no fixed and adaptive budget "
+                 f"of one content pattern whose average prefill FLOPs agree within {MATCH:.0%}."]
+  counts = defaultdict(int)
+  for r in rows:
+    counts[r["verdict"]] += 1
+  md.append(f"**Which wins**: over {len(rows)} comparisons (run × category × phase): " + ", ".join(
+      f"{k} {v}" for k, v in sorted(counts.items())) + ".")
+  md.append("")
+  for r in rows:
+    if r["verdict"] != "too weak to tell":
+      md.append(f"- {r['label']}, {r['category']}, {r['phase']}: **{r['verdict']}** — adaptive "
+                f"`{r['adaptive']}` {_acc(r['adaptive_arm'])} vs fixed `{r['fixed']}` "
+                f"{_acc(r['fixed_arm'])} at mean FLOPs/token {r['adaptive_flops']:.4g} vs "
+                f"{r['fixed_flops']:.4g} (p adaptive>fixed {r['p_adaptive']:.3g}, fixed>adaptive "
+                f"{r['p_fixed']:.3g}).")
+  body = []
+  for r in rows:
+    for x in r["per_length"]:
+      d = x["dense"]
+      body.append([r["label"], r["category"], r["phase"], x["eval_length"],
+                   _acc(d["arm"]) if d else "—", _acc(x["fixed"]["arm"]),
+                   f"{x['fixed']['inference_flops_per_token']:.4g}", _acc(x["adaptive"]["arm"]),
+                   f"{x['adaptive']['inference_flops_per_token']:.4g}"])
+    body.append([r["label"], r["category"], r["phase"], "**mean**", "", _acc(r["fixed_arm"]),
+                 f"{r['fixed_flops']:.4g}", _acc(r["adaptive_arm"]), f"{r['adaptive_flops']:.4g}"])
+  pairs = sorted({(r["pattern"], r["fixed"], r["adaptive"]) for r in rows})
+  md += ["", "Pairs: " + "; ".join(f"fixed `{f}` vs adaptive `{a}`" for _, f, a in pairs), ""]
+  md.append(table(["model", "category", "phase", "T", "dense acc", "fixed acc", "fixed FLOPs/tok",
+                   "adaptive acc", "adaptive FLOPs/tok"], body))
+  return md
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> Path | None:
+  """Accuracy vs eval length per category (prefill): fixed solid, adaptive dashed, dense dotted,
+  one colour per model."""
+  rows = [r for r in rows if r["phase"] == "prefill"]
+  cats = sorted({r["category"] for r in rows})
+  if not cats:
+    return None
+  from experiments.report import _plt
+  plt = _plt()
+  fig, axes = plt.subplots(1, len(cats), figsize=(4.5 * len(cats), 3.6), squeeze=False)
+  labels = sorted({r["label"] for r in rows})
+  colour = {lab: f"C{i}" for i, lab in enumerate(labels)}
+  for ax, cat in zip(axes[0], cats):
+    for r in (r for r in rows if r["category"] == cat):
+      x = [p["eval_length"] for p in r["per_length"]]
+      for key, style in (("fixed", "-"), ("adaptive", "--")):
+        ax.plot(x, [p[key]["arm"].mean for p in r["per_length"]], style, marker="o",
+                color=colour[r["label"]], label=f"{r['label']} {r[key]}")
+      if all(p["dense"] for p in r["per_length"]):
+        ax.plot(x, [p["dense"]["arm"].mean for p in r["per_length"]], ":", color=colour[r["label"]],
+                label=f"{r['label']} dense")
+    ax.set_xscale("log", base=2)
+    lengths = sorted({p["eval_length"] for r in rows for p in r["per_length"]})
+    ax.set_xticks(lengths, [str(t) for t in lengths])
+    ax.minorticks_off()
+    ax.set(title=f"{cat}: fixed vs adaptive budget (prefill)", xlabel="eval length",
+           ylabel="exact match", ylim=(-0.02, 1.02))
+  axes[0][-1].legend(fontsize=5, loc="best")
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
