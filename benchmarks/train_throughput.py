@@ -78,6 +78,10 @@ def attention_config(density: float, impl: str, block: int) -> models.AttentionC
                                 block_q=block, block_kv=block)
 
 
+def _phase(msg: str) -> None:
+  print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
 def _median_time(fn, steps: int) -> tuple[float, float]:
   t0 = time.perf_counter()
   jax.block_until_ready(fn())
@@ -130,6 +134,7 @@ def measure(size: str, seq_len: int, density: float, impl: str, tokens: int, ste
   t0 = time.perf_counter()
   state = jax.block_until_ready(jax.jit(init_state)())
   init_s = time.perf_counter() - t0
+  _phase(f"{size} T={seq_len} d={density} {impl}: init {init_s:.1f}s")
   rng = np.random.default_rng(0)
   tokens_ = jnp.asarray(rng.integers(0, 512, (1, batch, seq_len + 1)), jnp.int32)
   batch_ = {"inputs": tokens_[..., :-1], "targets": tokens_[..., 1:],
@@ -142,10 +147,12 @@ def measure(size: str, seq_len: int, density: float, impl: str, tokens: int, ste
     return metrics
 
   median, first = _median_time(one, steps)
+  _phase(f"  first step {first:.1f}s, median {median * 1e3:.1f} ms")
   del holder, state
   t0 = time.perf_counter()
   attention_s = attention_time(model, batch, seq_len, steps)
   attention_wall = time.perf_counter() - t0
+  _phase(f"  attention alone {attention_s * 1e3:.1f} ms (timing took {attention_wall:.1f}s)")
   peak, _ = device_peak()
   layout = model.attention.layout(seq_len)
   counts = models.param_counts(model)
@@ -218,8 +225,10 @@ def run_child(spec: dict, timeout: float) -> dict:
   try:
     proc = subprocess.run([sys.executable, "-m", "benchmarks.train_throughput", "--child",
                            json.dumps(spec)], capture_output=True, text=True, timeout=timeout)
-  except subprocess.TimeoutExpired:
-    return {"error": f"timed out after {timeout:.0f} s"}
+  except subprocess.TimeoutExpired as e:
+    err = e.stderr.decode() if isinstance(e.stderr, bytes) else (e.stderr or "")
+    return {"error": f"timed out after {timeout:.0f} s; its last phases: {err[-600:]}"}
+  sys.stderr.write("".join(l + "\n" for l in proc.stderr.splitlines() if l.startswith("[")))
   lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
   if proc.returncode or not lines:
     return {"error": f"exit {proc.returncode}: {proc.stderr[-400:]}"}
@@ -234,6 +243,7 @@ def main(argv=None) -> None:
   parser.add_argument("--block", type=int, default=128)
   parser.add_argument("--row-timeout", type=float, default=240.0)
   parser.add_argument("--out", default="")
+  parser.add_argument("--only", default="", help="SIZE:T:DENSITY:IMPL rows to run, comma-separated")
   parser.add_argument("--child", help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
   if args.child:
@@ -250,6 +260,8 @@ def main(argv=None) -> None:
       for t in lengths:
         for impl in impls:
           for d in densities:
+            if args.only and f"{size}:{t}:{d:g}:{impl}" not in args.only.split(","):
+              continue
             spec = dict(size=size, seq_len=t, density=d, impl=impl, tokens=tokens,
                         steps=args.steps, block=args.block, ceiling=ceiling)
             row = run_child({"what": "row", "row": spec}, args.row_timeout)
