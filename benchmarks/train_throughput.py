@@ -126,13 +126,9 @@ def measure(size: str, seq_len: int, density: float, impl: str, tokens: int, ste
                compute_dtype="bfloat16", steps=steps + 1)
   codec = step_lib.Params(model)
   tx = step_lib.optimizer(cfg.optim, cfg.total_steps)
-
-  def init_state():
-    params = codec.init(model, 0)
-    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt": tx.init(params)}
-
   t0 = time.perf_counter()
-  state = jax.block_until_ready(jax.jit(init_state)())
+  state = jax.block_until_ready(jax.jit(step_lib.init_state, static_argnums=(0, 1, 2))(
+      codec, tx, model, jax.random.key(0)))
   init_s = time.perf_counter() - t0
   _phase(f"{size} T={seq_len} d={density} {impl}: init {init_s:.1f}s")
   rng = np.random.default_rng(0)

@@ -17,6 +17,7 @@ data order, so on CPU every later loss is bitwise what an uninterrupted run logs
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import signal
@@ -133,11 +134,9 @@ def run(cfg: Config) -> Result:
   codec = step_lib.Params(cfg.model)
   tx = step_lib.optimizer(cfg.optim, total)
 
-  def init_state():
-    params = codec.init(cfg.model, cfg.seed)
-    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt": tx.init(params)}
-
-  abstract = jax.eval_shape(init_state)
+  init_state = functools.partial(step_lib.init_state, codec, tx, cfg.model)
+  key = jax.random.key(cfg.seed)
+  abstract = jax.eval_shape(init_state, key)
   shardings = mesh_lib.state_shardings(abstract, mesh)
   factory = resolve(cfg.data.factory)
   tasks = {name: factory(name, length=cfg.data.seq_len, vocab_size=cfg.model.vocab_size,
@@ -148,7 +147,7 @@ def run(cfg: Config) -> Result:
     state, data_state, _ = checkpoints.restore(ckpt_lib.abstract(abstract, shardings))
     batches.set_state(data_state)
   else:
-    state = jax.jit(init_state, out_shardings=shardings)()
+    state = jax.jit(init_state, out_shardings=shardings)(key)
   start = int(state["step"])
   previous = log_lib.read_status(run_dir)
   if start >= total and previous and previous.get("status") == "finished":
@@ -307,11 +306,8 @@ def load(run_dir: str | Path, step: int | None = None) -> tuple[models.Transform
   codec = step_lib.Params(cfg.model)
   tx = step_lib.optimizer(cfg.optim, cfg.total_steps)
 
-  def init_state():
-    params = codec.init(cfg.model, cfg.seed)
-    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt": tx.init(params)}
-
-  abstract = jax.eval_shape(init_state)
+  abstract = jax.eval_shape(functools.partial(step_lib.init_state, codec, tx, cfg.model),
+                            jax.random.key(cfg.seed))
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   checkpoints = ckpt_lib.Checkpoints(run_dir, keep=1 << 30, async_save=False)
   try:
