@@ -127,8 +127,7 @@ def measure(size: str, seq_len: int, density: float, impl: str, tokens: int, ste
   codec = step_lib.Params(model)
   tx = step_lib.optimizer(cfg.optim, cfg.total_steps)
   t0 = time.perf_counter()
-  state = jax.block_until_ready(jax.jit(step_lib.init_state, static_argnums=(0, 1, 2))(
-      codec, tx, model, jax.random.key(0)))
+  state = jax.block_until_ready(step_lib.init_state(codec, tx, model, jax.random.key(0)))
   init_s = time.perf_counter() - t0
   _phase(f"{size} T={seq_len} d={density} {impl}: init {init_s:.1f}s")
   rng = np.random.default_rng(0)

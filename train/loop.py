@@ -147,7 +147,7 @@ def run(cfg: Config) -> Result:
     state, data_state, _ = checkpoints.restore(ckpt_lib.abstract(abstract, shardings))
     batches.set_state(data_state)
   else:
-    state = jax.jit(init_state, out_shardings=shardings)(key)
+    state = step_lib.place(init_state(key), shardings)
   start = int(state["step"])
   previous = log_lib.read_status(run_dir)
   if start >= total and previous and previous.get("status") == "finished":

@@ -43,12 +43,25 @@ class Params:
 
 
 def init_state(codec: Params, tx: optax.GradientTransformation, cfg: models.ModelConfig,
-               key: jax.Array) -> State:
-  """A fresh train state. Jit it with `key` (`jax.random.key(seed)`) as an argument: a jitted
-  init with no inputs is all constants, and XLA's GPU compiler spent over 6 minutes
-  constant-folding a 100M-parameter one (H100, jax 0.11.2) before we passed the key in."""
+               key: jax.Array | int) -> State:
+  """A fresh train state, built eagerly (op by op), not under jit.
+
+  Why: jitted, the init of a 100M-parameter model spent 72 s in XLA's GPU compiler with the key
+  as an argument, and over 6 minutes as a no-input (all-constant) program (H100, jax 0.11.2):
+  every parameter's threefry sampling is its own large fusion. Eagerly, each distinct shape
+  compiles once. The values are the same (threefry gives identical bits jitted or not).
+  `place` puts the result on the run's shardings.
+  """
   params = codec.init(cfg, key)
   return {"step": jnp.zeros((), jnp.int32), "params": params, "opt": tx.init(params)}
+
+
+def place(state: State, shardings) -> State:
+  """`state` (identical on every process, e.g. from `init_state`) laid out as `shardings`;
+  works across processes, where each one fills its own devices' shards."""
+  def put(x, sharding):
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+  return jax.tree.map(put, state, shardings)
 
 
 def _name(path) -> str:
