@@ -24,6 +24,11 @@ from experiments import tasks as tasks_lib
 from models import AttentionConfig, ModelConfig, SIZES, family, flops_per_token, param_counts
 
 
+# Static patterns, and content-based ones (trained with a fixed density budget, 1 - sparsity of
+# each row's causal blocks: their FLOPs are exact ahead of time, so the grid can match budgets).
+TRAIN_PATTERNS = ("local", "strided", "block_random", "topk_blocks", "quest", "vertical_slash")
+
+
 @dataclasses.dataclass(frozen=True)
 class Optim:
   """Optimiser knobs of a run (AdamW with warmup-cosine, as the trainer implements them)."""
@@ -104,9 +109,14 @@ class RunSpec:
 
   def train_attention_stats(self) -> dict[str, float]:
     """Element and block sparsity of the training mask at the training length (sparse_ops)."""
-    att = self.model.attention
-    return {"element": so.flops.sparsity(att.mask(self.seq_len), self.seq_len),
-            "block": so.flops.block_sparsity(att.layout(self.seq_len))}
+    att, t = self.model.attention, self.seq_len
+    if att.is_content:  # every selection at this length has the same counts
+      pairs, blocks = att.selection_counts(t)
+      block_q, block_kv = att.blocks(t)
+      return {"element": 1.0 - pairs / so.masks.causal_pairs(t),
+              "block": 1.0 - blocks / so.flops.causal_blocks(t, t, block_q, block_kv)}
+    return {"element": so.flops.sparsity(att.mask(t), t),
+            "block": so.flops.block_sparsity(att.layout(t))}
 
 
 def to_dict(obj: Any) -> Any:
@@ -189,9 +199,9 @@ class Grid:
       if not 0.0 <= s < 1.0:
         raise ValueError(f"grid.sparsities has {s!r}; each must be in [0, 1)")
     for p in self.patterns:
-      if p == "dense" or p not in ("local", "strided", "block_random"):
-        raise ValueError(f"grid.patterns has {p!r}; valid sparse patterns: local, strided, "
-                         "block_random (dense is sparsity 0.0)")
+      if p not in TRAIN_PATTERNS:
+        raise ValueError(f"grid.patterns has {p!r}; valid sparse patterns: {TRAIN_PATTERNS} "
+                         "(dense is sparsity 0.0)")
     for t in self.tasks:
       if t not in tasks_lib.TASKS:
         raise ValueError(f"grid.tasks has {t!r}; valid: {sorted(tasks_lib.TASKS)}")

@@ -163,6 +163,15 @@ def _progress_bars() -> bool:
   return os.environ.get("EXPERIMENTS_PROGRESS", "1") != "0"
 
 
+def _compilation_cache(out: Path) -> None:
+  """Share compiled programs between the study's runs (each job is its own process): runs of one
+  size evaluate through identical programs, and on a GPU each compile costs seconds, dozens per
+  run. JAX_COMPILATION_CACHE_DIR, when set, wins."""
+  import jax
+  if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    jax.config.update("jax_compilation_cache_dir", str(out / ".jax_cache"))
+
+
 def run_job(run_dir: str | Path, trainer: Trainer | None = None,
             loader: Loader | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
   """Trains (or resumes) and evaluates one run; records the outcome in job.json; never raises
@@ -170,6 +179,7 @@ def run_job(run_dir: str | Path, trainer: Trainer | None = None,
   from experiments import evaluate as eval_lib
   run_dir = Path(run_dir)
   out = run_dir.parent.parent
+  _compilation_cache(out)
   study = load_study(out)
   spec = load_spec(run_dir)
   trainer, loader = trainer or real_trainer, loader or trained_model

@@ -4,6 +4,7 @@ ids are hashes of what decides the result, bad grids are rejected naming the val
 import dataclasses
 import json
 
+import numpy as np
 import pytest
 
 import models
@@ -140,3 +141,23 @@ def test_unreachable_sparsity_fails_before_training():
            seq_lens=(32,), vocab_size=128)
   with pytest.raises(ValueError, match="sparsity=0.99"):
     g.points()
+
+
+def test_content_patterns_train_at_exact_flops():
+  """A content-based training pattern gets a FLOP-matched step count like a static one: its
+  pairs are exact before any content is seen, and a real selection has exactly that many."""
+  import jax
+  g = Grid(budgets=(1e11,), sizes=("100k",), sparsities=(0.0, 0.75), patterns=("topk_blocks",),
+           seq_lens=(128,), batch_size=4, vocab_size=128, block=16, sink=16)
+  specs, _ = g.points()
+  sparse = next(s for s in specs if s.pattern == "topk_blocks")
+  att, t = sparse.model.attention, 128
+  stats = sparse.train_attention_stats()
+  pairs, blocks = att.selection_counts(t)
+  assert stats["element"] == pytest.approx(1 - pairs / so.masks.causal_pairs(t))
+  assert 0.6 < stats["element"] < 0.8  # forced sink/diagonal blocks keep it under the 0.75 target
+  assert abs(sparse.flops_residual) <= sparse.step_flops / 2
+  q, k = jax.random.normal(jax.random.PRNGKey(0), (2, 1, t, 4, 16))
+  layout = att.select(q, k)
+  mask = np.asarray(layout.to_dense())  # [B, H, T, S] booleans of the selected layout
+  assert (mask.sum(axis=(-1, -2)) == pairs).all()
