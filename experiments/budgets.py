@@ -134,7 +134,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> Path | None:
   cats = sorted({r["category"] for r in rows})
   if not cats:
     return None
-  from experiments.report import _plt
+  from experiments.report import _plt, save
   plt = _plt()
   fig, axes = plt.subplots(1, len(cats), figsize=(4.5 * len(cats), 3.6), squeeze=False)
   labels = sorted({r["label"] for r in rows})
@@ -155,7 +155,4 @@ def plot(rows: list[dict[str, Any]], path: Path) -> Path | None:
     ax.set(title=f"{cat}: fixed vs adaptive budget (prefill)", xlabel="eval length",
            ylabel="exact match", ylim=(-0.02, 1.02))
   axes[0][-1].legend(fontsize=5, loc="best")
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return path
+  return save(fig, path)

@@ -103,6 +103,25 @@ def _plt():
   return plt
 
 
+def _status_from_results(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+  """The run table of a copied results folder: every run in results.csv finished (only done
+  runs are collected); attempts are not recorded there."""
+  runs = {}
+  for r in rows:
+    runs.setdefault(r["run_id"], dict(
+        run_id=r["run_id"], label=r["label"], state="done", step=r["steps"], steps=r["steps"],
+        train_flops=r["train_flops"], budget=r["budget"], attempts="", error=""))
+  return list(runs.values())
+
+
+def save(fig, path: Path) -> Path:
+  """Every report figure ends the same way: laid out, written at one resolution, closed."""
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  _plt().close(fig)
+  return path
+
+
 def plot_tolerance(points, path: Path) -> Path | None:
   """Accuracy vs eval sparsity per category (one line per model × length, prefill), static
   patterns (content budgets have their own plot, `budgets.plot`)."""
@@ -129,10 +148,7 @@ def plot_tolerance(points, path: Path) -> Path | None:
     ax.set(title=f"{cat}: accuracy vs inference sparsity", xlabel="inference sparsity (prefill)",
            ylabel="exact match", ylim=(-0.02, 1.02))
   axes[0][-1].legend(fontsize=6, loc="best")
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return path
+  return save(fig, path)
 
 
 def plot_frontier(points, path: Path) -> Path | None:
@@ -163,10 +179,7 @@ def plot_frontier(points, path: Path) -> Path | None:
     ax.legend(fontsize=6)
   for ax in axes.ravel()[len(keys):]:
     ax.axis("off")
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return path
+  return save(fig, path)
 
 
 def plot_isoflop(points, path: Path) -> Path | None:
@@ -194,10 +207,7 @@ def plot_isoflop(points, path: Path) -> Path | None:
     ax.set(title=f"{cat}: iso-FLOP (training)", xlabel="parameters", ylabel="exact match",
            ylim=(-0.02, 1.02))
     ax.legend(fontsize=6)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return path
+  return save(fig, path)
 
 
 # --------------------------------------------------------------------------------- markdown
@@ -253,9 +263,17 @@ def write(out: Path, *, wall_s: float | None = None, wandb_mode: str | None = No
   """Writes report.md and plots/*.png for the study in `out` (from results.csv)."""
   out = Path(out)
   study = sweep.load_study(out)
-  csv_path = sweep.collect(out)
+  # A copied results folder (results.csv, study.json, no run folders, as committed under
+  # experiments/results/) keeps its results.csv: collecting from absent runs would empty it.
+  runs_here = any((d / "spec.json").exists() for d in sweep.run_dirs(out))
+  if runs_here:
+    csv_path = sweep.collect(out)
+  elif (out / "results.csv").exists():
+    csv_path = out / "results.csv"
+  else:
+    raise ValueError(f"{str(out)!r} holds neither run folders nor a results.csv to report on")
   rows = sweep.read_results(csv_path)
-  status = sweep.status_rows(out)
+  status = sweep.status_rows(out) if runs_here else _status_from_results(rows)
   skipped = sweep.read_json(out / "study.json")["skipped"]
   points = category_points(rows)
   plots = out / "plots"

@@ -366,6 +366,8 @@ def status_rows(out: Path) -> list[dict[str, Any]]:
   rows = []
   for d in run_dirs(out):
     spec = read_json(d / "spec.json")
+    if spec is None:  # planned but not here (e.g. a copied results folder): nothing to say
+      continue
     rec = job_record(d)
     st = state(d, study.eval.key)
     step = _last_step(d)
