@@ -3,6 +3,7 @@
     python -m benchmarks.loss_curves --case kernel         # one GPU: pallas_triton vs xla
     python -m benchmarks.loss_curves --case data_parallel  # two GPUs vs one, same global batch
     python -m benchmarks.loss_curves --case tiny           # CPU smoke of this script
+    python -m benchmarks.loss_curves --case tiny_data_parallel  # the 2-device path on a CPU
 
 Each variant is one `train.run` of the same ladder model, data, seed and global batch, in its own
 subprocess (so `CUDA_VISIBLE_DEVICES` can give it 1 or 2 GPUs), logging every step. The result
@@ -46,6 +47,10 @@ CASES = {
     "data_parallel": [dict(name="1_gpu", devices=1), dict(name="2_gpus", devices=2)],
     "tiny": [dict(name="xla_f32", impl="xla", compute_dtype="float32"),
              dict(name="reference_f32", impl="reference", compute_dtype="float32")],
+    # The data-parallel path on a CPU (devices are host-platform devices there).
+    "tiny_data_parallel": [dict(name="1_device", devices=1, impl="xla", compute_dtype="float32"),
+                           dict(name="2_devices", devices=2, impl="xla",
+                                compute_dtype="float32")],
 }
 TINY = dict(size="100k", seq_len=128, batch_size=4, steps=6, block=32, vocab_size=128,
             tasks=("niah_single",))
@@ -106,7 +111,7 @@ def main(argv=None) -> None:
   for over in CASES[a.case]:
     if a.only is not None and over["name"] not in a.only:
       continue
-    v = {**BASE, **(TINY if a.case == "tiny" else {}), **over}
+    v = {**BASE, **(TINY if a.case.startswith("tiny") else {}), **over}
     if a.steps:
       v["steps"] = a.steps
     variants.append(v)
@@ -116,6 +121,9 @@ def main(argv=None) -> None:
       env = dict(os.environ)
       if v["devices"] and "CUDA_VISIBLE_DEVICES" not in os.environ:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in range(v["devices"]))
+      # On a CPU backend the same count of host devices (no effect on GPUs).
+      env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
+                          f" --xla_force_host_platform_device_count={v['devices']}").strip()
       out = os.path.join(tmp, v["name"] + ".json")
       arg = json.dumps([v, os.path.join(tmp, v["name"]), out])
       proc = subprocess.run([sys.executable, "-m", "benchmarks.loss_curves", "--child", arg],
@@ -144,10 +152,11 @@ def main(argv=None) -> None:
     if "topk_xla_bf16" in ok and "topk_pallas_triton_bf16" in ok:
       comparisons["topk_pallas_triton_bf16 vs topk_xla_bf16"] = compare(
           results["topk_xla_bf16"]["loss"], results["topk_pallas_triton_bf16"]["loss"])
-    one, two = results.get("1_gpu", {}), results.get("2_gpus", {})
+    one = results.get("1_gpu") or results.get("1_device") or {}
+    two = results.get("2_gpus") or results.get("2_devices") or {}
     if one.get("median_step_time_s") and two.get("median_step_time_s"):
       # Same global batch: perfect scaling halves the step time.
-      comparisons["scaling efficiency 2 GPUs"] = {
+      comparisons["scaling efficiency 2 devices"] = {
           "speedup": one["median_step_time_s"] / two["median_step_time_s"],
           "efficiency": one["median_step_time_s"] / (2 * two["median_step_time_s"])}
   import jax
