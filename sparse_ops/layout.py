@@ -190,8 +190,12 @@ def _block_grid(n: int, block: int, length: int):
 def _layout_from_mask(mask, q_len, kv_len, block_q, block_kv) -> BlockLayout:
   # The transpose is classified again with swapped broadcasting rather than transposing the
   # [nq, nk] arrays: a strided transpose costs more than the closed-form bounds themselves.
-  pn, pi, fn, fi = _lists_from_mask(mask, q_len, kv_len, block_q, block_kv, transpose=False)
-  tpn, tpi, tfn, tfi = _lists_from_mask(mask, q_len, kv_len, block_q, block_kv, transpose=True)
+  # Banded masks skip the [nq, nk] grid altogether (``_band_lists``); others test every block.
+  lists = []
+  for transpose in (False, True):
+    band = _band_lists(mask, q_len, kv_len, block_q, block_kv, transpose)
+    lists += band or _lists_from_mask(mask, q_len, kv_len, block_q, block_kv, transpose)
+  pn, pi, fn, fi, tpn, tpi, tfn, tfi = lists
   arrays = (a[None] for a in (pn, pi, fn, fi, tpn, tpi, tfn, tfi))
   return BlockLayout(*arrays, block_q=block_q, block_kv=block_kv, q_len=q_len, kv_len=kv_len,
                      mask=mask)
@@ -229,6 +233,204 @@ def _lists_from_mask(mask, q_len, kv_len, block_q, block_kv, transpose):
       _fill(idx[:, r0:r1], *chunk[part])
     out += [count, idx]
   return tuple(out)
+
+
+# ------------------------------------------------------------------------- banded masks: runs
+# Causal, Local, Sink, Full, QueryPrefix and their &/| combinations keep, in each row of blocks,
+# a few contiguous runs of columns. Their runs come from binary search over the (monotone) block
+# starts and ends, and the lists are written run by run: work proportional to rows × runs plus
+# the bytes of the lists, where the grid path spends ~20 passes over all nq × nk blocks (T=1M:
+# 67M blocks) and rebuilds each list with nonzero/take_along_axis when a row has two runs.
+#
+# A set of runs is (starts, ends) int64 [rows, K], half-open [s, e), normalized: ascending,
+# disjoint and non-adjacent, empty runs stored as (cols, cols) after the others.
+
+
+def _band_lists(mask, q_len, kv_len, block_q, block_kv, transpose):
+  """``_lists_from_mask``'s exact output from runs, or None when the mask has no band form."""
+  if mask.num_heads is not None:
+    return None
+  nq, nk = -(-q_len // block_q), -(-kv_len // block_kv)
+  q0, q1 = _block_grid(nq, block_q, q_len)
+  k0, k1 = _block_grid(nk, block_kv, kv_len)
+  terms = dict(q0=q0, q1=q1, k0=k0, k1=k1)
+  rows, cols = (nk, nq) if transpose else (nq, nk)
+  runs = _mask_runs(mask, terms, transpose, rows, cols)
+  if runs is None:
+    return None
+  any_, all_ = runs
+  if isinstance(mask, (masks_lib.And, masks_lib.Or)):
+    any_, all_ = _band_refine(mask, any_, all_, q_len, kv_len, block_q, block_kv, transpose,
+                              rows, cols)
+  if transpose:  # only kv-blocks without padded keys may be full: whole rows here
+    unpadded = _runs_const(_unpadded_kv_blocks(nk, block_kv, kv_len, np), rows, cols)
+  else:
+    n = kv_len // block_kv
+    unpadded = (np.zeros((rows, 1), np.int64), np.full((rows, 1), n, np.int64))
+  full = _runs_and(all_, unpadded, cols)
+  partial = _runs_minus(any_, full, cols)
+  out = []
+  for s, e in (partial, full):
+    count, idx = _fill_runs(s, e)
+    out += [count[None], idx[None]]
+  return out
+
+
+def _mask_runs(mask, terms, transpose, rows, cols):
+  """(any, all) runs of a head-uniform mask, mirroring ``block_bounds`` and its algebra."""
+  if isinstance(mask, (masks_lib.And, masks_lib.Or)):
+    a = _mask_runs(mask.a, terms, transpose, rows, cols)
+    b = a and _mask_runs(mask.b, terms, transpose, rows, cols)
+    if b is None:
+      return None
+    op = _runs_and if isinstance(mask, masks_lib.And) else _runs_or
+    return op(a[0], b[0], cols), op(a[1], b[1], cols)
+  cons = mask._band_constraints()
+  if cons is None:
+    return None
+  out = []
+  for conj in cons:
+    lo, hi = np.zeros(rows, np.int64), np.full(rows, cols, np.int64)
+    for kterm, qterm, op, c in conj:
+      # kterm - qterm op c, as "column value op bound" with the bound from the row's block.
+      col, row = (qterm, kterm) if transpose else (kterm, qterm)
+      sign = -1 if transpose else 1  # transpose: q op' k - c, with op reversed
+      rowv = terms[row] if row is not None else 0
+      bound = rowv - c if transpose else rowv + c
+      le = (op == "<=") == (sign == 1)  # the column term's direction
+      if col is None:
+        ok = np.broadcast_to((0 <= bound) if le else (0 >= bound), (rows,))
+        hi = np.where(ok, hi, 0)
+      elif le:
+        hi = np.minimum(hi, np.searchsorted(terms[col], bound, "right"))
+      else:
+        lo = np.maximum(lo, np.searchsorted(terms[col], bound, "left"))
+    lo = np.broadcast_to(lo, (rows,))
+    hi = np.broadcast_to(hi, (rows,))
+    out.append(_runs_normalize(lo[:, None].copy(), hi[:, None].copy(), cols))
+  return tuple(out)
+
+
+def _runs_const(ok, rows, cols):
+  """Whole rows where ok [rows], else empty."""
+  return (np.where(ok, 0, cols)[:, None].astype(np.int64),
+          np.where(ok, cols, cols)[:, None].astype(np.int64))
+
+
+def _runs_normalize(s, e, cols):
+  """Sorts runs, merges overlapping or adjacent ones, moves empty ones last, drops empty slots."""
+  empty = s >= e
+  s, e = np.where(empty, cols, s), np.where(empty, cols, e)
+  if s.shape[1] > 1:
+    order = np.argsort(s, axis=1, kind="stable")
+    s, e = np.take_along_axis(s, order, 1), np.take_along_axis(e, order, 1)
+    reach = np.maximum.accumulate(e, axis=1)
+    lead = np.ones_like(empty)
+    lead[:, 1:] = s[:, 1:] > reach[:, :-1]
+    ends = np.empty_like(e)
+    g = reach[:, -1].copy()
+    for k in range(s.shape[1] - 1, -1, -1):  # a leader's run ends where its group's reach does
+      ends[:, k] = g
+      if k:
+        g = np.where(lead[:, k], reach[:, k - 1], g)
+    keep = lead & (s < ends)
+    s, e = np.where(keep, s, cols), np.where(keep, ends, cols)
+    order = np.argsort(~keep, axis=1, kind="stable")
+    s, e = np.take_along_axis(s, order, 1), np.take_along_axis(e, order, 1)
+  width = max(1, int((s < e).sum(1).max(initial=0)))
+  return s[:, :width], e[:, :width]
+
+
+def _runs_and(a, b, cols):
+  s = np.maximum(a[0][:, :, None], b[0][:, None, :]).reshape(len(a[0]), -1)
+  e = np.minimum(a[1][:, :, None], b[1][:, None, :]).reshape(len(a[0]), -1)
+  return _runs_normalize(s, e, cols)
+
+
+def _runs_or(a, b, cols):
+  return _runs_normalize(np.concatenate([a[0], b[0]], 1), np.concatenate([a[1], b[1]], 1), cols)
+
+
+def _runs_minus(a, b, cols):
+  """a \\ b: a and the gaps of (normalized) b."""
+  zero, end = np.zeros((len(b[0]), 1), np.int64), np.full((len(b[0]), 1), cols, np.int64)
+  gaps = np.concatenate([zero, b[1]], 1), np.concatenate([b[0], end], 1)
+  return _runs_and(a, gaps, cols)
+
+
+def _runs_points(r, c, rows, cols):
+  """Single blocks (r, c) (sorted by r, then c) as runs."""
+  count = np.bincount(r, minlength=rows)
+  width = max(1, int(count.max(initial=0)))
+  start = np.zeros(rows + 1, np.int64)
+  np.cumsum(count, out=start[1:])
+  s = np.full((rows, width), cols, np.int64)
+  s[r, np.arange(len(r)) - start[r]] = c
+  return _runs_normalize(s, np.where(s < cols, s + 1, cols), cols)
+
+
+def _runs_cells(s, e, r0, r1):
+  """(row, col) of every block in runs of rows r0:r1, row-major."""
+  s, e = s[r0:r1], e[r0:r1]
+  n = np.maximum(e - s, 0)
+  rr = np.repeat(np.broadcast_to(np.arange(r0, r1)[:, None], s.shape).ravel(), n.ravel())
+  ss = np.repeat(s.ravel(), n.ravel())
+  first = np.repeat(np.cumsum(n.ravel()) - n.ravel(), n.ravel())
+  return rr, ss + np.arange(len(ss)) - first
+
+
+def _band_refine(mask, any_, all_, q_len, kv_len, block_q, block_kv, transpose, rows, cols):
+  """``_block_classes``'s elementwise check of uncertain blocks, with the same chunks and budget
+  (the budget decides per chunk whether blocks are checked, so it must match exactly)."""
+  unc = _runs_minus(any_, all_, cols)
+  per_row = np.maximum(unc[1] - unc[0], 0).sum(1)
+  if not per_row.any():
+    return any_, all_
+  step = max(1, (1 << 22) // cols)
+  cells = []
+  for r0 in range(0, rows, step):
+    r1 = min(rows, r0 + step)
+    if int(per_row[r0:r1].sum()) * block_q * block_kv <= _REFINE_BUDGET * (r1 - r0) // rows:
+      cells.append(_runs_cells(*unc, r0, r1))
+  if not cells:
+    return any_, all_
+  r = np.concatenate([x[0] for x in cells])
+  c = np.concatenate([x[1] for x in cells])
+  qi, ki = (c, r) if transpose else (r, c)
+  ok_any, ok_all = _refine_blocks(mask, np.zeros(len(r), np.int64), qi, ki, q_len, kv_len,
+                                  block_q, block_kv)
+  gone = ~ok_any  # uncertain blocks are in any_ and not in all_ until checked
+  any_ = _runs_minus(any_, _runs_points(r[gone], c[gone], rows, cols), cols)
+  all_ = _runs_or(all_, _runs_points(r[ok_all], c[ok_all], rows, cols), cols)
+  return any_, all_
+
+
+def _fill_runs(s, e):
+  """(count int32 [rows], indices int32 [rows, max(1, max count)]) from normalized runs, with
+  ``_fill``'s padding (repeat the last valid index; 0 for empty rows)."""
+  n = np.maximum(e - s, 0)
+  count = n.sum(1).astype(np.int32)
+  rows, width = len(count), max(1, int(count.max(initial=0)))
+  idx = np.empty((rows, width), np.int32)
+  if (n[:, 1:] == 0).all():  # one run per row: start + min(slot, count - 1), in cache-sized rows
+    first = np.where(count > 0, s[:, 0], 0).astype(np.int32)
+    clip = np.maximum(count - 1, 0)
+    slots = np.arange(width, dtype=np.int32)
+    step = max(1, (1 << 18) // width)
+    for r0 in range(0, rows, step):
+      blk = idx[r0:r0 + step]
+      np.minimum(slots, clip[r0:r0 + step, None], out=blk)
+      blk += first[r0:r0 + step, None]
+    return count, idx
+  ar = np.arange(int(e.max(initial=1)), dtype=np.int32)
+  for r, (rs, re, rn, c) in enumerate(zip(s.tolist(), e.tolist(), n.tolist(), count.tolist())):
+    row, pos = idx[r], 0
+    for a, b, k in zip(rs, re, rn):
+      if k:
+        row[pos:pos + k] = ar[a:b]
+        pos += k
+    row[c:] = row[c - 1] if c else 0
+  return count, idx
 
 
 def _row_stats(sel: np.ndarray):
@@ -294,6 +496,14 @@ def _refine(mask, any_, all_, uncertain, q_len, kv_len, block_q, block_kv, trans
   any_, all_ = any_.copy(), all_.copy()
   hs, ri, ci = np.nonzero(uncertain)
   qi, ki = (ci, ri + r0) if transpose else (ri + r0, ci)
+  any_[hs, ri, ci], all_[hs, ri, ci] = _refine_blocks(mask, hs, qi, ki, q_len, kv_len, block_q,
+                                                      block_kv)
+  return any_, all_
+
+
+def _refine_blocks(mask, hs, qi, ki, q_len, kv_len, block_q, block_kv):
+  """(any, all) of blocks (head hs, q-block qi, kv-block ki), checked elementwise."""
+  any_, all_ = np.zeros(len(hs), bool), np.zeros(len(hs), bool)
   qo, ko = np.arange(block_q), np.arange(block_kv)
   for start in range(0, len(hs), 256):
     sl = np.s_[start:start + 256]
@@ -306,8 +516,8 @@ def _refine(mask, any_, all_, uncertain, q_len, kv_len, block_q, block_kv, trans
     else:  # evaluate each block with its own head's mask
       ok = np.stack([np.asarray(mask.head(int(hh))(q[j], k[j]), bool) for j, hh in enumerate(h)])
     ok = np.broadcast_to(ok, valid.shape)
-    any_[h, ri[sl], ci[sl]] = (ok & valid).any((1, 2))
-    all_[h, ri[sl], ci[sl]] = (ok | ~valid).all((1, 2))
+    any_[sl] = (ok & valid).any((1, 2))
+    all_[sl] = (ok | ~valid).all((1, 2))
   return any_, all_
 
 

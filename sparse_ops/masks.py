@@ -68,6 +68,17 @@ class Mask:
   def _nnz(self, q_len: int, kv_len: int) -> int | None:
     return None
 
+  def _band_constraints(self):
+    """Closed-form block bounds as linear constraints, or None when there are none.
+
+    ``(any, all)``: each a tuple of ``(kterm, qterm, op, c)`` meaning ``kterm - qterm op c``,
+    with kterm in ("k0", "k1", None), qterm in ("q0", "q1", None) (None: 0) and op "<=" or ">=";
+    a tuple is their conjunction (empty: always). Each term is monotone in the block index, so a
+    row of blocks satisfies it on one contiguous run: ``layout.py`` finds the runs with binary
+    search instead of testing every block. Must agree exactly with ``block_bounds``.
+    """
+    return None
+
   def __and__(self, other: Mask) -> Mask:
     other = _as_mask(other)
     # Known containments keep block bounds exact without elementwise refinement (the common
@@ -159,6 +170,9 @@ class Full(Mask):
   def _nnz(self, q_len, kv_len):
     return q_len * kv_len
 
+  def _band_constraints(self):
+    return (), ()
+
 
 @dataclasses.dataclass(frozen=True)
 class Causal(Mask):
@@ -172,6 +186,9 @@ class Causal(Mask):
 
   def _nnz(self, q_len, kv_len):
     return _pairs_at_distance(q_len, kv_len, 0, q_len)
+
+  def _band_constraints(self):  # k0 <= q1 - 1; k1 - 1 <= q0
+    return (("k0", "q1", "<=", -1),), (("k1", "q0", "<=", 1),)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,6 +212,11 @@ class Local(Mask):
   def _nnz(self, q_len, kv_len):
     return _pairs_at_distance(q_len, kv_len, 0, self.window - 1)
 
+  def _band_constraints(self):  # the four inequalities of block_bounds
+    w = self.window
+    return ((("k0", "q1", "<=", -1), ("k1", "q0", ">=", 2 - w)),
+            (("k1", "q0", "<=", 1), ("k0", "q1", ">=", -w)))
+
 
 @dataclasses.dataclass(frozen=True)
 class Sink(Mask):
@@ -214,6 +236,9 @@ class Sink(Mask):
 
   def _nnz(self, q_len, kv_len):
     return q_len * min(self.n, kv_len)
+
+  def _band_constraints(self):  # k0 < n; k1 <= n
+    return (("k0", None, "<=", self.n - 1),), (("k1", None, "<=", self.n),)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -391,6 +416,9 @@ class QueryPrefix(Mask):
 
   def _nnz(self, q_len, kv_len):
     return min(self.n, q_len) * kv_len
+
+  def _band_constraints(self):  # q0 < n; q1 <= n
+    return ((None, "q0", ">=", 1 - self.n),), ((None, "q1", ">=", -self.n),)
 
 
 # ------------------------------------------------------------------------------------- algebra

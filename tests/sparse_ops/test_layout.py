@@ -120,3 +120,45 @@ def test_long_causal_layout_is_block_proportional():
   assert layout.full_kv_indices.shape == (1, 1, n, n - 1)
   assert int(np.asarray(layout.visited_blocks())[0, 0]) == n * (n + 1) // 2
   np.testing.assert_array_equal(np.asarray(layout.kv_indices)[0, 0, :, 0], np.arange(n))
+
+
+def _band_mask(depth=3):
+  prim = st.one_of(st.just(M.Causal()), st.just(M.Full()), st.builds(M.Local, st.integers(1, 120)),
+                   st.builds(M.Sink, st.integers(1, 120)),
+                   st.builds(M.QueryPrefix, st.integers(0, 120)))
+
+  @st.composite
+  def build(draw):
+    m = draw(prim)
+    for _ in range(draw(st.integers(0, depth))):
+      other = draw(prim)
+      m = (m & other) if draw(st.booleans()) else (m | other)
+    return m
+  return build()
+
+
+@settings(max_examples=300)
+@given(_band_mask(), st.integers(1, 300), st.integers(1, 300), st.sampled_from([1, 3, 8, 16, 17, 64]),
+       st.sampled_from([1, 5, 8, 16, 64]), st.sampled_from([1 << 26, 0, 64, 4096]))
+def test_band_runs_equal_grid_path(m, t, s, bq, bk, budget):
+  """The run-based build of banded masks is bit-identical to testing every block (both
+  orientations, with and without the elementwise check of uncertain blocks)."""
+  from sparse_ops import layout as L
+  old, L._REFINE_BUDGET = L._REFINE_BUDGET, budget
+  try:
+    for transpose in (False, True):
+      fast = L._band_lists(m, t, s, bq, bk, transpose)
+      assert fast is not None
+      grid = L._lists_from_mask(m, t, s, bq, bk, transpose)
+      for a, b in zip(grid, fast):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        np.testing.assert_array_equal(a, b)
+  finally:
+    L._REFINE_BUDGET = old
+
+
+def test_band_runs_decline_other_masks():
+  from sparse_ops import layout as L
+  for m in (M.Strided(4), M.Causal() & M.BlockRandom(0.5), M.MultiHead([M.Causal(), M.Local(8)]),
+            M.VerticalSlash((3,), (0,)) | M.Local(16)):
+    assert L._band_lists(m, 64, 64, 16, 16, False) is None
