@@ -11,7 +11,8 @@ so queries before the question see every earlier key, the later ones follow the 
 A content-based setting (`experiments.settings`) selects per layer from its own q and k; in
 decode it does so with `dense_before=` the first question query and one-query q-blocks
 (`decode_attention`), so the context queries are dense and each question/answer query picks its
-own kv-blocks.
+own kv-blocks. The model runs that as one dense causal attention with its own implementation
+plus a small masked-softmax slab for the question/answer rows (`models.transformer`).
 
 Every reported sparsity and FLOP number is an exact count: `sparse_ops.flops` on the very mask
 the forward pass used, or, for content selection, `sparse_ops.selected_pairs` for the budget,
@@ -90,25 +91,26 @@ def phase_attention(attention: AttentionConfig, length: int, phase: str,
   return Selection(decode_attention(attention, length), prefix)
 
 
-# Implementations that run a layout of one-query blocks (the Pallas kernels tile by >= 16).
-PER_QUERY_IMPLEMENTATIONS = ("reference", "xla")
-
-
 def decode_attention(attention: AttentionConfig, length: int) -> AttentionConfig:
   """A content setting's decode-phase config: selection per query (block_q=1).
 
   Decoding runs one query at a time, so a decoding-time method picks kv-blocks for each query
   from that query (Quest). With q-blocks of several queries, the block holding the first
   question query would also hold context queries and be dense (`select_blocks`' rule for
-  `dense_before`), and with it most question/answer queries. The kv-blocks stay the setting's.
-  One-query blocks need an implementation that takes them: the model's if it does, else "xla"
-  (the same attention, a different kernel; the FLOP counts don't depend on it).
+  `dense_before`), and with it most question/answer queries. The kv-blocks and implementation
+  stay the setting's: the one-query blocks only shape the selection, never a kernel's tiles
+  (`models.transformer.decode_attention` runs the dense part with the implementation and the
+  sparse rows as plain masked softmax).
   """
-  impl = attention.implementation or so.default_implementation()
-  if impl not in PER_QUERY_IMPLEMENTATIONS:
-    impl = "xla"
-  return dataclasses.replace(attention, block_q=1, block_kv=attention.blocks(length)[1],
-                             implementation=impl)
+  return dataclasses.replace(attention, block_q=1, block_kv=attention.blocks(length)[1])
+
+
+def decode_rows(length: int, dense_before: int) -> int:
+  """The static tail size the decode forward computes: T - dense_before rounded up to a power
+  of two (at most T), so tasks with similar question lengths share one compiled program while
+  the tail slab stays O(rows · T)."""
+  rows = max(length - dense_before, 0)
+  return min(length, 1 << (rows - 1).bit_length()) if rows else 0
 
 
 def mask_stats(model: ModelConfig, attention: AttentionConfig, mask: so.masks.Mask,
@@ -176,9 +178,10 @@ Forward = Callable[[np.ndarray, "so.masks.Mask | Selection"], np.ndarray]
 def make_forward(model, compute_dtype: str = "float32") -> Forward:
   """(tokens int [B, T], mask or Selection) -> argmax predictions int32 [B, T].
 
-  One compiled program per (mask, shape), or per (content config, phase, shape): a mask is
-  static (hashable) and its layout is built at trace time; a Selection's dense_before is a
-  traced argument, so every task's decode bound shares one program.
+  One compiled program per (mask, shape), or per (content config, phase, shape, decode rows): a
+  mask is static (hashable) and its layout is built at trace time; a Selection's dense_before is
+  a traced argument, so decode bounds with the same power-of-two tail (`decode_rows`) share one
+  program.
   """
   from flax import nnx
   graphdef, state = nnx.split(model)
@@ -188,12 +191,13 @@ def make_forward(model, compute_dtype: str = "float32") -> Forward:
 
   cache: dict[Any, Callable] = {}
 
-  def compiled(key, attention, decode: bool) -> Callable:
+  def compiled(key, attention, decode: bool, rows: int | None = None) -> Callable:
     fn = cache.get(key)
     if fn is None:
       def predict(state, tokens, dense_before):
         logits = nnx.merge(graphdef, cast(state))(
-            tokens, attention=attention, dense_before=dense_before if decode else None)
+            tokens, attention=attention, dense_before=dense_before if decode else None,
+            decode_rows=rows)
         return logits.argmax(-1).astype(jnp.int32)
       fn = cache[key] = jax.jit(predict)
     return fn
@@ -201,7 +205,8 @@ def make_forward(model, compute_dtype: str = "float32") -> Forward:
   def forward(tokens: np.ndarray, phased) -> np.ndarray:
     if isinstance(phased, Selection):
       decode = phased.dense_before is not None
-      fn = compiled((phased.attention, decode), phased.attention, decode)
+      rows = decode_rows(tokens.shape[1], phased.dense_before) if decode else None
+      fn = compiled((phased.attention, decode, rows), phased.attention, decode, rows)
       bound = jnp.int32(phased.dense_before if decode else 0)
     elif isinstance(phased, so.masks.Mask):
       fn, bound = compiled(phased, phased, False), jnp.int32(0)

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 import sparse_ops as so
-from models.config import AttentionConfig, ModelConfig
+from models.config import CONTENT_PATTERNS, AttentionConfig, ModelConfig
 
 
 def _normal(rngs: nnx.Rngs, shape, std: float) -> nnx.Param:
@@ -58,15 +59,90 @@ class Attention(nnx.Module):
     self.wo_hed = _normal(rngs, (h, e, d), (h * e * 2 * cfg.depth) ** -0.5)
 
   def __call__(self, x_btd: jax.Array, layout, implementation: str | None):
-    """`layout`: a BlockLayout, or (content-based AttentionConfig, dense_before) to select one."""
+    """`layout`: a BlockLayout, or (content-based AttentionConfig, dense_before, decode_rows)
+    to select one (see `Transformer.__call__`)."""
     q = rope(jnp.einsum("btd,dhe->bthe", x_btd, self.wq_dhe[...]), self.cfg.rope_base)
     k = rope(jnp.einsum("bsd,dke->bske", x_btd, self.wk_dke[...]), self.cfg.rope_base)
     v = jnp.einsum("bsd,dke->bske", x_btd, self.wv_dke[...])
     if isinstance(layout, tuple):  # content-based: this layer's own blocks from its q and k
-      attention, dense_before = layout
-      layout = attention.select(q, k, dense_before)
+      attention, dense_before, decode_rows = layout
+      if dense_before is not None:
+        out_bthe = decode_attention(attention, q, k, v, dense_before, decode_rows, implementation)
+        return jnp.einsum("bthe,hed->btd", out_bthe, self.wo_hed[...])
+      layout = attention.select(q, k)
     out_bthe = so.attention(q, k, v, layout=layout, implementation=implementation)
     return jnp.einsum("bthe,hed->btd", out_bthe, self.wo_hed[...])
+
+
+def decode_keep(attention: AttentionConfig, q: jax.Array, k: jax.Array,
+                dense_before) -> jax.Array:
+  """Kept-block booleans [B, Hkv, nq, nk] of a content pattern in the decode phase: the blocks
+  `attention.select(q, k, dense_before)` would lay out (q-blocks holding a query before
+  `dense_before` keep every causal block), so `selection_counts` counts what runs."""
+  block_q, block_kv = attention.blocks(q.shape[1])
+  return so.select_block_mask(q, k, block_q=block_q, block_kv=block_kv,
+                              budget=attention.selection_budget(),
+                              scoring=CONTENT_PATTERNS[attention.pattern],
+                              sink_blocks=-(-attention.sink // block_kv),
+                              dense_before=dense_before)
+
+
+def decode_allowed(keep: jax.Array, first: int, t: int, block_q: int,
+                   block_kv: int) -> jax.Array:
+  """Element mask [B, Hkv, t - first, t] of rows first..t-1: their kept blocks ∩ causal."""
+  rows = jnp.arange(first, t)
+  cols = jnp.arange(t)
+  keep_r = jnp.take(keep, rows // block_q, axis=2)  # [B, Hkv, R, nk]
+  return jnp.take(keep_r, cols // block_kv, axis=3) & (cols[None, :] <= rows[:, None])
+
+
+def decode_attention(attention: AttentionConfig, q, k, v, dense_before, decode_rows,
+                     implementation: str | None) -> jax.Array:
+  """Decode-phase content attention: rows before `dense_before` dense causal, later rows their
+  selected blocks ∩ causal (exactly `select_blocks(..., dense_before=)`'s layout).
+
+  Cost: one dense causal attention over all rows with the model's own implementation (right for
+  the context rows; the others are overwritten), the block scores ([T, nk] per head), and a
+  masked-softmax slab in f32 over only the last R rows ([B, Hq, R, T]). R is static:
+  `decode_rows` if given, else T - dense_before when that is concrete, else T (every row: correct
+  but O(T²) memory; the evaluator passes a bucketed R). One-query selection blocks never reach a
+  kernel, so any implementation runs this.
+  """
+  b, t, hq, d = q.shape
+  hkv = k.shape[2]
+  out = so.attention(q, k, v, mask=so.masks.Causal(), implementation=implementation)
+  traced = isinstance(dense_before, jax.core.Tracer)
+  if decode_rows is not None:
+    rows = int(decode_rows)
+  elif not traced:
+    rows = t - int(np.clip(np.min(np.asarray(dense_before)), 0, t))
+  else:
+    rows = t
+  first = t - rows
+  bound = jnp.broadcast_to(jnp.asarray(dense_before), (b,))
+  if not traced and first > 0 and np.min(np.asarray(dense_before)) < first:
+    raise ValueError(f"dense_before={dense_before!r} is before T - decode_rows = {t} - {rows}: "
+                     f"the rows from it on need decode_rows >= {t - np.min(dense_before)}")
+  # A bound before the slab would leave rows bound..first-1 dense where they should be sparse:
+  # poison the output rather than return wrong values (a traced bound can't raise).
+  poison = lambda out: jnp.where(jnp.any(bound < first), jnp.nan, out) if first > 0 else out
+  if rows == 0:
+    return poison(out)
+  block_q, block_kv = attention.blocks(t)
+  keep = decode_keep(attention, q, k, dense_before)
+  allowed = decode_allowed(keep, first, t, block_q, block_kv)[:, :, None]  # [B, Hkv, 1, R, T]
+  # The tail's math is reference.py's: f32 at HIGHEST precision, kv heads shared by groups.
+  hi = jax.lax.Precision.HIGHEST
+  qf = q[:, first:].astype(jnp.float32).reshape(b, rows, hkv, hq // hkv, d)
+  s = jnp.einsum("brkgd,bskd->bkgrs", qf, k.astype(jnp.float32), precision=hi) * d ** -0.5
+  s = jnp.where(allowed, s, -jnp.inf)  # every row keeps its diagonal block: never empty
+  p = jnp.exp(s - jnp.max(s, -1, keepdims=True))
+  p = p / p.sum(-1, keepdims=True)
+  tail = jnp.einsum("bkgrs,bskd->brkgd", p, v.astype(jnp.float32), precision=hi)
+  tail = tail.reshape(b, rows, hq, -1).astype(out.dtype)
+  sparse = jnp.arange(first, t)[None, :] >= bound[:, None]  # [B, R]: rows at/after the bound
+  tail = jnp.where(sparse[:, :, None, None], tail, out[:, first:])
+  return poison(jnp.concatenate([out[:, :first], tail], axis=1))
 
 
 class Mlp(nnx.Module):
@@ -108,11 +184,15 @@ class Transformer(nnx.Module):
 
   def __call__(self, tokens_bt: jax.Array,
                attention: AttentionConfig | so.masks.Mask | None = None,
-               dense_before: jax.Array | int | None = None) -> jax.Array:
+               dense_before: jax.Array | int | None = None,
+               decode_rows: int | None = None) -> jax.Array:
     """`attention` overrides the config's pattern (e.g. evaluating at another sparsity).
 
     `dense_before` (content-based patterns only; scalar or [B]): queries before this position
-    attend densely, later ones sparsely (the "decode" evaluation phase).
+    attend densely, later ones sparsely (the "decode" evaluation phase; `decode_attention`).
+    `decode_rows` (with `dense_before`): a static bound on T - dense_before, the rows the sparse
+    tail computes; needed to keep that O(R·T) when `dense_before` is traced. A bound before
+    T - decode_rows raises, or makes the output NaN if it is traced.
     """
     t = tokens_bt.shape[1]
     attention = self.cfg.attention if attention is None else attention
@@ -123,10 +203,16 @@ class Transformer(nnx.Module):
     else:
       attention.validate(t)
       impl = attention.implementation
-      layout = (attention, dense_before) if attention.is_content else attention.layout(t)
+      layout = ((attention, dense_before, decode_rows) if attention.is_content
+                else attention.layout(t))
     if dense_before is not None and not isinstance(layout, tuple):
       raise ValueError("dense_before applies to content-based patterns; for static ones put "
                        "the phase in the mask")
+    if decode_rows is not None and (dense_before is None or isinstance(decode_rows, bool) or
+                                    not isinstance(decode_rows, (int, np.integer)) or
+                                    not 0 <= decode_rows <= t):
+      raise ValueError(f"decode_rows={decode_rows!r} must be an int in [0, T={t}] and comes "
+                       f"with dense_before (got dense_before={dense_before!r})")
     embed = self.embed_vd[...]
     x_btd = jnp.take(embed, tokens_bt, axis=0)
     apply = lambda block, x_btd: block(x_btd, layout, impl)

@@ -18,6 +18,7 @@ from experiments import study as study_lib
 from experiments import tasks
 from experiments.grid import config_hash, to_dict
 from experiments.study import EvalSpec
+from models import transformer
 
 T, VOCAB = 64, 128
 
@@ -90,11 +91,13 @@ def test_content_settings_evaluate_end_to_end_with_exact_flops(monkeypatch):
       for p in ("prefill", "decode")}
   task = tasks.make("niah_single", length=T, vocab_size=VOCAB)
   x = np.stack([task.example("test", i)["inputs"] for i in range(2)])
-  seen = []  # every layout a layer selects
-  select = models.AttentionConfig.select
+  seen = []  # every layout (prefill) or kept-block mask (decode) a layer selects
+  select, keep = models.AttentionConfig.select, transformer.decode_keep
   monkeypatch.setattr(models.AttentionConfig, "select",
                       lambda self, q, k, dense_before=None:
                       seen.append(select(self, q, k, dense_before)) or seen[-1])
+  monkeypatch.setattr(transformer, "decode_keep",
+                      lambda *a: seen.append(keep(*a)) or seen[-1])
   rest = models.flops_per_token(cfg, T, training=False) - \
       models.attention_flops_per_token(cfg, T)
   for r in rows:
@@ -111,7 +114,11 @@ def test_content_settings_evaluate_end_to_end_with_exact_flops(monkeypatch):
     def layer_pairs(x):  # the pairs of each layer's selected layout, [B, Hkv] per layer
       seen.clear()
       model(x, attention=sel.attention, dense_before=sel.dense_before)
-      return [lay.to_dense().sum((2, 3)) for lay in seen]
+      if sel.dense_before is None:
+        return [lay.to_dense().sum((2, 3)) for lay in seen]
+      # decode: the rows before the bound are dense causal, the rest their blocks ∩ causal
+      return [transformer.decode_allowed(kp, 0, T, *sel.attention.blocks(T)).sum((2, 3))
+              for kp in seen]
     counts = jax.jit(layer_pairs)(x)
     assert len(counts) == cfg.depth
     pairs = {int(p) for c in counts for p in np.asarray(c).ravel()}
