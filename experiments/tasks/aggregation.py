@@ -36,10 +36,12 @@ class CommonWords(base.Task):
     n_words = len(self.vocab.words)
     why = f"num_common + num_uncommon distinct words; {n_words} at vocab_size={self.vocab_size}"
     base.check_int(self.name, "num_common", self.num_common, 1, n_words, why)
-    base.check_int(self.name, "num_uncommon", self.num_uncommon, 0, n_words - self.num_common, why)
+    base.check_int(self.name, "num_uncommon", self.num_uncommon, 0, n_words - self.num_common,
+                   f"{why}, num_common={self.num_common}")
     base.check_int(self.name, "uncommon_count", self.uncommon_count, 1, 2**20)
     base.check_int(self.name, "common_count", self.common_count, self.uncommon_count + 1, 2**20,
-                   "common words must be strictly more frequent than uncommon ones")
+                   f"common words must be strictly more frequent than uncommon ones: "
+                   f"uncommon_count={self.uncommon_count}")
 
   @property
   def question_len(self):
@@ -79,7 +81,8 @@ class FrequentWords(base.Task):
     base.check_range(self.name, "alpha", self.alpha, 1.0, 8.0)
     base.check_int(self.name, "num_types", self.num_types, 2, n_words,
                    f"distinct words; {n_words} at vocab_size={self.vocab_size}")
-    base.check_int(self.name, "num_top", self.num_top, 1, self.num_types - 1, "below num_types")
+    base.check_int(self.name, "num_top", self.num_top, 1, self.num_types - 1,
+                   f"below num_types={self.num_types}")
     base.check_range(self.name, "density", self.density, 1e-3, 1.0)
 
   @property

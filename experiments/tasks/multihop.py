@@ -30,8 +30,8 @@ class _Chains(base.Task):
     base.check_int(self.name, "num_chains", self.num_chains, 1, len(v.values),
                    f"one distinct value per chain; {len(v.values)} values at vocab_size={self.vocab_size}")
     base.check_int(self.name, "num_hops", self.num_hops, 1, len(v.variables) // self.num_chains,
-                   f"num_chains * num_hops distinct variables; {len(v.variables)} at "
-                   f"vocab_size={self.vocab_size}")
+                   f"num_chains={self.num_chains} × num_hops distinct variables must fit "
+                   f"the {len(v.variables)} at vocab_size={self.vocab_size}")
     base.check_depth(self.name, self.depth)
 
   @property

@@ -144,7 +144,8 @@ class NiahMultivalue(_Niah):
     base.check_int(self.name, "num_values", self.num_values, 2, values, self._why("values"))
     base.check_int(self.name, "num_distractors", self.num_distractors, 0,
                    min(keys - 1, values - self.num_values),
-                   f"one distinct key and value each; {self._why('keys')}, minus num_values values")
+                   f"one distinct key and value each; {self._why('keys')}, minus "
+                   f"num_values={self.num_values} values")
 
   @property
   def num_keys(self):
@@ -180,7 +181,7 @@ class NiahMultiquery(_Niah):
     base.check_int(self.name, "num_needles", self.num_needles, 2, min(keys, values),
                    self._why("keys" if keys <= values else "values"))
     base.check_int(self.name, "num_queries", self.num_queries, 2, self.num_needles,
-                   "at most num_needles")
+                   f"at most num_needles={self.num_needles}")
 
   @property
   def num_keys(self):
