@@ -244,29 +244,28 @@ def main(argv=None) -> None:
   if args.child:
     print(json.dumps(child(json.loads(args.child))), flush=True)
     return
+  todo = [dict(size=size, seq_len=t, density=d, impl=impl, tokens=tokens)
+          for sizes, lengths, densities, impls, tokens in PRESETS[args.preset]
+          for size in sizes for t in lengths for impl in impls for d in densities
+          if not args.only or f"{size}:{t}:{d:g}:{impl}" in args.only.split(",")]
+  if not todo:
+    raise SystemExit(f"--only {args.only!r} names no row of preset {args.preset!r} "
+                     "(rows are SIZE:T:DENSITY:IMPL, e.g. 100m:4096:1:pallas_triton)")
   head = run_child({"what": "ceiling"}, args.row_timeout)
   if "error" in head:
     raise SystemExit(f"could not measure the matmul ceiling: {head['error']}")
   ceiling, device = head["ceiling"], head["device"]
   print(f"bf16 matmul ceiling: {ceiling / 1e12:.1f} TFLOP/s on {device['kind']}", flush=True)
   rows = []
-  for sizes, lengths, densities, impls, tokens in PRESETS[args.preset]:
-    for size in sizes:
-      for t in lengths:
-        for impl in impls:
-          for d in densities:
-            if args.only and f"{size}:{t}:{d:g}:{impl}" not in args.only.split(","):
-              continue
-            spec = dict(size=size, seq_len=t, density=d, impl=impl, tokens=tokens,
-                        steps=args.steps, block=args.block, ceiling=ceiling)
-            row = run_child({"what": "row", "row": spec}, args.row_timeout)
-            if "error" in row:
-              row = {"size": size, "seq_len": t, "implementation": impl, "density_target": d,
-                     **row}
-            print(json.dumps(row), flush=True)
-            rows.append(row)
-            write(rows, args, ceiling, device)  # after every row: a cut-short run keeps them
-  out = write(rows, args, ceiling, device)
+  for spec in todo:
+    row = run_child({"what": "row", "row": dict(spec, steps=args.steps, block=args.block,
+                                                ceiling=ceiling)}, args.row_timeout)
+    if "error" in row:
+      row = {"size": spec["size"], "seq_len": spec["seq_len"], "implementation": spec["impl"],
+             "density_target": spec["density"], **row}
+    print(json.dumps(row), flush=True)
+    rows.append(row)
+    out = write(rows, args, ceiling, device)  # after every row: a cut-short run keeps them
   print(f"\n{'size':>5} {'T':>5} {'impl':>13} {'d':>5} {'step ms':>8} {'TFLOP/s':>8} "
         f"{'MFU':>6} {'MFU/ceil':>8} {'attn ms':>8} {'vs prop':>7}")
   for r in rows:

@@ -130,7 +130,7 @@ def selection_stats(model: ModelConfig, selection: Selection, length: int) -> di
   """The same numbers for a content Selection, from `selected_pairs` (exact for any content),
   plus the selection's own arithmetic per token (pooling and block scores, every layer)."""
   att = selection.attention
-  pairs, visited = att.selection_counts(length, selection.dense_before)
+  pairs, _ = att.selection_counts(length, selection.dense_before)
   block_q, block_kv = att.blocks(length)
   attn = model.depth * so.flops.per_pair(model.head_size) * model.num_heads * pairs / length
   rest = flops_per_token(model, length, training=False) - attention_flops_per_token(model, length)
@@ -138,8 +138,7 @@ def selection_stats(model: ModelConfig, selection: Selection, length: int) -> di
                                     num_kv_heads=model.kv_heads, head_dim=model.head_size,
                                     block_q=block_q, block_kv=block_kv,
                                     scoring=CONTENT_PATTERNS[att.pattern])
-  return {"element": 1.0 - pairs / so.masks.causal_pairs(length),
-          "block": 1.0 - visited / so.flops.causal_blocks(length, length, block_q, block_kv),
+  return {**att.selection_sparsity(length, selection.dense_before),
           "inference_flops_per_token": rest + attn,
           "selection_flops_per_token": model.depth * select / length}
 
@@ -230,7 +229,7 @@ def evaluate(forward: Forward, model: ModelConfig, eval_spec, vocab_size: int,
   for s in eval_spec.settings:
     parsed = settings_lib.parse(s)
     settings.append((parsed.name, parsed))
-  block = getattr(eval_spec, "selection_block", None)
+  block = eval_spec.selection_block
   attentions = {name: setting_attention(model, setting, block) for name, setting in settings}
   for length in eval_spec.lengths:  # bad blocks or unreachable sparsities fail here, not mid-way
     for att in attentions.values():
@@ -279,5 +278,5 @@ def _target(model: ModelConfig, attention: AttentionConfig, length: int) -> floa
   """The pattern's own element sparsity before the decode phase densifies the context rows:
   the static target, or what a content budget gives at this length (prefill, exact count)."""
   if attention.is_content:
-    return selection_stats(model, Selection(attention), length)["element"]
+    return attention.selection_sparsity(length)["element"]
   return attention.sparsity or 0.0

@@ -111,10 +111,7 @@ class RunSpec:
     """Element and block sparsity of the training mask at the training length (sparse_ops)."""
     att, t = self.model.attention, self.seq_len
     if att.is_content:  # every selection at this length has the same counts
-      pairs, blocks = att.selection_counts(t)
-      block_q, block_kv = att.blocks(t)
-      return {"element": 1.0 - pairs / so.masks.causal_pairs(t),
-              "block": 1.0 - blocks / so.flops.causal_blocks(t, t, block_q, block_kv)}
+      return att.selection_sparsity(t)
     return {"element": so.flops.sparsity(att.mask(t), t),
             "block": so.flops.block_sparsity(att.layout(t))}
 

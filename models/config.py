@@ -12,6 +12,7 @@ import functools
 import math
 from typing import Literal
 
+import jax
 import numpy as np
 
 import sparse_ops as so
@@ -121,14 +122,21 @@ class AttentionConfig:
     except ValueError as e:
       raise ValueError(f"attention.budget_value={value!r} (budget={self.budget!r}): {e}") from e
 
+  def _selection_args(self, seq_len: int) -> dict:
+    """What selecting and counting share, so the FLOPs counted are those of what runs."""
+    block_q, block_kv = self.blocks(seq_len)
+    return dict(block_q=block_q, block_kv=block_kv, budget=self.selection_budget(),
+                sink_blocks=-(-self.sink // block_kv))
+
   def select(self, q, k, dense_before=None) -> so.BlockLayout:
     """The layout a content-based pattern picks from q [B, T, Hq, D] and k [B, T, Hkv, D]."""
-    t = q.shape[1]
-    block_q, block_kv = self.blocks(t)
-    return so.select_blocks(q, k, block_q=block_q, block_kv=block_kv,
-                            budget=self.selection_budget(),
-                            scoring=CONTENT_PATTERNS[self.pattern],
-                            sink_blocks=-(-self.sink // block_kv), dense_before=dense_before)
+    return so.select_blocks(q, k, scoring=CONTENT_PATTERNS[self.pattern],
+                            dense_before=dense_before, **self._selection_args(q.shape[1]))
+
+  def select_mask(self, q, k, dense_before=None) -> jax.Array:
+    """The kept-block booleans [B, Hkv, nq, nk] behind `select` (`so.select_block_mask`)."""
+    return so.select_block_mask(q, k, scoring=CONTENT_PATTERNS[self.pattern],
+                                dense_before=dense_before, **self._selection_args(q.shape[1]))
 
   def pairs(self, seq_len: int) -> int:
     """Allowed (query, key) pairs per head at `seq_len`: what FLOP counts use."""
@@ -144,10 +152,16 @@ class AttentionConfig:
     """
     if not self.is_content:
       raise ValueError(f"attention.pattern={self.pattern!r} is static: count its mask instead")
+    return so.selected_pairs(seq_len, seq_len, dense_before=dense_before,
+                             **self._selection_args(seq_len))
+
+  def selection_sparsity(self, seq_len: int,
+                         dense_before: int | None = None) -> dict[str, float]:
+    """Element and block sparsity (against dense causal) of every selection at `seq_len`."""
+    pairs, visited = self.selection_counts(seq_len, dense_before)
     block_q, block_kv = self.blocks(seq_len)
-    return so.selected_pairs(seq_len, seq_len, block_q=block_q, block_kv=block_kv,
-                             budget=self.selection_budget(),
-                             sink_blocks=-(-self.sink // block_kv), dense_before=dense_before)
+    return {"element": 1.0 - pairs / so.masks.causal_pairs(seq_len),
+            "block": 1.0 - visited / so.flops.causal_blocks(seq_len, seq_len, block_q, block_kv)}
 
   # ------------------------------------------------------------------------------ validation
   def validate(self, seq_len: int) -> None:

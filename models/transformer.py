@@ -18,7 +18,8 @@ import numpy as np
 from flax import nnx
 
 import sparse_ops as so
-from models.config import CONTENT_PATTERNS, AttentionConfig, ModelConfig
+from sparse_ops import reference
+from models.config import AttentionConfig, ModelConfig
 
 
 def _normal(rngs: nnx.Rngs, shape, std: float) -> nnx.Param:
@@ -79,12 +80,7 @@ def decode_keep(attention: AttentionConfig, q: jax.Array, k: jax.Array,
   """Kept-block booleans [B, Hkv, nq, nk] of a content pattern in the decode phase: the blocks
   `attention.select(q, k, dense_before)` would lay out (q-blocks holding a query before
   `dense_before` keep every causal block), so `selection_counts` counts what runs."""
-  block_q, block_kv = attention.blocks(q.shape[1])
-  return so.select_block_mask(q, k, block_q=block_q, block_kv=block_kv,
-                              budget=attention.selection_budget(),
-                              scoring=CONTENT_PATTERNS[attention.pattern],
-                              sink_blocks=-(-attention.sink // block_kv),
-                              dense_before=dense_before)
+  return attention.select_mask(q, k, dense_before)
 
 
 def decode_allowed(keep: jax.Array, first: int, t: int, block_q: int,
@@ -108,21 +104,16 @@ def decode_attention(attention: AttentionConfig, q, k, v, dense_before, decode_r
   but O(T²) memory; the evaluator passes a bucketed R). One-query selection blocks never reach a
   kernel, so any implementation runs this.
   """
-  b, t, hq, d = q.shape
-  hkv = k.shape[2]
+  b, t, _, d = q.shape
   out = so.attention(q, k, v, mask=so.masks.Causal(), implementation=implementation)
   traced = isinstance(dense_before, jax.core.Tracer)
-  if decode_rows is not None:
-    rows = int(decode_rows)
-  elif not traced:
-    rows = t - int(np.clip(np.min(np.asarray(dense_before)), 0, t))
-  else:
-    rows = t
+  lowest = None if traced else int(np.clip(np.min(np.asarray(dense_before)), 0, t))
+  rows = int(decode_rows) if decode_rows is not None else (t if traced else t - lowest)
   first = t - rows
   bound = jnp.broadcast_to(jnp.asarray(dense_before), (b,))
-  if not traced and first > 0 and np.min(np.asarray(dense_before)) < first:
+  if lowest is not None and lowest < first:
     raise ValueError(f"dense_before={dense_before!r} is before T - decode_rows = {t} - {rows}: "
-                     f"the rows from it on need decode_rows >= {t - np.min(dense_before)}")
+                     f"the rows from it on need decode_rows >= {t - lowest}")
   # A bound before the slab would leave rows bound..first-1 dense where they should be sparse:
   # poison the output rather than return wrong values (a traced bound can't raise).
   poison = lambda out: jnp.where(jnp.any(bound < first), jnp.nan, out) if first > 0 else out
@@ -131,15 +122,8 @@ def decode_attention(attention: AttentionConfig, q, k, v, dense_before, decode_r
   block_q, block_kv = attention.blocks(t)
   keep = decode_keep(attention, q, k, dense_before)
   allowed = decode_allowed(keep, first, t, block_q, block_kv)[:, :, None]  # [B, Hkv, 1, R, T]
-  # The tail's math is reference.py's: f32 at HIGHEST precision, kv heads shared by groups.
-  hi = jax.lax.Precision.HIGHEST
-  qf = q[:, first:].astype(jnp.float32).reshape(b, rows, hkv, hq // hkv, d)
-  s = jnp.einsum("brkgd,bskd->bkgrs", qf, k.astype(jnp.float32), precision=hi) * d ** -0.5
-  s = jnp.where(allowed, s, -jnp.inf)  # every row keeps its diagonal block: never empty
-  p = jnp.exp(s - jnp.max(s, -1, keepdims=True))
-  p = p / p.sum(-1, keepdims=True)
-  tail = jnp.einsum("bkgrs,bskd->brkgd", p, v.astype(jnp.float32), precision=hi)
-  tail = tail.reshape(b, rows, hq, -1).astype(out.dtype)
+  # The reference math (f32, HIGHEST) over the R tail rows only: an [B, Hq, R, T] slab.
+  tail = reference.masked(q[:, first:], k, v, allowed, d ** -0.5)
   sparse = jnp.arange(first, t)[None, :] >= bound[:, None]  # [B, R]: rows at/after the bound
   tail = jnp.where(sparse[:, :, None, None], tail, out[:, first:])
   return poison(jnp.concatenate([out[:, :first], tail], axis=1))

@@ -314,7 +314,7 @@ def _mask_runs(mask, terms, transpose, rows, cols):
 def _runs_const(ok, rows, cols):
   """Whole rows where ok [rows], else empty."""
   return (np.where(ok, 0, cols)[:, None].astype(np.int64),
-          np.where(ok, cols, cols)[:, None].astype(np.int64))
+          np.full((rows, 1), cols, np.int64))
 
 
 def _runs_normalize(s, e, cols):

@@ -218,6 +218,14 @@ class Local(Mask):
             (("k1", "q0", "<=", 1), ("k0", "q1", ">=", -w)))
 
 
+def _prefix_bounds(n, start, end, other):
+  """(any, all) of "position < n" along one axis of blocks [start, end), broadcast against the
+  other axis: Sink bounds keys, QueryPrefix bounds queries."""
+  shape = np.broadcast_shapes(np.shape(start), np.shape(other))
+  return (np.broadcast_to(np.asarray(start) < n, shape),
+          np.broadcast_to(np.asarray(end) <= n, shape))
+
+
 @dataclasses.dataclass(frozen=True)
 class Sink(Mask):
   """The first ``n`` keys (attention sinks), for every query. Combine with Causal."""
@@ -231,8 +239,7 @@ class Sink(Mask):
     return (kv_idx < self.n) & (q_idx >= 0)
 
   def block_bounds(self, q0, q1, k0, k1):
-    shape = np.broadcast_shapes(np.shape(q0), np.shape(k0))
-    return np.broadcast_to(k0 < self.n, shape), np.broadcast_to(k1 <= self.n, shape)
+    return _prefix_bounds(self.n, k0, k1, q0)
 
   def _nnz(self, q_len, kv_len):
     return q_len * min(self.n, kv_len)
@@ -410,9 +417,7 @@ class QueryPrefix(Mask):
     return (q_idx < self.n) & (kv_idx >= 0)
 
   def block_bounds(self, q0, q1, k0, k1):
-    shape = np.broadcast_shapes(np.shape(q0), np.shape(k0))
-    return (np.broadcast_to(np.asarray(q0) < self.n, shape),
-            np.broadcast_to(np.asarray(q1) <= self.n, shape))
+    return _prefix_bounds(self.n, q0, q1, k0)
 
   def _nnz(self, q_len, kv_len):
     return min(self.n, q_len) * kv_len

@@ -17,17 +17,23 @@ def attention(q, k, v, layout: BlockLayout, scale: float) -> jax.Array:
   """q [B, T, Hq, D], k [B, S, Hkv, D], v [B, S, Hkv, Dv] -> [B, T, Hq, Dv]."""
   b, t, hq, _ = q.shape
   hkv = k.shape[2]
-  group = hq // hkv
-  allowed = _allowed(layout, b, hq, hkv)  # [B, Hq, T, S]
-  qf = q.astype(jnp.float32).reshape(b, t, hkv, group, -1)
+  allowed = _allowed(layout, b, hq, hkv).reshape(b, hkv, hq // hkv, t, -1)
+  return masked(q, k, v, allowed, scale)
+
+
+def masked(q, k, v, allowed, scale: float) -> jax.Array:
+  """The same math over an explicit element mask `allowed`, broadcastable to
+  [B, Hkv, Hq/Hkv, T, S] (query heads grouped by their kv head). Rows with no allowed key
+  give zeros."""
+  b, t, hq, _ = q.shape
+  hkv = k.shape[2]
+  qf = q.astype(jnp.float32).reshape(b, t, hkv, hq // hkv, -1)
   s = jnp.einsum("btkgd,bskd->bkgts", qf, k.astype(jnp.float32), precision=_HI) * scale
-  s = s.reshape(b, hq, t, -1)
   s = jnp.where(allowed, s, -jnp.inf)
   m = jnp.max(s, -1, keepdims=True)
   p = jnp.exp(s - jnp.where(jnp.isfinite(m), m, 0.0))  # empty rows: all zeros, no NaN
   l = p.sum(-1, keepdims=True)
   p = p / jnp.where(l > 0, l, 1.0)
-  p = p.reshape(b, hkv, group, t, -1)
   out = jnp.einsum("bkgts,bskd->btkgd", p, v.astype(jnp.float32), precision=_HI)
   return out.reshape(b, t, hq, -1).astype(q.dtype)
 
