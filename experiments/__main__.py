@@ -2,8 +2,11 @@
 
 Commands:
   run --preset NAME [--out DIR] [--executor local|slurm|pod] [--retry-failed] [--no-report]
+      [--stop-after SECONDS] [--wandb offline|online|disabled]
       plan the preset's FLOP-matched grid, train and evaluate every unfinished run, write
       results.csv, report.md and plots. Rerunning skips finished runs and resumes partial ones.
+      --stop-after starts only runs expected to end inside the limit (machines lent for a fixed
+      time): the next call continues, on this machine or on another given the study folder.
   status DIR      table of runs: state (done/running/stopped/preempted/failed/pending), steps,
                   FLOPs, attempts, last error
   report DIR      rewrite results.csv, report.md and plots from the run folders
@@ -16,6 +19,7 @@ Commands:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 
@@ -35,8 +39,16 @@ def _run(argv: list[str]) -> None:
   p.add_argument("--retry-failed", action="store_true",
                  help="give runs that used up their attempts another round")
   p.add_argument("--no-report", action="store_true")
+  p.add_argument("--stop-after", type=float, default=None, metavar="SECONDS",
+                 help="start no run that should not end inside this many seconds")
+  p.add_argument("--wandb", default=None, choices=("offline", "online", "disabled"),
+                 help="W&B mode for this call (default: the preset's)")
   a = p.parse_args(argv)
+  if a.stop_after is not None and a.stop_after <= 0:
+    p.error(f"--stop-after {a.stop_after:g}: must be a positive number of seconds")
   study = study_lib.load_preset(a.preset)
+  if a.wandb:
+    study = dataclasses.replace(study, wandb=a.wandb)
   out = a.out or f"runs/{a.preset}"
   name = a.executor or study.executor
   options = dict(study.executor_options) if name == study.executor else {}
@@ -50,7 +62,7 @@ def _run(argv: list[str]) -> None:
     options["launch"] = a.launch
   t0 = time.time()
   by_state = sweep.run_sweep(study, out, executors.make(name, **options),
-                             retry_failed=a.retry_failed,
+                             retry_failed=a.retry_failed, stop_after=a.stop_after,
                              log=lambda s: print(s, flush=True))
   if not a.no_report:
     path = report.write(out, wall_s=time.time() - t0)

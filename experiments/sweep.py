@@ -260,11 +260,29 @@ def todo(out: Path, dirs: list[Path], study: study_lib.Study, *, retry_failed: b
   return todo_
 
 
+def expected_wall(out: Path, run_dir: Path) -> float:
+  """Seconds a run should take, from the finished runs of the same size in this study folder
+  (training + evaluation as job.json recorded them); 0 when none has finished yet."""
+  size = read_json(Path(run_dir) / "spec.json")["size"]
+  walls = [rec.get("train_wall_s", 0.0) + rec.get("eval_wall_s", 0.0)
+           for d in run_dirs(out) if (rec := job_record(d))["state"] == "done"
+           and (read_json(d / "spec.json") or {}).get("size") == size]
+  return max(walls, default=0.0)
+
+
 def run_sweep(study: study_lib.Study, out: Path, executor, *, retry_failed: bool = False,
+              stop_after: float | None = None,
               log: Callable[[str], None] = print) -> dict[str, list[str]]:
   """Plans, runs every unfinished run (with retries), collects results.csv. Returns run ids
-  by final state."""
+  by final state.
+
+  stop_after: a time limit in seconds for this call, for machines lent for a fixed time. Runs
+  then go one at a time, and a run is started only if it should end inside the limit (judged by
+  `expected_wall`); the rest stay pending for the next call, which continues where this one
+  stopped. A run the estimate gets wrong is not cut: wrap the call in `timeout -s TERM`, which
+  preempts it cleanly (the trainer saves and the sweep stops)."""
   out = Path(out)
+  t_start = time.time()
   with study_lock(out):
     dirs = plan(study, out)
     skipped = read_json(out / "study.json")["skipped"]
@@ -281,9 +299,23 @@ def run_sweep(study: study_lib.Study, out: Path, executor, *, retry_failed: bool
       if not pending:
         break
       log(f"round {attempt + 1}: {len(pending)} run(s) to train/evaluate with {executor.name}")
-      executor.run(pending, log=log)
+      out_of_time = False
+      if stop_after is None:
+        executor.run(pending, log=log)
+      else:
+        for d in pending:
+          elapsed, need = time.time() - t_start, expected_wall(out, d)
+          if out_of_time := elapsed + need > stop_after:
+            log(f"time limit: {elapsed:.0f}s used of {stop_after:.0f}s, the next run needs "
+                f"about {need:.0f}s; rerun the same command to continue")
+            break
+          executor.run([d], log=log)
+          if state(d) == "preempted":
+            break
       if any(state(d) == "preempted" for d in pending):
         log("interrupted (preempted): rerun the same command to continue")
+        break
+      if out_of_time:
         break
     by_state: dict[str, list[str]] = {s: [] for s in STATES}
     for d in dirs:

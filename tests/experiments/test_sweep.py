@@ -102,6 +102,31 @@ def test_preempted_run_stops_the_round_and_resumes_on_rerun(tmp_path):
   assert len(after.splitlines()) > len(before.splitlines())
 
 
+def test_stop_after_leaves_runs_that_would_overrun_for_the_next_call(tmp_path):
+  """A machine lent for a fixed time: after the first run, its measured wall time says the next
+  will not fit, so the sweep stops cleanly; a second call (a fresh machine given the folder)
+  finishes the rest, and nothing is trained twice."""
+  import time as time_lib
+  fake = FakeTrainer()
+
+  def slow(spec, run_dir, study):
+    time_lib.sleep(0.5)
+    return fake(spec, run_dir, study)
+
+  study = _study()
+  ex = executors.make("local", trainer=slow, loader=loader)
+  log = []
+  by_state = sweep.run_sweep(study, tmp_path, ex, stop_after=0.8, log=log.append)
+  assert len(by_state["done"]) == 1 and len(by_state["pending"]) == 2
+  assert any(line.startswith("time limit:") for line in log)
+  assert sweep.expected_wall(tmp_path, tmp_path / "runs" / by_state["pending"][0]) >= 0.5
+  by_state = sweep.run_sweep(study, tmp_path, ex, stop_after=60, log=lambda s: None)
+  assert len(by_state["done"]) == 3
+  assert sorted(fake.calls.values()) == [1, 1, 1]
+  with pytest.raises(SystemExit):
+    cli(["run", "--preset", "smoke", "--stop-after", "0", "--out", str(tmp_path / "x")])
+
+
 def test_results_are_deterministic_and_eval_changes_only_reevaluate(tmp_path):
   study = _study()
   fake = FakeTrainer()
