@@ -2,6 +2,7 @@
 
     python -m benchmarks.loss_curves --case kernel         # one GPU: pallas_triton vs xla
     python -m benchmarks.loss_curves --case data_parallel  # two GPUs vs one, same global batch
+    python -m benchmarks.loss_curves --case data_parallel_f32  # the same in f32 (xla)
     python -m benchmarks.loss_curves --case tiny           # CPU smoke of this script
     python -m benchmarks.loss_curves --case tiny_data_parallel  # the 2-device path on a CPU
 
@@ -45,6 +46,11 @@ CASES = {
                dict(name="topk_pallas_triton_bf16", impl="pallas_triton",
                     pattern="topk_blocks")],
     "data_parallel": [dict(name="1_gpu", devices=1), dict(name="2_gpus", devices=2)],
+    # The same pair in f32 (xla: the f32 Triton tiles are slow): separates a data-parallel bug,
+    # which would show here too, from bf16 rounding that the split changes and training amplifies.
+    "data_parallel_f32": [dict(name="1_gpu_f32", devices=1, impl="xla", compute_dtype="float32"),
+                          dict(name="2_gpus_f32", devices=2, impl="xla",
+                               compute_dtype="float32")],
     "tiny": [dict(name="xla_f32", impl="xla", compute_dtype="float32"),
              dict(name="reference_f32", impl="reference", compute_dtype="float32")],
     # The data-parallel path on a CPU (devices are host-platform devices there).
