@@ -38,7 +38,8 @@ def calibrate(preset: str, out: Path, steps: int = 30, log=print) -> dict[str, A
     key = f"{spec.size}/{spec.pattern}@{spec.train_sparsity:g}/T{spec.seq_len}/B{spec.batch_size}"
     if key in measured:
       continue
-    short = dataclasses.replace(spec, steps=steps)
+    # The long phase's steps only: a curriculum's short steps are costed below by their FLOPs.
+    short = dataclasses.replace(spec, steps=steps, short_len=0, short_steps=0)
     run_dir = out / spec.run_id
     cfg = sweep.train_config(short, run_dir, study, progress=False)
     cfg = dataclasses.replace(cfg, log=dataclasses.replace(cfg.log, every=max(1, steps // 3)))
@@ -63,7 +64,10 @@ def calibrate(preset: str, out: Path, steps: int = 30, log=print) -> dict[str, A
   for spec in specs:
     key = f"{spec.size}/{spec.pattern}@{spec.train_sparsity:g}/T{spec.seq_len}/B{spec.batch_size}"
     m = measured[key]
-    t = spec.steps * m["step_s"] + m["overhead_s"] + eval_s
+    # Short curriculum steps are timed as long ones scaled by their FLOPs (an estimate).
+    long_equiv = (spec.steps - spec.short_steps
+                  + spec.short_steps * spec.short_step_flops / spec.step_flops)
+    t = long_equiv * m["step_s"] + m["overhead_s"] + eval_s
     per_run.append({"label": spec.label, "steps": spec.steps, "estimate_s": t})
     total += t
   summary = {"preset": preset, "device": str(jax.devices()[0].device_kind),

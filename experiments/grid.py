@@ -63,9 +63,14 @@ class RunSpec:
   optim: Optim = Optim()
   compute_dtype: str = "float32"
   train_sparsity: float = 0.0  # the target the grid asked for (0: dense)
+  # Length curriculum (the trainer's data.short_len/short_steps): the first `short_steps` of the
+  # `steps` train at `short_len` tokens, same tokens per step. 0: none.
+  short_len: int = 0
+  short_steps: int = 0
   # Derived (kept in the spec so configs on disk are self-describing):
   flops_per_token: float = 0.0
-  step_flops: float = 0.0
+  step_flops: float = 0.0  # one step at seq_len
+  short_step_flops: float = 0.0  # one step at short_len
   params: int = 0
   nonembed_params: int = 0
 
@@ -75,7 +80,7 @@ class RunSpec:
 
   @property
   def train_flops(self) -> float:
-    return self.steps * self.step_flops
+    return self.short_steps * self.short_step_flops + (self.steps - self.short_steps) * self.step_flops
 
   @property
   def flops_residual(self) -> float:
@@ -93,7 +98,8 @@ class RunSpec:
     default that keeps the old behaviour) does not change the ids of finished runs.
     """
     d = _non_default(self)
-    for derived in ("flops_per_token", "step_flops", "params", "nonembed_params"):
+    for derived in ("flops_per_token", "step_flops", "short_step_flops", "params",
+                    "nonembed_params"):
       d.pop(derived, None)
     return d
 
@@ -105,7 +111,8 @@ class RunSpec:
   def label(self) -> str:
     """Readable name for tables and plots: size, pattern@sparsity, budget."""
     sp = "dense" if self.pattern == "dense" else f"{self.pattern}@{self.train_sparsity:g}"
-    return f"{self.size}/{sp}/{self.budget:.2g}/T{self.seq_len}"
+    curriculum = f"c{self.short_len}" if self.short_len else ""
+    return f"{self.size}/{sp}/{self.budget:.2g}/T{self.seq_len}{curriculum}"
 
   def train_attention_stats(self) -> dict[str, float]:
     """Element and block sparsity of the training mask at the training length (sparse_ops)."""
@@ -183,6 +190,10 @@ class Grid:
   model_overrides: tuple[tuple[str, Any], ...] = ()
   min_steps: int = 1
   sparse_sizes: tuple[str, ...] | None = None
+  # Length curriculum: `short_frac` of each budget is spent first at `short_len` tokens per
+  # sequence (same tokens per step), the rest at the grid's seq_len. 0: none.
+  short_len: int = 0
+  short_frac: float = 0.0
 
   def __post_init__(self):
     if not self.budgets or any(not b > 0 for b in self.budgets):
@@ -212,6 +223,18 @@ class Grid:
         raise ValueError(f"grid.sparse_sizes has {s!r}, which is not in grid.sizes={self.sizes}")
     if not isinstance(self.min_steps, int) or self.min_steps < 1:
       raise ValueError(f"grid.min_steps={self.min_steps!r} must be an int >= 1")
+    if self.short_len or self.short_frac:
+      if not (isinstance(self.short_len, int) and 0 < self.short_len < min(self.seq_lens)):
+        raise ValueError(f"grid.short_len={self.short_len!r} must be an int in [1, "
+                         f"{min(self.seq_lens)}) (below every grid.seq_lens) when "
+                         f"grid.short_frac={self.short_frac} is set")
+      if not 0.0 < self.short_frac < 1.0:
+        raise ValueError(f"grid.short_frac={self.short_frac!r} must be in (0, 1) when "
+                         f"grid.short_len={self.short_len} is set")
+      for t in self.seq_lens:
+        if (self.batch_size * t) % self.short_len:
+          raise ValueError(f"grid.short_len={self.short_len} must divide batch_size × seq_len "
+                           f"= {self.batch_size * t} (the same tokens per step in both phases)")
 
   def attention(self, pattern: str, sparsity: float) -> AttentionConfig:
     block = dict(block_q=self.block, block_kv=self.block) if self.block else {}
@@ -237,7 +260,14 @@ class Grid:
             cfg.validate(seq_len)
             fpt = flops_per_token(cfg, seq_len, training=True)
             step_flops = fpt * self.batch_size * seq_len
-            steps = round(budget / step_flops)
+            short_steps, short_step_flops, rest = 0, 0.0, budget
+            if self.short_len:
+              cfg.validate(self.short_len)
+              short_step_flops = (flops_per_token(cfg, self.short_len, training=True)
+                                  * self.batch_size * seq_len)
+              short_steps = round(self.short_frac * budget / short_step_flops)
+              rest = budget - short_steps * short_step_flops
+            steps = short_steps + round(rest / step_flops)
             point = dict(budget=budget, size=size, pattern=pattern, sparsity=sparsity,
                          seq_len=seq_len, steps=steps)
             if steps < self.min_steps:
@@ -249,7 +279,9 @@ class Grid:
                 size=size, model=cfg, seq_len=seq_len, batch_size=self.batch_size, steps=steps,
                 budget=float(budget), tasks=tuple(self.tasks), task_weights=tuple(weights),
                 seed=self.seed, optim=self.optim, compute_dtype=self.compute_dtype, train_sparsity=float(sparsity),
-                flops_per_token=fpt, step_flops=step_flops, params=counts.total,
+                short_len=self.short_len, short_steps=short_steps,
+                flops_per_token=fpt, step_flops=step_flops, short_step_flops=short_step_flops,
+                params=counts.total,
                 nonembed_params=counts.nonembed))
     ids = [s.run_id for s in specs]
     if len(set(ids)) != len(ids):

@@ -125,7 +125,7 @@ def train_config(spec: RunSpec, run_dir: Path, study: study_lib.Study, *, progre
   return Config(
       run_dir=str(run_dir), model=spec.model,
       data=DataConfig(tasks=spec.tasks, weights=spec.task_weights, seq_len=spec.seq_len,
-                      seed=spec.seed),
+                      short_len=spec.short_len, short_steps=spec.short_steps, seed=spec.seed),
       optim=OptimConfig(lr=o.lr, warmup_steps=o.warmup_steps(spec.steps),
                         min_lr_ratio=o.min_lr_ratio, weight_decay=o.weight_decay,
                         clip_norm=o.clip_norm),
@@ -407,7 +407,8 @@ def status_rows(out: Path) -> list[dict[str, Any]]:
       if not _alive(rec["pid"]):
         st = "stopped"  # the sweep that ran it died: the next run resumes it
     rows.append(dict(run_id=d.name, label=spec["label"], state=st, step=step,
-                     steps=spec["steps"], train_flops=spec["steps"] * spec["step_flops"],
+                     steps=spec["steps"], train_flops=spec_from_dict({k: v for k, v in spec.items()
+                                                 if k not in ("run_id", "label")}).train_flops,
                      budget=spec["budget"], attempts=rec.get("attempts", 0),
                      error=rec.get("error") or ""))
   return rows

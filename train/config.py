@@ -37,6 +37,13 @@ class DataConfig:
   tasks: tuple[str, ...] = ("niah_single",)
   weights: tuple[float, ...] | None = None
   seq_len: int = 128
+  # A length curriculum: the first `short_steps` steps train on the same tasks at `short_len`
+  # tokens, with batch_size · seq_len / short_len sequences per step (the same tokens per step).
+  # Long-context tasks carry one answer per sequence; at a short length each step holds more
+  # answers and attention has fewer candidates to search, so the mechanism is learnt sooner and
+  # then carried to seq_len. 0: no curriculum.
+  short_len: int = 0
+  short_steps: int = 0
   seed: int = 0
   shards: int = 0
   factory: str = "experiments.tasks:make"
@@ -133,13 +140,38 @@ class Config:
 
   @property
   def flops_per_step(self) -> float:
+    """FLOPs of one step at `data.seq_len` (after the curriculum's short steps)."""
     return models.flops_per_token(self.model, self.data.seq_len) * self.tokens_per_step
+
+  @property
+  def short_flops_per_step(self) -> float:
+    """FLOPs of one of the curriculum's short steps (same tokens, shorter attention)."""
+    if not self.data.short_len:
+      return 0.0
+    return models.flops_per_token(self.model, self.data.short_len) * self.tokens_per_step
+
+  @property
+  def short_batch_size(self) -> int:
+    return self.batch_size * self.data.seq_len // self.data.short_len if self.data.short_len else 0
+
+  def phase(self, step: int) -> tuple[int, int]:
+    """(sequence length, sequences) of the step that follows `step` completed steps."""
+    if self.data.short_len and step < self.data.short_steps:
+      return self.data.short_len, self.short_batch_size
+    return self.data.seq_len, self.batch_size
+
+  def flops_through(self, step: int) -> float:
+    """Training FLOPs of the first `step` steps (the curriculum's short steps are cheaper)."""
+    short = min(step, self.data.short_steps) if self.data.short_len else 0
+    return short * self.short_flops_per_step + (step - short) * self.flops_per_step
 
   @property
   def total_steps(self) -> int:
     if self.steps > 0:
       return self.steps
-    return int(self.flop_budget // self.flops_per_step)
+    short = self.data.short_steps if self.data.short_len else 0
+    rest = self.flop_budget - short * self.short_flops_per_step
+    return short + max(0, int(rest // self.flops_per_step))
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
@@ -188,6 +220,21 @@ def validate(cfg: Config, num_devices: int, num_processes: int) -> None:
   if micro % num_devices:
     raise ValueError(f"batch_size={cfg.batch_size} / grad_accum={cfg.grad_accum} = {micro} "
                      f"sequences per microbatch must be a multiple of the {num_devices} devices")
+  if d.short_len or d.short_steps:
+    if not (isinstance(d.short_len, int) and 0 < d.short_len < d.seq_len):
+      raise ValueError(f"data.short_len={d.short_len!r} must be an int in [1, data.seq_len="
+                       f"{d.seq_len}) when data.short_steps={d.short_steps} is set")
+    if not isinstance(d.short_steps, int) or d.short_steps < 1:
+      raise ValueError(f"data.short_steps={d.short_steps!r} must be an int >= 1 when "
+                       f"data.short_len={d.short_len} is set")
+    tokens, short = cfg.batch_size * d.seq_len, cfg.short_batch_size
+    if (tokens % d.short_len or short % (cfg.grad_accum * shards)
+        or (short // cfg.grad_accum) % num_devices):
+      raise ValueError(f"data.short_len={d.short_len}: batch_size × seq_len = {tokens} tokens "
+                       f"must make whole sequences of {d.short_len}, a multiple of grad_accum="
+                       f"{cfg.grad_accum} × data.shards={shards}, with a multiple of the "
+                       f"{num_devices} devices per microbatch")
+    cfg.model.validate(d.short_len)
   mesh_shape(cfg.mesh, num_devices)
   if cfg.steps < 0 or cfg.flop_budget < 0 or (cfg.steps == 0 and cfg.flop_budget == 0):
     raise ValueError(f"give steps > 0 or flop_budget > 0 (steps={cfg.steps}, "
@@ -195,6 +242,8 @@ def validate(cfg: Config, num_devices: int, num_processes: int) -> None:
   if cfg.total_steps < 1:
     raise ValueError(f"flop_budget={cfg.flop_budget:.3g} buys no step of "
                      f"{cfg.flops_per_step:.3g} FLOPs")
+  if d.short_len and d.short_steps > cfg.total_steps:
+    raise ValueError(f"data.short_steps={d.short_steps} exceeds the run's {cfg.total_steps} steps")
   o = cfg.optim
   if not (o.lr > 0 and o.warmup_steps >= 0 and 0 <= o.min_lr_ratio <= 1 and o.clip_norm >= 0):
     raise ValueError(f"optim={o} needs lr > 0, warmup_steps >= 0, min_lr_ratio in [0, 1], "

@@ -14,7 +14,7 @@ import os
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import jax
 
@@ -85,7 +85,7 @@ class Logger:
   config: dict[str, Any]
   total_steps: int
   tokens_per_step: int
-  flops_per_step: float
+  flops_through: Callable[[int], float]  # training FLOPs of the first n steps
   progress: bool = True
   wandb_mode: str = "offline"
   project: str = "sparse-frontier"
@@ -126,8 +126,8 @@ class Logger:
     now = time.perf_counter()
     steps = max(step - self._last_step, 1)
     dt = max(now - self._last_time, 1e-9)
+    flops_s = (self.flops_through(step) - self.flops_through(self._last_step)) / dt
     self._last_time, self._last_step = now, step
-    flops_s = self.flops_per_step * steps / dt
     out = {"step_time_s": dt / steps, "tokens_per_s": self.tokens_per_step * steps / dt,
            "tflops_per_s": flops_s / 1e12}
     if self.peak:

@@ -53,14 +53,15 @@ class Batches:
   """This process's data shards as one iterator of [A, B_local/A, T] batches (A = grad_accum),
   with the checkpointable state of all of them."""
 
-  def __init__(self, cfg: Config, sources: list[Any]):
+  def __init__(self, cfg: Config, sources: list[Any], batch_size: int | None = None):
     nproc, pid = jax.process_count(), jax.process_index()
     shards = cfg.data.shards or nproc
     per_process = shards // nproc
     weights = list(cfg.data.weights or [1.0] * len(sources))
     self.accum = cfg.grad_accum
+    batch_size = batch_size or cfg.batch_size
     self.datasets = [
-        data_lib.mixture(sources, weights, batch_size=cfg.batch_size // shards,
+        data_lib.mixture(sources, weights, batch_size=batch_size // shards,
                          seed=cfg.data.seed, shard_index=j, shard_count=shards,
                          num_threads=cfg.data.num_threads)
         for j in range(pid * per_process, (pid + 1) * per_process)]
@@ -141,11 +142,18 @@ def run(cfg: Config) -> Result:
   factory = resolve(cfg.data.factory)
   tasks = {name: factory(name, length=cfg.data.seq_len, vocab_size=cfg.model.vocab_size,
                          seed=cfg.data.seed) for name in cfg.data.tasks}
-  batches = Batches(cfg, [t.source("train") for t in tasks.values()])
+  # One input pipeline per curriculum phase; a checkpoint holds the state of the phase that
+  # runs next, so a run resumed at the switch starts the long phase fresh, as it would have.
+  phases = {cfg.data.seq_len: Batches(cfg, [t.source("train") for t in tasks.values()])}
+  if cfg.data.short_len:
+    short = [factory(name, length=cfg.data.short_len, vocab_size=cfg.model.vocab_size,
+                     seed=cfg.data.seed).source("train") for name in cfg.data.tasks]
+    phases[cfg.data.short_len] = Batches(cfg, short, cfg.short_batch_size)
+  batches_at = lambda step: phases[cfg.phase(step)[0]]
 
   if cfg.resume and checkpoints.latest_step() is not None:
     state, data_state, _ = checkpoints.restore(ckpt_lib.abstract(abstract, shardings))
-    batches.set_state(data_state)
+    batches_at(int(state["step"])).set_state(data_state)
   else:
     state = step_lib.place(init_state(key), shardings)
   start = int(state["step"])
@@ -161,7 +169,7 @@ def run(cfg: Config) -> Result:
                        out_shardings=(shardings, None), donate_argnums=0)
   evaluator = _Evaluator(cfg, codec, tasks, mesh, shardings["params"])
   logger = log_lib.Logger(
-      run_dir, cfg.to_dict(), total, cfg.tokens_per_step, cfg.flops_per_step,
+      run_dir, cfg.to_dict(), total, cfg.tokens_per_step, cfg.flops_through,
       progress=cfg.log.progress, wandb_mode=cfg.log.wandb, project=cfg.log.project,
       group=cfg.log.group, peak_tflops=cfg.log.peak_tflops)
   counts = models.param_counts(cfg.model)
@@ -172,7 +180,9 @@ def run(cfg: Config) -> Result:
   logger.message(f"{run_dir}: {counts.total:,} params ({counts.nonembed:,} non-embedding), "
                  f"{total} steps of {cfg.tokens_per_step:,} tokens, "
                  f"{cfg.flops_per_step:.3g} FLOPs/step, {jax.device_count()} devices "
-                 f"(mesh data×fsdp={tuple(mesh.shape.values())}), from step {start}")
+                 f"(mesh data×fsdp={tuple(mesh.shape.values())}), from step {start}"
+                 + (f"; the first {cfg.data.short_steps} steps at {cfg.data.short_len} tokens "
+                    f"({cfg.short_flops_per_step:.3g} FLOPs/step)" if cfg.data.short_len else ""))
 
   step, loss, scores, status, message = start, None, {}, "finished", ""
   saved = start
@@ -194,7 +204,7 @@ def run(cfg: Config) -> Result:
       loss = value
       if s % cfg.log.every == 0 or s == total:
         logger.log(s, {"loss": value, "grad_norm": float(m["grad_norm"]), "lr": float(m["lr"]),
-                       "tokens": s * cfg.tokens_per_step, "flops": s * cfg.flops_per_step,
+                       "tokens": s * cfg.tokens_per_step, "flops": cfg.flops_through(s),
                        **logger.throughput(s)})
       logger.advance(s)
     return None
@@ -202,7 +212,7 @@ def run(cfg: Config) -> Result:
   with _Stop() as stop:
     try:
       while step < total:
-        batch = mesh_lib.global_batch(next(batches), mesh)
+        batch = mesh_lib.global_batch(next(batches_at(step)), mesh)
         state, metrics = train_step(state, batch)
         step += 1
         pending.append((step, metrics))
@@ -219,7 +229,7 @@ def run(cfg: Config) -> Result:
           scores = evaluator(state["params"])
           logger.log(step, {f"eval/{t}/{m}": v for t, s in scores.items() for m, v in s.items()})
         if save and saved != step:
-          checkpoints.save(step, state, batches.get_state())
+          checkpoints.save(step, state, batches_at(step).get_state())
           saved = step
         if stopping:
           status, message = "preempted", f"SIGTERM: saved step {step} and stopped"
@@ -237,7 +247,7 @@ def run(cfg: Config) -> Result:
     logger.message(message)
   log_lib.write_status(run_dir, status, step=step, loss=loss, message=message, eval=scores,
                        params=counts.total, nonembed_params=counts.nonembed,
-                       tokens=step * cfg.tokens_per_step, flops=step * cfg.flops_per_step,
+                       tokens=step * cfg.tokens_per_step, flops=cfg.flops_through(step),
                        **provenance)
   logger.close(status)
   return Result(run_dir, status, step, loss, scores, message)

@@ -164,6 +164,22 @@ def test_smoke_presets_fixed_and_adaptive_budgets_spend_equal_average_flops():
   assert gap == 0.0 and got[:2] == ("topk_blocks", "adaptive")
 
 
+def test_h100_presets_adaptive_budget_matches_density_01_on_its_models():
+  """The h100 preset writes its adaptive constant as a literal: recheck it against density 0.1
+  with the models' own sink and the selection blocks, over the eval lengths."""
+  h100 = study_lib.load_preset("h100")
+  ev = h100.eval
+  parsed = {p.budget: p for p in map(settings_lib.parse, ev.settings) if p.budget}
+  spec = h100.runs()[0][0]
+  mean = lambda p: settings_lib.mean_pairs_per_token(p.attention(spec.model, ev.selection_block),
+                                                     ev.lengths)
+  fixed = settings_lib.parse(("topk_blocks", 0.9))
+  assert abs(mean(parsed["adaptive"]) / mean(fixed) - 1) < 0.005
+  got, _ = settings_lib.matched_adaptive("topk_blocks", 0.1, ev.lengths, ev.selection_block,
+                                         sink=h100.grid.sink)
+  assert got == tuple(next(s for s in ev.settings if "adaptive" in s))
+
+
 def _point(run, setting, budget, t, acc, flops, phase="prefill", n=40):
   k = round(acc * n)
   return dict(run_id=run, run_label=run, category="retrieval", phase=phase, eval_length=t,

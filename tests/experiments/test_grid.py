@@ -9,7 +9,9 @@ import pytest
 
 import models
 import sparse_ops as so
-from experiments import study as study_lib
+from pathlib import Path
+
+from experiments import study as study_lib, sweep
 from experiments.grid import Grid, Optim, RunSpec, spec_from_dict, to_dict
 
 
@@ -29,10 +31,15 @@ def test_every_preset_point_matches_its_budget_within_one_step(preset):
     fpt = models.flops_per_token(s.model, s.seq_len, training=True)
     step = fpt * s.batch_size * s.seq_len
     assert step == pytest.approx(s.step_flops, rel=1e-12)
-    total = s.steps * step
+    short = 0.0
+    if s.short_len:  # curriculum steps: the same tokens at the short length
+      short = models.flops_per_token(s.model, s.short_len, training=True) * s.batch_size * s.seq_len
+    total = s.short_steps * short + (s.steps - s.short_steps) * step
     assert abs(total - s.budget) <= step / 2 * (1 + 1e-9), (s.label, total, s.budget, step)
     assert s.flops_residual == pytest.approx(total - s.budget, rel=1e-9, abs=1.0)
-    # The trainer's own count of the same run agrees (its Config.flops_per_step).
+    # The trainer's own count of the same run agrees.
+    cfg = sweep.train_config(s, Path("/nonexistent"), study_lib.load_preset(preset))
+    assert cfg.flops_through(cfg.total_steps) == pytest.approx(total, rel=1e-12)
     assert s.steps >= 1
   for p in skipped:
     assert "reason" in p and p["steps"] < study_lib.load_preset(preset).grid.min_steps
@@ -47,6 +54,26 @@ def test_residual_is_the_nearest_step_count():
   for s in specs:
     for other in (s.steps - 1, s.steps + 1):
       assert abs(other * s.step_flops - s.budget) >= abs(s.flops_residual)
+
+
+def test_curriculum_points_spend_their_short_share_and_match_the_budget():
+  kw = dict(budgets=(2e11,), sizes=("100k",), sparsities=(0.0, 0.5), seq_lens=(256,),
+            batch_size=4, vocab_size=128)
+  plain, _ = Grid(**kw).points()
+  curr, _ = Grid(**kw, short_len=64, short_frac=0.6).points()
+  for p, c in zip(plain, curr):
+    assert c.short_len == 64 and 0 < c.short_steps < c.steps
+    assert c.short_step_flops < c.step_flops  # same tokens, shorter attention
+    assert c.short_steps * c.short_step_flops == pytest.approx(0.6 * c.budget,
+                                                               abs=c.short_step_flops / 2)
+    assert abs(c.flops_residual) <= c.step_flops / 2
+    assert c.steps > p.steps  # cheaper short steps buy more updates
+    assert c.run_id != p.run_id and c.label == p.label + "c64"
+    assert spec_from_dict(json.loads(json.dumps(to_dict(c)))) == c
+  with pytest.raises(ValueError, match="grid.short_len=256"):
+    Grid(**kw, short_len=256, short_frac=0.5)
+  with pytest.raises(ValueError, match="grid.short_frac=0"):
+    Grid(**kw, short_len=64)
 
 
 def test_sparse_sizes_limit_the_sparse_variants():

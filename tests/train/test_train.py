@@ -115,6 +115,37 @@ def test_sigterm_saves_exits_zero_and_resume_continues(tmp_path, reference, laun
   assert losses(run_dir) == reference
 
 
+CURRICULUM = ["--data.short-len", "16", "--data.short-steps", "6"]
+
+
+def test_curriculum_resumes_exactly_across_the_switch_and_counts_its_flops(tmp_path, launch):
+  """6 steps of 16 sequences × 16 tokens, then 6 of 8 × 32: killed mid short phase, the resumed
+  run reproduces the uninterrupted one bitwise (both input pipelines' states and the switch), and
+  the FLOPs it reports are the two phases' exact sum."""
+  import train
+  from train.config import from_dict
+  ref_dir, run_dir = tmp_path / "ref", tmp_path / "run"
+  assert finish(launch(ref_dir, *CURRICULUM)) == 0, Path(f"{ref_dir}.log").read_text()
+  ref = losses(ref_dir)
+  assert sorted(ref) == list(range(1, 13))
+  proc = launch(run_dir, *CURRICULUM, delay=0.03)
+  wait_for(lambda: committed(run_dir, 4) and max(losses(run_dir), default=0) >= 5, proc)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert finish(launch(run_dir, *CURRICULUM, "--resume")) == 0
+  assert losses(run_dir) == ref
+  cfg = from_dict(json.loads((run_dir / "config.json").read_text()))
+  assert cfg.short_batch_size == 16 and cfg.phase(5) == (16, 16) and cfg.phase(6) == (32, 8)
+  assert 0 < cfg.short_flops_per_step < cfg.flops_per_step
+  want = 6 * cfg.short_flops_per_step + 6 * cfg.flops_per_step
+  assert log_lib.read_status(run_dir)["flops"] == pytest.approx(want, rel=1e-12)
+  logged = {r["step"]: r["flops"] for r in log_lib.read_metrics(run_dir) if "flops" in r}
+  assert logged[6] == pytest.approx(6 * cfg.short_flops_per_step, rel=1e-12)
+  # A budget buys the short steps first, then whole long steps.
+  budget = dataclasses.replace(cfg, steps=0, flop_budget=want + 0.5 * cfg.flops_per_step)
+  assert budget.total_steps == 12
+
+
 def test_non_finite_loss_stops_naming_the_step_and_marks_the_run_failed(tmp_path, capsys):
   run_dir = tmp_path / "run"
   argv = ["--run-dir", str(run_dir), *TOY, "--data.tasks", "toy_nan", "--steps", "40",
@@ -171,6 +202,10 @@ def test_fsdp_on_8_host_devices_reaches_the_losses_of_one(tmp_path, reference, l
     (["--batch-size", "6", "--grad-accum", "4"], "batch_size"),
     (["--mesh.fsdp", "3"], "mesh.fsdp"),
     (["--steps", "0"], "steps"),
+    (["--data.short-len", "32", "--data.short-steps", "4"], "data.short_len"),
+    (["--data.short-len", "16"], "data.short_steps"),
+    (["--data.short-len", "24", "--data.short-steps", "4"], "data.short_len"),
+    (["--data.short-len", "16", "--data.short-steps", "40"], "data.short_steps"),
 ])
 def test_bad_configs_fail_before_compiling_naming_the_field(tmp_path, capsys, args, field):
   run_dir = tmp_path / "run"
