@@ -261,13 +261,19 @@ def todo(out: Path, dirs: list[Path], study: study_lib.Study, *, retry_failed: b
 
 
 def expected_wall(out: Path, run_dir: Path) -> float:
-  """Seconds a run should take, from the finished runs of the same size in this study folder
-  (training + evaluation as job.json recorded them); 0 when none has finished yet."""
-  size = read_json(Path(run_dir) / "spec.json")["size"]
-  walls = [rec.get("train_wall_s", 0.0) + rec.get("eval_wall_s", 0.0)
-           for d in run_dirs(out) if (rec := job_record(d))["state"] == "done"
-           and (read_json(d / "spec.json") or {}).get("size") == size]
-  return max(walls, default=0.0)
+  """Seconds a run should take: the longest finished run of the same size in this study folder
+  (training + evaluation as job.json recorded them); for a size not seen yet, the finished runs
+  scaled by parameter count (a new size also compiles everything anew); 0 before any finishes."""
+  spec = read_json(Path(run_dir) / "spec.json")
+  same, scaled = [], []
+  for d in run_dirs(out):
+    rec, other = job_record(d), read_json(d / "spec.json") or {}
+    if rec["state"] != "done" or "train_wall_s" not in rec:
+      continue
+    wall = rec["train_wall_s"] + rec.get("eval_wall_s", 0.0)
+    (same if other.get("size") == spec["size"] else scaled).append(
+        wall * (1.0 if other.get("size") == spec["size"] else spec["params"] / other["params"]))
+  return max(same or scaled, default=0.0)
 
 
 def run_sweep(study: study_lib.Study, out: Path, executor, *, retry_failed: bool = False,

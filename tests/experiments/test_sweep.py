@@ -127,6 +127,19 @@ def test_stop_after_leaves_runs_that_would_overrun_for_the_next_call(tmp_path):
     cli(["run", "--preset", "smoke", "--stop-after", "0", "--out", str(tmp_path / "x")])
 
 
+def test_expected_wall_uses_the_same_size_else_scales_by_parameters(tmp_path):
+  runs = {"a": ("6m", 6e6, 100.0), "b": ("6m", 6e6, 140.0), "c": ("20m", 2e7, None)}
+  for rid, (size, params, wall) in runs.items():
+    (tmp_path / "runs" / rid).mkdir(parents=True)
+    sweep.write_json(tmp_path / "runs" / rid / "spec.json", {"size": size, "params": params})
+    if wall is not None:
+      sweep.write_json(tmp_path / "runs" / rid / "job.json",
+                       {"state": "done", "train_wall_s": wall - 40, "eval_wall_s": 40.0})
+  sweep.write_json(tmp_path / "study.json", {"run_order": list(runs)})
+  assert sweep.expected_wall(tmp_path, tmp_path / "runs" / "a") == 140.0
+  assert sweep.expected_wall(tmp_path, tmp_path / "runs" / "c") == pytest.approx(140.0 * 2e7 / 6e6)
+
+
 def test_results_are_deterministic_and_eval_changes_only_reevaluate(tmp_path):
   study = _study()
   fake = FakeTrainer()
