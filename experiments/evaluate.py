@@ -59,6 +59,7 @@ class Selection:
 
   attention: AttentionConfig
   dense_before: int | None = None
+  decode_floor: int = 0  # EvalSpec.decode_rows
 
 
 def dense_prefix(task) -> int:
@@ -78,9 +79,10 @@ def phase_mask(attention: AttentionConfig, length: int, phase: str, prefix: int)
   return mask | (so.masks.QueryPrefix(prefix) & so.masks.Causal())
 
 
-def phase_attention(attention: AttentionConfig, length: int, phase: str,
-                    prefix: int) -> so.masks.Mask | Selection:
-  """What the forward pass runs in `phase`: a static mask, or a content Selection."""
+def phase_attention(attention: AttentionConfig, length: int, phase: str, prefix: int,
+                    decode_floor: int = 0) -> so.masks.Mask | Selection:
+  """What the forward pass runs in `phase`: a static mask, or a content Selection
+  (`decode_floor`: `EvalSpec.decode_rows`)."""
   if not attention.is_content:
     return phase_mask(attention, length, phase, prefix)
   if phase not in ("prefill", "decode"):
@@ -88,7 +90,7 @@ def phase_attention(attention: AttentionConfig, length: int, phase: str,
   attention.validate(length)
   if phase == "prefill":
     return Selection(attention)
-  return Selection(decode_attention(attention, length), prefix)
+  return Selection(decode_attention(attention, length), prefix, decode_floor)
 
 
 def decode_attention(attention: AttentionConfig, length: int) -> AttentionConfig:
@@ -105,12 +107,13 @@ def decode_attention(attention: AttentionConfig, length: int) -> AttentionConfig
   return dataclasses.replace(attention, block_q=1, block_kv=attention.blocks(length)[1])
 
 
-def decode_rows(length: int, dense_before: int) -> int:
+def decode_rows(length: int, dense_before: int, floor: int = 0) -> int:
   """The static tail size the decode forward computes: T - dense_before rounded up to a power
-  of two (at most T), so tasks with similar question lengths share one compiled program while
-  the tail slab stays O(rows · T)."""
+  of two (at most T), and at least `floor` (`EvalSpec.decode_rows`), so tasks with similar
+  question lengths share one compiled program while the tail slab stays O(rows · T)."""
   rows = max(length - dense_before, 0)
-  return min(length, 1 << (rows - 1).bit_length()) if rows else 0
+  bucket = min(length, 1 << (rows - 1).bit_length()) if rows else 0
+  return max(bucket, min(floor, length)) if rows else 0
 
 
 def mask_stats(model: ModelConfig, attention: AttentionConfig, mask: so.masks.Mask,
@@ -204,7 +207,8 @@ def make_forward(model, compute_dtype: str = "float32") -> Forward:
   def forward(tokens: np.ndarray, phased) -> np.ndarray:
     if isinstance(phased, Selection):
       decode = phased.dense_before is not None
-      rows = decode_rows(tokens.shape[1], phased.dense_before) if decode else None
+      rows = (decode_rows(tokens.shape[1], phased.dense_before, phased.decode_floor) if decode
+              else None)
       fn = compiled((phased.attention, decode, rows), phased.attention, decode, rows)
       bound = jnp.int32(phased.dense_before if decode else 0)
     elif isinstance(phased, so.masks.Mask):
@@ -244,7 +248,8 @@ def evaluate(forward: Forward, model: ModelConfig, eval_spec, vocab_size: int,
       for name, setting in settings:
         attention = attentions[name]
         for phase in eval_spec.phases:
-          phased = phase_attention(attention, length, phase, dense_prefix(task))
+          phased = phase_attention(attention, length, phase, dense_prefix(task),
+                                   eval_spec.decode_rows)
           key = (task_name, length, phased)
           if key not in computed:
             preds = np.concatenate([

@@ -31,6 +31,10 @@ class EvalSpec:
     Static settings keep the model's blocks (their meaning does not depend on them).
   lengths: context lengths; may exceed the training length (RoPE extrapolation is measured).
   examples: per task × length, from `split`, the same examples for every model and setting.
+  decode_rows: the fewest question/answer rows a decode forward computes as its sparse tail
+    (0: each task's tail rounded up to a power of two). A floor at or above every task's tail
+    compiles one decode program per setting and length instead of one per power of two; the
+    extra rows are context rows, dense either way.
   """
 
   tasks: tuple[str, ...]
@@ -43,6 +47,7 @@ class EvalSpec:
   native: bool = True
   seed: int = 0  # task seed of the eval examples (the training mixture uses the grid's)
   selection_block: int | None = None
+  decode_rows: int = 0
 
   def __post_init__(self):
     for t in self.tasks:
@@ -65,6 +70,10 @@ class EvalSpec:
     if self.examples < 2 or self.batch_size < 1:
       raise ValueError(f"eval.examples={self.examples} must be >= 2 (intervals need n >= 2) and "
                        f"eval.batch_size={self.batch_size} >= 1")
+    if isinstance(self.decode_rows, bool) or not isinstance(self.decode_rows, int) or (
+        self.decode_rows < 0 or self.decode_rows > min(self.lengths, default=0)):
+      raise ValueError(f"eval.decode_rows={self.decode_rows!r} must be an int in [0, "
+                       f"{min(self.lengths, default=0)}] (the shortest eval length)")
     if self.split not in ("train", "validation", "test"):
       raise ValueError(f"eval.split={self.split!r} must be train, validation or test")
 
@@ -74,6 +83,8 @@ class EvalSpec:
     d = to_dict(self)
     if d["selection_block"] is None:  # added later: studies that don't set it keep their key
       del d["selection_block"]
+    if d["decode_rows"] == 0:  # likewise
+      del d["decode_rows"]
     return config_hash(d)
 
 

@@ -23,7 +23,9 @@ confound sparsity), prefill and decode, 64 examples per task:
 - a length-adaptive budget, 0.56·sqrt(n) of n blocks, with the same average prefill FLOPs over
   the two lengths as density 0.1 (`experiments.settings.matched_adaptive`; the report compares
   the two).
-Static patterns and Quest scoring are left to the smoke preset and the oracle check.
+Static patterns and Quest scoring are left to the smoke preset and the oracle check. Decode
+forwards compute a 16-row tail for every task (their question/answer tails are 5–14 tokens), so
+each content setting compiles one decode program per length, not two.
 
 Time: the first version (evaluation at 4k/8k with Quest too) took 27 minutes on an H100 for 9
 of its 12 runs, 67% of it evaluation (about 36 projected for all 12). This one trims evaluation
@@ -60,7 +62,7 @@ STUDY = Study(
     eval=EvalSpec(tasks=ALL_TASKS, lengths=(2048, 4096),
                   settings=(("dense", 0.0), ("topk_blocks", 0.75), ("topk_blocks", 0.9),
                             ("topk_blocks", "adaptive", 0.56, 0.5)),
-                  examples=64, batch_size=64, selection_block=64),
+                  examples=64, batch_size=64, selection_block=64, decode_rows=16),
     max_attempts=2,
     checkpoint_every=1000,
     log_every=50,

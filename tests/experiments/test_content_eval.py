@@ -76,9 +76,31 @@ def test_settings_round_trip_json_and_old_studies_keep_their_eval_key():
   old = dataclasses.replace(micro.eval, settings=(("dense", 0.0), ("local", 0.5)),
                             selection_block=None)
   d = to_dict(old)
-  del d["selection_block"]  # what a study.json written before the field looks like
+  del d["selection_block"], d["decode_rows"]  # a study.json written before these fields
   loaded = study_lib.from_json({**study_lib.to_json(micro), "eval": d}).eval
   assert loaded == old and loaded.key == config_hash(d)
+
+
+def test_decode_rows_floor_compiles_one_decode_program_and_changes_no_answer():
+  """Tasks of different question lengths share one decode program once the floor covers their
+  tails; the extra slab rows are dense context rows, so every answer and count stays."""
+  cfg, model = _model()
+  spec = _spec(settings=(("topk_blocks", 0.75),), selection_block=8, native=False,
+               phases=("decode",), tasks=("niah_single", "niah_multiquery"))
+  programs = {}
+  def counting(floor):
+    forward = ev.make_forward(model)
+    seen = programs.setdefault(floor, set())
+    def fwd(tokens, phased):
+      seen.add(ev.decode_rows(tokens.shape[1], phased.dense_before, phased.decode_floor))
+      return forward(tokens, phased)
+    return fwd
+  plain = ev.evaluate(counting(0), cfg, spec, VOCAB)
+  floored = ev.evaluate(counting(T // 2), cfg, dataclasses.replace(spec, decode_rows=T // 2), VOCAB)
+  assert len(programs[0]) == 2 and programs[T // 2] == {T // 2}
+  assert plain == floored
+  with pytest.raises(ValueError, match="eval.decode_rows=9999"):
+    dataclasses.replace(spec, decode_rows=9999)
 
 
 def test_content_settings_evaluate_end_to_end_with_exact_flops(monkeypatch):
