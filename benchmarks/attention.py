@@ -255,10 +255,12 @@ def _add_cudnn_ratios(rows: list[dict]) -> None:
 # ------------------------------------------------------------------------------- tile tuning
 
 
-def tune(cfg: dict, head_dims=(128, 64), t: int = 8192, density: float = 1.0) -> dict:
-  """Sweeps the Triton kernels' tiles per pass (dense causal, bf16), one pass at a time.
+def tune(cfg: dict, head_dims=(128, 64), t: int = 8192, density: float = 1.0,
+         save=lambda out: None) -> dict:
+  """Sweeps the Triton kernels' tiles per pass (dense causal, cfg's dtype), one pass at a time.
 
   fwd: times the forward; dq / dkv: times forward+backward with the other tiles fixed.
+  `save(out)` runs after every pass, so a sweep cut short keeps what it measured.
   """
   from sparse_ops.kernels import triton as kt
   P = kt.PassTiles
@@ -301,7 +303,8 @@ def tune(cfg: dict, head_dims=(128, 64), t: int = 8192, density: float = 1.0) ->
         results.append((med, c))
       if results:
         best = dataclasses.replace(best, **{pass_: min(results, key=lambda x: x[0])[1]})
-    out[d] = dict(chosen=dataclasses.asdict(best), log=log)
+      out[d] = dict(chosen=dataclasses.asdict(best), log=log, complete=pass_ == "dkv")
+      save(out)
     print(f"tune d={d} chosen: {best}", flush=True)
   return out
 
@@ -412,10 +415,10 @@ def main(argv=None) -> None:
   cfg["tune_head_dims"] = args.tune_head_dims
   cfg["causal_partial"] = not args.no_causal_partial
   if args.tune:
-    res = dict(environment=environment(), config=cfg,
-               tune=tune(cfg, head_dims=cfg["tune_head_dims"], density=cfg["densities"][0]))
-    with open(args.tune, "w") as f:
-      json.dump(res, f, indent=1)
+    def save(out):
+      with open(args.tune, "w") as f:
+        json.dump(dict(environment=environment(), config=cfg, tune=out), f, indent=1)
+    tune(cfg, head_dims=cfg["tune_head_dims"], density=cfg["densities"][0], save=save)
     return
   result = sweep(cfg)
   print(table(result["rows"]))
