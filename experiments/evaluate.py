@@ -45,7 +45,13 @@ def setting_attention(model: ModelConfig, setting, block: int | None = None) -> 
   logits. Content patterns select at `block` (None: the model's blocks).
   """
   if setting == "native":
-    return model.attention
+    att = model.attention
+    if att.is_content and att.budget == "density" and att.budget_value is None:
+      # A model trained at sparsity s selects with density 1 - s: written that way, its native
+      # setting equals the fixed setting of that density and shares its rows and programs.
+      att = dataclasses.replace(att, sparsity=None,
+                                budget_value=att.selection_budget().value)
+    return att
   return settings_lib.parse(setting).attention(model, block)
 
 

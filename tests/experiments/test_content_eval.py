@@ -103,6 +103,25 @@ def test_decode_rows_floor_compiles_one_decode_program_and_changes_no_answer():
     dataclasses.replace(spec, decode_rows=9999)
 
 
+def test_native_of_a_content_trained_model_shares_the_fixed_setting_of_its_density():
+  """A model trained with topk_blocks at sparsity 0.75 evaluates "native" and
+  ("topk_blocks", 0.75) once: the same selection, so the same rows and one compiled program."""
+  trained = models.AttentionConfig("topk_blocks", sparsity=0.75, block_q=8, block_kv=8,
+                                   implementation="reference")
+  cfg = models.ModelConfig(vocab_size=VOCAB, width=32, depth=2, num_heads=4, num_kv_heads=2,
+                           attention=trained)
+  model = models.Transformer(cfg, rngs=nnx.Rngs(0))
+  forward, calls = ev.make_forward(model), []
+  fwd = lambda tokens, phased: calls.append(phased) or forward(tokens, phased)
+  rows = ev.evaluate(fwd, cfg, _spec(settings=(("topk_blocks", 0.75),), selection_block=8), VOCAB)
+  assert len(calls) == 2  # prefill and decode, each once for both settings
+  by = {(r["eval_setting"], r["phase"]): r for r in rows}
+  for phase in ("prefill", "decode"):
+    native, fixed = by[("native", phase)], by[("topk_blocks@0.75", phase)]
+    assert native["correct"] == fixed["correct"]
+    assert native["inference_flops_per_token"] == fixed["inference_flops_per_token"]
+
+
 def test_content_settings_evaluate_end_to_end_with_exact_flops(monkeypatch):
   cfg, model = _model()
   spec = _spec(settings=(("topk_blocks", 0.75), ("quest", "adaptive", 0.8)),
