@@ -39,9 +39,9 @@ def calibrate(preset: str, out: Path, steps: int = 30, log=print) -> dict[str, A
     if key in measured:
       continue
     # The long phase's steps only: a curriculum's short steps are costed below by their FLOPs.
-    short = dataclasses.replace(spec, steps=steps, short_len=0, short_steps=0)
+    trial = dataclasses.replace(spec, steps=steps, short_len=0, short_steps=0)
     run_dir = out / spec.run_id
-    cfg = sweep.train_config(short, run_dir, study, progress=False)
+    cfg = sweep.train_config(trial, run_dir, study, progress=False)
     cfg = dataclasses.replace(cfg, log=dataclasses.replace(cfg.log, every=max(1, steps // 3)))
     t0 = time.time()
     result = train.run(cfg)

@@ -271,8 +271,10 @@ def expected_wall(out: Path, run_dir: Path) -> float:
     if rec["state"] != "done" or "train_wall_s" not in rec:
       continue
     wall = rec["train_wall_s"] + rec.get("eval_wall_s", 0.0)
-    (same if other.get("size") == spec["size"] else scaled).append(
-        wall * (1.0 if other.get("size") == spec["size"] else spec["params"] / other["params"]))
+    if other.get("size") == spec["size"]:
+      same.append(wall)
+    else:
+      scaled.append(wall * spec["params"] / other["params"])
   return max(same or scaled, default=0.0)
 
 
@@ -413,8 +415,7 @@ def status_rows(out: Path) -> list[dict[str, Any]]:
       if not _alive(rec["pid"]):
         st = "stopped"  # the sweep that ran it died: the next run resumes it
     rows.append(dict(run_id=d.name, label=spec["label"], state=st, step=step,
-                     steps=spec["steps"], train_flops=spec_from_dict({k: v for k, v in spec.items()
-                                                 if k not in ("run_id", "label")}).train_flops,
+                     steps=spec["steps"], train_flops=load_spec(d).train_flops,
                      budget=spec["budget"], attempts=rec.get("attempts", 0),
                      error=rec.get("error") or ""))
   return rows

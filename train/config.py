@@ -244,6 +244,9 @@ def validate(cfg: Config, num_devices: int, num_processes: int) -> None:
                      f"{cfg.flops_per_step:.3g} FLOPs")
   if d.short_len and d.short_steps > cfg.total_steps:
     raise ValueError(f"data.short_steps={d.short_steps} exceeds the run's {cfg.total_steps} steps")
+  if d.short_len and cfg.steps == 0 and cfg.flops_through(d.short_steps) > cfg.flop_budget:
+    raise ValueError(f"data.short_steps={d.short_steps} cost {cfg.flops_through(d.short_steps):.3g} "
+                     f"FLOPs, more than flop_budget={cfg.flop_budget:.3g}")
   o = cfg.optim
   if not (o.lr > 0 and o.warmup_steps >= 0 and 0 <= o.min_lr_ratio <= 1 and o.clip_norm >= 0):
     raise ValueError(f"optim={o} needs lr > 0, warmup_steps >= 0, min_lr_ratio in [0, 1], "

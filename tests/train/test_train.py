@@ -206,6 +206,8 @@ def test_fsdp_on_8_host_devices_reaches_the_losses_of_one(tmp_path, reference, l
     (["--data.short-len", "16"], "data.short_steps"),
     (["--data.short-len", "24", "--data.short-steps", "4"], "data.short_len"),
     (["--data.short-len", "16", "--data.short-steps", "40"], "data.short_steps"),
+    (["--data.short-len", "16", "--data.short-steps", "6", "--steps", "0", "--flop-budget", "1e3"],
+     "data.short_steps"),
 ])
 def test_bad_configs_fail_before_compiling_naming_the_field(tmp_path, capsys, args, field):
   run_dir = tmp_path / "run"
