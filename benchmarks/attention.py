@@ -256,7 +256,7 @@ def _add_cudnn_ratios(rows: list[dict]) -> None:
 
 
 def tune(cfg: dict, head_dims=(128, 64), t: int = 8192, density: float = 1.0,
-         save=lambda out: None) -> dict:
+         passes=("fwd", "dq", "dkv"), save=lambda out: None) -> dict:
   """Sweeps the Triton kernels' tiles per pass (dense causal, cfg's dtype), one pass at a time.
 
   fwd: times the forward; dq / dkv: times forward+backward with the other tiles fixed.
@@ -274,6 +274,13 @@ def tune(cfg: dict, head_dims=(128, 64), t: int = 8192, density: float = 1.0,
   }
   b, h = cfg["batch"], cfg["heads"]
   dtype = jnp.dtype(cfg["dtype"])
+  if dtype.itemsize == 4:
+    # f32 tiles hold twice the bytes and TF32x3 splits each operand in two: at D=128 every
+    # candidate above ran out of shared memory on an H100, so smaller ones are tried as well.
+    small = [P(32, 32, 4, 2), P(32, 32, 8, 2), P(64, 32, 4, 2), P(64, 32, 8, 2),
+             P(32, 64, 4, 2), P(32, 64, 8, 2), P(16, 64, 4, 2), P(64, 16, 4, 2),
+             P(16, 32, 4, 2), P(32, 16, 4, 2), P(16, 16, 4, 2), P(16, 32, 8, 2)]
+    cands = {k: v + [c for c in small if c not in v] for k, v in cands.items()}
   out = {}
   for d in head_dims:
     kq, kk, kv, kg = jax.random.split(jax.random.PRNGKey(0), 4)
@@ -284,7 +291,7 @@ def tune(cfg: dict, head_dims=(128, 64), t: int = 8192, density: float = 1.0,
     # executed FLOPs (whole visited blocks), so sparse sweeps read as kernel efficiency
     flops = so.flops.executed_flops(layout, num_heads=h, head_dim=d, batch=b, backward=False)
     log = []
-    for pass_ in ("fwd", "dq", "dkv"):
+    for pass_ in passes:
       results = []
       for c in cands[pass_]:
         tiles = dataclasses.replace(best, **{pass_: c})
@@ -303,7 +310,8 @@ def tune(cfg: dict, head_dims=(128, 64), t: int = 8192, density: float = 1.0,
         results.append((med, c))
       if results:
         best = dataclasses.replace(best, **{pass_: min(results, key=lambda x: x[0])[1]})
-      out[d] = dict(chosen=dataclasses.asdict(best), log=log, complete=pass_ == "dkv")
+      out[d] = dict(chosen=dataclasses.asdict(best), log=log, passes=list(passes),
+                    complete=pass_ == passes[-1])
       save(out)
     print(f"tune d={d} chosen: {best}", flush=True)
   return out
@@ -403,6 +411,9 @@ def main(argv=None) -> None:
                  help="sweep the pallas_triton tiles (T=8192, the first of --densities) into "
                       "this JSON, then exit")
   p.add_argument("--tune-head-dims", type=int, nargs="+", default=[128, 64], dest="tune_head_dims")
+  p.add_argument("--tune-passes", nargs="+", default=["fwd", "dq", "dkv"],
+                 choices=["fwd", "dq", "dkv"], dest="tune_passes",
+                 help="passes to sweep, in order (the others keep their tuned tiles)")
   p.add_argument("--no-causal-partial", action="store_true",
                  help="skip the pallas_triton rows with FlexAttention's causal partial-block mask")
   args = p.parse_args(argv)
@@ -413,12 +424,14 @@ def main(argv=None) -> None:
     if getattr(args, field) is not None:
       cfg[field] = getattr(args, field)
   cfg["tune_head_dims"] = args.tune_head_dims
+  cfg["tune_passes"] = args.tune_passes
   cfg["causal_partial"] = not args.no_causal_partial
   if args.tune:
     def save(out):
       with open(args.tune, "w") as f:
         json.dump(dict(environment=environment(), config=cfg, tune=out), f, indent=1)
-    tune(cfg, head_dims=cfg["tune_head_dims"], density=cfg["densities"][0], save=save)
+    tune(cfg, head_dims=cfg["tune_head_dims"], density=cfg["densities"][0],
+         passes=tuple(args.tune_passes), save=save)
     return
   result = sweep(cfg)
   print(table(result["rows"]))
