@@ -70,13 +70,14 @@ class Tiles:
 
 
 # Chosen by `python benchmarks/attention.py --tune` on an H100 (B=4, H=16, T=8192, dense causal,
-# one pass swept at a time with the others fixed). bf16: attention_h100_tune.json (under
-# benchmarks/results/), summarised in attention_h100.md. Index prefetch measured 4-8% faster in the bf16 D=128 forward
-# on sparse layouts and is on there only (the backward showed no consistent gain; D=64 was not
-# measured with it). f32 (TF32x3 dots): attention_h100_tune_f32*.json and attention_h100_f32.md.
-# At D=128 no tile above 64x32 fits in shared memory, and the dK/dV pass spills at 32x32
-# (fwd+bwd 1.64 s); 16x32 brings it to 0.17 s. The f32 D=64 passes were swept in two cut-short
-# calls and their combination was not timed together. Keyed by (head dim <= 64, 2-byte dtype).
+# one pass swept at a time with the others fixed); sweeps under benchmarks/results/.
+# bf16: attention_h100_tune.json, summarised in attention_h100.md. Index prefetch measured 4-8%
+# faster in the bf16 D=128 forward on sparse layouts and is on there only (the backward showed
+# no consistent gain; D=64 was not measured with it).
+# f32 (TF32x3 dots): attention_h100_tune_f32_*.json, summarised in attention_h100_f32.md. At
+# D=128 no tile above 64x32 fits in shared memory, and the dK/dV pass spills at 32x32 (fwd+bwd
+# 1.64 s); 16x32 brings it to 0.17 s. The f32 D=64 passes were swept in two cut-short calls and
+# their combination was not timed together. Keyed by (head dim <= 64, 2-byte dtype).
 _TUNED: dict[tuple[bool, bool], Tiles] = {
     (False, True): Tiles(fwd=PassTiles(128, 128, 8, 3, prefetch=True),
                          dq=PassTiles(128, 128, 8, 2), dkv=PassTiles(64, 64, 4, 2)),
