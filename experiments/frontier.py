@@ -107,6 +107,21 @@ def above_chance(arm: Arm, chance: float, alpha: float = 0.05) -> bool:
   return float(sps.binomtest(k, arm.n, min(max(chance, 0.0), 1.0), "greater").pvalue) < alpha
 
 
+def drop_detectable(arm: Arm, chance: float, alpha: float = 0.05) -> bool:
+  """Whether a fall all the way to chance would be a significant drop from `arm` (the Welch
+  test `tolerance` uses, against a Bernoulli sample of size n at the chance rate).
+
+  A tolerance counts every setting not significantly worse than dense as tolerated, so where
+  even chance would not be significantly worse (1 or 2 right out of 128, say) it would read
+  "tolerates everything" from no evidence at all: such a model is too weak to tell.
+  """
+  if arm.n < 2:
+    return False
+  c = min(max(chance, 0.0), 1.0)
+  at_chance = Arm(c, math.sqrt(c * (1 - c) * arm.n / (arm.n - 1)), arm.n)
+  return significantly_greater(arm, at_chance, alpha)
+
+
 def pareto(points: Sequence[tuple[float, float]]) -> list[bool]:
   """For (cost, value) points: True where no other point has cost <= and value >=, one strictly.
 

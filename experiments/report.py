@@ -81,7 +81,7 @@ def tolerances(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for pattern in patterns:
       curve = {p["eval_target"]: p["arm"] for p in settings.values()
                if _family(p) == pattern and p["eval_setting"] != "native"}
-      weak = not fr.above_chance(dense["arm"], dense["chance"], ALPHA)
+      weak = not _measurable(dense)
       out.append(dict(label=dense["run_label"], category=cat, eval_length=length, phase=phase,
                       pattern=pattern, dense_acc=dense["arm"].mean, n=dense["arm"].n,
                       tolerance=None if weak else fr.tolerance(dense["arm"], curve, ALPHA),
@@ -110,7 +110,8 @@ def _status_from_results(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
   for r in rows:
     runs.setdefault(r["run_id"], dict(
         run_id=r["run_id"], label=r["label"], state="done", step=r["steps"], steps=r["steps"],
-        train_flops=r["train_flops"], budget=r["budget"], attempts="", error=""))
+        train_flops=r["train_flops"], budget=r["budget"], attempts="", train_wall_s=None,
+        eval_wall_s=None, preempted_wall_s=0.0, error=""))
   return list(runs.values())
 
 
@@ -123,32 +124,50 @@ def save(fig, path: Path) -> Path:
 
 
 def plot_tolerance(points, path: Path) -> Path | None:
-  """Accuracy vs eval sparsity per category (one line per model × length, prefill), static
-  patterns (content budgets have their own plot, `budgets.plot`)."""
+  """Accuracy vs eval sparsity per category (prefill): one line per model × length, for static
+  patterns and fixed-density content budgets (adaptive ones have their own plot,
+  `budgets.plot`). Only models whose dense accuracy could show a drop (`_measurable`) are
+  drawn: the others lie on the chance line and would only hide the ones that learnt."""
   pts = [p for p in points if p["phase"] == "prefill" and p["eval_setting"] != "native"
-         and not p["eval_budget"]]
+         and p["eval_budget"] != "adaptive"]
   cats = sorted({p["category"] for p in pts})
   if not cats:
     return None
   plt = _plt()
-  fig, axes = plt.subplots(1, len(cats), figsize=(4.5 * len(cats), 3.6), squeeze=False)
+  fig, axes = plt.subplots(1, len(cats), figsize=(4.5 * len(cats), 4.6), squeeze=False)
   for ax, cat in zip(axes[0], cats):
     lines = defaultdict(list)
     for p in pts:
       if p["category"] == cat:
         lines[(p["run_label"], p["eval_length"])].append(p)
+    drawn = 0
     for (label, length), ps in sorted(lines.items()):
+      dense = [p for p in ps if p["eval_setting"] == "dense"]
+      if not dense or not _measurable(dense[0]):
+        continue
       ps.sort(key=lambda p: p["eval_target"])
       x = [p["eval_target"] for p in ps]
       y = [p["arm"].mean for p in ps]
       err = [1.96 * p["arm"].std / math.sqrt(max(p["arm"].n, 1)) for p in ps]
       ax.errorbar(x, y, yerr=err, marker="o", capsize=2, label=f"{label} T={length}")
+      drawn += 1
     ax.axhline(sum(p["chance"] for p in pts if p["category"] == cat)
                / max(1, sum(p["category"] == cat for p in pts)), color="grey", ls=":", lw=1)
     ax.set(title=f"{cat}: accuracy vs inference sparsity", xlabel="inference sparsity (prefill)",
-           ylabel="exact match", ylim=(-0.02, 1.02))
-  axes[0][-1].legend(fontsize=6, loc="best")
+           ylabel="exact match", ylim=(-0.02, 1.02), xlim=(-0.03, 1.0))
+    if drawn:
+      ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.16))
+    else:
+      ax.text(0.5, 0.5, f"no model measurably\nabove chance ({len(lines)} too weak)",
+              ha="center", va="center", transform=ax.transAxes, fontsize=9, color="grey")
   return save(fig, path)
+
+
+def _measurable(dense: dict[str, Any]) -> bool:
+  """A model evaluated dense is significantly above chance and far enough above it that a fall
+  to chance would be a significant drop: only then can sparsity be seen to cost it anything."""
+  return (fr.above_chance(dense["arm"], dense["chance"], ALPHA)
+          and fr.drop_detectable(dense["arm"], dense["chance"], ALPHA))
 
 
 def plot_frontier(points, path: Path) -> Path | None:
@@ -295,6 +314,15 @@ def write(out: Path, *, wall_s: float | None = None, wandb_mode: str | None = No
     counts[s["state"]] += 1
   md.append(f"{len(status)} runs: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
             + (f"; wall time {wall_s:.0f} s" if wall_s is not None else "") + ".")
+  # A study run in pieces has no one call's wall time: the runs' own records add up to it.
+  train_s = [s["train_wall_s"] for s in status if s.get("train_wall_s") is not None]
+  eval_s = [s["eval_wall_s"] for s in status if s.get("eval_wall_s") is not None]
+  lost = sum(s.get("preempted_wall_s") or 0.0 for s in status)
+  if train_s:
+    md += ["", f"Run wall times as the runs recorded them (job.json, {len(train_s)} runs): "
+               f"{sum(train_s) + sum(eval_s) + lost:.0f} s: training {sum(train_s):.0f} s + "
+               f"evaluation {sum(eval_s):.0f} s + preempted attempts {lost:.0f} s (each "
+               "includes its compiles)."]
   failed = [s for s in status if s["state"] == "failed"]
   if failed:
     md += ["", "**Failed runs** (not in the results; `python -m experiments status` shows them):"]
@@ -343,8 +371,9 @@ def write(out: Path, *, wall_s: float | None = None, wandb_mode: str | None = No
   md += ["", "## Sparsity tolerance", "",
          "Largest inference sparsity (element level) whose accuracy is not significantly below "
          "the same model evaluated dense (one-sided Welch, alpha 0.05, monotone: the first "
-         "significant drop ends it). \"—\": the model is not above chance dense, so tolerance "
-         "is undefined.", ""]
+         "significant drop ends it). \"—\": too weak to tell — the model evaluated dense is not "
+         "significantly above chance, or so little above it that even a fall to chance would "
+         "not be a significant drop.", ""]
   md += [_table(["model", "category", "T", "phase", "pattern", "dense acc", "n", "tolerance"],
                 [[t["label"], t["category"], t["eval_length"], t["phase"], t["pattern"],
                   t["dense_acc"], t["n"], "—" if t["weak"] else t["tolerance"]] for t in tol])]

@@ -133,3 +133,20 @@ def test_sparse_vs_dense_verdicts():
           _point("big sparse", 4e6, 9.0, 2, sparse=True, length=4096)]
   (c,) = fr.sparse_vs_dense(weak)
   assert c["verdict"] == "too weak to tell"
+
+
+def test_drop_detectable_needs_room_above_chance():
+  # 1 or 2 right out of 128 is above a near-zero chance rate, but a fall to chance would not be a
+  # significant drop: a tolerance there would be "everything tolerated" from no evidence.
+  for k in (1, 2):
+    arm = fr.Arm.of(_bernoulli(k, 128))
+    assert fr.above_chance(arm, 1e-6) and not fr.drop_detectable(arm, 1e-6)
+  assert fr.drop_detectable(fr.Arm.of(_bernoulli(5, 128)), 1e-6)
+  # the same check against a real chance rate: 20/64 clears 1/30, 4/64 does not
+  assert fr.drop_detectable(fr.Arm.of(_bernoulli(20, 64)), 1 / 30)
+  assert not fr.drop_detectable(fr.Arm.of(_bernoulli(4, 64)), 1 / 30)
+  # and agrees with the Welch test that tolerance uses: a curve that falls to chance
+  dense = fr.Arm.of(_bernoulli(5, 128))
+  assert fr.tolerance(dense, {0.5: fr.Arm.of(_bernoulli(0, 128))}) == 0.0
+  weak = fr.Arm.of(_bernoulli(2, 128))
+  assert fr.tolerance(weak, {0.5: fr.Arm.of(_bernoulli(0, 128))}) == 0.5
