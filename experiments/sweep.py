@@ -194,7 +194,8 @@ def run_job(run_dir: str | Path, trainer: Trainer | None = None,
     result = trainer(spec, run_dir, study)
     if result["status"] == "preempted":
       return _update(run_dir, state="preempted", error=result.get("message"),
-                     attempts=rec["attempts"] - 1)  # an interruption is not a failed attempt
+                     attempts=rec["attempts"] - 1,  # an interruption is not a failed attempt
+                     preempted_wall_s=_lost(rec, t0))
     if result["status"] != "finished":
       return _update(run_dir, state="failed", error=result.get("message") or result["status"],
                      train_wall_s=time.time() - t0)
@@ -209,11 +210,17 @@ def run_job(run_dir: str | Path, trainer: Trainer | None = None,
     return _update(run_dir, state="done", train_wall_s=t1 - t0, eval_wall_s=time.time() - t1,
                    finished=time.time())
   except KeyboardInterrupt:
-    _update(run_dir, state="preempted", error="interrupted", attempts=rec["attempts"] - 1)
+    _update(run_dir, state="preempted", error="interrupted", attempts=rec["attempts"] - 1,
+            preempted_wall_s=_lost(rec, t0))
     raise
   except Exception as e:  # noqa: BLE001 — any failure of one run is recorded, not propagated
     return _update(run_dir, state="failed", error=f"{type(e).__name__}: {e}",
                    traceback=traceback.format_exc()[-4000:])
+
+
+def _lost(rec: dict[str, Any], t0: float) -> float:
+  """Seconds spent in preempted attempts so far (train_wall_s times only the last attempt)."""
+  return rec.get("preempted_wall_s", 0.0) + time.time() - t0
 
 
 def _slurm_job_id() -> str | None:
@@ -260,22 +267,27 @@ def todo(out: Path, dirs: list[Path], study: study_lib.Study, *, retry_failed: b
   return todo_
 
 
+# A size not seen yet in the folder is judged from other sizes' runs scaled by training FLOPs,
+# with this margin: it compiles everything anew and may use the GPU differently. On the h100
+# study (one H100, equal budgets) the 20m and 50m runs took 0.6-1.0x the 6m runs' wall; scaling
+# by parameters, as this did first, asked 572 s for 20m runs that took 104-173 s.
+NEW_SIZE_MARGIN = 1.5
+
+
 def expected_wall(out: Path, run_dir: Path) -> float:
-  """Seconds a run should take: the longest finished run of the same size in this study folder
-  (training + evaluation as job.json recorded them); for a size not seen yet, the finished runs
-  scaled by parameter count (a new size also compiles everything anew); 0 before any finishes."""
+  """Seconds a run should take, from the finished runs of this study folder (training +
+  evaluation as job.json recorded them), each scaled by training FLOPs (`budget`) to this run's:
+  the longest of the same size, else the longest of other sizes times `NEW_SIZE_MARGIN`;
+  0 before any finishes."""
   spec = read_json(Path(run_dir) / "spec.json")
-  same, scaled = [], []
+  same, other_sizes = [], []
   for d in run_dirs(out):
     rec, other = job_record(d), read_json(d / "spec.json") or {}
     if rec["state"] != "done" or "train_wall_s" not in rec:
       continue
-    wall = rec["train_wall_s"] + rec.get("eval_wall_s", 0.0)
-    if other.get("size") == spec["size"]:
-      same.append(wall)
-    else:
-      scaled.append(wall * spec["params"] / other["params"])
-  return max(same or scaled, default=0.0)
+    wall = (rec["train_wall_s"] + rec.get("eval_wall_s", 0.0)) * spec["budget"] / other["budget"]
+    (same if other.get("size") == spec["size"] else other_sizes).append(wall)
+  return max(same, default=0.0) or NEW_SIZE_MARGIN * max(other_sizes, default=0.0)
 
 
 def run_sweep(study: study_lib.Study, out: Path, executor, *, retry_failed: bool = False,
@@ -417,6 +429,8 @@ def status_rows(out: Path) -> list[dict[str, Any]]:
     rows.append(dict(run_id=d.name, label=spec["label"], state=st, step=step,
                      steps=spec["steps"], train_flops=load_spec(d).train_flops,
                      budget=spec["budget"], attempts=rec.get("attempts", 0),
+                     train_wall_s=rec.get("train_wall_s"), eval_wall_s=rec.get("eval_wall_s"),
+                     preempted_wall_s=rec.get("preempted_wall_s", 0.0),
                      error=rec.get("error") or ""))
   return rows
 

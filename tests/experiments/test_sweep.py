@@ -93,10 +93,14 @@ def test_preempted_run_stops_the_round_and_resumes_on_rerun(tmp_path):
   assert len(by_state["pending"]) == 1  # the sweep stopped instead of starting the next run
   (pre,) = by_state["preempted"]
   assert sweep.job_record(tmp_path / "runs" / pre)["attempts"] == 0  # not a failed attempt
+  lost = sweep.job_record(tmp_path / "runs" / pre)["preempted_wall_s"]
+  assert lost > 0  # the interrupted attempt's time is kept, not lost with its train_wall_s
   before = (tmp_path / "results.csv").read_text()
   by_state = sweep.run_sweep(study, tmp_path, ex, log=lambda s: None)
   assert len(by_state["done"]) == 3
   assert fake.calls["100k/dense/1e+10/T32"] == 1  # finished runs are never redone
+  rec = sweep.job_record(tmp_path / "runs" / pre)
+  assert rec["state"] == "done" and rec["preempted_wall_s"] == lost
   after = (tmp_path / "results.csv").read_text()
   assert after.startswith(before.strip().splitlines()[0])
   assert len(after.splitlines()) > len(before.splitlines())
@@ -127,17 +131,22 @@ def test_stop_after_leaves_runs_that_would_overrun_for_the_next_call(tmp_path):
     cli(["run", "--preset", "smoke", "--stop-after", "0", "--out", str(tmp_path / "x")])
 
 
-def test_expected_wall_uses_the_same_size_else_scales_by_parameters(tmp_path):
-  runs = {"a": ("6m", 6e6, 100.0), "b": ("6m", 6e6, 140.0), "c": ("20m", 2e7, None)}
-  for rid, (size, params, wall) in runs.items():
+def test_expected_wall_uses_the_same_size_else_other_sizes_with_a_margin(tmp_path):
+  runs = {"a": ("6m", 1e15, 100.0), "b": ("6m", 1e15, 140.0), "c": ("20m", 1e15, None),
+          "d": ("6m", 2e15, None)}
+  for rid, (size, budget, wall) in runs.items():
     (tmp_path / "runs" / rid).mkdir(parents=True)
-    sweep.write_json(tmp_path / "runs" / rid / "spec.json", {"size": size, "params": params})
+    sweep.write_json(tmp_path / "runs" / rid / "spec.json", {"size": size, "budget": budget})
     if wall is not None:
       sweep.write_json(tmp_path / "runs" / rid / "job.json",
                        {"state": "done", "train_wall_s": wall - 40, "eval_wall_s": 40.0})
   sweep.write_json(tmp_path / "study.json", {"run_order": list(runs)})
   assert sweep.expected_wall(tmp_path, tmp_path / "runs" / "a") == 140.0
-  assert sweep.expected_wall(tmp_path, tmp_path / "runs" / "c") == pytest.approx(140.0 * 2e7 / 6e6)
+  # a new size at the same budget: the other sizes' longest, with the margin
+  assert sweep.expected_wall(tmp_path, tmp_path / "runs" / "c") == pytest.approx(
+      140.0 * sweep.NEW_SIZE_MARGIN)
+  # the same size at twice the budget: twice the time
+  assert sweep.expected_wall(tmp_path, tmp_path / "runs" / "d") == pytest.approx(280.0)
 
 
 def test_results_are_deterministic_and_eval_changes_only_reevaluate(tmp_path):
