@@ -27,11 +27,15 @@ Static patterns and Quest scoring are left to the smoke preset and the oracle ch
 forwards compute a 16-row tail for every task (their question/answer tails are 5–14 tokens), so
 each content setting compiles one decode program per length, not two.
 
-Time: the first version (evaluation at 4k/8k with Quest too) took 27 minutes on an H100 for 9
-of its 12 runs, 67% of it evaluation (about 36 projected for all 12). This one trims evaluation
-to fit; it is not yet measured end to end. Resumable across machines: commit the study folder
-(no checkpoints) and rerun the same command; `--stop-after` ends a call before a run would
-overrun the machine's time.
+Time, measured on one H100 (`experiments/results/h100/README.md`): 1665 s of runs (27.7 min,
+training 969 s, evaluation 695 s), 1737 s over the four calls that ran it. The first version
+(evaluation at 4k/8k with Quest too) took 27 minutes for 9 of its 12 runs, 67% of it evaluation.
+Resumable across machines: commit the study folder (no checkpoints) and rerun the same command;
+`--stop-after` ends a call before a run would overrun the machine's time.
+
+What it found: at 5e15 FLOPs only the 6m models (about compute-optimal there) learn; the 20m and
+50m ones are at chance, so "larger sparse vs smaller dense" comes out "no" for a reason of
+budget. The same README has the numbers.
 """
 
 from experiments import tasks
