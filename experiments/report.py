@@ -103,6 +103,14 @@ def _plt():
   return plt
 
 
+def _log_x(ax) -> None:
+  """A log x axis labelled at its decades only: matplotlib also labels minor ticks when the data
+  span less than a decade, and on a narrow panel those labels run into each other."""
+  from matplotlib.ticker import NullFormatter
+  ax.set_xscale("log")
+  ax.xaxis.set_minor_formatter(NullFormatter())
+
+
 def _status_from_results(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
   """The run table of a copied results folder: every run in results.csv finished (only done
   runs are collected); attempts are not recorded there."""
@@ -184,7 +192,8 @@ def plot_frontier(points, path: Path) -> Path | None:
   for ax, (cat, length) in zip(axes.ravel(), keys):
     ps = [p for p in pts if p["category"] == cat and p["eval_length"] == length]
     on = fr.pareto([(p["inference_flops_per_token"], p["arm"].mean) for p in ps])
-    for size in sorted({p["size"] for p in ps}):
+    for size in sorted({p["size"] for p in ps}, key=lambda s: min(p["params"] for p in ps
+                                                                 if p["size"] == s)):
       sel = [p for p in ps if p["size"] == size]
       ax.scatter([p["inference_flops_per_token"] for p in sel], [p["arm"].mean for p in sel],
                  label=size, s=18)
@@ -192,7 +201,7 @@ def plot_frontier(points, path: Path) -> Path | None:
     ax.plot([f for f, _ in front], [a for _, a in front], "k--", lw=1)
     ax.scatter([f for f, _ in front], [a for _, a in front], facecolors="none", edgecolors="k",
                s=60)
-    ax.set_xscale("log")
+    _log_x(ax)
     ax.set(title=f"{cat}, T={length}", xlabel="inference FLOPs/token", ylabel="exact match",
            ylim=(-0.02, 1.02))
     ax.legend(fontsize=6)
@@ -222,7 +231,7 @@ def plot_isoflop(points, path: Path) -> Path | None:
       ps.sort(key=lambda p: p["params"])
       ax.plot([p["params"] for p in ps], [p["arm"].mean for p in ps], marker="o",
               label=f"{budget:.2g} FLOPs, {tag}")
-    ax.set_xscale("log")
+    _log_x(ax)
     ax.set(title=f"{cat}: iso-FLOP (training)", xlabel="parameters", ylabel="exact match",
            ylim=(-0.02, 1.02))
     ax.legend(fontsize=6)
