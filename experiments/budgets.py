@@ -129,18 +129,21 @@ def markdown(rows: list[dict[str, Any]], table: Callable[..., str]) -> list[str]
 
 def plot(rows: list[dict[str, Any]], path: Path) -> Path | None:
   """Accuracy vs eval length per category (prefill): fixed solid, adaptive dashed, dense dotted,
-  one colour per model."""
+  one colour per model; only models measurably above chance dense at some length (as in the
+  tolerance plot), the rest would lie on the floor and hide them."""
   rows = [r for r in rows if r["phase"] == "prefill"]
   cats = sorted({r["category"] for r in rows})
   if not cats:
     return None
-  from experiments.report import _plt, save
+  from experiments.report import _measurable, _plt, save
   plt = _plt()
-  fig, axes = plt.subplots(1, len(cats), figsize=(4.5 * len(cats), 3.6), squeeze=False)
+  fig, axes = plt.subplots(1, len(cats), figsize=(4.5 * len(cats), 4.6), squeeze=False)
   labels = sorted({r["label"] for r in rows})
-  colour = {lab: f"C{i}" for i, lab in enumerate(labels)}
+  colour = {lab: f"C{i % 10}" for i, lab in enumerate(labels)}
   for ax, cat in zip(axes[0], cats):
-    for r in (r for r in rows if r["category"] == cat):
+    shown = [r for r in rows if r["category"] == cat
+             and any(p["dense"] and _measurable(p["dense"]) for p in r["per_length"])]
+    for r in shown:
       x = [p["eval_length"] for p in r["per_length"]]
       for key, style in (("fixed", "-"), ("adaptive", "--")):
         ax.plot(x, [p[key]["arm"].mean for p in r["per_length"]], style, marker="o",
@@ -154,5 +157,9 @@ def plot(rows: list[dict[str, Any]], path: Path) -> Path | None:
     ax.minorticks_off()
     ax.set(title=f"{cat}: fixed vs adaptive budget (prefill)", xlabel="eval length",
            ylabel="exact match", ylim=(-0.02, 1.02))
-  axes[0][-1].legend(fontsize=5, loc="best")
+    if shown:
+      ax.legend(fontsize=5, loc="upper center", bbox_to_anchor=(0.5, -0.16))
+    else:
+      ax.text(0.5, 0.5, "no model measurably\nabove chance", ha="center", va="center",
+              transform=ax.transAxes, fontsize=9, color="grey")
   return save(fig, path)
