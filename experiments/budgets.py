@@ -127,7 +127,7 @@ def markdown(rows: list[dict[str, Any]], table: Callable[..., str]) -> list[str]
   return md
 
 
-def plot(rows: list[dict[str, Any]], path: Path) -> Path | None:
+def plot(rows: list[dict[str, Any]], path: Path, alpha: float) -> Path | None:
   """Accuracy vs eval length per category (prefill): fixed solid, adaptive dashed, dense dotted,
   one colour per model; only models measurably above chance dense at some length (as in the
   tolerance plot), the rest would lie on the floor and hide them."""
@@ -135,14 +135,15 @@ def plot(rows: list[dict[str, Any]], path: Path) -> Path | None:
   cats = sorted({r["category"] for r in rows})
   if not cats:
     return None
-  from experiments.report import _measurable, _plt, save
+  from experiments.report import _plt, save
   plt = _plt()
   fig, axes = plt.subplots(1, len(cats), figsize=(4.5 * len(cats), 4.6), squeeze=False)
   labels = sorted({r["label"] for r in rows})
   colour = {lab: f"C{i % 10}" for i, lab in enumerate(labels)}
   for ax, cat in zip(axes[0], cats):
     shown = [r for r in rows if r["category"] == cat
-             and any(p["dense"] and _measurable(p["dense"]) for p in r["per_length"])]
+             and any(p["dense"] and fr.measurable(p["dense"]["arm"], p["dense"]["chance"], alpha)
+                     for p in r["per_length"])]
     for r in shown:
       x = [p["eval_length"] for p in r["per_length"]]
       for key, style in (("fixed", "-"), ("adaptive", "--")):

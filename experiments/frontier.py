@@ -122,6 +122,12 @@ def drop_detectable(arm: Arm, chance: float, alpha: float = 0.05) -> bool:
   return significantly_greater(arm, at_chance, alpha)
 
 
+def measurable(arm: Arm, chance: float, alpha: float = 0.05) -> bool:
+  """Significantly above chance, and far enough above it that a fall to chance would be a
+  significant drop: only then can a sparse setting be seen to cost the model anything."""
+  return above_chance(arm, chance, alpha) and drop_detectable(arm, chance, alpha)
+
+
 def pareto(points: Sequence[tuple[float, float]]) -> list[bool]:
   """For (cost, value) points: True where no other point has cost <= and value >=, one strictly.
 

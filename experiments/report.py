@@ -81,7 +81,7 @@ def tolerances(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for pattern in patterns:
       curve = {p["eval_target"]: p["arm"] for p in settings.values()
                if _family(p) == pattern and p["eval_setting"] != "native"}
-      weak = not _measurable(dense)
+      weak = not fr.measurable(dense["arm"], dense["chance"], ALPHA)
       out.append(dict(label=dense["run_label"], category=cat, eval_length=length, phase=phase,
                       pattern=pattern, dense_acc=dense["arm"].mean, n=dense["arm"].n,
                       tolerance=None if weak else fr.tolerance(dense["arm"], curve, ALPHA),
@@ -134,8 +134,8 @@ def save(fig, path: Path) -> Path:
 def plot_tolerance(points, path: Path) -> Path | None:
   """Accuracy vs eval sparsity per category (prefill): one line per model × length, for static
   patterns and fixed-density content budgets (adaptive ones have their own plot,
-  `budgets.plot`). Only models whose dense accuracy could show a drop (`_measurable`) are
-  drawn: the others lie on the chance line and would only hide the ones that learnt."""
+  `budgets.plot`). Only models whose dense accuracy could show a drop (`frontier.measurable`)
+  are drawn: the others lie on the chance line and would only hide the ones that learnt."""
   pts = [p for p in points if p["phase"] == "prefill" and p["eval_setting"] != "native"
          and p["eval_budget"] != "adaptive"]
   cats = sorted({p["category"] for p in pts})
@@ -151,7 +151,7 @@ def plot_tolerance(points, path: Path) -> Path | None:
     drawn = 0
     for (label, length), ps in sorted(lines.items()):
       dense = [p for p in ps if p["eval_setting"] == "dense"]
-      if not dense or not _measurable(dense[0]):
+      if not dense or not fr.measurable(dense[0]["arm"], dense[0]["chance"], ALPHA):
         continue
       ps.sort(key=lambda p: p["eval_target"])
       x = [p["eval_target"] for p in ps]
@@ -169,13 +169,6 @@ def plot_tolerance(points, path: Path) -> Path | None:
       ax.text(0.5, 0.5, f"no model measurably\nabove chance ({len(lines)} too weak)",
               ha="center", va="center", transform=ax.transAxes, fontsize=9, color="grey")
   return save(fig, path)
-
-
-def _measurable(dense: dict[str, Any]) -> bool:
-  """A model evaluated dense is significantly above chance and far enough above it that a fall
-  to chance would be a significant drop: only then can sparsity be seen to cost it anything."""
-  return (fr.above_chance(dense["arm"], dense["chance"], ALPHA)
-          and fr.drop_detectable(dense["arm"], dense["chance"], ALPHA))
 
 
 def plot_frontier(points, path: Path) -> Path | None:
@@ -310,7 +303,7 @@ def write(out: Path, *, wall_s: float | None = None, wandb_mode: str | None = No
   figs = [f for f in (plot_tolerance(points, plots / "tolerance.png"),
                       plot_frontier(points, plots / "frontier.png"),
                       plot_isoflop(points, plots / "isoflop.png"),
-                      budgets.plot(budget_rows, plots / "budgets.png")) if f]
+                      budgets.plot(budget_rows, plots / "budgets.png", ALPHA)) if f]
   comps = fr.sparse_vs_dense(comparison_points(points, "inference"), alpha=ALPHA)
   train_comps = fr.sparse_vs_dense(comparison_points(points, "training"), alpha=ALPHA,
                                    match_inference=False)

@@ -142,6 +142,10 @@ def test_drop_detectable_needs_room_above_chance():
     arm = fr.Arm.of(_bernoulli(k, 128))
     assert fr.above_chance(arm, 1e-6) and not fr.drop_detectable(arm, 1e-6)
   assert fr.drop_detectable(fr.Arm.of(_bernoulli(5, 128)), 1e-6)
+  # measurable: both at once (the report's "too weak to tell" is its negation)
+  assert fr.measurable(fr.Arm.of(_bernoulli(5, 128)), 1e-6)
+  assert not fr.measurable(fr.Arm.of(_bernoulli(2, 128)), 1e-6)
+  assert not fr.measurable(fr.Arm.of(_bernoulli(3, 64)), 1 / 30)  # not above chance
   # the same check against a real chance rate: 20/64 clears 1/30, 4/64 does not
   assert fr.drop_detectable(fr.Arm.of(_bernoulli(20, 64)), 1 / 30)
   assert not fr.drop_detectable(fr.Arm.of(_bernoulli(4, 64)), 1 / 30)
