@@ -1,6 +1,6 @@
 """Training-step throughput of ladder models -> benchmarks/results/train_throughput_<preset>.json.
 
-    python -m benchmarks.train_throughput --preset h100   # on one H100 (about 8 minutes)
+    python -m benchmarks.train_throughput --preset h100   # one H100: 21 rows, about 11 minutes
     python -m benchmarks.train_throughput --preset cpu    # the smallest sizes on a CPU
 
 Times the trainer's own jitted step (`train.step.make_train_step`: bf16 compute, f32 params,
@@ -48,7 +48,8 @@ PRESETS = {
     "cpu": [(("100k", "300k", "800k"), (128, 512), (1.0,), ("xla",), 4096)],
     "h100": [
         # The TARGETS.md row: ~100M dense at T=4096, and its sparse versions, at three lengths
-        # (issue 8's grid; about a minute a row with its compile, so run it in --only pieces).
+        # (issue 8's grid; about 30 s a row with its compile: where one call may not run 11
+        # minutes, run it in --only pieces that each include the dense rows they compare with).
         (("100m",), (2048, 4096, 8192), (1.0, 0.5, 0.25, 0.1), ("pallas_triton",), 65536),
         (("100m",), (4096,), (1.0,), ("xla",), 65536),
         # The smaller sizes the GPU study trains.
