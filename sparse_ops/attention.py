@@ -12,8 +12,10 @@ from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec
 
 from sparse_ops import masks as masks_lib
+from sparse_ops import partition as partition_lib
 from sparse_ops import reference, xla
 from sparse_ops.kernels import triton as triton_kernels
 from sparse_ops.layout import BlockLayout
@@ -23,6 +25,9 @@ class Implementation(NamedTuple):
   run: Callable  # (q, k, v, layout, scale) -> out
   unavailable: Callable[[], str | None]  # None if it can run here, else why not
   default_blocks: Callable[[int, int, int], tuple[int, int]]  # (T, S, D) -> (block_q, block_kv)
+  # False for kernels XLA sees as opaque custom calls: on a mesh they run per shard
+  # (sparse_ops.partition), where XLA would all-gather their inputs onto every device.
+  partitionable: bool = True
 
 
 def _pow2_blocks(t: int, s: int, d: int, cap: int = 128) -> tuple[int, int]:
@@ -48,9 +53,11 @@ IMPLEMENTATIONS: dict[str, Implementation] = {
     # Hopper included, because it precedes "xla" below and "pallas_mosaic_gpu" is not built yet;
     # once that exists it takes Hopper and newer by its place in available_implementations().
     "pallas_triton": Implementation(triton_kernels.attention, triton_kernels.unavailable,
-                                    triton_kernels.default_blocks),
-    "pallas_mosaic_gpu": Implementation(None, _not_built("pallas_mosaic_gpu"), _pow2_blocks),
-    "pallas_tpu": Implementation(None, _not_built("pallas_tpu"), _pow2_blocks),
+                                    triton_kernels.default_blocks, partitionable=False),
+    "pallas_mosaic_gpu": Implementation(None, _not_built("pallas_mosaic_gpu"), _pow2_blocks,
+                                        partitionable=False),
+    "pallas_tpu": Implementation(None, _not_built("pallas_tpu"), _pow2_blocks,
+                                 partitionable=False),
 }
 
 
@@ -67,7 +74,8 @@ def default_implementation() -> str:
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, mask: masks_lib.Mask | None = None,
               layout: BlockLayout | None = None, scale: float | None = None,
-              implementation: str | None = None) -> jax.Array:
+              implementation: str | None = None,
+              partition: PartitionSpec | None = None) -> jax.Array:
   """Masked / block-sparse attention.
 
   Args:
@@ -77,6 +85,12 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, mask: masks_lib.Mask 
     scale: logits scale, default D ** -0.5.
     implementation: "reference", "xla", "pallas_triton", "pallas_mosaic_gpu", "pallas_tpu", or
       None for the best available here. Asking for one that cannot run raises, never falls back.
+    partition: how q is split over the mesh set by ``jax.set_mesh``, as a PartitionSpec over
+      [B, T, Hq, D] (batch and head dimensions only). Pallas kernels run per shard of it
+      (``sparse_ops.partition``); default: the batch split over every mesh axis. With no mesh
+      set they run on whole arrays, and sharded inputs are gathered onto every device: set the
+      mesh when the inputs are sharded. "xla" and "reference" are partitioned by XLA from the
+      inputs' own shardings and ignore it.
 
   Returns:
     [B, T, Hq, Dv] in q's dtype.
@@ -106,7 +120,9 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, mask: masks_lib.Mask 
     _check_layout(layout, b, t, s, hq, hkv)
   if scale is None:
     scale = d ** -0.5
-  return impl.run(q, k, v, layout, scale)
+  if impl.partitionable:
+    return impl.run(q, k, v, layout, scale)
+  return partition_lib.per_shard(impl.run, q, k, v, layout, scale, partition)
 
 
 # ----------------------------------------------------------------------------------- validation

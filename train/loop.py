@@ -209,7 +209,9 @@ def run(cfg: Config) -> Result:
       logger.advance(s)
     return None
 
-  with _Stop() as stop:
+  # The mesh is set while steps are traced so that kernels XLA cannot partition (Pallas
+  # attention) run per shard instead of on gathered inputs (sparse_ops.partition).
+  with _Stop() as stop, jax.set_mesh(mesh):
     try:
       while step < total:
         batch = mesh_lib.global_batch(next(batches_at(step)), mesh)
