@@ -135,7 +135,7 @@ def plot(rows: list[dict[str, Any]], path: Path, alpha: float) -> Path | None:
   cats = sorted({r["category"] for r in rows})
   if not cats:
     return None
-  from experiments.report import _plt, save
+  from experiments.report import _accuracy_top, _plt, save
   plt = _plt()
   fig, axes = plt.subplots(1, len(cats), figsize=(4.5 * len(cats), 4.6), squeeze=False)
   labels = sorted({r["label"] for r in rows})
@@ -156,8 +156,10 @@ def plot(rows: list[dict[str, Any]], path: Path, alpha: float) -> Path | None:
     lengths = sorted({p["eval_length"] for r in rows for p in r["per_length"]})
     ax.set_xticks(lengths, [str(t) for t in lengths])
     ax.minorticks_off()
+    top = _accuracy_top([p[k]["arm"].mean for r in shown for p in r["per_length"]
+                         for k in ("fixed", "adaptive", "dense") if p[k]])
     ax.set(title=f"{cat}: fixed vs adaptive budget (prefill)", xlabel="eval length",
-           ylabel="exact match", ylim=(-0.02, 1.02))
+           ylabel="exact match", ylim=(-0.01, top))
     if shown:
       ax.legend(fontsize=5, loc="upper center", bbox_to_anchor=(0.5, -0.16))
     else:

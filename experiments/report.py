@@ -103,6 +103,12 @@ def _plt():
   return plt
 
 
+def _accuracy_top(values) -> float:
+  """Top of an accuracy axis: just above the data, so small models' accuracies are not a flat
+  band at the bottom of 0..1."""
+  return min(1.02, max(0.1, 1.15 * max(values, default=1.0)))
+
+
 def _log_x(ax) -> None:
   """A log x axis labelled at its decades only: matplotlib also labels minor ticks when the data
   span less than a decade, and on a narrow panel those labels run into each other."""
@@ -126,7 +132,7 @@ def _status_from_results(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def save(fig, path: Path) -> Path:
   """Every report figure ends the same way: laid out, written at one resolution, closed."""
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  fig.savefig(path, dpi=110, bbox_inches="tight")  # "tight": legends placed below the axes
   _plt().close(fig)
   return path
 
@@ -135,36 +141,46 @@ def plot_tolerance(points, path: Path) -> Path | None:
   """Accuracy vs eval sparsity per category (prefill): one line per model × length, for static
   patterns and fixed-density content budgets (adaptive ones have their own plot,
   `budgets.plot`). Only models whose dense accuracy could show a drop (`frontier.measurable`)
-  are drawn: the others lie on the chance line and would only hide the ones that learnt."""
+  are drawn: the others lie on the chance line and would only hide the ones that learnt. One
+  colour per model in every panel, one line style per length; the y axis ends above the data
+  (small models' accuracies would be a flat band at the bottom of 0..1)."""
   pts = [p for p in points if p["phase"] == "prefill" and p["eval_setting"] != "native"
          and p["eval_budget"] != "adaptive"]
   cats = sorted({p["category"] for p in pts})
   if not cats:
     return None
   plt = _plt()
-  fig, axes = plt.subplots(1, len(cats), figsize=(4.5 * len(cats), 4.6), squeeze=False)
+  labels = sorted({p["run_label"] for p in pts})
+  colour = {lab: f"C{i % 10}" for i, lab in enumerate(labels)}
+  lengths = sorted({p["eval_length"] for p in pts}, reverse=True)
+  style = {t: ("-", "--", ":", "-.")[i % 4] for i, t in enumerate(lengths)}
+  fig, axes = plt.subplots(1, len(cats), figsize=(4.5 * len(cats), 4.8), squeeze=False)
   for ax, cat in zip(axes[0], cats):
     lines = defaultdict(list)
     for p in pts:
       if p["category"] == cat:
         lines[(p["run_label"], p["eval_length"])].append(p)
-    drawn = 0
+    drawn, top = set(), 0.0
     for (label, length), ps in sorted(lines.items()):
       dense = [p for p in ps if p["eval_setting"] == "dense"]
       if not dense or not fr.measurable(dense[0]["arm"], dense[0]["chance"], ALPHA):
         continue
       ps.sort(key=lambda p: p["eval_target"])
-      x = [p["eval_target"] for p in ps]
       y = [p["arm"].mean for p in ps]
       err = [1.96 * p["arm"].std / math.sqrt(max(p["arm"].n, 1)) for p in ps]
-      ax.errorbar(x, y, yerr=err, marker="o", capsize=2, label=f"{label} T={length}")
-      drawn += 1
+      ax.errorbar([p["eval_target"] for p in ps], y, yerr=err, marker="o", ms=4, capsize=2,
+                  color=colour[label], ls=style[length])
+      drawn.add(label)
+      top = max(top, max(a + e for a, e in zip(y, err)))
     ax.axhline(sum(p["chance"] for p in pts if p["category"] == cat)
                / max(1, sum(p["category"] == cat for p in pts)), color="grey", ls=":", lw=1)
     ax.set(title=f"{cat}: accuracy vs inference sparsity", xlabel="inference sparsity (prefill)",
-           ylabel="exact match", ylim=(-0.02, 1.02), xlim=(-0.03, 1.0))
+           ylabel="exact match", ylim=(-0.01, _accuracy_top([top])), xlim=(-0.03, 1.0))
     if drawn:
-      ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.16))
+      handles = [plt.Line2D([], [], color=colour[lab], marker="o", ms=4, label=lab)
+                 for lab in sorted(drawn)]
+      handles += [plt.Line2D([], [], color="k", ls=style[t], label=f"T={t}") for t in lengths]
+      ax.legend(handles=handles, fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.15))
     else:
       ax.text(0.5, 0.5, f"no model measurably\nabove chance ({len(lines)} too weak)",
               ha="center", va="center", transform=ax.transAxes, fontsize=9, color="grey")
@@ -196,7 +212,7 @@ def plot_frontier(points, path: Path) -> Path | None:
                s=60)
     _log_x(ax)
     ax.set(title=f"{cat}, T={length}", xlabel="inference FLOPs/token", ylabel="exact match",
-           ylim=(-0.02, 1.02))
+           ylim=(-0.01, _accuracy_top([p["arm"].mean for p in ps])))
     ax.legend(fontsize=6)
   for ax in axes.ravel()[len(keys):]:
     ax.axis("off")
@@ -226,7 +242,7 @@ def plot_isoflop(points, path: Path) -> Path | None:
               label=f"{budget:.2g} FLOPs, {tag}")
     _log_x(ax)
     ax.set(title=f"{cat}: iso-FLOP (training)", xlabel="parameters", ylabel="exact match",
-           ylim=(-0.02, 1.02))
+           ylim=(-0.01, _accuracy_top([p["arm"].mean for ps in lines.values() for p in ps])))
     ax.legend(fontsize=6)
   return save(fig, path)
 

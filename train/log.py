@@ -42,11 +42,17 @@ def device_peak(override_tflops: float = 0.0) -> tuple[float | None, float | Non
   return None, None
 
 
-def git_sha() -> str:
+def git_sha(where: Path | None = None) -> str:
+  """HEAD of the code's repository, with "-dirty" when tracked files differ from it (the code
+  that ran is then not that commit: e.g. a working tree copied onto a GPU machine)."""
+  git = lambda *args: subprocess.run(["git", *args], capture_output=True, text=True, timeout=10,
+                                     cwd=where or Path(__file__).resolve().parent)
   try:
-    out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
-                         cwd=Path(__file__).resolve().parent)
-    return out.stdout.strip() or "unknown"
+    sha = git("rev-parse", "HEAD").stdout.strip()
+    if not sha:
+      return "unknown"
+    changed = git("status", "--porcelain", "--untracked-files=no")
+    return sha + ("-dirty" if changed.returncode or changed.stdout.strip() else "")
   except (OSError, subprocess.SubprocessError):
     return "unknown"
 
