@@ -1,8 +1,8 @@
 """Times sparse_ops attention implementations over lengths and block densities.
 
-    python benchmarks/attention.py                       # default sweep on this backend
-    python benchmarks/attention.py --preset cpu          # what benchmarks/results/attention_cpu.json holds
-    python benchmarks/attention.py --lengths 4096 8192 --densities 1 0.25 --impls xla
+    python -m benchmarks.attention                       # default sweep on this backend
+    python -m benchmarks.attention --preset cpu          # what benchmarks/results/attention_cpu.json holds
+    python -m benchmarks.attention --lengths 4096 8192 --densities 1 0.25 --impls xla
 
 Each row: implementation, pattern, T, block density d (visited blocks / dense-causal blocks),
 element sparsity, forward or forward+backward median seconds over repeated calls after warm-up,
@@ -33,6 +33,7 @@ import numpy as np
 
 import sparse_ops as so
 from sparse_ops import masks
+from benchmarks.timing import time_calls
 
 PRESETS = {
     # The committed CPU run: a sweep small enough for 2 cores, plus the long-context local case.
@@ -65,14 +66,8 @@ def block_causal_random(t: int, block: int, density: float, seed: int = 0) -> ma
 
 
 def _time(fn, args, reps: int) -> tuple[float, list[float]]:
-  out = fn(*args)
-  jax.block_until_ready(out)  # compile + warm-up
-  times = []
-  for _ in range(reps):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - t0)
-  return statistics.median(times), times
+  timing = time_calls(lambda: fn(*args), reps)
+  return timing.median, timing.times
 
 
 def _temp_bytes(fn, args) -> int | None:

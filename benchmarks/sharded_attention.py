@@ -19,7 +19,6 @@ import datetime
 import json
 import pathlib
 import platform
-import time
 
 import jax
 import jax.numpy as jnp
@@ -27,22 +26,13 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 import sparse_ops as so
+from benchmarks.timing import time_calls
 
 
 def fwd_bwd(layout):
   def loss(q, k, v, g):
     return jnp.sum(so.attention(q, k, v, layout=layout, implementation="pallas_triton") * g)
   return jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
-
-
-def timed(fn, args, reps: int) -> float:
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(reps):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - t0)
-  return float(np.median(times))
 
 
 def collectives(fn, args) -> dict[str, int]:
@@ -79,7 +69,8 @@ def main(argv=None) -> None:
                               (f"one device, B/{n}", share, False)):
     fn = fwd_bwd(layout)
     with jax.set_mesh(mesh) if use_mesh else contextlib.nullcontext():
-      rows.append(dict(way=way, median_s=timed(fn, args, a.reps), **collectives(fn, args)))
+      rows.append(dict(way=way, median_s=time_calls(lambda: fn(*args), a.reps).median,
+                       **collectives(fn, args)))
   floor = rows[2]["median_s"]
   for r in rows:
     r["vs_one_device_share"] = round(r["median_s"] / floor, 3)

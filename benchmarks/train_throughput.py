@@ -38,6 +38,7 @@ import numpy as np
 
 import models
 import sparse_ops as so
+from benchmarks.timing import time_calls
 from train import step as step_lib
 from train.config import Config, DataConfig
 from train.log import device_peak
@@ -82,18 +83,6 @@ def _phase(msg: str) -> None:
   print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def _median_time(fn, steps: int) -> tuple[float, float]:
-  t0 = time.perf_counter()
-  jax.block_until_ready(fn())
-  first = time.perf_counter() - t0
-  times = []
-  for _ in range(steps):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - t0)
-  return float(np.median(times)), first
-
-
 def attention_time(model: models.ModelConfig, batch: int, seq_len: int, steps: int) -> float:
   """Forward + backward of one layer's attention op at the model's shapes, × depth."""
   a = model.attention
@@ -114,7 +103,7 @@ def attention_time(model: models.ModelConfig, batch: int, seq_len: int, steps: i
                                                 implementation=a.implementation), q, k, v)[1](g)
 
   f = jax.jit(fwd_bwd)
-  median, _ = _median_time(lambda: f(q, k, v, g, layout), steps)
+  median = time_calls(lambda: f(q, k, v, g, layout), steps).median
   return median * model.depth
 
 
@@ -141,7 +130,8 @@ def measure(size: str, seq_len: int, density: float, impl: str, tokens: int, ste
     holder["state"], metrics = step(holder["state"], batch_)
     return metrics
 
-  median, first = _median_time(one, steps)
+  timing = time_calls(one, steps)
+  median, first = timing.median, timing.first
   _phase(f"  first step {first:.1f}s, median {median * 1e3:.1f} ms")
   del holder, state
   t0 = time.perf_counter()

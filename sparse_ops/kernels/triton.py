@@ -69,7 +69,7 @@ class Tiles:
   dkv: PassTiles
 
 
-# Chosen by `python benchmarks/attention.py --tune` on an H100 (B=4, H=16, T=8192, dense causal,
+# Chosen by `python -m benchmarks.attention --tune` on an H100 (B=4, H=16, T=8192, dense causal,
 # one pass swept at a time with the others fixed); sweeps under benchmarks/results/.
 # bf16: attention_h100_tune.json, summarised in attention_h100.md. Index prefetch measured 4-8%
 # faster in the bf16 D=128 forward on sparse layouts and is on there only (the backward showed
