@@ -186,7 +186,7 @@ def block_scores(q, k, *, block_q, block_kv, scoring="mean") -> jax.Array:
     mean = jnp.einsum("bihd,bjhd->bhij", qf, kp) * d ** -0.5
     if scoring == "mean":
       return mean
-    return _vertical_slash(mean, _causal_blocks(t, s, block_q, block_kv), block_q, block_kv)
+    return _vertical_slash(mean, _fully_causal(t, s, block_q, block_kv), block_q, block_kv)
   kmax = _pool_extreme(kf, nk, block_kv, s, jnp.max, -jnp.inf)
   kmin = _pool_extreme(kf, nk, block_kv, s, jnp.min, jnp.inf)
   # sum_d max(q_d·kmax_d, q_d·kmin_d) = q·(kmax+kmin)/2 + |q|·(kmax-kmin)/2, because
@@ -197,16 +197,23 @@ def block_scores(q, k, *, block_q, block_kv, scoring="mean") -> jax.Array:
   return (mid + spread) * d ** -0.5
 
 
-def _vertical_slash(mean, causal, block_q, block_kv):
+def _vertical_slash(mean, scored, block_q, block_kv):
   """[B, H, nq, nk] mean scores -> column score + diagonal score, both running means over rows.
 
-  Row i's column score for kv-block j is the mean over rows i' <= i of their estimated attention
-  p[i', j]; its diagonal score for offset o is the mean over rows i' <= i of p along offset o
-  (offsets in kv-blocks from the kv-block holding the q-block's first query, clipped at 0).
+  Row i's estimated attention p[i, :] is a softmax over the kv-blocks it scores: those wholly
+  at or before its first query (`scored`, from `_fully_causal`). Blocks the diagonal cuts hold
+  keys later than that query; they are kept anyway, and letting them into the softmax would make
+  every row's scores depend on those keys (a later token changing earlier outputs). A row with
+  no scored block (the first) has p = 0 and does not count in the means. Row i's column score
+  for kv-block j is the mean of p[i', j] over rows i' <= i; its diagonal score for offset o is
+  the mean of p along offset o over those rows (offsets in kv-blocks from the kv-block holding
+  the q-block's first query, clipped at 0).
   """
-  nq, nk = causal.shape
-  p = jax.nn.softmax(jnp.where(causal, mean, -jnp.inf), axis=-1)  # estimated attention rows
-  rows = jnp.arange(1, nq + 1, dtype=jnp.float32)[:, None]
+  nq, nk = scored.shape
+  has = scored.any(-1)  # [nq] numpy: rows with at least one scored block
+  p = jax.nn.softmax(jnp.where(scored, mean, -jnp.inf), axis=-1)
+  p = jnp.where(jnp.asarray(has)[:, None], p, 0.0)  # softmax of no block is NaN
+  rows = jnp.asarray(np.maximum(np.cumsum(has), 1), jnp.float32)[:, None]
   column = jnp.cumsum(p, axis=-2) / rows
   off_np = np.clip((np.arange(nq)[:, None] * block_q) // block_kv - np.arange(nk)[None, :], 0,
                    nk - 1)
@@ -214,7 +221,7 @@ def _vertical_slash(mean, causal, block_q, block_kv):
   # per row, scatter p into offset bins ([nq, nk] offsets), then running sums over rows
   per_row = jnp.zeros(p.shape, p.dtype).at[..., jnp.arange(nq)[:, None], off].add(p)
   hits = np.zeros((nq, nk))
-  np.add.at(hits, (np.broadcast_to(np.arange(nq)[:, None], off_np.shape)[causal], off_np[causal]),
+  np.add.at(hits, (np.broadcast_to(np.arange(nq)[:, None], off_np.shape)[scored], off_np[scored]),
             1.0)
   diagonal = jnp.cumsum(per_row, axis=-2) / jnp.maximum(jnp.asarray(hits.cumsum(0)), 1.0)
   return column + jnp.take_along_axis(diagonal, jnp.broadcast_to(off, diagonal.shape), axis=-1)

@@ -59,14 +59,21 @@ def brute_force(q, k, blk_q, blk_kv, budget, scoring, sink, local):
 
 
 def _vertical_slash_scores(q, k, blk_q, blk_kv):
-  """q [T, G, D], k [S, D] -> running column mean(j) + running diagonal mean(offset), loops only."""
+  """q [T, G, D], k [S, D] -> running column mean(j) + running diagonal mean(offset), loops only.
+
+  A row's estimated attention is a softmax over the kv-blocks wholly at or before its first
+  query (the ones it scores); a row with none (the first) has p = 0 and is not counted."""
   t, s, d = q.shape[0], k.shape[0], k.shape[-1]
   nq, nk = math.ceil(t / blk_q), math.ceil(s / blk_kv)
-  causal = lambda i, j: j * blk_kv <= min((i + 1) * blk_q, t) - 1
+  scored = lambda i, j: (j + 1) * blk_kv - 1 <= i * blk_q
   p = np.zeros((nq, nk))
+  rows_with = np.zeros(nq)
   for i in range(nq):
     qs = q[max(0, i * blk_q - blk_q + 1):i * blk_q + 1].mean((0, 1))
-    cand = [j for j in range(nk) if causal(i, j)]
+    cand = [j for j in range(nk) if scored(i, j)]
+    if not cand:
+      continue
+    rows_with[i] = 1
     logits = np.array([qs @ k[j * blk_kv:(j + 1) * blk_kv].mean(0) / math.sqrt(d) for j in cand])
     e = np.exp(logits - logits.max())
     p[i, cand] = e / e.sum()
@@ -76,12 +83,12 @@ def _vertical_slash_scores(q, k, blk_q, blk_kv):
     sums, counts = np.zeros(nk), np.zeros(nk)
     for r in range(i + 1):
       for j in range(nk):
-        if causal(r, j):
+        if scored(r, j):
           sums[offset(r, j)] += p[r, j]
           counts[offset(r, j)] += 1
     diag = sums / np.maximum(counts, 1)
     for j in range(nk):
-      out[i, j] = p[:i + 1, j].mean() + diag[offset(i, j)]
+      out[i, j] = p[:i + 1, j].sum() / max(1, rows_with[:i + 1].sum()) + diag[offset(i, j)]
   return out
 
 
@@ -140,20 +147,33 @@ def test_attention_over_selected_layout_matches_reference(seed, dtype):
 
 
 @pytest.mark.parametrize("scoring", ["mean", "quest", "vertical_slash"])
-def test_selection_never_reads_the_future(scoring):
-  """Changing q and k after position p changes no choice of a q-block starting at or before p."""
-  q, k, _, _ = _inputs(5, 1, 96, 96, 2, 1, 8, 8, jnp.float32)
-  select = lambda q, k: np.asarray(so.select_block_mask(
-      q, k, block_q=8, block_kv=8, budget=so.Budget.blocks(3), scoring=scoring))
-  before = select(q, k)
-  for p in (17, 40, 64):
-    noise = jax.random.normal(jax.random.PRNGKey(p), q.shape) * 5
-    q2 = q.at[:, p + 1:].add(noise[:, p + 1:])
-    k2 = k.at[:, p + 1:].add(noise[:, p + 1:, :1])
-    after = select(q2, k2)
-    rows = p // 8 + 1  # q-blocks whose first query is at or before p
-    np.testing.assert_array_equal(after[..., :rows, :], before[..., :rows, :])
-    assert (after != before).any(), "the perturbation should change some later choice"
+@pytest.mark.parametrize("block_q, block_kv", [(8, 8), (8, 4)])
+def test_selection_never_reads_the_future(scoring, block_q, block_kv):
+  """Changing q and k after position p changes no choice of a q-block starting at or before p
+  (seeds and positions where keys inside a q-block's diagonal blocks change)."""
+  changed_later = False
+  for seed in range(6):
+    q, k, _, _ = _inputs(seed, 1, 96, 96, 2, 1, 8, 8, jnp.float32)
+    select = lambda q, k: np.asarray(so.select_block_mask(
+        q, k, block_q=block_q, block_kv=block_kv, budget=so.Budget.blocks(5), scoring=scoring))
+    before = select(q, k)
+    for p in (17, 40, 64, 81):
+      noise = jax.random.normal(jax.random.PRNGKey(p + 100 * seed), q.shape) * 5
+      # Also: later keys aligned with the query block holding p (its representative, the queries
+      # ending at its first position), strongly enough to dominate any softmax that wrongly
+      # includes them.
+      first = p // block_q * block_q
+      rep = q[:, max(0, first - block_q + 1):first + 1].mean(axis=(1, 2))  # [B, D]
+      aligned = 40 * rep / jnp.sum(rep * rep, -1, keepdims=True) * math.sqrt(q.shape[-1])
+      for q2, k2 in ((q.at[:, p + 1:].add(noise[:, p + 1:]),
+                      k.at[:, p + 1:].add(noise[:, p + 1:, :1])),
+                     (q, k.at[:, p + 1:].add(aligned[:, None, None, :]))):
+        after = select(q2, k2)
+        rows = p // block_q + 1  # q-blocks whose first query is at or before p
+        np.testing.assert_array_equal(after[..., :rows, :], before[..., :rows, :],
+                                      err_msg=f"seed {seed}, change after {p}")
+        changed_later |= bool((after != before).any())
+  assert changed_later, "the perturbations should change some later choice"
 
 
 def test_selection_finds_the_planted_block():
