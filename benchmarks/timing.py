@@ -24,6 +24,8 @@ class Timing:
 
 def time_calls(call: Callable[[], Any], reps: int) -> Timing:
   """`call()` once untimed-for-the-median, then `reps` timed calls."""
+  if reps < 1:
+    raise ValueError(f"reps={reps} must be >= 1: the median needs a timed call")
   t0 = time.perf_counter()
   jax.block_until_ready(call())
   first = time.perf_counter() - t0

@@ -22,7 +22,6 @@ ratio actual / proportional (target ≤ 1.15, TARGETS.md).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import json
 import pathlib
@@ -63,13 +62,7 @@ def matmul_ceiling(n: int = 8192, reps: int = 10) -> float:
   """bf16 n³ matmul FLOP/s on the default device (the arithmetic ceiling seen)."""
   a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.bfloat16)
   f = jax.jit(lambda a: a @ a)
-  jax.block_until_ready(f(a))
-  times = []
-  for _ in range(reps):
-    t0 = time.perf_counter()
-    jax.block_until_ready(f(a))
-    times.append(time.perf_counter() - t0)
-  return 2 * n ** 3 / float(np.median(times))
+  return 2 * n ** 3 / time_calls(lambda: f(a), reps).median
 
 
 def attention_config(density: float, impl: str, block: int) -> models.AttentionConfig:

@@ -150,8 +150,11 @@ def plot_tolerance(points, path: Path) -> Path | None:
   if not cats:
     return None
   plt = _plt()
-  labels = sorted({p["run_label"] for p in pts})
-  colour = {lab: f"C{i % 10}" for i, lab in enumerate(labels)}
+  # Colours go to the models drawn in some panel only, so ten or fewer share tab10's.
+  labels = sorted({p["run_label"] for p in pts if p["eval_setting"] == "dense"
+                   and fr.measurable(p["arm"], p["chance"], ALPHA)})
+  palette = plt.get_cmap("tab10" if len(labels) <= 10 else "tab20")
+  colour = {lab: palette(i % palette.N) for i, lab in enumerate(labels)}
   lengths = sorted({p["eval_length"] for p in pts}, reverse=True)
   style = {t: ("-", "--", ":", "-.")[i % 4] for i, t in enumerate(lengths)}
   fig, axes = plt.subplots(1, len(cats), figsize=(4.5 * len(cats), 4.8), squeeze=False)
@@ -160,7 +163,7 @@ def plot_tolerance(points, path: Path) -> Path | None:
     for p in pts:
       if p["category"] == cat:
         lines[(p["run_label"], p["eval_length"])].append(p)
-    drawn, top = set(), 0.0
+    drawn, drawn_lengths, top = set(), set(), 0.0
     for (label, length), ps in sorted(lines.items()):
       dense = [p for p in ps if p["eval_setting"] == "dense"]
       if not dense or not fr.measurable(dense[0]["arm"], dense[0]["chance"], ALPHA):
@@ -171,6 +174,7 @@ def plot_tolerance(points, path: Path) -> Path | None:
       ax.errorbar([p["eval_target"] for p in ps], y, yerr=err, marker="o", ms=4, capsize=2,
                   color=colour[label], ls=style[length])
       drawn.add(label)
+      drawn_lengths.add(length)
       top = max(top, max(a + e for a, e in zip(y, err)))
     ax.axhline(sum(p["chance"] for p in pts if p["category"] == cat)
                / max(1, sum(p["category"] == cat for p in pts)), color="grey", ls=":", lw=1)
@@ -179,7 +183,8 @@ def plot_tolerance(points, path: Path) -> Path | None:
     if drawn:
       handles = [plt.Line2D([], [], color=colour[lab], marker="o", ms=4, label=lab)
                  for lab in sorted(drawn)]
-      handles += [plt.Line2D([], [], color="k", ls=style[t], label=f"T={t}") for t in lengths]
+      handles += [plt.Line2D([], [], color="k", ls=style[t], label=f"T={t}") for t in lengths
+                  if t in drawn_lengths]
       ax.legend(handles=handles, fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.15))
     else:
       ax.text(0.5, 0.5, f"no model measurably\nabove chance ({len(lines)} too weak)",

@@ -87,10 +87,11 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, mask: masks_lib.Mask 
       None for the best available here. Asking for one that cannot run raises, never falls back.
     partition: how q is split over the mesh set by ``jax.set_mesh``, as a PartitionSpec over
       [B, T, Hq, D] (batch and head dimensions only). Pallas kernels run per shard of it
-      (``sparse_ops.partition``); default: the batch split over every mesh axis. With no mesh
-      set they run on whole arrays, and sharded inputs are gathered onto every device: set the
-      mesh when the inputs are sharded. "xla" and "reference" are partitioned by XLA from the
-      inputs' own shardings and ignore it.
+      (``sparse_ops.partition``); default: the batch split over every mesh axis (inside a
+      ``shard_map``, every axis it has not made manual). With no mesh set they run on whole
+      arrays, and sharded inputs are gathered onto every device: set the mesh when the inputs
+      are sharded. "xla" and "reference" are partitioned by XLA from the inputs' own
+      shardings; ``partition`` is checked for them too, so a bad one fails on every backend.
 
   Returns:
     [B, T, Hq, Dv] in q's dtype.
@@ -120,9 +121,8 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, mask: masks_lib.Mask 
     _check_layout(layout, b, t, s, hq, hkv)
   if scale is None:
     scale = d ** -0.5
-  if impl.partitionable:
-    return impl.run(q, k, v, layout, scale)
-  return partition_lib.per_shard(impl.run, q, k, v, layout, scale, partition)
+  return partition_lib.per_shard(impl.run, q, k, v, layout, scale, partition,
+                                 opaque=not impl.partitionable)
 
 
 # ----------------------------------------------------------------------------------- validation

@@ -8,11 +8,15 @@ its own batch rows (and heads). Attention is independent per batch row and per k
 the split changes no value, and nothing is gathered.
 
 ``partition`` says how q [B, T, Hq, D] is split: ``P(batch_axes, None, head_axes, None)``. The
-default splits the batch over every axis of the mesh, i.e. pure data parallelism or FSDP. k and
-v split alike (their heads by the same axes, so each shard keeps whole GQA groups). The layout's
-arrays split where they have a batch or head dimension larger than 1 and are replicated where
-they broadcast (size 1). The sequence and head dimensions stay whole: a kernel needs every key
-of its rows.
+default splits the batch over every mesh axis that is not already manual, i.e. pure data
+parallelism or FSDP. k and v split alike (their heads by the same axes, so each shard keeps
+whole GQA groups). The layout's arrays split where they have a batch or head dimension larger
+than 1 and are replicated where they broadcast (size 1). The sequence and head dimensions stay
+whole: a kernel needs every key of its rows.
+
+Inside the caller's own ``shard_map`` the axes it made manual are already split: arrays there
+are per-device, so only the remaining (automatic) axes are split again, and with none left the
+kernel runs on the arrays as they are.
 """
 
 from __future__ import annotations
@@ -26,36 +30,46 @@ from jax.sharding import PartitionSpec as P
 from sparse_ops.layout import BlockLayout
 
 
-def context_mesh():
-  """The mesh set by ``jax.set_mesh`` (None if none is set or it has one device)."""
-  mesh = jax.sharding.get_abstract_mesh()
-  return None if mesh.empty or mesh.size == 1 else mesh
-
-
 def per_shard(run: Callable, q, k, v, layout: BlockLayout, scale: float,
-              partition: P | None) -> jax.Array:
-  """``run(q, k, v, layout, scale)``, on each device's shard when a mesh is set."""
-  mesh = context_mesh()
-  if mesh is None:
+              partition: P | None, *, opaque: bool = True) -> jax.Array:
+  """``run(q, k, v, layout, scale)``, on each device's shard of the context mesh.
+
+  ``opaque``: the kernel is a custom call XLA cannot partition. When False (``xla``,
+  ``reference``) ``partition`` is still checked, so a bad spec fails on every backend, and XLA
+  partitions the call from its inputs' shardings.
+  """
+  if partition is not None and not isinstance(partition, P):
+    raise ValueError(f"partition={partition!r} must be a jax.sharding.PartitionSpec over q's "
+                     "[B, T, Hq, D], e.g. P(('data', 'fsdp')) or P('data', None, 'model')")
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
     if partition is not None and _axes(partition):
-      raise ValueError(f"partition={partition} names mesh axes but no mesh of several devices is "
-                       "set; set one with jax.set_mesh(mesh), or leave partition=None")
+      raise ValueError(f"partition={partition} names mesh axes but no mesh is set; set one "
+                       "with jax.set_mesh(mesh), or leave partition=None")
     return run(q, k, v, layout, scale)
-  spec = P(tuple(mesh.axis_names)) if partition is None else partition
-  batch_axes, head_axes = _check(spec, mesh, q.shape, k.shape[2], partition is None)
-  if not batch_axes and not head_axes:
-    return run(q, k, v, layout, scale)  # P(): the caller asked for the whole call on each device
+  free = [a for a in mesh.axis_names if a not in mesh.manual_axes]
+  spec = P(tuple(free) or None) if partition is None else partition
+  batch_axes, head_axes = _check(spec, mesh, free, q.shape, k.shape[2], partition is None)
+  if head_axes and layout.mask is not None and layout.mask.num_heads is not None:
+    # The kernel indexes a per-head mask by its head within the call: inside a shard that is
+    # the local head, and the shard would apply the first heads' masks to its own.
+    raise ValueError(f"partition={spec} splits the heads, but layout.mask holds "
+                     f"{layout.mask.num_heads} per-head masks; split only the batch, e.g. "
+                     f"partition=P({batch_axes or None!r})")
+  if not opaque or math.prod(mesh.shape[a] for a in batch_axes + head_axes) == 1:
+    return run(q, k, v, layout, scale)
   qkv = P(batch_axes or None, None, head_axes or None, None)
 
   def leaf(x):  # [Bl, Hl, ...]: split the dimensions that are not broadcast (size 1)
     return P((batch_axes or None) if x.shape[0] > 1 else None,
              (head_axes or None) if x.shape[1] > 1 else None)
 
-  layout_spec = jax.tree.map(leaf, layout)
-  # check_vma=False: pallas_call has no rule for how it changes replication. Every float input
-  # is split over the batch axes, so transposition adds no reduction to their gradients.
+  # check_vma=False: pallas_call has no rule for how it changes replication. Gradients stay
+  # exact: for mesh axes a spec leaves out (inputs replicated over them), shard_map's transpose
+  # scales the cotangents and sums over those axes.
   fn = jax.shard_map(lambda q, k, v, layout: run(q, k, v, layout, scale),
-                     in_specs=(qkv, qkv, qkv, layout_spec), out_specs=qkv, check_vma=False)
+                     in_specs=(qkv, qkv, qkv, jax.tree.map(leaf, layout)), out_specs=qkv,
+                     axis_names=set(free), check_vma=False)
   return fn(q, k, v, layout)
 
 
@@ -71,16 +85,20 @@ def _dim_axes(spec: P, dim: int) -> tuple[str, ...]:
   return () if entry is None else tuple(entry) if isinstance(entry, tuple) else (entry,)
 
 
-def _check(spec, mesh, q_shape, hkv: int, default: bool) -> tuple[tuple, tuple]:
+def _check(spec: P, mesh, free, q_shape, hkv: int, default: bool) -> tuple[tuple, tuple]:
   """(batch axes, head axes) of a valid `spec`; otherwise a ValueError naming what is wrong."""
-  if not isinstance(spec, P) or len(spec) > 4:
-    raise ValueError(f"partition={spec!r} must be a jax.sharding.PartitionSpec over q's "
-                     "[B, T, Hq, D], e.g. P(('data', 'fsdp')) or P('data', None, 'model')")
+  if len(spec) > 4:
+    raise ValueError(f"partition={spec} has {len(spec)} entries; q has 4 dimensions "
+                     "[B, T, Hq, D]")
   names = _axes(spec)
   unknown = [a for a in names if a not in mesh.axis_names]
   if unknown or len(set(names)) != len(names):
     raise ValueError(f"partition={spec} names axes {list(names)}; each must be a distinct axis "
                      f"of the mesh, {tuple(mesh.axis_names)}")
+  manual = [a for a in names if a not in free]
+  if manual:
+    raise ValueError(f"partition={spec} names {manual}, which the enclosing shard_map has "
+                     f"already split (manual); name only the other axes, {tuple(free)}")
   for dim, what in ((1, "sequence (T)"), (3, "head-dim (D)")):
     if _dim_axes(spec, dim):
       raise ValueError(f"partition={spec} splits q's {what} dimension; the kernels need it "

@@ -45,8 +45,11 @@ def device_peak(override_tflops: float = 0.0) -> tuple[float | None, float | Non
 def git_sha(where: Path | None = None) -> str:
   """HEAD of the code's repository, with "-dirty" when tracked files differ from it (the code
   that ran is then not that commit: e.g. a working tree copied onto a GPU machine)."""
+  # GIT_OPTIONAL_LOCKS=0: `git status` must not take index.lock (a git command run at the same
+  # time, e.g. a commit, would fail on it).
   git = lambda *args: subprocess.run(["git", *args], capture_output=True, text=True, timeout=10,
-                                     cwd=where or Path(__file__).resolve().parent)
+                                     cwd=where or Path(__file__).resolve().parent,
+                                     env={**os.environ, "GIT_OPTIONAL_LOCKS": "0"})
   try:
     sha = git("rev-parse", "HEAD").stdout.strip()
     if not sha:

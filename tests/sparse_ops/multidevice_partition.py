@@ -136,6 +136,7 @@ def test_the_trainer_sets_its_mesh_so_the_kernel_runs_per_shard(spy_kernel, tmp_
     (P(("data", "data")), B, "each must be a distinct axis"),
     (P(None, None, ("data", "fsdp")), B, "Hq=4 and Hkv=2 heads cannot both be split"),
     ("data", B, "must be a jax.sharding.PartitionSpec"),
+    (P("data", None, None, None, None), B, "has 5 entries"),
 ])
 def test_bad_partitions_fail_naming_the_value(spec, b, match):
   q, k, v, _ = inputs(b=b)
@@ -147,9 +148,70 @@ def test_bad_partitions_fail_naming_the_value(spec, b, match):
 def test_a_partition_without_a_mesh_is_an_error_and_p_empty_runs_whole():
   q, k, v, _ = inputs()
   layout = layouts(q, k)["broadcast"]
-  with pytest.raises(ValueError, match="no mesh of several devices is set"):
+  with pytest.raises(ValueError, match="names mesh axes but no mesh is set"):
     partition.per_shard(Spy(), q, k, v, layout, 1.0, P("data"))
   spy = Spy()
   with jax.set_mesh(MESH):
     partition.per_shard(spy, q, k, v, layout, 1.0, P())
   assert spy.shapes == [(B, T, HQ, D)]
+
+
+def test_a_one_device_mesh_accepts_the_partition_of_a_larger_one():
+  """Code written for N devices runs on one: the spec is checked, the call is whole."""
+  q, k, v, _ = inputs()
+  layout = layouts(q, k)["broadcast"]
+  spy = Spy()
+  with jax.set_mesh(Mesh(np.asarray(jax.devices()[:1]).reshape(1, 1), ("data", "fsdp"))):
+    out = partition.per_shard(spy, q, k, v, layout, D ** -0.5, P("data", None, "fsdp"))
+    with pytest.raises(ValueError, match="each must be a distinct axis of the mesh"):
+      partition.per_shard(spy, q, k, v, layout, D ** -0.5, P("model"))
+  assert spy.shapes == [(B, T, HQ, D)]
+  np.testing.assert_allclose(out, reference.attention(q, k, v, layout, D ** -0.5), atol=1e-5)
+
+
+def test_per_head_masks_split_by_batch_only():
+  """A per-head mask is indexed by the kernel's local head: splitting heads would apply the
+  first heads' masks in every shard, so it is refused; splitting the batch is exact."""
+  q, k, v, g = inputs(2)
+  mask = masks.MultiHead([masks.Local(5), masks.Causal()])  # one per kv-head
+  layout = so.BlockLayout.from_mask(mask, T, T, block_q=16, block_kv=16)
+  with jax.set_mesh(MESH), pytest.raises(ValueError, match="2 per-head masks; split only"):
+    partition.per_shard(Spy(), q, k, v, layout, 1.0, P("data", None, "fsdp"))
+  want = loss_and_grads(lambda q, k, v: reference.attention(q, k, v, layout, D ** -0.5), q, k, v, g)
+  spy = Spy()
+  with jax.set_mesh(MESH):
+    got = jax.jit(lambda q, k, v, g: loss_and_grads(
+        lambda q, k, v: partition.per_shard(spy, q, k, v, layout, D ** -0.5, None),
+        q, k, v, g))(q, k, v, g)
+  assert set(spy.shapes) == {(1, T, HQ, D)}
+  np.testing.assert_allclose(got[0], want[0], rtol=1e-4)
+  for a, b in zip(got[1], want[1]):
+    np.testing.assert_allclose(a, b, atol=2e-4, rtol=2e-4)
+
+
+@pytest.mark.parametrize("manual, local", [
+    ({"data", "fsdp"}, (1, T, HQ, D)),   # the caller split everything: the kernel runs as is
+    ({"data"}, (1, T, HQ, D)),           # the caller split the batch over data: fsdp is left
+])
+def test_inside_the_callers_shard_map(spy_kernel, manual, local):
+  q, k, v, _ = inputs(3)
+  want = so.attention(q, k, v, mask=masks.Causal(), implementation="reference")
+  spec = P(tuple(a for a in ("data", "fsdp") if a in manual))
+  body = lambda q, k, v: so.attention(q, k, v, mask=masks.Causal(), implementation="pallas_triton")
+  fn = jax.shard_map(body, mesh=MESH, in_specs=(spec,) * 3, out_specs=spec, axis_names=manual,
+                     check_vma=False)
+  out = jax.jit(fn)(q, k, v)
+  assert set(spy_kernel.shapes) == {local}, spy_kernel.shapes
+  np.testing.assert_allclose(out, want, atol=1e-5)
+  with pytest.raises(ValueError, match="already split .manual."):
+    jax.jit(jax.shard_map(
+        lambda q, k, v: so.attention(q, k, v, mask=masks.Causal(), implementation="pallas_triton",
+                                     partition=P("data")),
+        mesh=MESH, in_specs=(spec,) * 3, out_specs=spec, axis_names=manual,
+        check_vma=False))(q, k, v)
+
+
+def test_partitionable_implementations_check_the_partition_too():
+  q, k, v, _ = inputs()
+  with jax.set_mesh(MESH), pytest.raises(ValueError, match="splits q's sequence"):
+    so.attention(q, k, v, mask=masks.Causal(), implementation="xla", partition=P(None, "data"))

@@ -103,6 +103,8 @@ budgets = st.one_of(st.integers(1, 6).map(so.Budget.blocks),
 @given(st.integers(0, 2**31), budgets, st.sampled_from(["mean", "quest", "vertical_slash"]),
        st.integers(0, 2), st.integers(1, 2), st.sampled_from([(1, 1), (4, 2), (2, 1)]),
        st.integers(20, 90), st.sampled_from([8, 16]), st.sampled_from([8, 16]))
+# block_q > block_kv: the diagonal cuts two blocks, both forced beyond a budget of one
+@example(0, so.Budget.blocks(1), "mean", 0, 1, (1, 1), 20, 16, 8)
 def test_selection_equals_brute_force(seed, budget, scoring, sink, local, heads, t, bq, bk):
   q, k, _, _ = _inputs(seed, 2, t, t, heads[0], heads[1], 8, 8, jnp.float32)
   got = np.asarray(so.select_block_mask(q, k, block_q=bq, block_kv=bk, budget=budget,
@@ -119,10 +121,12 @@ def test_selection_equals_brute_force(seed, budget, scoring, sink, local, heads,
     assert got[..., i, :min(sink, n[i])].all(), "dropped a sink block"
     assert got[..., i, max(0, n[i] - local):n[i]].all(), "dropped a local block"
   if budget.kind == "blocks":
-    expect = np.maximum(np.minimum(n, budget.value),
-                        np.minimum(n, np.minimum(sink, n) + np.minimum(local, n)))
-    # forced blocks may overlap (short rows): the count is the budget, or all forced blocks
-    assert (got.sum(-1) <= np.maximum(expect, 1)).all()
+    # Forced: sink, local, and the blocks the diagonal cuts (several when block_q > block_kv).
+    j = np.arange(nk)[None, :]
+    cut = (j + 1) * bk - 1 > (np.arange(nq) * bq)[:, None]
+    forced = (causal & ((j < sink) | (j > n[:, None] - 1 - local) | cut)).sum(-1)
+    # the count is the budget, or all forced blocks if they are more
+    assert (got.sum(-1) <= np.maximum(np.minimum(n, budget.value), forced)).all()
     assert (got.sum(-1) >= np.minimum(n, budget.value)).all()
 
 
