@@ -65,11 +65,6 @@ def block_causal_random(t: int, block: int, density: float, seed: int = 0) -> ma
   return (masks.BlockRandom(min(1.0, p), seed, block) | masks.Local(1)) & masks.Causal()
 
 
-def _time(fn, args, reps: int) -> tuple[float, list[float]]:
-  timing = time_calls(lambda: fn(*args), reps)
-  return timing.median, timing.times
-
-
 def _temp_bytes(fn, args) -> int | None:
   try:
     stats = fn.lower(*args).compile().memory_analysis()
@@ -106,7 +101,8 @@ def run_case(impl: str, mask: masks.Mask, t: int, cfg: dict, key,
   rows = []
   for name, fn, mult in (("fwd", fwd, 1.0), ("fwd_bwd", fwd_bwd, 3.5)):
     jfn = jax.jit(fn)
-    med, times = _time(jfn, (q, k, v, layout), cfg["reps"])
+    timing = time_calls(lambda: jfn(q, k, v, layout), cfg["reps"])
+    med, times = timing.median, timing.times
     rows.append(dict(
         impl=label or impl, pattern=repr(mask), T=t, batch=b, heads=h, head_dim=d,
         dtype=cfg["dtype"], block_q=blocks[0], block_kv=blocks[1], pass_=name,
@@ -158,7 +154,8 @@ def gpu_baseline(name: str, patterns: list, t: int, cfg: dict, key) -> list[dict
     model_fwd = so.flops.model_flops(mask, t, t, num_heads=h, head_dim=d, batch=b)
     rows = []
     for pass_, fn in (("fwd", fwd), ("fwd_bwd", fwd_bwd)):
-      _, times = _time(jax.jit(fn), (q, k, v), cfg["reps"])
+      jfn = jax.jit(fn)
+      times = time_calls(lambda: jfn(q, k, v), cfg["reps"]).times
       rows.append(_row("cudnn_dense", mask, t, cfg, pass_, times, model_fwd))
     return rows
   if name == "flex":
@@ -293,7 +290,8 @@ def tune(cfg: dict, head_dims=(128, 64), t: int = 8192, density: float = 1.0,
         fwd = lambda q, k, v, tiles=tiles: kt.attention(q, k, v, layout, tiles=tiles)
         fn = fwd if pass_ == "fwd" else (lambda q, k, v, fwd=fwd: jax.vjp(fwd, q, k, v)[1](g))
         try:
-          med, _ = _time(jax.jit(fn), (q, k, v), 5)
+          jfn = jax.jit(fn)
+          med = time_calls(lambda: jfn(q, k, v), 5).median
         except Exception as e:  # e.g. out of shared memory: recorded, not fatal
           print(f"tune d={d} {pass_} {c}: failed {type(e).__name__}: {str(e)[:200]}", flush=True)
           log.append(dict(head_dim=d, pass_=pass_, tiles=dataclasses.asdict(c), error=str(e)[:300]))

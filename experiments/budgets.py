@@ -135,15 +135,15 @@ def plot(rows: list[dict[str, Any]], path: Path, alpha: float) -> Path | None:
   cats = sorted({r["category"] for r in rows})
   if not cats:
     return None
-  from experiments.report import _accuracy_top, _plt, save
+  from experiments.report import _accuracy_top, _colours, _plt, save
+  measurable = [r for r in rows
+                if any(p["dense"] and fr.measurable(p["dense"]["arm"], p["dense"]["chance"], alpha)
+                       for p in r["per_length"])]
+  colour = _colours(sorted({r["label"] for r in measurable}))
   plt = _plt()
   fig, axes = plt.subplots(1, len(cats), figsize=(4.5 * len(cats), 4.6), squeeze=False)
-  labels = sorted({r["label"] for r in rows})
-  colour = {lab: f"C{i % 10}" for i, lab in enumerate(labels)}
   for ax, cat in zip(axes[0], cats):
-    shown = [r for r in rows if r["category"] == cat
-             and any(p["dense"] and fr.measurable(p["dense"]["arm"], p["dense"]["chance"], alpha)
-                     for p in r["per_length"])]
+    shown = [r for r in measurable if r["category"] == cat]
     for r in shown:
       x = [p["eval_length"] for p in r["per_length"]]
       for key, style in (("fixed", "-"), ("adaptive", "--")):

@@ -109,6 +109,12 @@ def _accuracy_top(values) -> float:
   return min(1.02, max(0.1, 1.15 * max(values, default=1.0)))
 
 
+def _colours(labels: list[str]) -> dict[str, Any]:
+  """One colour per label, the same in every panel: tab10 for up to ten labels, tab20 beyond."""
+  palette = _plt().get_cmap("tab10" if len(labels) <= 10 else "tab20")
+  return {lab: palette(i % palette.N) for i, lab in enumerate(labels)}
+
+
 def _log_x(ax) -> None:
   """A log x axis labelled at its decades only: matplotlib also labels minor ticks when the data
   span less than a decade, and on a narrow panel those labels run into each other."""
@@ -149,45 +155,45 @@ def plot_tolerance(points, path: Path) -> Path | None:
   cats = sorted({p["category"] for p in pts})
   if not cats:
     return None
-  plt = _plt()
-  # Colours go to the models drawn in some panel only, so ten or fewer share tab10's.
-  labels = sorted({p["run_label"] for p in pts if p["eval_setting"] == "dense"
-                   and fr.measurable(p["arm"], p["chance"], ALPHA)})
-  palette = plt.get_cmap("tab10" if len(labels) <= 10 else "tab20")
-  colour = {lab: palette(i % palette.N) for i, lab in enumerate(labels)}
+  lines = defaultdict(list)  # (category, model, length) -> its points
+  for p in pts:
+    lines[(p["category"], p["run_label"], p["eval_length"])].append(p)
+
+  def measurable(ps):
+    dense = [p for p in ps if p["eval_setting"] == "dense"]
+    return bool(dense) and fr.measurable(dense[0]["arm"], dense[0]["chance"], ALPHA)
+
+  shown = {key: sorted(ps, key=lambda p: p["eval_target"]) for key, ps in lines.items()
+           if measurable(ps)}
+  colour = _colours(sorted({label for _, label, _ in shown}))
   lengths = sorted({p["eval_length"] for p in pts}, reverse=True)
   style = {t: ("-", "--", ":", "-.")[i % 4] for i, t in enumerate(lengths)}
+  plt = _plt()
   fig, axes = plt.subplots(1, len(cats), figsize=(4.5 * len(cats), 4.8), squeeze=False)
   for ax, cat in zip(axes[0], cats):
-    lines = defaultdict(list)
-    for p in pts:
-      if p["category"] == cat:
-        lines[(p["run_label"], p["eval_length"])].append(p)
-    drawn, drawn_lengths, top = set(), set(), 0.0
-    for (label, length), ps in sorted(lines.items()):
-      dense = [p for p in ps if p["eval_setting"] == "dense"]
-      if not dense or not fr.measurable(dense[0]["arm"], dense[0]["chance"], ALPHA):
-        continue
-      ps.sort(key=lambda p: p["eval_target"])
+    mine = sorted(key for key in shown if key[0] == cat)
+    top = 0.0
+    for key in mine:
+      _, label, length = key
+      ps = shown[key]
       y = [p["arm"].mean for p in ps]
       err = [1.96 * p["arm"].std / math.sqrt(max(p["arm"].n, 1)) for p in ps]
       ax.errorbar([p["eval_target"] for p in ps], y, yerr=err, marker="o", ms=4, capsize=2,
                   color=colour[label], ls=style[length])
-      drawn.add(label)
-      drawn_lengths.add(length)
       top = max(top, max(a + e for a, e in zip(y, err)))
     ax.axhline(sum(p["chance"] for p in pts if p["category"] == cat)
                / max(1, sum(p["category"] == cat for p in pts)), color="grey", ls=":", lw=1)
     ax.set(title=f"{cat}: accuracy vs inference sparsity", xlabel="inference sparsity (prefill)",
            ylabel="exact match", ylim=(-0.01, _accuracy_top([top])), xlim=(-0.03, 1.0))
-    if drawn:
+    if mine:
       handles = [plt.Line2D([], [], color=colour[lab], marker="o", ms=4, label=lab)
-                 for lab in sorted(drawn)]
+                 for lab in sorted({label for _, label, _ in mine})]
       handles += [plt.Line2D([], [], color="k", ls=style[t], label=f"T={t}") for t in lengths
-                  if t in drawn_lengths]
+                  if any(length == t for _, _, length in mine)]
       ax.legend(handles=handles, fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.15))
     else:
-      ax.text(0.5, 0.5, f"no model measurably\nabove chance ({len(lines)} too weak)",
+      weak = sum(key[0] == cat for key in lines)
+      ax.text(0.5, 0.5, f"no model measurably\nabove chance ({weak} too weak)",
               ha="center", va="center", transform=ax.transAxes, fontsize=9, color="grey")
   return save(fig, path)
 

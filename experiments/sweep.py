@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import dataclasses
 import fcntl
 import json
 import os
@@ -79,9 +78,12 @@ def plan(study: study_lib.Study, out: Path) -> list[Path]:
 
 
 def load_spec(run_dir: Path) -> RunSpec:
-  d = dict(read_json(Path(run_dir) / "spec.json"))
-  d.pop("run_id"), d.pop("label")
-  return spec_from_dict(d)
+  return _spec(read_json(Path(run_dir) / "spec.json"))
+
+
+def _spec(written: dict[str, Any]) -> RunSpec:
+  """The RunSpec of a spec.json's contents (which add the derived run_id and label)."""
+  return spec_from_dict({k: v for k, v in written.items() if k not in ("run_id", "label")})
 
 
 def job_record(run_dir: Path) -> dict[str, Any]:
@@ -427,7 +429,7 @@ def status_rows(out: Path) -> list[dict[str, Any]]:
       if not _alive(rec["pid"]):
         st = "stopped"  # the sweep that ran it died: the next run resumes it
     rows.append(dict(run_id=d.name, label=spec["label"], state=st, step=step,
-                     steps=spec["steps"], train_flops=load_spec(d).train_flops,
+                     steps=spec["steps"], train_flops=_spec(spec).train_flops,
                      budget=spec["budget"], attempts=rec.get("attempts", 0),
                      train_wall_s=rec.get("train_wall_s"), eval_wall_s=rec.get("eval_wall_s"),
                      preempted_wall_s=rec.get("preempted_wall_s", 0.0),

@@ -122,7 +122,7 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, mask: masks_lib.Mask 
   if scale is None:
     scale = d ** -0.5
   return partition_lib.per_shard(impl.run, q, k, v, layout, scale, partition,
-                                 opaque=not impl.partitionable)
+                                 partitionable=impl.partitionable)
 
 
 # ----------------------------------------------------------------------------------- validation

@@ -31,12 +31,12 @@ from sparse_ops.layout import BlockLayout
 
 
 def per_shard(run: Callable, q, k, v, layout: BlockLayout, scale: float,
-              partition: P | None, *, opaque: bool = True) -> jax.Array:
+              partition: P | None, *, partitionable: bool = False) -> jax.Array:
   """``run(q, k, v, layout, scale)``, on each device's shard of the context mesh.
 
-  ``opaque``: the kernel is a custom call XLA cannot partition. When False (``xla``,
-  ``reference``) ``partition`` is still checked, so a bad spec fails on every backend, and XLA
-  partitions the call from its inputs' shardings.
+  ``partitionable`` (``Implementation.partitionable``): XLA can partition ``run`` itself, as for
+  ``xla`` and ``reference``. Then ``partition`` is only checked, so a bad spec fails on every
+  backend, and XLA partitions the call from its inputs' shardings.
   """
   if partition is not None and not isinstance(partition, P):
     raise ValueError(f"partition={partition!r} must be a jax.sharding.PartitionSpec over q's "
@@ -56,7 +56,7 @@ def per_shard(run: Callable, q, k, v, layout: BlockLayout, scale: float,
     raise ValueError(f"partition={spec} splits the heads, but layout.mask holds "
                      f"{layout.mask.num_heads} per-head masks; split only the batch, e.g. "
                      f"partition=P({batch_axes or None!r})")
-  if not opaque or math.prod(mesh.shape[a] for a in batch_axes + head_axes) == 1:
+  if partitionable or math.prod(mesh.shape[a] for a in batch_axes + head_axes) == 1:
     return run(q, k, v, layout, scale)
   qkv = P(batch_axes or None, None, head_axes or None, None)
 
@@ -73,16 +73,15 @@ def per_shard(run: Callable, q, k, v, layout: BlockLayout, scale: float,
   return fn(q, k, v, layout)
 
 
-def _axes(spec: P) -> tuple[str, ...]:
-  out = []
-  for entry in spec:
-    out += [] if entry is None else list(entry) if isinstance(entry, tuple) else [entry]
-  return tuple(out)
-
-
 def _dim_axes(spec: P, dim: int) -> tuple[str, ...]:
+  """The mesh axes `spec` splits dimension `dim` over."""
   entry = spec[dim] if dim < len(spec) else None
   return () if entry is None else tuple(entry) if isinstance(entry, tuple) else (entry,)
+
+
+def _axes(spec: P) -> tuple[str, ...]:
+  """Every mesh axis `spec` names, in order."""
+  return sum((_dim_axes(spec, dim) for dim in range(len(spec))), ())
 
 
 def _check(spec: P, mesh, free, q_shape, hkv: int, default: bool) -> tuple[tuple, tuple]:

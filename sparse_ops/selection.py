@@ -13,7 +13,8 @@ Selection is causal in what it reads, not only in what it picks, so it can be us
 a q-block is represented by the mean of the ``block_q`` queries *ending at its first position*
 (the last ones every query of the block has seen), scored kv-blocks lie wholly at or before
 that position (blocks the diagonal cuts are always kept, never scored, and left out of every
-score's normalisation), and vertical-slash statistics are running means over earlier q-blocks. No query's blocks depend on a later token.
+score's normalisation), and vertical-slash statistics are running means over earlier q-blocks.
+No query's blocks depend on a later token.
 
 Scorings:
   "mean":  mean-pooled query block · mean-pooled key block (MoBA, NSA's compressed scores).
@@ -205,10 +206,9 @@ def _vertical_slash(mean, scored, block_q, block_kv):
   keys later than that query; they are kept anyway, and letting them into the softmax would make
   every row's scores depend on those keys (a later token changing earlier outputs). A row with
   no scored block (the first, or the first few when block_q < block_kv) has p = 0 and does not
-  count in the means. Row i's column score
-  for kv-block j is the mean of p[i', j] over rows i' <= i; its diagonal score for offset o is
-  the mean of p along offset o over those rows (offsets in kv-blocks from the kv-block holding
-  the q-block's first query, clipped at 0).
+  count in the means. Row i's column score for kv-block j is the mean of p[i', j] over rows
+  i' <= i; its diagonal score for offset o is the mean of p along offset o over those rows
+  (offsets in kv-blocks from the kv-block holding the q-block's first query, clipped at 0).
   """
   nq, nk = scored.shape
   has = scored.any(-1)  # [nq] numpy: rows with at least one scored block

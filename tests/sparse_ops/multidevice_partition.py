@@ -8,9 +8,6 @@ checked against `reference` on the whole arrays, forward and gradients.
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
