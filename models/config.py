@@ -293,6 +293,10 @@ class ModelConfig:
   rope_base: float = 10_000.0
   norm_eps: float = 1e-6
   remat: bool = False  # recompute each block's activations in the backward pass (saves memory)
+  # A short causal depthwise convolution over the attention block's normalised input (Canon-A /
+  # Zoology short conv): each position mixes in the previous conv_kernel - 1 tokens, so a value
+  # token "knows" the key before it without spending an attention layer on it. 0: none.
+  conv_kernel: int = 0
   attention: AttentionConfig = AttentionConfig()
 
   def __post_init__(self):
@@ -300,6 +304,8 @@ class ModelConfig:
       value = getattr(self, name)
       if not isinstance(value, int) or value <= 0:
         raise ValueError(f"model.{name}={value!r} must be a positive int")
+    if not isinstance(self.conv_kernel, int) or not 0 <= self.conv_kernel <= 16:
+      raise ValueError(f"model.conv_kernel={self.conv_kernel!r} must be an int in [0, 16]")
     for name in ("num_kv_heads", "head_dim", "mlp_dim"):
       value = getattr(self, name)
       if value is not None and (not isinstance(value, int) or value <= 0):

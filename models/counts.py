@@ -30,7 +30,8 @@ def param_counts(cfg: ModelConfig) -> ParamCounts:
   attention = d * h * e + 2 * d * k * e + h * e * d
   mlp = 3 * d * f
   norms = 2 * d
-  nonembed = cfg.depth * (attention + mlp + norms) + d  # + the final norm
+  conv = cfg.conv_kernel * d  # depthwise: one weight per (tap, channel), 2 FLOPs per token each
+  nonembed = cfg.depth * (attention + mlp + norms + conv) + d  # + the final norm
   embed = cfg.vocab_size * d * (1 if cfg.tie_embeddings else 2)
   return ParamCounts(total=nonembed + embed, nonembed=nonembed, embed=embed)
 

@@ -142,15 +142,34 @@ class Mlp(nnx.Module):
     return jnp.einsum("btf,fd->btd", jax.nn.silu(gate) * up, self.w_down_fd[...])
 
 
+class ShortConv(nnx.Module):
+  """x + causal depthwise conv: out_t = x_t + sum_j w_j ⊙ x_{t-j}, j < kernel (zeros before 0)."""
+
+  def __init__(self, width: int, kernel: int, *, rngs: nnx.Rngs):
+    self.w_kd = _normal(rngs, (kernel, width), kernel ** -0.5)
+
+  def __call__(self, x_btd: jax.Array) -> jax.Array:
+    w_kd = self.w_kd[...].astype(x_btd.dtype)
+    out = x_btd
+    for j in range(w_kd.shape[0]):  # kernel is a handful of taps: shifted adds, no conv op
+      shifted = jnp.pad(x_btd, ((0, 0), (j, 0), (0, 0)))[:, :x_btd.shape[1]]
+      out = out + shifted * w_kd[j]
+    return out
+
+
 class Block(nnx.Module):
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
     self.attn_norm = RMSNorm(cfg.width, cfg.norm_eps)
+    self.conv = ShortConv(cfg.width, cfg.conv_kernel, rngs=rngs) if cfg.conv_kernel else None
     self.attn = Attention(cfg, rngs=rngs)
     self.mlp_norm = RMSNorm(cfg.width, cfg.norm_eps)
     self.mlp = Mlp(cfg, rngs=rngs)
 
   def __call__(self, x_btd, layout, implementation):
-    x_btd = x_btd + self.attn(self.attn_norm(x_btd), layout, implementation)
+    h_btd = self.attn_norm(x_btd)
+    if self.conv is not None:
+      h_btd = self.conv(h_btd)
+    x_btd = x_btd + self.attn(h_btd, layout, implementation)
     return x_btd + self.mlp(self.mlp_norm(x_btd))
 
 

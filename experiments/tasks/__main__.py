@@ -35,9 +35,18 @@ def show(args) -> None:
   ex = task.example(args.split, args.index)
   v, a = task.vocab, len(ex["answer"])
   print(f"{task}\n{args.split}[{args.index}]  category={task.category}  length={task.length}")
-  print(f"\n{v.decode(ex['inputs'][:-a])} [[ {v.decode(ex['answer'])} ]]\n")
+  # Input p is an answer token when position p - 1 predicts it (weights[p - 1] > 0).
+  answer = np.r_[False, ex["weights"][:-1] > 0]
+  parts, start = [], 0
+  for p in range(1, task.length + 1):
+    if p == task.length or answer[p] != answer[start]:
+      text = v.decode(ex["inputs"][start:p])
+      parts.append(f"[[ {text} ]]" if answer[start] else text)
+      start = p
+  print(f"\n{' '.join(parts)}\n")
   depth = (ex["evidence"] - 1) / max(task.context_len - 1, 1)
-  print(f"answer ({a} tokens, marked [[ ]]): {ex['answer'].tolist()}")
+  print(f"answer ({task.questions} question(s), {a} tokens, marked [[ ]]): "
+        f"{ex['answer'].tolist()}")
   shown = ", ".join(f"{p} ({d:.2f})" for p, d in zip(ex["evidence"][:16], depth[:16]))
   more = f", ... ({len(depth)} in all)" if len(depth) > 16 else ""
   print(f"evidence at position (depth in context): {shown}{more}")

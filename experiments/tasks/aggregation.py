@@ -8,6 +8,11 @@
   `QUERY` -> the `num_top` most frequent words, most frequent first. Draws are redone
   (deterministically) until the top `num_top + 1` counts are strictly distinct, so the
   answer and its order are unique.
+
+Multi-question form (`questions=n > 1`): the answer is asked one word at a time, n of its ranks
+in rank order: `QUERY k_r ANSWER w_r`, where k_r, the r-th token of the key range, names the
+rank r and w_r is the answer's r-th word (common_words: ascending id; frequent_words: most
+frequent first). n is at most the answer's length.
 """
 
 from __future__ import annotations
@@ -44,12 +49,16 @@ class CommonWords(base.Task):
                    f"uncommon_count={self.uncommon_count}")
 
   @property
+  def max_questions(self):
+    return self.num_common
+
+  @property
   def question_len(self):
-    return 1
+    return 1 if self.questions == 1 else 2
 
   @property
   def answer_len(self):
-    return self.num_common
+    return self.num_common if self.questions == 1 else 1
 
   @property
   def min_context_len(self):
@@ -63,7 +72,7 @@ class CommonWords(base.Task):
     starts = base.place(rng, self.context_len, len(tokens), 1)
     context = base.fill(rng, v, self.context_len, starts, tokens[:, None])
     answer = np.sort(words[:self.num_common])
-    return context, np.array([v.QUERY]), answer, starts[np.isin(tokens, answer)]
+    return (context, *_ranked(rng, self, answer), starts[np.isin(tokens, answer)])
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -86,12 +95,16 @@ class FrequentWords(base.Task):
     base.check_range(self.name, "density", self.density, 1e-3, 1.0)
 
   @property
+  def max_questions(self):
+    return self.num_top
+
+  @property
   def question_len(self):
-    return 1
+    return 1 if self.questions == 1 else 2
 
   @property
   def answer_len(self):
-    return self.num_top
+    return self.num_top if self.questions == 1 else 1
 
   @property
   def probs(self) -> np.ndarray:
@@ -129,4 +142,16 @@ class FrequentWords(base.Task):
     starts = base.place(rng, self.context_len, n, 1)
     context = base.fill(rng, v, self.context_len, starts, tokens[:, None])
     answer = types[top[:self.num_top]]
-    return context, np.array([v.QUERY]), answer, starts[np.isin(tokens, answer)]
+    return (context, *_ranked(rng, self, answer), starts[np.isin(tokens, answer)])
+
+
+def _ranked(rng: np.random.Generator, task: base.Task,
+            answer: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """(questions [n, Q], answers [n, A]): the whole answer after `QUERY` (n = 1), or n of its
+  ranks r, in order, each asked as `QUERY k_r` (see the module docstring)."""
+  v = task.vocab
+  if task.questions == 1:
+    return np.array([[v.QUERY]]), answer[None, :]
+  ranks = np.sort(rng.choice(len(answer), task.questions, replace=False))
+  questions = np.stack([np.full(len(ranks), v.QUERY), v.keys.start + ranks], axis=1)
+  return questions, answer[ranks][:, None]

@@ -3,6 +3,12 @@
 An example is `BOS context SEP question ANSWER answer`, exactly `length` tokens. The
 context is filler with fixed-length items (needles, assignments, words) placed at
 random non-overlapping positions; the filler absorbs all slack so length is exact.
+
+Multi-question form (`questions=n > 1`): `BOS context SEP Q1 ANSWER A1 Q2 ANSWER A2 ... Qn
+ANSWER An`, n independent questions about the same context, each followed directly by its
+answer, with the loss on every answer token. One context then teaches (and scores) n
+questions. A question's answer is a maximal run of weighted positions, so scoring needs no
+other marker (`scoring.question_scores`). `questions=1` is exactly the single-question form.
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ class Task:
   length: int
   vocab_size: int = 512
   seed: int = 0
+  questions: int = 1
 
   name: ClassVar[str]
   category: ClassVar[str]
@@ -54,10 +61,14 @@ class Task:
   def __post_init__(self):
     check_int(self.name, "vocab_size", self.vocab_size, vocab_lib.MIN_SIZE, vocab_lib.MAX_SIZE)
     check_int(self.name, "seed", self.seed, 0, 2**63 - 1)
+    check_int(self.name, "questions", self.questions, 1, 2**20)
     self._validate()
-    need = self.min_context_len + self.question_len + self.answer_len + 3
+    check_int(self.name, "questions", self.questions, 1, self.max_questions,
+              f"{self.name} can ask at most {self.max_questions} independent questions here")
+    need = self.min_context_len + self.tail_len + 1
     check_int(self.name, "length", self.length, need, 2**31 - 1,
-              "the minimum holds BOS, SEP, ANSWER, the question, the answer and all context items")
+              "the minimum holds BOS, SEP, the questions with their ANSWER tokens and answers, "
+              "and all context items")
 
   # -- subclass interface -------------------------------------------------------------
   def _validate(self) -> None:
@@ -65,10 +76,17 @@ class Task:
 
   @property
   def question_len(self) -> int:
+    """Tokens of one question (they may depend on `questions`)."""
     raise NotImplementedError
 
   @property
   def answer_len(self) -> int:
+    """Tokens of one question's answer."""
+    raise NotImplementedError
+
+  @property
+  def max_questions(self) -> int:
+    """The most independent questions one context of this config can carry."""
     raise NotImplementedError
 
   @property
@@ -77,7 +95,8 @@ class Task:
     raise NotImplementedError
 
   def _sample(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """-> context [C], question [Q], answer [A], evidence [E] (positions in the context)."""
+    """-> context [C], questions [n, Q], answers [n, A], evidence [E] (positions in the
+    context), n = `questions`."""
     raise NotImplementedError
 
   # -- public API ---------------------------------------------------------------------
@@ -86,8 +105,13 @@ class Task:
     return vocab_lib.Vocab(self.vocab_size)
 
   @property
+  def tail_len(self) -> int:
+    """SEP and every question with its ANSWER token and answer."""
+    return 1 + self.questions * (self.question_len + 1 + self.answer_len)
+
+  @property
   def context_len(self) -> int:
-    return self.length - 3 - self.question_len - self.answer_len
+    return self.length - 1 - self.tail_len
 
   def rng(self, split: str, index: int) -> np.random.Generator:
     """The example's own generator: counter-based in (task, seed, split, index), no shared state."""
@@ -101,20 +125,26 @@ class Task:
     """Example `index` of `split`.
 
     Returns inputs/targets int32 [T], weights float32 [T] (1 where the target is an answer
-    token), answer int32 [A], evidence int32 [E] (positions in `inputs` of the items the
-    answer depends on), and the strings task and category.
+    token), answer int32 [n·A] (every question's answer, in question order), evidence int32
+    [E] (positions in `inputs` of the items the answers depend on), and the strings task and
+    category.
     """
-    context, question, answer, evidence = self._sample(self.rng(split, index))
+    context, questions, answers, evidence = self._sample(self.rng(split, index))
     v = self.vocab
-    inputs = np.concatenate([
-        [v.BOS], context, [v.SEP], question, [v.ANSWER], answer]).astype(np.int32)
+    n, q, a = self.questions, self.question_len, self.answer_len
+    assert questions.shape == (n, q) and answers.shape == (n, a), (questions.shape, answers.shape)
+    tail = np.concatenate([questions, np.full((n, 1), v.ANSWER), answers], axis=1)
+    inputs = np.concatenate([[v.BOS], context, [v.SEP], tail.ravel()]).astype(np.int32)
     assert inputs.shape == (self.length,), (inputs.shape, self.length)
     targets = np.empty_like(inputs)
     targets[:-1] = inputs[1:]
     targets[-1] = v.PAD
     weights = np.zeros(self.length, np.float32)
-    # Position p predicts inputs[p + 1]; the answer occupies the last A inputs.
-    weights[self.length - 1 - len(answer):self.length - 1] = 1.0
+    # Position p predicts inputs[p + 1]: question i's answer tokens are inputs
+    # start_i + q + 1 + j, predicted at the position before each.
+    starts = 2 + len(context) + np.arange(n) * (q + 1 + a)
+    weights[(starts[:, None] + q + np.arange(a)).ravel()] = 1.0
+    answer = answers.ravel()
     return {
         "inputs": inputs,
         "targets": targets,

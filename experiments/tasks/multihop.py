@@ -6,6 +6,9 @@ chain's assignments in order. Variables and values are distinct across chains.
 - variable_tracking: `QUERY value` -> every variable of that value's chain, in
   assignment order.
 - chain_resolve: `QUERY var` with var the chain's last variable -> the chain's value.
+
+Multi-question forms (`questions=n <= num_chains`): n distinct chains asked, in random order,
+each question followed by its answer.
 """
 
 from __future__ import annotations
@@ -38,6 +41,20 @@ class _Chains(base.Task):
   def min_context_len(self):
     return 3 * self.num_chains * self.num_hops
 
+  @property
+  def max_questions(self):
+    return self.num_chains
+
+  @property
+  def question_len(self):
+    return 2
+
+  def _asked(self, rng) -> np.ndarray:
+    """-> [questions] distinct chains to ask."""
+    if self.questions == 1:
+      return np.array([rng.integers(self.num_chains)])
+    return rng.choice(self.num_chains, self.questions, replace=False)
+
   def _chains(self, rng):
     """-> context [C], variables [chains, hops], values [chains], chain of each item, starts."""
     v = self.vocab
@@ -60,18 +77,14 @@ class VariableTracking(_Chains):
   name = "variable_tracking"
 
   @property
-  def question_len(self):
-    return 2
-
-  @property
   def answer_len(self):
     return self.num_hops
 
   def _sample(self, rng):
     context, variables, values, chain, starts = self._chains(rng)
-    q = rng.integers(self.num_chains)
-    question = np.array([self.vocab.QUERY, values[q]])
-    return context, question, variables[q], starts[chain == q]
+    q = self._asked(rng)
+    questions = np.stack([np.full(len(q), self.vocab.QUERY), values[q]], axis=1)
+    return context, questions, variables[q], _evidence(starts, chain, q)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -79,15 +92,16 @@ class ChainResolve(_Chains):
   name = "chain_resolve"
 
   @property
-  def question_len(self):
-    return 2
-
-  @property
   def answer_len(self):
     return 1
 
   def _sample(self, rng):
     context, variables, values, chain, starts = self._chains(rng)
-    q = rng.integers(self.num_chains)
-    question = np.array([self.vocab.QUERY, variables[q, -1]])
-    return context, question, values[q:q + 1], starts[chain == q]
+    q = self._asked(rng)
+    questions = np.stack([np.full(len(q), self.vocab.QUERY), variables[q, -1]], axis=1)
+    return context, questions, values[q][:, None], _evidence(starts, chain, q)
+
+
+def _evidence(starts: np.ndarray, chain: np.ndarray, asked: np.ndarray) -> np.ndarray:
+  """Starts of the asked chains' assignments, question order, each chain in context order."""
+  return np.concatenate([starts[chain == q] for q in asked])

@@ -1,7 +1,13 @@
-"""Task names -> classes, categories, and `make`."""
+"""Task names -> classes, categories, and `make`.
+
+A task can be named with its knobs, as a call: `"niah_multikey(num_needles=32, questions=16)"`
+(`spec`). Configs that hold task names as strings (the trainer's `DataConfig.tasks`, a study's
+grid) train on such forms without knowing about knobs.
+"""
 
 from __future__ import annotations
 
+import ast
 from typing import Any
 
 from experiments.tasks import aggregation, base, multihop, retrieval
@@ -20,8 +26,30 @@ for _name, _cls in TASKS.items():
   CATEGORIES.setdefault(_cls.category, []).append(_name)
 
 
+def spec(text: str) -> tuple[str, dict[str, Any]]:
+  """`"name"` or `"name(knob=literal, ...)"` -> (name, knobs)."""
+  try:
+    call = ast.parse(text.strip(), mode="eval").body
+  except SyntaxError:
+    call = None
+  if isinstance(call, ast.Name):
+    return call.id, {}
+  if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and not call.args
+          and all(kw.arg for kw in call.keywords)):
+    raise ValueError(f"task {text!r} must be a name or name(knob=value, ...), e.g. "
+                     "'niah_multikey(questions=8)'")
+  try:
+    return call.func.id, {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords}
+  except ValueError:
+    raise ValueError(f"task {text!r}: knob values must be Python literals") from None
+
+
 def make(name: str, *, length: int, vocab_size: int = 512, seed: int = 0, **knobs: Any) -> base.Task:
-  """The task `name` at `length` tokens; `knobs` are the task's difficulty fields."""
+  """The task `name` at `length` tokens; `knobs` are the task's difficulty fields. `name` may
+  carry knobs itself (`spec`); keyword knobs override those."""
+  if "(" in name:
+    name, named = spec(name)
+    knobs = {**named, **knobs}
   if name not in TASKS:
     raise ValueError(f"task name={name!r} must be one of {sorted(TASKS)}")
   cls = TASKS[name]

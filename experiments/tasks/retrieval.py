@@ -10,6 +10,13 @@
 Keys are `key_len` tokens and values `value_len` tokens; values are distinct across
 needles so every answer is unambiguous. `depth=(lo, hi)` confines needles to that
 fraction of the context (uniform over the whole context by default).
+
+Multi-question forms (`questions=n`), each question `QUERY key ANSWER value(s)` (multiquery:
+its group of `num_queries` keys, then ANSWER and their values), asked in random order:
+- niah_single: n needles, each asked once.
+- niah_multikey: `num_needles` needles, n of them asked (distinct keys).
+- niah_multivalue: n keys of `num_values` needles each (plus the distractors), each asked.
+- niah_multiquery: n groups of distinct keys among `num_needles` needles.
 """
 
 from __future__ import annotations
@@ -40,7 +47,8 @@ class _Niah(base.Task):
     raise NotImplementedError
 
   def _layout(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """-> needle_key [N] (index into the distinct keys, context order), asked keys [q]."""
+    """-> needle_key [N] (index into the distinct keys, context order), asked keys
+    [questions, keys per question]."""
     raise NotImplementedError
 
   # -- shared ------------------------------------------------------------------------------
@@ -76,20 +84,30 @@ class _Niah(base.Task):
     needles = np.concatenate([keys[needle_key], np.full((n, 1), v.BIND), values], axis=1)
     starts = base.place(rng, self.context_len, n, self.needle_len, self.depth)
     context = base.fill(rng, v, self.context_len, starts, needles)
-    question = np.concatenate(
-        [np.full((len(asked), 1), v.QUERY), keys[asked]], axis=1).ravel()
+    n, per = asked.shape
+    questions = np.concatenate([np.full((n, per, 1), v.QUERY), keys[asked]], axis=2)
     # Needles answering each asked key, asked order first, then context order.
-    hit = [np.flatnonzero(needle_key == k) for k in asked]
-    hit = np.concatenate(hit)
-    return context, question, values[hit].ravel(), starts[hit]
+    hit = np.concatenate([np.flatnonzero(needle_key == k) for k in asked.ravel()])
+    answers = values[hit].reshape(n, -1)
+    return context, questions.reshape(n, -1), answers, starts[hit]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class NiahSingle(_Niah):
   name = "niah_single"
 
-  num_keys = 1
-  num_needles_total = 1
+  @property
+  def num_keys(self):
+    return self.questions
+
+  @property
+  def num_needles_total(self):
+    return self.questions
+
+  @property
+  def max_questions(self):
+    v = self.vocab
+    return min(len(v.keys) ** self.key_len, len(v.values) ** self.value_len)
 
   @property
   def question_len(self):
@@ -100,7 +118,9 @@ class NiahSingle(_Niah):
     return self.value_len
 
   def _layout(self, rng):
-    return np.zeros(1, np.int64), np.zeros(1, np.int64)
+    n = self.questions
+    asked = np.zeros(1, np.int64) if n == 1 else rng.permutation(n)
+    return np.arange(n), asked[:, None]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -122,6 +142,10 @@ class NiahMultikey(_Niah):
     return self.num_needles
 
   @property
+  def max_questions(self):
+    return self.num_needles
+
+  @property
   def question_len(self):
     return 1 + self.key_len
 
@@ -130,7 +154,10 @@ class NiahMultikey(_Niah):
     return self.value_len
 
   def _layout(self, rng):
-    return np.arange(self.num_needles), rng.integers(self.num_needles, size=1)
+    n = self.questions
+    asked = (rng.integers(self.num_needles, size=1) if n == 1
+             else rng.choice(self.num_needles, n, replace=False))
+    return np.arange(self.num_needles), asked[:, None]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -141,19 +168,27 @@ class NiahMultivalue(_Niah):
   name = "niah_multivalue"
 
   def _validate_counts(self, keys, values):
-    base.check_int(self.name, "num_values", self.num_values, 2, values, self._why("values"))
+    n = self.questions
+    base.check_int(self.name, "num_values", self.num_values, 2, values // n,
+                   f"{self._why('values')}, shared by questions={n} keys")
     base.check_int(self.name, "num_distractors", self.num_distractors, 0,
-                   min(keys - 1, values - self.num_values),
+                   min(keys - n, values - n * self.num_values),
                    f"one distinct key and value each; {self._why('keys')}, minus "
-                   f"num_values={self.num_values} values")
+                   f"questions={n} keys of num_values={self.num_values} values")
 
   @property
   def num_keys(self):
-    return 1 + self.num_distractors
+    return self.questions + self.num_distractors
 
   @property
   def num_needles_total(self):
-    return self.num_values + self.num_distractors
+    return self.questions * self.num_values + self.num_distractors
+
+  @property
+  def max_questions(self):
+    v = self.vocab
+    return max(1, min(len(v.keys) ** self.key_len - self.num_distractors,
+                      (len(v.values) ** self.value_len - self.num_distractors) // self.num_values))
 
   @property
   def question_len(self):
@@ -164,10 +199,13 @@ class NiahMultivalue(_Niah):
     return self.num_values * self.value_len
 
   def _layout(self, rng):
-    # Key 0 is asked; it owns num_values needles, each distractor key one.
-    owners = np.concatenate([np.zeros(self.num_values, np.int64),
-                             np.arange(1, 1 + self.num_distractors)])
-    return rng.permutation(owners), np.zeros(1, np.int64)
+    # Keys 0..n-1 are asked; each owns num_values needles, each distractor key one.
+    n = self.questions
+    owners = np.concatenate([np.repeat(np.arange(n), self.num_values),
+                             np.arange(n, n + self.num_distractors)])
+    needle_key = rng.permutation(owners)
+    asked = np.zeros(1, np.int64) if n == 1 else rng.permutation(n)
+    return needle_key, asked[:, None]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -180,8 +218,10 @@ class NiahMultiquery(_Niah):
   def _validate_counts(self, keys, values):
     base.check_int(self.name, "num_needles", self.num_needles, 2, min(keys, values),
                    self._why("keys" if keys <= values else "values"))
-    base.check_int(self.name, "num_queries", self.num_queries, 2, self.num_needles,
-                   f"at most num_needles={self.num_needles}")
+    base.check_int(self.name, "num_queries", self.num_queries, 2,
+                   self.num_needles // self.questions,
+                   f"questions={self.questions} groups of distinct keys among "
+                   f"num_needles={self.num_needles}")
 
   @property
   def num_keys(self):
@@ -192,6 +232,10 @@ class NiahMultiquery(_Niah):
     return self.num_needles
 
   @property
+  def max_questions(self):
+    return self.num_needles // self.num_queries
+
+  @property
   def question_len(self):
     return self.num_queries * (1 + self.key_len)
 
@@ -200,4 +244,6 @@ class NiahMultiquery(_Niah):
     return self.num_queries * self.value_len
 
   def _layout(self, rng):
-    return np.arange(self.num_needles), rng.choice(self.num_needles, self.num_queries, replace=False)
+    n, per = self.questions, self.num_queries
+    asked = rng.choice(self.num_needles, n * per, replace=False)
+    return np.arange(self.num_needles), asked.reshape(n, per)

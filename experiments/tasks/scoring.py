@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-METRICS = ("exact_match", "token_accuracy", "set_recall", "set_iou")
+METRICS = ("exact_match", "token_accuracy", "set_recall", "set_iou", "question_accuracy")
 
 
 def _first_occurrence(tokens: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -26,6 +26,39 @@ def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
   return np.where(den > 0, num / np.maximum(den, 1), 0.0).astype(np.float32)
 
 
+def question_ids(weights) -> np.ndarray:
+  """[B, T] weights -> int [B, T]: the question each answer target belongs to (0, 1, ...; a
+  question's answer is a maximal run of weighted positions), -1 at unweighted positions."""
+  mask = np.asarray(weights) > 0
+  first = mask & ~np.pad(mask, ((0, 0), (1, 0)))[:, :-1]
+  return np.where(mask, np.cumsum(first, axis=1) - 1, -1)
+
+
+def question_scores(predictions, targets, weights) -> tuple[np.ndarray, np.ndarray]:
+  """Exact match per question: (right [B, n] bool, asked [B, n] bool), n the most questions of
+  any row; a question is right when every token of its answer is."""
+  predictions, targets = _predicted(predictions, targets, weights)
+  ids = question_ids(weights)
+  n = max(int(ids.max(initial=-1)) + 1, 1)
+  rows = np.broadcast_to(np.arange(ids.shape[0])[:, None], ids.shape)
+  wrong = np.zeros((ids.shape[0], n), np.int64)
+  asked = np.zeros((ids.shape[0], n), bool)
+  at = ids >= 0
+  np.add.at(wrong, (rows[at], ids[at]), (predictions != targets)[at])
+  asked[rows[at], ids[at]] = True
+  return asked & (wrong == 0), asked
+
+
+def _predicted(predictions, targets, weights) -> tuple[np.ndarray, np.ndarray]:
+  predictions, targets = np.asarray(predictions), np.asarray(targets)
+  if predictions.ndim == 3:
+    predictions = predictions.argmax(-1)
+  if not predictions.shape == targets.shape == np.shape(weights) or predictions.ndim != 2:
+    raise ValueError(f"predictions {predictions.shape}, targets {targets.shape} and weights "
+                     f"{np.shape(weights)} must all be [B, T]")
+  return predictions, targets
+
+
 def score(predictions, targets, weights) -> dict[str, np.ndarray]:
   """Per-example answer scores.
 
@@ -37,15 +70,12 @@ def score(predictions, targets, weights) -> dict[str, np.ndarray]:
   Returns:
     float32 [B] per metric in METRICS. exact_match: every answer token right;
     token_accuracy: fraction right; set_recall and set_iou: over the sets of answer tokens
-    (order-free, for set answers). All are 0 for an example with no answer positions.
+    (order-free, for set answers); question_accuracy: the fraction of the row's questions
+    answered exactly (`question_scores`; = exact_match for single-question forms). All are 0
+    for an example with no answer positions.
   """
-  predictions, targets = np.asarray(predictions), np.asarray(targets)
-  if predictions.ndim == 3:
-    predictions = predictions.argmax(-1)
+  predictions, targets = _predicted(predictions, targets, weights)
   mask = np.asarray(weights) > 0
-  if not predictions.shape == targets.shape == mask.shape or predictions.ndim != 2:
-    raise ValueError(f"predictions {predictions.shape}, targets {targets.shape} and weights "
-                     f"{mask.shape} must all be [B, T]")
   n = mask.sum(1)
   width = max(int(n.max(initial=0)), 1)
   # Gather answer positions to the front: [B, A] with A the longest answer in the batch.
@@ -62,7 +92,9 @@ def score(predictions, targets, weights) -> dict[str, np.ndarray]:
   hit = np.any((pred[:, :, None] == gold[:, None, :]) & valid[:, :, None], axis=1)  # [B, A_gold]
   inter = (gold_first & hit).sum(1)
   union = gold_first.sum(1) + pred_first.sum(1) - inter
+  right_q, asked_q = question_scores(predictions, targets, weights)
   return {
+      "question_accuracy": _ratio(right_q.sum(1), asked_q.sum(1)),
       "exact_match": exact.astype(np.float32),
       "token_accuracy": _ratio(right.sum(1), n),
       "set_recall": _ratio(inter, gold_first.sum(1)),
