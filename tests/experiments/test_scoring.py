@@ -10,14 +10,24 @@ from experiments.tasks import scoring
 
 def reference(pred, tgt, w):
   out = {m: [] for m in scoring.METRICS}
-  for p, t, m in zip(pred, tgt, w > 0):
-    p, t = list(p[m]), list(t[m])
+  for pr, tg, m in zip(pred, tgt, w > 0):
+    p, t = list(pr[m]), list(tg[m])
     right = sum(a == b for a, b in zip(p, t))
     inter, union = len(set(p) & set(t)), len(set(p) | set(t))
     out["exact_match"].append(float(bool(t) and right == len(t)))
     out["token_accuracy"].append(right / len(t) if t else 0.0)
     out["set_recall"].append(inter / len(set(t)) if t else 0.0)
     out["set_iou"].append(inter / union if union else 0.0)
+    # Questions: maximal runs of weighted positions, each right iff all its tokens are.
+    runs, prev = [], False
+    for pos, on in enumerate(m):
+      if on and not prev:
+        runs.append([])
+      if on:
+        runs[-1].append(pos)
+      prev = on
+    right_runs = sum(all(pp[i] == tt[i] for i in run) for run in runs for pp, tt in [(pr, tg)])
+    out["question_accuracy"].append(right_runs / len(runs) if runs else 0.0)
   return out
 
 
@@ -30,6 +40,19 @@ def test_matches_reference(batch, length, data):
   got, want = scoring.score(pred, tgt, w), reference(pred, tgt, w)
   for m in scoring.METRICS:
     np.testing.assert_allclose(got[m], want[m], rtol=1e-6, err_msg=m)
+
+
+def test_question_scores_on_a_multi_question_form():
+  task = tasks.make("niah_multikey(num_needles=8, questions=5)", length=128)
+  ex = task.example("test", 3)
+  pred = ex["targets"][None].copy()
+  ids = scoring.question_ids(ex["weights"][None])
+  assert sorted(set(ids[ids >= 0].tolist())) == [0, 1, 2, 3, 4]
+  pred[ids == 2] = 0  # question 2 wrong
+  right, asked = scoring.question_scores(pred, ex["targets"][None], ex["weights"][None])
+  assert asked.tolist() == [[True] * 5] and right.tolist() == [[True, True, False, True, True]]
+  assert scoring.score(pred, ex["targets"][None], ex["weights"][None])[
+      "question_accuracy"].tolist() == [np.float32(0.8)]
 
 
 def _batch(length=256):
