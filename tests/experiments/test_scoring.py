@@ -96,7 +96,7 @@ def test_wrong_truncated_permuted_and_empty_answers():
   empty = w.copy()
   empty[0] = 0  # an example whose answer was cut off counts as 0, not as missing
   s = scoring.score(tgt, tgt, empty)
-  assert [s[m][0] for m in scoring.METRICS] == [0.0] * 4 and s["exact_match"][1:].min() == 1
+  assert [s[m][0] for m in scoring.METRICS] == [0.0] * len(scoring.METRICS) and s["exact_match"][1:].min() == 1
 
 
 def test_shape_errors():
