@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 import models
 from models import ModelConfig
+from train import data as data_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +50,13 @@ class DataConfig:
   factory: str = "experiments.tasks:make"
   scorer: str = "experiments.tasks.scoring:score"
   num_threads: int = 2
+  # Where training batches come from. "host": the grain pipeline over `task.source("train")`
+  # (any suite). "device": each task's `device_example(key)` inside the jitted step, from a key
+  # that is a pure function of (seed, step, task, row): no host work or transfer per step, and
+  # resume is exact with no iterator state. Its own random stream (the same tasks and
+  # distributions as "host", not the same examples); it draws a fixed number of rows per task
+  # each step (`train.data.rows_per_task`).
+  source: Literal["host", "device"] = "host"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,6 +123,9 @@ class Config:
   floor(budget / (models.flops_per_token(model, seq_len) · batch_size · seq_len)).
 
   batch_size: sequences per optimizer step (global), split into `grad_accum` microbatches.
+  steps_per_call: optimizer steps per jitted dispatch (a `lax.scan`); metrics are read once per
+  call. Calls end early at checkpoint, eval and curriculum boundaries, on a grid fixed by the
+  step count, so a resumed run makes the same calls as an uninterrupted one.
   """
 
   run_dir: str = "runs/default"
@@ -128,6 +139,7 @@ class Config:
   eval: EvalConfig = EvalConfig()
   batch_size: int = 32
   grad_accum: int = 1
+  steps_per_call: int = 1
   steps: int = 0
   flop_budget: float = 0.0
   seed: int = 0
@@ -211,6 +223,10 @@ def validate(cfg: Config, num_devices: int, num_processes: int) -> None:
   shards = d.shards or num_processes
   if shards % num_processes:
     raise ValueError(f"data.shards={d.shards} must be a multiple of the {num_processes} processes")
+  if not isinstance(cfg.steps_per_call, int) or cfg.steps_per_call < 1:
+    raise ValueError(f"steps_per_call={cfg.steps_per_call!r} must be an int >= 1")
+  if d.source not in ("host", "device"):
+    raise ValueError(f"data.source={d.source!r} must be 'host' or 'device'")
   if cfg.batch_size <= 0 or cfg.grad_accum <= 0:
     raise ValueError(f"batch_size={cfg.batch_size} and grad_accum={cfg.grad_accum} must be >= 1")
   if cfg.batch_size % (cfg.grad_accum * shards):
@@ -235,6 +251,14 @@ def validate(cfg: Config, num_devices: int, num_processes: int) -> None:
                        f"{cfg.grad_accum} × data.shards={shards}, with a multiple of the "
                        f"{num_devices} devices per microbatch")
     cfg.model.validate(d.short_len)
+  if d.source == "device":
+    for rows in {cfg.batch_size, cfg.short_batch_size} - {0}:
+      per_task = data_lib.rows_per_task(d.weights or [1.0] * len(d.tasks), rows)
+      starved = [t for t, n in zip(d.tasks, per_task) if n == 0]
+      if starved:
+        raise ValueError(f"batch_size={rows} leaves task(s) {starved} no rows per step with "
+                         f"data.source='device' (rows per task: {per_task}); raise batch_size "
+                         "or drop tasks")
   mesh_shape(cfg.mesh, num_devices)
   if cfg.steps < 0 or cfg.flop_budget < 0 or (cfg.steps == 0 and cfg.flop_budget == 0):
     raise ValueError(f"give steps > 0 or flop_budget > 0 (steps={cfg.steps}, "

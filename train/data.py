@@ -12,6 +12,9 @@ sources. The pipeline never looks inside the examples, so it serves any task sui
 
 Built only from grain `MapDataset` transformations, so batch k is a pure function of
 (sources, weights, batch_size, seed, shard) and the iterator state is just a counter.
+
+`device_batches` is the other path: batches made inside the jitted step from tasks that can
+draw examples on the device (`task.device_example(key)`), for when the host cannot keep up.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 import grain
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 KEYS = ("inputs", "targets", "weights")
@@ -81,7 +86,6 @@ def mixture(
   if not (isinstance(batch_size, int) and batch_size >= 1):
     raise ValueError(f"batch_size={batch_size!r} must be an int >= 1")
   if shard_index is None or shard_count is None:
-    import jax  # only for the defaults, so the pipeline itself stays jax-free
     shard_index = jax.process_index() if shard_index is None else shard_index
     shard_count = jax.process_count() if shard_count is None else shard_count
   if not (isinstance(shard_count, int) and shard_count >= 1):
@@ -115,3 +119,42 @@ def mixture(
 def take(iterator: Any, n: int) -> list[dict[str, np.ndarray]]:
   """The next `n` batches of `iterator`."""
   return [next(iterator) for _ in range(n)]
+
+
+# ------------------------------------------------------------------------- on-device batches
+
+def rows_per_task(weights: Sequence[float], batch_size: int) -> list[int]:
+  """Rows each task gets in every on-device batch: `batch_size · w / Σw` rounded by largest
+  remainder (ties to the earlier task), so a batch's mix is the same at every step."""
+  w = np.asarray(weights, np.float64)
+  share = batch_size * w / w.sum()
+  rows = np.floor(share).astype(int)
+  extra = np.argsort(-(share - rows), kind="stable")[:batch_size - rows.sum()]
+  rows[extra] += 1
+  return rows.tolist()
+
+
+def device_batches(tasks: Sequence[Any], weights: Sequence[float], *, batch_size: int,
+                   accum: int, seed: int) -> Any:
+  """-> batch(step) for use inside jit: {"inputs", "targets", "weights"} [accum, B/accum, T].
+
+  Row r of task k at step s is `tasks[k].device_example(key)` with key a pure function of
+  (seed, s, k, r): any step's batch can be made anywhere, in any order, so resuming needs only
+  the step. `tasks` share one length; rows are grouped by task (`rows_per_task`).
+  """
+  rows = rows_per_task(weights, batch_size)
+  if 0 in rows:  # train.config.validate says which task, before anything runs
+    raise ValueError(f"batch_size={batch_size} leaves a task no rows per step: {rows}")
+  base = jax.random.fold_in(jax.random.key(seed), 0x5EED)  # apart from init keys of seed
+
+  def batch(step):
+    at = jax.random.fold_in(base, step)
+    parts = []
+    for k, (task, n) in enumerate(zip(tasks, rows)):
+      task_key = jax.random.fold_in(at, k)
+      keys = jax.vmap(lambda r: jax.random.fold_in(task_key, r))(jnp.arange(n))
+      parts.append(jax.vmap(task.device_example)(keys))
+    out = {key: jnp.concatenate([p[key] for p in parts]) for key in KEYS}
+    return {key: x.reshape(accum, batch_size // accum, *x.shape[1:]) for key, x in out.items()}
+
+  return batch

@@ -85,6 +85,32 @@ class Batches:
       it.set_state(s)
 
 
+class _DeviceBatches:
+  """The data 'iterator' of `data.source="device"`: batches are made from the step inside the
+  jitted call, so there is no state to checkpoint."""
+
+  def get_state(self) -> dict[str, str]:
+    return {"source": "device"}
+
+  def set_state(self, state: Any) -> None:
+    if state != self.get_state():
+      raise ValueError(f"checkpoint holds host data-iterator state {str(state)[:80]}; this run "
+                       "has data.source='device': resume with the config it was saved with")
+
+
+def call_end(cfg: Config, step: int) -> int:
+  """The step at which the call starting after `step` completed steps ends: the next multiple
+  of `steps_per_call`, or an earlier checkpoint, eval, curriculum or final step. A grid fixed
+  by the step count alone, so a resumed run makes the same calls as an uninterrupted one."""
+  ends = [cfg.total_steps, (step // cfg.steps_per_call + 1) * cfg.steps_per_call,
+          (step // cfg.checkpoint.every + 1) * cfg.checkpoint.every]
+  if cfg.eval.every:
+    ends.append((step // cfg.eval.every + 1) * cfg.eval.every)
+  if cfg.data.short_len and step < cfg.data.short_steps:
+    ends.append(cfg.data.short_steps)
+  return min(ends)
+
+
 class _Stop:
   """SIGTERM (preemption) asks the loop to save and leave at the next step boundary."""
 
@@ -142,13 +168,22 @@ def run(cfg: Config) -> Result:
   factory = resolve(cfg.data.factory)
   tasks = {name: factory(name, length=cfg.data.seq_len, vocab_size=cfg.model.vocab_size,
                          seed=cfg.data.seed) for name in cfg.data.tasks}
-  # One input pipeline per curriculum phase; a checkpoint holds the state of the phase that
-  # runs next, so a run resumed at the switch starts the long phase fresh, as it would have.
-  phases = {cfg.data.seq_len: Batches(cfg, [t.source("train") for t in tasks.values()])}
+  # One input per curriculum phase (sequence length): a host pipeline, or the on-device batch
+  # maker. A checkpoint holds the host state of the phase that runs next, so a run resumed at
+  # the switch starts the long phase fresh, as it would have.
+  phase_tasks = {cfg.data.seq_len: list(tasks.values())}
   if cfg.data.short_len:
-    short = [factory(name, length=cfg.data.short_len, vocab_size=cfg.model.vocab_size,
-                     seed=cfg.data.seed).source("train") for name in cfg.data.tasks]
-    phases[cfg.data.short_len] = Batches(cfg, short, cfg.short_batch_size)
+    phase_tasks[cfg.data.short_len] = [
+        factory(name, length=cfg.data.short_len, vocab_size=cfg.model.vocab_size,
+                seed=cfg.data.seed) for name in cfg.data.tasks]
+  phase_rows = {length: (cfg.batch_size if length == cfg.data.seq_len else cfg.short_batch_size)
+                for length in phase_tasks}
+  weights = list(cfg.data.weights or [1.0] * len(cfg.data.tasks))
+  if cfg.data.source == "device":
+    phases = {length: _DeviceBatches() for length in phase_tasks}
+  else:
+    phases = {length: Batches(cfg, [t.source("train") for t in ts], phase_rows[length])
+              for length, ts in phase_tasks.items()}
   batches_at = lambda step: phases[cfg.phase(step)[0]]
 
   if cfg.resume and checkpoints.latest_step() is not None:
@@ -163,10 +198,29 @@ def run(cfg: Config) -> Result:
     return Result(run_dir, "finished", start, previous.get("loss"), previous.get("eval", {}),
                   previous.get("message", ""))
 
-  batch_sharding = mesh_lib.batch_sharding(mesh)
-  train_step = jax.jit(step_lib.make_train_step(cfg, codec, tx),
-                       in_shardings=(shardings, batch_sharding),
-                       out_shardings=(shardings, None), donate_argnums=0)
+  one_step = step_lib.make_train_step(cfg, codec, tx)
+  if cfg.data.source == "device":
+    calls = {length: jax.jit(
+        step_lib.make_multi_step(one_step, data_lib.device_batches(
+            ts, weights, batch_size=phase_rows[length], accum=cfg.grad_accum,
+            seed=cfg.data.seed), mesh_lib.batch_sharding(mesh)),
+        in_shardings=(shardings,), out_shardings=(shardings, None), static_argnums=1,
+        donate_argnums=0) for length, ts in phase_tasks.items()}
+  else:
+    host_call = jax.jit(step_lib.make_multi_step(one_step),
+                        in_shardings=(shardings, mesh_lib.batch_sharding(mesh, calls=True)),
+                        out_shardings=(shardings, None), donate_argnums=0)
+    calls = {length: host_call for length in phase_tasks}
+
+  def dispatch(state, step: int, n: int):
+    """Runs steps step..step+n-1 as one call -> (state, metrics [n])."""
+    length = cfg.phase(step)[0]
+    if cfg.data.source == "device":
+      return calls[length](state, n)
+    host = [next(phases[length]) for _ in range(n)]
+    stacked = {k: np.stack([b[k] for b in host]) for k in data_lib.KEYS}
+    return calls[length](state, mesh_lib.global_batch(stacked, mesh, calls=True))
+
   evaluator = _Evaluator(cfg, codec, tasks, mesh, shardings["params"])
   logger = log_lib.Logger(
       run_dir, cfg.to_dict(), total, cfg.tokens_per_step, cfg.flops_through,
@@ -186,27 +240,31 @@ def run(cfg: Config) -> Result:
 
   step, loss, scores, status, message = start, None, {}, "finished", ""
   saved = start
-  # Metrics are read one step late: while the device runs step s the host reads step s-1's
-  # loss and loads the next batch. Steps that save, evaluate or stop read their own loss first,
-  # so nothing is saved or scored after a non-finite loss.
-  pending: list[tuple[int, Any]] = []
+  # Metrics are read one call late: while the device runs a call the host reads the previous
+  # call's metrics (and loads the next host batches). Calls that save, evaluate or stop read
+  # their own metrics first, so nothing is saved or scored after a non-finite loss.
+  pending: list[tuple[int, Any]] = []  # (first step of the call, its metrics [n])
 
   def read(upto: int) -> int | None:
-    """Reads the pending metrics of steps <= upto; returns the first step with a bad loss."""
+    """Reads the pending calls ending at or before `upto`; returns the first step with a bad
+    loss."""
     nonlocal loss
-    while pending and pending[0][0] <= upto:
-      s, m = pending.pop(0)
+    while pending and pending[0][0] + len(pending[0][1]["loss"]) - 1 <= upto:
+      first, m = pending.pop(0)
       m = jax.device_get(m)
-      value = float(m["loss"])
-      if not math.isfinite(value):
-        loss = value
-        return s
-      loss = value
-      if s % cfg.log.every == 0 or s == total:
-        logger.log(s, {"loss": value, "grad_norm": float(m["grad_norm"]), "lr": float(m["lr"]),
-                       "tokens": s * cfg.tokens_per_step, "flops": cfg.flops_through(s),
-                       **logger.throughput(s)})
-      logger.advance(s)
+      last = first + len(m["loss"]) - 1
+      speed = None
+      for i, value in enumerate(np.asarray(m["loss"], np.float64)):
+        s = first + i
+        loss = float(value)
+        if not math.isfinite(loss):
+          return s
+        if s % cfg.log.every == 0 or s == total:
+          speed = speed or logger.throughput(last)  # one wall-clock reading per call
+          logger.log(s, {"loss": loss, "grad_norm": float(m["grad_norm"][i]),
+                         "lr": float(m["lr"][i]), "tokens": s * cfg.tokens_per_step,
+                         "flops": cfg.flops_through(s), **speed})
+      logger.advance(last)
     return None
 
   # The mesh is set while steps are traced so that kernels XLA cannot partition (Pallas
@@ -214,14 +272,14 @@ def run(cfg: Config) -> Result:
   with _Stop() as stop, jax.set_mesh(mesh):
     try:
       while step < total:
-        batch = mesh_lib.global_batch(next(batches_at(step)), mesh)
-        state, metrics = train_step(state, batch)
-        step += 1
-        pending.append((step, metrics))
+        end = call_end(cfg, step)
+        state, metrics = dispatch(state, step, end - step)
+        pending.append((step + 1, metrics))
+        step = end
         stopping = stop.agreed()
         evaluate = (cfg.eval.every and step % cfg.eval.every == 0) or step == total
         save = step % cfg.checkpoint.every == 0 or step == total or stopping
-        bad = read(step if (evaluate or save) else step - 1)
+        bad = read(step if (evaluate or save) else pending[-1][0] - 1)
         if bad is not None:
           step, status = bad, "failed"
           message = (f"non-finite loss {loss} at step {bad}; stopped. The last good checkpoint "

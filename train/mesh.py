@@ -60,13 +60,15 @@ def state_shardings(abstract_tree, mesh: Mesh):
                       abstract_tree)
 
 
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-  """For [A, B/A, T] microbatched batches: rows split over every device."""
-  return NamedSharding(mesh, P(None, BATCH_AXES))
+def batch_sharding(mesh: Mesh, calls: bool = False) -> NamedSharding:
+  """For [A, B/A, T] microbatched batches (`calls`: [K, A, B/A, T], K steps of one call): rows
+  split over every device."""
+  return NamedSharding(mesh, P(*([None] * calls), None, BATCH_AXES))
 
 
-def global_batch(local: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-  """This process's rows [A, B_local/A, T] -> global arrays [A, B/A, T] split over the devices
-  (process p's rows are the p-th slice of axis 1)."""
-  sharding = batch_sharding(mesh)
+def global_batch(local: dict[str, np.ndarray], mesh: Mesh,
+                 calls: bool = False) -> dict[str, jax.Array]:
+  """This process's rows [(K,) A, B_local/A, T] -> global arrays [(K,) A, B/A, T] split over the
+  devices (process p's rows are the p-th slice of the rows axis)."""
+  sharding = batch_sharding(mesh, calls)
   return {k: jax.make_array_from_process_local_data(sharding, x) for k, x in local.items()}

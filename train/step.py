@@ -130,6 +130,26 @@ def make_train_step(cfg: Config, codec: Params, tx: optax.GradientTransformation
   return step
 
 
+def make_multi_step(step: Callable, batch_at: Callable | None = None,
+                    batch_sharding=None) -> Callable:
+  """Several optimizer steps in one jitted call (a `lax.scan` over `step`).
+
+  Without `batch_at`: (state, batches [K, A, B/A, T]) -> (state, metrics [K]). With it:
+  (state, K) -> (state, metrics [K]), step s's batch made on the device as `batch_at(s)`
+  (`train.data.device_batches`), laid out as `batch_sharding` so each device makes its rows.
+  """
+  if batch_at is None:
+    return lambda state, batches: jax.lax.scan(step, state, batches)
+
+  def body(state, _):
+    batch = batch_at(state["step"])
+    if batch_sharding is not None:
+      batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
+    return step(state, batch)
+
+  return lambda state, k: jax.lax.scan(body, state, None, length=k)
+
+
 def make_predict(cfg: Config, codec: Params) -> Callable:
   """(params, {"inputs": [B, T]}) -> argmax predictions int32 [B, T] (teacher-forced)."""
   dtype = jnp.dtype(cfg.compute_dtype)

@@ -146,10 +146,73 @@ def test_curriculum_resumes_exactly_across_the_switch_and_counts_its_flops(tmp_p
   assert budget.total_steps == 12
 
 
-def test_non_finite_loss_stops_naming_the_step_and_marks_the_run_failed(tmp_path, capsys):
+def test_several_steps_per_call_give_the_single_steps_losses_bitwise(tmp_path, reference, launch):
+  run_dir = tmp_path / "run"
+  assert finish(launch(run_dir, "--steps-per-call", "5")) == 0
+  assert losses(run_dir) == reference
+
+
+# On-device batches (`data.source=device`), 3 steps per call: calls end at 3, 4 (checkpoint), 6
+# (the curriculum switch), 8, 9 and 12.
+DEVICE = ["--data.source", "device", "--steps-per-call", "3", *CURRICULUM]
+
+
+@pytest.fixture(scope="module")
+def device_reference(tmp_path_factory, launch):
+  run_dir = tmp_path_factory.mktemp("device_reference") / "run"
+  assert finish(launch(run_dir, *DEVICE)) == 0, Path(str(run_dir) + ".log").read_text()
+  got = losses(run_dir)
+  assert sorted(got) == list(range(1, 13)) and len(set(got.values())) > 1
+  return got
+
+
+def test_device_batches_resume_exactly_after_sigkill_mid_call(tmp_path, device_reference, launch):
+  run_dir = tmp_path / "run"
+  proc = launch(run_dir, *DEVICE, delay=0.01)
+  wait_for(lambda: committed(run_dir, 4) and max(losses(run_dir), default=0) >= 4, proc)
+  proc.send_signal(signal.SIGKILL)  # inside a call: the host sleeps in the data callbacks
+  proc.wait()
+  assert finish(launch(run_dir, *DEVICE, "--resume")) == 0
+  assert losses(run_dir) == device_reference
+
+
+def test_device_batches_sigterm_saves_at_the_call_boundary(tmp_path, device_reference, launch):
+  run_dir = tmp_path / "run"
+  proc = launch(run_dir, *DEVICE, delay=0.01)
+  wait_for(lambda: max(losses(run_dir), default=0) >= 3, proc)
+  proc.send_signal(signal.SIGTERM)
+  assert finish(proc) == 0
+  status = log_lib.read_status(run_dir)
+  assert status["status"] == "preempted" and status["step"] in (4, 6, 8, 9)
+  assert committed(run_dir, status["step"])
+  assert finish(launch(run_dir, *DEVICE, "--resume")) == 0
+  assert losses(run_dir) == device_reference
+
+
+def test_device_batches_on_two_processes_reach_the_losses_of_one(tmp_path, device_reference,
+                                                                  launch):
+  port = 20000 + (os.getpid() + 7) % 20000
+  procs = [launch(tmp_path / "run", *DEVICE, "--distributed.num-processes", "2",
+                  "--distributed.process-id", str(i), "--distributed.coordinator",
+                  f"localhost:{port}", tag=str(i)) for i in range(2)]
+  try:
+    codes = [finish(p) for p in procs]
+  finally:
+    for p in procs:
+      p.kill()
+  assert codes == [0, 0], (tmp_path / "run0.log").read_text() + (tmp_path / "run1.log").read_text()
+  got = losses(tmp_path / "run")
+  np.testing.assert_allclose([got[s] for s in device_reference], list(device_reference.values()),
+                             rtol=2e-5)
+
+
+@pytest.mark.parametrize("source", ["host", "device"])
+def test_non_finite_loss_stops_naming_the_step_and_marks_the_run_failed(tmp_path, capsys,
+                                                                        source):
   run_dir = tmp_path / "run"
   argv = ["--run-dir", str(run_dir), *TOY, "--data.tasks", "toy_nan", "--steps", "40",
-          "--checkpoint.every", "2", "--checkpoint.no-async-save"]
+          "--checkpoint.every", "2", "--checkpoint.no-async-save", "--data.source", source,
+          "--steps-per-call", "5" if source == "device" else "1"]
   assert main(argv) == 1
   status = log_lib.read_status(run_dir)
   assert status["status"] == "failed"
@@ -208,6 +271,9 @@ def test_fsdp_on_8_host_devices_reaches_the_losses_of_one(tmp_path, reference, l
     (["--data.short-len", "16", "--data.short-steps", "40"], "data.short_steps"),
     (["--data.short-len", "16", "--data.short-steps", "6", "--steps", "0", "--flop-budget", "1e3"],
      "data.short_steps"),
+    (["--steps-per-call", "0"], "steps_per_call"),
+    (["--data.tasks", "toy", "toy", "toy", "--batch-size", "2", "--data.source", "device",
+      "--data.shards", "1"], "batch_size=2 leaves task(s)"),
 ])
 def test_bad_configs_fail_before_compiling_naming_the_field(tmp_path, capsys, args, field):
   run_dir = tmp_path / "run"

@@ -4,11 +4,17 @@ Example i is an arithmetic sequence mod V (start and step drawn from i), so ther
 learn. `TOY_DELAY` (seconds per example) slows the data down so a test can interrupt a run
 mid-way. Task "toy_nan" gives example i infinite weights when i % 71 == 11: the loss goes
 non-finite at a step the data decides.
+
+`device_example(key)` is the same task drawn on the device (`data.source="device"`): start and
+step from the key; "toy_nan" rows get infinite weights with probability 1/71, and TOY_DELAY
+sleeps on the host once per row (a callback), so a test can interrupt that path too.
 """
 
 import os
 import time
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -18,6 +24,19 @@ class Toy:
 
   def source(self, split):
     return Source(self, {"train": 0, "validation": 1, "test": 2}[split])
+
+  def device_example(self, key):
+    delay = float(os.environ.get("TOY_DELAY", "0"))
+    if delay:
+      jax.debug.callback(lambda: time.sleep(delay))
+    k1, k2, k3 = jax.random.split(key, 3)
+    start = jax.random.randint(k1, (), 0, self.vocab_size)
+    step = jax.random.randint(k2, (), 1, 4)
+    inputs = ((start + step * jnp.arange(self.length)) % self.vocab_size).astype(jnp.int32)
+    weights = jnp.ones(self.length, jnp.float32).at[-1].set(0)
+    if self.name == "toy_nan":
+      weights = jnp.where(jax.random.randint(k3, (), 0, 71) == 11, jnp.inf, weights)
+    return {"inputs": inputs, "targets": jnp.roll(inputs, -1), "weights": weights}
 
 
 class Source:
