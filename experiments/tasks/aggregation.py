@@ -20,9 +20,11 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
-from experiments.tasks import base
+from experiments.tasks import base, device
 
 _MAX_REDRAWS = 1000
 
@@ -74,6 +76,19 @@ class CommonWords(base.Task):
     answer = np.sort(words[:self.num_common])
     return (context, *_ranked(rng, self, answer), starts[np.isin(tokens, answer)])
 
+  def _device_sample(self, key):
+    v = self.vocab
+    k_words, k_tokens, k_place, k_fill, k_ranked = jax.random.split(key, 5)
+    words = device.distinct(k_words, v.words, self.num_common + self.num_uncommon)[:, 0]
+    counts = np.where(np.arange(len(words)) < self.num_common, self.common_count,
+                      self.uncommon_count)
+    tokens = jax.random.permutation(
+        k_tokens, jnp.repeat(words, counts, total_repeat_length=int(counts.sum())))
+    starts = device.place(k_place, self.context_len, len(tokens), 1)
+    context = device.fill(k_fill, v, self.context_len, starts, tokens[:, None])
+    answer = jnp.sort(words[:self.num_common])
+    return (context, *_device_ranked(k_ranked, self, answer))
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class FrequentWords(base.Task):
@@ -124,10 +139,15 @@ class FrequentWords(base.Task):
   def min_context_len(self):
     return math.ceil(self.min_words / self.density)
 
+  @property
+  def num_words(self) -> int:
+    """Word tokens in the context."""
+    n = max(self.min_words, round(self.density * self.context_len))
+    return min(n, self.context_len)
+
   def _sample(self, rng):
     v = self.vocab
-    n = max(self.min_words, round(self.density * self.context_len))
-    n = min(n, self.context_len)
+    n = self.num_words
     p = self.probs
     for _ in range(_MAX_REDRAWS):
       counts = rng.multinomial(n, p)
@@ -144,6 +164,34 @@ class FrequentWords(base.Task):
     answer = types[top[:self.num_top]]
     return (context, *_ranked(rng, self, answer), starts[np.isin(tokens, answer)])
 
+  def _device_sample(self, key):
+    v = self.vocab
+    n = self.num_words
+    k_draws, k_types, k_place, k_fill, k_ranked = jax.random.split(key, 5)
+    # The ranks of the n word tokens, drawn i.i.d. from the Zipf law: their counts are the
+    # multinomial draw and, given the counts, their order is a uniform shuffle, so this is
+    # `_sample`'s multinomial-then-permutation in one step (also under the redraw, which
+    # looks at the counts only). float32 inverse CDF (`_sample` draws in float64).
+    cdf = jnp.asarray(np.cumsum(self.probs)[:-1], jnp.float32)
+
+    def draw(i, key):
+      key, draw_key = jax.random.split(key)
+      ranks = jnp.searchsorted(cdf, jax.random.uniform(draw_key, (n,)), side="right")
+      counts = jnp.bincount(ranks, length=self.num_types)
+      top = jnp.argsort(-counts, stable=True)[:self.num_top + 1]
+      return i + 1, key, ranks.astype(jnp.int32), top, jnp.all(jnp.diff(counts[top]) < 0)
+
+    # Redrawn until the top num_top + 1 counts are strictly distinct. A jitted draw cannot
+    # raise, so after _MAX_REDRAWS tries (where `_sample` raises) the last draw stands.
+    _, _, ranks, top, _ = jax.lax.while_loop(
+        lambda s: ~s[4] & (s[0] < _MAX_REDRAWS), lambda s: draw(s[0], s[1]), draw(0, k_draws))
+    types = device.distinct(k_types, v.words, self.num_types)[:, 0]
+    tokens = types[ranks]
+    starts = device.place(k_place, self.context_len, n, 1)
+    context = device.fill(k_fill, v, self.context_len, starts, tokens[:, None])
+    answer = types[top[:self.num_top]]
+    return (context, *_device_ranked(k_ranked, self, answer))
+
 
 def _ranked(rng: np.random.Generator, task: base.Task,
             answer: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -154,4 +202,15 @@ def _ranked(rng: np.random.Generator, task: base.Task,
     return np.array([[v.QUERY]]), answer[None, :]
   ranks = np.sort(rng.choice(len(answer), task.questions, replace=False))
   questions = np.stack([np.full(len(ranks), v.QUERY), v.keys.start + ranks], axis=1)
+  return questions, answer[ranks][:, None]
+
+
+def _device_ranked(key: jax.Array, task: base.Task,
+                   answer: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """`_ranked` on device."""
+  v = task.vocab
+  if task.questions == 1:
+    return jnp.full((1, 1), v.QUERY, jnp.int32), answer[None, :]
+  ranks = jnp.sort(device.sample(key, len(answer), task.questions))
+  questions = jnp.stack([jnp.full(len(ranks), v.QUERY, jnp.int32), v.keys.start + ranks], axis=1)
   return questions, answer[ranks][:, None]

@@ -9,6 +9,9 @@ ANSWER An`, n independent questions about the same context, each followed direct
 answer, with the loss on every answer token. One context then teaches (and scores) n
 questions. A question's answer is a maximal run of weighted positions, so scoring needs no
 other marker (`scoring.question_scores`). `questions=1` is exactly the single-question form.
+
+On device: `device_example(key)` draws the same task from a JAX PRNG key inside a jitted step
+(vmappable over keys; helpers in `device`, each task's `_device_sample` beside its `_sample`).
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import functools
 import zlib
 from typing import Any, ClassVar
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from experiments.tasks import vocab as vocab_lib
@@ -47,7 +52,8 @@ class Task:
   """A task config; examples are pure functions of (config, split, index).
 
   Subclasses are frozen dataclasses adding difficulty knobs. They define `name`,
-  `category`, `question_len`, `answer_len`, `min_context_len` and `_sample`.
+  `category`, `question_len`, `answer_len`, `min_context_len`, `_sample` and its on-device
+  twin `_device_sample`.
   """
 
   length: int
@@ -99,6 +105,11 @@ class Task:
     context), n = `questions`."""
     raise NotImplementedError
 
+  def _device_sample(self, key: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """`_sample` on device: -> context [C], questions [n, Q], answers [n, A] (jnp int32), the
+    same law as `_sample`'s from another random stream."""
+    raise NotImplementedError
+
   # -- public API ---------------------------------------------------------------------
   @functools.cached_property
   def vocab(self) -> vocab_lib.Vocab:
@@ -130,20 +141,8 @@ class Task:
     category.
     """
     context, questions, answers, evidence = self._sample(self.rng(split, index))
-    v = self.vocab
-    n, q, a = self.questions, self.question_len, self.answer_len
-    assert questions.shape == (n, q) and answers.shape == (n, a), (questions.shape, answers.shape)
-    tail = np.concatenate([questions, np.full((n, 1), v.ANSWER), answers], axis=1)
-    inputs = np.concatenate([[v.BOS], context, [v.SEP], tail.ravel()]).astype(np.int32)
-    assert inputs.shape == (self.length,), (inputs.shape, self.length)
-    targets = np.empty_like(inputs)
-    targets[:-1] = inputs[1:]
-    targets[-1] = v.PAD
-    weights = np.zeros(self.length, np.float32)
-    # Position p predicts inputs[p + 1]: question i's answer tokens are inputs
-    # start_i + q + 1 + j, predicted at the position before each.
-    starts = 2 + len(context) + np.arange(n) * (q + 1 + a)
-    weights[(starts[:, None] + q + np.arange(a)).ravel()] = 1.0
+    inputs, targets = self._assemble(np, context, questions, answers)
+    weights = self.answer_weights.copy()
     answer = answers.ravel()
     return {
         "inputs": inputs,
@@ -154,6 +153,49 @@ class Task:
         "task": self.name,
         "category": self.category,
     }
+
+  def device_example(self, key: jax.Array) -> dict[str, jax.Array]:
+    """An example drawn on device from a PRNG key: inputs/targets int32 [T], weights float32 [T].
+
+    Traceable, jittable and vmappable over `key`; every shape is static from the config. A
+    different random stream from `example` (not bit-identical) but the same task: the same
+    layout (the tail and `weights` are exactly `example`'s), the same law for every draw, and
+    every answer right for its inputs. `device` has the sampling helpers; each task samples
+    in `_device_sample`.
+    """
+    context, questions, answers = self._device_sample(key)
+    inputs, targets = self._assemble(jnp, context, questions, answers)
+    return {"inputs": inputs, "targets": targets, "weights": jnp.asarray(self.answer_weights)}
+
+  @functools.cached_property
+  def answer_weights(self) -> np.ndarray:
+    """float32 [T]: 1 where the target is an answer token. A pure function of the config (the
+    layout of the tail is fixed), shared by `example` and `device_example`."""
+    n, q, a = self.questions, self.question_len, self.answer_len
+    weights = np.zeros(self.length, np.float32)
+    # Position p predicts inputs[p + 1]: question i's answer tokens are inputs
+    # start_i + q + 1 + j, predicted at the position before each.
+    starts = 2 + self.context_len + np.arange(n) * (q + 1 + a)
+    weights[(starts[:, None] + q + np.arange(a)).ravel()] = 1.0
+    weights.flags.writeable = False
+    return weights
+
+  def _assemble(self, xp, context, questions, answers):
+    """(inputs, targets) int32 [T] from context [C], questions [n, Q], answers [n, A]: `BOS
+    context SEP Q1 ANSWER A1 ... Qn ANSWER An`, targets shifted left with PAD last. `xp` is
+    numpy (`example`) or jax.numpy (`device_example`)."""
+    v = self.vocab
+    n, q, a = self.questions, self.question_len, self.answer_len
+    assert questions.shape == (n, q) and answers.shape == (n, a), (questions.shape, answers.shape)
+    assert context.shape == (self.context_len,), (context.shape, self.context_len)
+    i32 = xp.int32
+    tail = xp.concatenate([questions.astype(i32), xp.full((n, 1), v.ANSWER, i32),
+                           answers.astype(i32)], axis=1)
+    inputs = xp.concatenate([xp.full(1, v.BOS, i32), context.astype(i32), xp.full(1, v.SEP, i32),
+                             tail.reshape(-1)])
+    assert inputs.shape == (self.length,), (inputs.shape, self.length)
+    targets = xp.concatenate([inputs[1:], xp.full(1, v.PAD, i32)])
+    return inputs, targets
 
   def source(self, split: str, num_examples: int = SOURCE_LEN) -> "Source":
     """A random-access source of this split for `train.data` (grain)."""

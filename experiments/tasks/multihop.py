@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
-from experiments.tasks import base
+from experiments.tasks import base, device
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -55,6 +57,12 @@ class _Chains(base.Task):
       return np.array([rng.integers(self.num_chains)])
     return rng.choice(self.num_chains, self.questions, replace=False)
 
+  def _device_asked(self, key) -> jax.Array:
+    """`_asked` on device."""
+    if self.questions == 1:
+      return jax.random.randint(key, (1,), 0, self.num_chains)
+    return device.sample(key, self.num_chains, self.questions)
+
   def _chains(self, rng):
     """-> context [C], variables [chains, hops], values [chains], chain of each item, starts."""
     v = self.vocab
@@ -71,6 +79,24 @@ class _Chains(base.Task):
     context = base.fill(rng, v, self.context_len, starts, items)
     return context, variables, values, chain, starts
 
+  def _device_chains(self, key):
+    """`_chains` on device: -> context [C], variables [chains, hops], values [chains]."""
+    v = self.vocab
+    c, h = self.num_chains, self.num_hops
+    k_vars, k_values, k_chain, k_place, k_fill = jax.random.split(key, 5)
+    variables = device.distinct(k_vars, v.variables, c * h)[:, 0].reshape(c, h)
+    values = device.distinct(k_values, v.values, c)[:, 0]
+    # A uniform shuffle of the repeated chain ids: a uniform interleaving of the chains; the
+    # k-th item of a chain (in context order) is its k-th hop.
+    chain = jax.random.permutation(k_chain, jnp.repeat(jnp.arange(c), h))
+    hop = jnp.zeros(c * h, jnp.int32).at[jnp.argsort(chain, stable=True)].set(
+        jnp.tile(jnp.arange(h), c))
+    rhs = jnp.where(hop == 0, values[chain], variables[chain, jnp.maximum(hop - 1, 0)])
+    items = jnp.stack([variables[chain, hop], jnp.full(c * h, v.ASSIGN, jnp.int32), rhs], axis=1)
+    starts = device.place(k_place, self.context_len, c * h, 3, self.depth)
+    context = device.fill(k_fill, v, self.context_len, starts, items)
+    return context, variables, values
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class VariableTracking(_Chains):
@@ -86,6 +112,13 @@ class VariableTracking(_Chains):
     questions = np.stack([np.full(len(q), self.vocab.QUERY), values[q]], axis=1)
     return context, questions, variables[q], _evidence(starts, chain, q)
 
+  def _device_sample(self, key):
+    k_chains, k_asked = jax.random.split(key)
+    context, variables, values = self._device_chains(k_chains)
+    q = self._device_asked(k_asked)
+    questions = jnp.stack([jnp.full(len(q), self.vocab.QUERY, jnp.int32), values[q]], axis=1)
+    return context, questions, variables[q]
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ChainResolve(_Chains):
@@ -100,6 +133,14 @@ class ChainResolve(_Chains):
     q = self._asked(rng)
     questions = np.stack([np.full(len(q), self.vocab.QUERY), variables[q, -1]], axis=1)
     return context, questions, values[q][:, None], _evidence(starts, chain, q)
+
+  def _device_sample(self, key):
+    k_chains, k_asked = jax.random.split(key)
+    context, variables, values = self._device_chains(k_chains)
+    q = self._device_asked(k_asked)
+    questions = jnp.stack([jnp.full(len(q), self.vocab.QUERY, jnp.int32), variables[q, -1]],
+                          axis=1)
+    return context, questions, values[q][:, None]
 
 
 def _evidence(starts: np.ndarray, chain: np.ndarray, asked: np.ndarray) -> np.ndarray:

@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
-from experiments.tasks import base
+from experiments.tasks import base, device
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -50,6 +52,15 @@ class _Niah(base.Task):
     """-> needle_key [N] (index into the distinct keys, context order), asked keys
     [questions, keys per question]."""
     raise NotImplementedError
+
+  def _device_layout(self, key: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """`_layout` on device."""
+    raise NotImplementedError
+
+  @property
+  def needles_per_asked_key(self) -> int:
+    """Needles each asked key binds (every asked key binds the same number)."""
+    return 1
 
   # -- shared ------------------------------------------------------------------------------
   def _validate(self):
@@ -91,6 +102,27 @@ class _Niah(base.Task):
     answers = values[hit].reshape(n, -1)
     return context, questions.reshape(n, -1), answers, starts[hit]
 
+  def _device_sample(self, key):
+    v = self.vocab
+    k_keys, k_values, k_layout, k_place, k_fill = jax.random.split(key, 5)
+    keys = device.distinct(k_keys, v.keys, self.num_keys, self.key_len)
+    values = device.distinct(k_values, v.values, self.num_needles_total, self.value_len)
+    needle_key, asked = self._device_layout(k_layout)
+    n = needle_key.shape[0]
+    needles = jnp.concatenate([keys[needle_key], jnp.full((n, 1), v.BIND, jnp.int32), values],
+                              axis=1)
+    starts = device.place(k_place, self.context_len, n, self.needle_len, self.depth)
+    context = device.fill(k_fill, v, self.context_len, starts, needles)
+    n, per = asked.shape
+    questions = jnp.concatenate([jnp.full((n, per, 1), v.QUERY, jnp.int32), keys[asked]], axis=2)
+    # Needles answering each asked key, asked order first, then context order: sorting the
+    # needles by key (stably) groups each key's needles in context order.
+    order = jnp.argsort(needle_key, stable=True)
+    first = jnp.searchsorted(needle_key[order], asked.ravel())
+    hit = order[first[:, None] + jnp.arange(self.needles_per_asked_key)].ravel()
+    answers = values[hit].reshape(n, -1)
+    return context, questions.reshape(n, -1), answers
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class NiahSingle(_Niah):
@@ -121,6 +153,11 @@ class NiahSingle(_Niah):
     n = self.questions
     asked = np.zeros(1, np.int64) if n == 1 else rng.permutation(n)
     return np.arange(n), asked[:, None]
+
+  def _device_layout(self, key):
+    n = self.questions
+    asked = jnp.zeros(1, jnp.int32) if n == 1 else jax.random.permutation(key, n)
+    return jnp.arange(n), asked[:, None]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -158,6 +195,12 @@ class NiahMultikey(_Niah):
     asked = (rng.integers(self.num_needles, size=1) if n == 1
              else rng.choice(self.num_needles, n, replace=False))
     return np.arange(self.num_needles), asked[:, None]
+
+  def _device_layout(self, key):
+    n = self.questions
+    asked = (jax.random.randint(key, (1,), 0, self.num_needles) if n == 1
+             else device.sample(key, self.num_needles, n))
+    return jnp.arange(self.num_needles), asked[:, None]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -207,6 +250,19 @@ class NiahMultivalue(_Niah):
     asked = np.zeros(1, np.int64) if n == 1 else rng.permutation(n)
     return needle_key, asked[:, None]
 
+  def _device_layout(self, key):
+    n = self.questions
+    k_needles, k_asked = jax.random.split(key)
+    owners = jnp.concatenate([jnp.repeat(jnp.arange(n), self.num_values),
+                              jnp.arange(n, n + self.num_distractors)])
+    needle_key = jax.random.permutation(k_needles, owners)
+    asked = jnp.zeros(1, jnp.int32) if n == 1 else jax.random.permutation(k_asked, n)
+    return needle_key, asked[:, None]
+
+  @property
+  def needles_per_asked_key(self):
+    return self.num_values
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class NiahMultiquery(_Niah):
@@ -247,3 +303,8 @@ class NiahMultiquery(_Niah):
     n, per = self.questions, self.num_queries
     asked = rng.choice(self.num_needles, n * per, replace=False)
     return np.arange(self.num_needles), asked.reshape(n, per)
+
+  def _device_layout(self, key):
+    n, per = self.questions, self.num_queries
+    asked = device.sample(key, self.num_needles, n * per)
+    return jnp.arange(self.num_needles), asked.reshape(n, per)
