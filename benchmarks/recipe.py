@@ -1,0 +1,338 @@
+"""Learning-recipe ablations -> benchmarks/results/recipe_<preset>.{json,md}.
+
+    python -m benchmarks.recipe --preset cpu      # 100k at T=128 on a CPU
+    python -m benchmarks.recipe --preset h200     # 6m at T=512 on one H200
+    python -m benchmarks.recipe --preset h200 --only base conv4   # some variants
+
+A fixed small problem (a preset's `base` config: one multi-question task, one model, one
+optimiser) and variants that each change one thing. Every variant trains with the real trainer
+(`train.run`, on-device batches where the tasks have them) and is evaluated every `eval_every`
+steps on the validation split, per question (`question_accuracy`), which gives its learning
+curve; the final model is then scored on `final_examples` test contexts with a 95% interval
+from a bootstrap over contexts (questions of one context are not independent). Each variant runs
+in its own subprocess with a time limit, so one slow or failing variant is recorded and the rest
+go on. The table lists, per variant: the change, final accuracy with its interval, the first
+evaluated step at >= 0.9, wall time and steps/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import pathlib
+import platform
+import subprocess
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+
+# The eight tasks in multi-question forms: the study's categories, many questions per context.
+MIX = ("niah_single(questions=8)", "niah_multikey(num_needles=16, questions=8)",
+       "niah_multivalue(questions=4)", "niah_multiquery(num_needles=16, questions=4)",
+       "variable_tracking(questions=4)", "chain_resolve(questions=4)",
+       "common_words(questions=4)", "frequent_words(questions=3)")
+
+# Each preset: the base config (as train.Config fields, dotted), and variants: name -> the
+# fields they change. "task" and "final_length" are the benchmark's own.
+MQAR_512 = "niah_multikey(num_needles=24, questions=16)"
+# The CPU canary's problem (tests/test_learning_canary.py), as changes to a preset's base.
+CANARY = {"task": "niah_multikey(num_needles=8, questions=8)", "model.size": "100k",
+          "model.vocab_size": 128, "data.seq_len": 128, "batch_size": 32, "steps": 400,
+          "optim.lr": 3e-3, "eval_every": 100}
+PRESETS: dict[str, dict[str, Any]] = {
+    "cpu": {
+        "base": {"task": "niah_multikey(num_needles=8, questions=8)", "model.size": "100k",
+                 "model.vocab_size": 128, "data.seq_len": 128, "batch_size": 32, "steps": 600,
+                 "optim.lr": 3e-3, "optim.weight_decay": 0.1, "optim.warmup_frac": 0.05,
+                 "compute_dtype": "float32", "model.attention.implementation": "reference",
+                 "eval_every": 100, "eval_examples": 64, "final_examples": 128,
+                 "steps_per_call": 25, "limit_s": 600},
+        "variants": {
+            "base": {},
+            "conv4": {"model.conv_kernel": 4},
+            "conv3": {"model.conv_kernel": 3},
+            "conv2": {"model.conv_kernel": 2},
+            "conv4_wd0": {"model.conv_kernel": 4, "optim.weight_decay": 0.0},
+        },
+    },
+    "h200": {
+        # The issue's fixed problem: 6m at T=512, 24 pairs / 16 questions, batch 64, lr 2e-3.
+        "base": {"task": MQAR_512, "model.size": "6m", "model.vocab_size": 512,
+                 "data.seq_len": 512, "batch_size": 64, "steps": 2000, "optim.lr": 2e-3,
+                 "optim.weight_decay": 0.1, "optim.warmup_frac": 0.05,
+                 "compute_dtype": "bfloat16", "eval_every": 250, "eval_examples": 64,
+                 "final_examples": 256, "steps_per_call": 50, "limit_s": 150},
+        "variants": {
+            "base": {},
+            "conv4": {"model.conv_kernel": 4},
+            "wd0": {"optim.weight_decay": 0.0},
+            "lr1e-3": {"optim.lr": 1e-3},
+            "lr4e-3": {"optim.lr": 4e-3},
+            "warmup0.2": {"optim.warmup_frac": 0.2},
+            "f32": {"compute_dtype": "float32"},
+            "tied": {"model.tie_embeddings": True},
+            "rope1e5": {"model.rope_base": 1e5},
+            "heads8x32": {"model.num_heads": 8},
+            "2x256": {"model.depth": 2},
+            "4q": {"task": "niah_multikey(num_needles=24, questions=4)"},
+            "lessfiller": {"data.seq_len": 192},
+            "conv4_wd0": {"model.conv_kernel": 4, "optim.weight_decay": 0.0},
+            "conv4_2x256": {"model.conv_kernel": 4, "model.depth": 2},
+        },
+    },
+    # Why the 6m model at 512 does not learn what the 100k one learns at 128 (session 6's first
+    # H200 call): the CPU canary's problem on the GPU, then one difference at a time.
+    "h200_diag": {
+        "base": {"task": MQAR_512, "model.size": "6m", "model.vocab_size": 512,
+                 "data.seq_len": 512, "batch_size": 64, "steps": 2000, "optim.lr": 2e-3,
+                 "optim.weight_decay": 0.0, "optim.warmup_frac": 0.05, "model.conv_kernel": 4,
+                 "compute_dtype": "bfloat16", "eval_every": 250, "eval_examples": 64,
+                 "final_examples": 256, "steps_per_call": 50, "limit_s": 150},
+        "variants": {
+            "canary_bf16": {**CANARY},
+            "100k_512": {"model.size": "100k", "compute_dtype": "float32"},
+            "6m_canary": {**CANARY, "model.size": "6m"},
+            "6m_512_xla_f32": {"model.attention.implementation": "xla",
+                               "compute_dtype": "float32"},
+            "2x256_512": {"model.depth": 2},
+            "6m_512_lr1e-3_6k": {"optim.lr": 1e-3, "steps": 6000},
+            "canary_f32_ref": {**CANARY, "compute_dtype": "float32",
+                               "model.attention.implementation": "reference"},
+        },
+    },
+    # All eight tasks at once (multi-question forms) at T=512: which tasks the recipe learns.
+    "h200_mix": {
+        "base": {"task": MIX, "model.size": "6m", "model.vocab_size": 512, "data.seq_len": 512,
+                 "batch_size": 64, "steps": 3000, "optim.lr": 2e-3, "optim.weight_decay": 0.0,
+                 "optim.warmup_frac": 0.05, "model.conv_kernel": 4, "compute_dtype": "bfloat16",
+                 "eval_every": 500, "eval_examples": 32, "final_examples": 128,
+                 "steps_per_call": 100, "limit_s": 240},
+        "variants": {
+            "6m_conv4": {},
+            "6m_noconv": {"model.conv_kernel": 0},
+            "3m_conv4": {"model.size": "3m"},
+            "20m_conv4": {"model.size": "20m"},
+        },
+    },
+}
+
+
+def build_config(spec: dict[str, Any], run_dir: str):
+  """A train.Config from a flat {dotted field: value} spec."""
+  import models
+  import train
+  spec = dict(spec)
+  size = spec.pop("model.size")
+  model_fields = {k[6:]: spec.pop(k) for k in list(spec) if k.startswith("model.")
+                  and not k.startswith("model.attention.")}
+  attention = {k[16:]: spec.pop(k) for k in list(spec) if k.startswith("model.attention.")}
+  model = models.family(size, attention=models.AttentionConfig(**attention), **model_fields)
+  steps = spec.pop("steps")
+  optim = {k[6:]: spec.pop(k) for k in list(spec) if k.startswith("optim.")}
+  warmup = max(1, round(optim.pop("warmup_frac", 0.05) * steps))
+  data = {k[5:]: spec.pop(k) for k in list(spec) if k.startswith("data.")}
+  if "short_frac" in data:  # the length curriculum: this fraction of the steps at short_len
+    data["short_steps"] = round(data.pop("short_frac") * steps)
+  tasks = tuple(_tasks(spec.pop("task")))
+  every, examples = spec.pop("eval_every"), spec.pop("eval_examples")
+  for own in ("final_examples", "final_lengths", "limit_s"):
+    spec.pop(own, None)
+  source = "device" if all(hasattr(_task(t, data["seq_len"], model.vocab_size),
+                                   "device_example") for t in tasks) else "host"
+  return train.Config(
+      run_dir=run_dir, model=model, steps=steps,
+      optim=train.OptimConfig(warmup_steps=warmup, **optim),
+      data=train.DataConfig(tasks=tasks, source=source, **data),
+      eval=train.EvalConfig(every=every, examples=examples, batch_size=64),
+      log=train.LogConfig(every=every, progress=False, wandb="disabled"),
+      checkpoint=train.CheckpointConfig(every=steps, keep=1), **spec)
+
+
+def _tasks(task: str | list[str]) -> list[str]:
+  return [task] if isinstance(task, str) else list(task)
+
+
+def _task(spec: str, length: int, vocab_size: int):
+  from experiments import tasks
+  return tasks.make(spec, length=length, vocab_size=vocab_size)
+
+
+def final_scores(run_dir: str, task_spec: str, length: int, examples: int,
+                 batch: int = 64) -> dict[str, Any]:
+  """Per-question exact match of the run's final model on `examples` test contexts, with a 95%
+  bootstrap interval over contexts."""
+  import jax
+  from scipy import stats
+  import train
+  from experiments.tasks import scoring
+  model, cfg, _ = train.load(run_dir)
+  task = _task(task_spec, length, cfg.model.vocab_size)
+  predict = jax.jit(lambda x: model(x).argmax(-1))
+  right_n, asked_n = [], []
+  for start in range(0, examples, batch):
+    rows = [task.example("test", i) for i in range(start, min(start + batch, examples))]
+    b = {k: np.stack([r[k] for r in rows]) for k in ("inputs", "targets", "weights")}
+    right, asked = scoring.question_scores(np.asarray(predict(b["inputs"])), b["targets"],
+                                           b["weights"])
+    right_n.extend(right.sum(1).tolist())
+    asked_n.extend(asked.sum(1).tolist())
+  return {**interval(right_n, asked_n), "right": right_n, "asked": asked_n}
+
+
+def interval(right: list[int], asked: list[int]) -> dict[str, Any]:
+  """Per-question accuracy over contexts (right[i] of asked[i] questions in context i) with a
+  95% percentile bootstrap interval that resamples contexts, not questions."""
+  from scipy import stats
+  right, asked = np.asarray(right, float), np.asarray(asked, float)
+  mean = float(right.sum() / asked.sum())
+  ratio = lambda r, a, axis=-1: r.sum(axis=axis) / a.sum(axis=axis)
+  if np.ptp(right / asked) == 0:
+    low = high = mean
+  else:
+    ci = stats.bootstrap((right, asked), ratio, paired=True, vectorized=True,
+                         confidence_level=0.95, n_resamples=2000, random_state=0,
+                         method="percentile").confidence_interval
+    low, high = float(ci.low), float(ci.high)
+  return {"accuracy": mean, "ci95": [low, high], "contexts": len(right),
+          "questions": int(asked.sum())}
+
+
+def run_variant(spec: dict[str, Any], run_dir: str) -> dict[str, Any]:
+  """Trains and scores one variant (in this process)."""
+  import shutil
+  import train
+  from train import log as log_lib
+  shutil.rmtree(run_dir, ignore_errors=True)
+  cfg = build_config(spec, run_dir)
+  start = time.perf_counter()
+  result = train.run(cfg)
+  wall = time.perf_counter() - start
+  records = log_lib.read_metrics(run_dir)
+  curves = {t: [(r["step"], r[f"eval/{t}/question_accuracy"]) for r in records
+                if f"eval/{t}/question_accuracy" in r] for t in cfg.data.tasks}
+  speed = [r["step_time_s"] for r in records if "step_time_s" in r]
+  lengths = spec.get("final_lengths") or [cfg.data.seq_len]
+  final = {str(n): {t: final_scores(run_dir, t, n, spec["final_examples"])
+                    for t in cfg.data.tasks} for n in lengths}
+  return {"status": result.status, "wall_s": wall, "curves": curves,
+          "curve": _mean_curve(curves),
+          "loss": [(r["step"], r["loss"]) for r in records if "loss" in r],
+          "median_step_s": float(np.median(speed[1:])) if len(speed) > 1 else None,
+          "final_by_length": final, "final": _pool(final[str(lengths[-1])]),
+          "data_source": cfg.data.source, "train_flops": cfg.flops_through(cfg.total_steps)}
+
+
+def _mean_curve(curves: dict[str, list]) -> list:
+  """The tasks' curves averaged step by step (they are evaluated at the same steps)."""
+  steps = [s for s, _ in next(iter(curves.values()))]
+  return [(s, float(np.mean([c[i][1] for c in curves.values()]))) for i, s in enumerate(steps)]
+
+
+def _pool(per_task: dict[str, dict]) -> dict[str, Any]:
+  """Every task's questions pooled (contexts resampled across tasks)."""
+  return interval(sum((r["right"] for r in per_task.values()), []),
+                  sum((r["asked"] for r in per_task.values()), []))
+
+
+def main(argv: list[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+  parser.add_argument("--only", nargs="*", help="variants to run (default: all)")
+  parser.add_argument("--out", type=pathlib.Path, help="JSON path (default: results/recipe_<preset>.json)")
+  parser.add_argument("--runs", default="/tmp/recipe_runs")
+  parser.add_argument("--variant", help=argparse.SUPPRESS)  # child mode: run one, print JSON
+  args = parser.parse_args(argv)
+  preset = PRESETS[args.preset]
+  if args.variant:
+    spec = {**preset["base"], **preset["variants"][args.variant]}
+    print("RESULT " + json.dumps(run_variant(spec, f"{args.runs}/{args.variant}")), flush=True)
+    return
+
+  out = args.out or RESULTS / f"recipe_{args.preset}.json"
+  names = args.only or list(preset["variants"])
+  unknown = sorted(set(names) - set(preset["variants"]))
+  if unknown:
+    raise SystemExit(f"--only {unknown}: unknown; valid: {list(preset['variants'])}")
+  report = json.loads(out.read_text()) if out.exists() else {}
+  report.update(benchmark="learning-recipe ablations", preset=args.preset,
+                date=datetime.date.today().isoformat(), base=preset["base"],
+                device=_device(), versions=_versions())
+  report.setdefault("variants", {})
+  for name in names:
+    limit = preset["base"]["limit_s"]
+    start = time.perf_counter()
+    try:
+      proc = subprocess.run([sys.executable, "-m", "benchmarks.recipe", "--preset", args.preset,
+                             "--variant", name, "--runs", args.runs], capture_output=True,
+                            text=True, timeout=limit)
+      lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+      row = json.loads(lines[-1][7:]) if lines else {"error": proc.stderr[-2000:]}
+    except subprocess.TimeoutExpired:
+      row = {"error": f"timed out after {limit} s"}
+    row["change"] = preset["variants"][name]
+    row["process_s"] = time.perf_counter() - start
+    report["variants"][name] = row
+    out.write_text(json.dumps(report, indent=1))  # after every variant: a time limit keeps some
+    print(_line(name, row), flush=True)
+  out.with_suffix(".md").write_text(table(report))
+  print(table(report))
+
+
+def _first_at(curve, level=0.9):
+  return next((s for s, a in curve if a >= level), None)
+
+
+def _line(name, row) -> str:
+  if "error" in row:
+    return f"{name:14s} ERROR {row['error'][-300:]}"
+  f = row["final"]
+  return (f"{name:14s} {f['accuracy']:.3f} [{f['ci95'][0]:.3f}, {f['ci95'][1]:.3f}] "
+          f"first>=0.9 at {_first_at(row['curve'])}  {row['wall_s']:.0f} s")
+
+
+def table(report: dict[str, Any]) -> str:
+  base = report["base"]
+  lines = [f"# Learning-recipe ablations ({report['preset']}, {report['date']})", "",
+           f"Device: {report['device']}; versions: {report['versions']}.", "",
+           f"Base: `{json.dumps(base)}`", "",
+           "Per-question exact match on test contexts (95% bootstrap interval over contexts); "
+           "the curve is per-question accuracy on validation contexts every "
+           f"{base['eval_every']} steps.", "",
+           "| variant | change | final accuracy [95% CI] | first eval ≥ 0.9 | curve | wall s | s/step |",
+           "|---|---|---|---|---|---|---|"]
+  for name, row in report["variants"].items():
+    change = ", ".join(f"{k}={v}" for k, v in row["change"].items()) or "—"
+    if "error" in row:
+      lines.append(f"| {name} | {change} | error: {row['error'][-120:]!r} | | | | |")
+      continue
+    f = row["final"]
+    curve = " ".join(f"{a:.2f}" for _, a in row["curve"])
+    step_s = f"{row['median_step_s']:.4f}" if row.get("median_step_s") else ""
+    lines.append(f"| {name} | {change} | {f['accuracy']:.3f} [{f['ci95'][0]:.3f}, "
+                 f"{f['ci95'][1]:.3f}] | {_first_at(row['curve']) or '—'} | {curve} | "
+                 f"{row['wall_s']:.0f} | {step_s} |")
+  return "\n".join(lines) + "\n"
+
+
+def _device() -> dict[str, Any]:
+  import jax
+  d = jax.devices()[0]
+  return {"backend": d.platform, "kind": d.device_kind, "count": jax.device_count(),
+          "machine": platform.machine()}
+
+
+def _versions() -> dict[str, str]:
+  import flax
+  import jax
+  return {"python": platform.python_version(), "jax": jax.__version__, "flax": flax.__version__}
+
+
+if __name__ == "__main__":
+  main()
