@@ -109,7 +109,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # All eight tasks at once (multi-question forms) at T=512: which tasks the recipe learns.
     "h200_mix": {
         "base": {"task": MIX, "model.size": "6m", "model.vocab_size": 512, "data.seq_len": 512,
-                 "batch_size": 64, "steps": 3000, "optim.lr": 2e-3, "optim.weight_decay": 0.0,
+                 "batch_size": 64, "steps": 3000, "optim.lr": 1e-3, "optim.weight_decay": 0.0,
                  "optim.warmup_frac": 0.05, "model.conv_kernel": 4, "compute_dtype": "bfloat16",
                  "eval_every": 500, "eval_examples": 32, "final_examples": 128,
                  "steps_per_call": 100, "limit_s": 240},
@@ -118,6 +118,12 @@ PRESETS: dict[str, dict[str, Any]] = {
             "6m_noconv": {"model.conv_kernel": 0},
             "3m_conv4": {"model.size": "3m"},
             "20m_conv4": {"model.size": "20m"},
+            # The length curriculum: 80% of the steps at 512 (64 sequences), then 4096 (8).
+            "6m_c512_4096": {"data.seq_len": 4096, "batch_size": 8, "data.short_len": 512,
+                             "data.short_frac": 0.8, "final_lengths": [512, 4096]},
+            "3m_c512_4096": {"model.size": "3m", "data.seq_len": 4096, "batch_size": 8,
+                             "data.short_len": 512, "data.short_frac": 0.8,
+                             "final_lengths": [512, 4096]},
         },
     },
 }

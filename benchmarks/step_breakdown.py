@@ -88,25 +88,34 @@ def main(argv=None) -> None:
   parser.add_argument("--impls", nargs="+", default=["default"])
   parser.add_argument("--conv", type=int, nargs="+", default=[0])
   parser.add_argument("--reps", type=int, default=30)
+  parser.add_argument("--embed", nargs="+", default=["auto"], choices=["auto", "take"],
+                      help="auto: the model's own lookup; take: always the gather (to compare)")
   parser.add_argument("--out", default="")
   args = parser.parse_args(argv)
-  rows = []
-  for impl in args.impls:
-    for conv in args.conv:
-      row = breakdown(args.size, args.seq_len, args.batch, None if impl == "default" else impl,
-                      conv, args.reps)
-      print(json.dumps(row), flush=True)
-      rows.append(row)
+  from models import transformer
+  own = transformer.embed_lookup
   out = pathlib.Path(args.out or pathlib.Path(__file__).parent / "results" /
                      f"step_breakdown_{args.size}_T{args.seq_len}.json")
-  out.write_text(json.dumps({
-      "benchmark": "compiled-step breakdown", "size": args.size, "seq_len": args.seq_len,
-      "batch": args.batch, "device": jax.devices()[0].device_kind,
-      "versions": {"python": platform.python_version(), "jax": jax.__version__},
-      "rows": rows}, indent=1) + "\n")
-  print(f"{'impl':>14} {'conv':>4} {'fwd ms':>8} {'fwd+bwd':>8} {'step ms':>8} {'attn×L':>8} {'TFLOP/s':>8}")
+  rows = []
+  for embed in args.embed:
+    transformer.embed_lookup = own if embed == "auto" else (
+        lambda e, t: jnp.take(e, t, axis=0))
+    for impl in args.impls:
+      for conv in args.conv:
+        row = breakdown(args.size, args.seq_len, args.batch,
+                        None if impl == "default" else impl, conv, args.reps)
+        row["embed"] = embed
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+        out.write_text(json.dumps({  # after every row: a time limit keeps what ran
+            "benchmark": "compiled-step breakdown", "size": args.size, "seq_len": args.seq_len,
+            "batch": args.batch, "device": jax.devices()[0].device_kind,
+            "versions": {"python": platform.python_version(), "jax": jax.__version__},
+            "rows": rows}, indent=1) + "\n")
+  transformer.embed_lookup = own
+  print(f"{'embed':>5} {'impl':>14} {'conv':>4} {'fwd ms':>8} {'fwd+bwd':>8} {'step ms':>8} {'attn×L':>8} {'TFLOP/s':>8}")
   for r in rows:
-    print(f"{r['impl']:>14} {r['conv']:>4} {r['forward_ms']:>8.2f} {r['forward_backward_ms']:>8.2f} "
+    print(f"{r['embed']:>5} {r['impl']:>14} {r['conv']:>4} {r['forward_ms']:>8.2f} {r['forward_backward_ms']:>8.2f} "
           f"{r['train_step_ms']:>8.2f} {r['attention_fwd_bwd_ms_x_depth']:>8.2f} "
           f"{r['train_step_tflops_per_s']:>8.1f}")
 

@@ -173,6 +173,23 @@ class Block(nnx.Module):
     return x_btd + self.mlp(self.mlp_norm(x_btd))
 
 
+# Vocabularies up to this size embed by a one-hot matmul instead of a gather: the gather's
+# backward is a scatter-add of every token's gradient into V rows, which serialises on a GPU when
+# V is small and tokens many (it cost more than the whole forward pass of the 6m model at
+# 64 × 512 tokens on an H200: benchmarks/results/step_breakdown_6m_T512.json); the matmul costs
+# 2·V·d FLOPs a token (not counted in model FLOPs, like the gather it replaces).
+ONE_HOT_MAX_VOCAB = 4096
+
+
+def embed_lookup(embed_vd: jax.Array, tokens_bt: jax.Array) -> jax.Array:
+  """tokens [B, T] -> rows of embed [B, T, d] (one-hot matmul for small vocabularies)."""
+  if embed_vd.shape[0] > ONE_HOT_MAX_VOCAB:
+    return jnp.take(embed_vd, tokens_bt, axis=0)
+  one_hot = jax.nn.one_hot(tokens_bt, embed_vd.shape[0], dtype=embed_vd.dtype)
+  # HIGHEST: f32 rows come back exactly (a TF32 matmul would round them); bf16 is exact anyway.
+  return jnp.einsum("btv,vd->btd", one_hot, embed_vd, precision=jax.lax.Precision.HIGHEST)
+
+
 class Transformer(nnx.Module):
   """tokens int [B, T] -> logits f32 [B, T, V]."""
 
@@ -217,7 +234,7 @@ class Transformer(nnx.Module):
       raise ValueError(f"decode_rows={decode_rows!r} must be an int in [0, T={t}] and comes "
                        f"with dense_before (got dense_before={dense_before!r})")
     embed = self.embed_vd[...]
-    x_btd = jnp.take(embed, tokens_bt, axis=0)
+    x_btd = embed_lookup(embed, tokens_bt)
     apply = lambda block, x_btd: block(x_btd, layout, impl)
     if self.cfg.remat:  # keeps only each block's input for the backward pass
       apply = nnx.remat(apply)
