@@ -59,6 +59,13 @@ PRESETS: dict[str, dict[str, Any]] = {
             "conv3": {"model.conv_kernel": 3},
             "conv2": {"model.conv_kernel": 2},
             "conv4_wd0": {"model.conv_kernel": 4, "optim.weight_decay": 0.0},
+            # Depth, and learning rate vs warmup, at depth 8 (the 6m model's; width 64): the
+            # H200 runs found 6m failing at lr 2e-3-3e-3 where 2-layer models learn.
+            "conv4_d8": {"model.conv_kernel": 4, "model.depth": 8, "optim.weight_decay": 0.0},
+            "conv4_d8_lr1e-3": {"model.conv_kernel": 4, "model.depth": 8,
+                                "optim.weight_decay": 0.0, "optim.lr": 1e-3},
+            "conv4_d8_warmup0.25": {"model.conv_kernel": 4, "model.depth": 8,
+                                    "optim.weight_decay": 0.0, "optim.warmup_frac": 0.25},
         },
     },
     "h200": {

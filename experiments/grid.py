@@ -67,6 +67,9 @@ class RunSpec:
   # `steps` train at `short_len` tokens, same tokens per step. 0: none.
   short_len: int = 0
   short_steps: int = 0
+  # Where training batches are made (the trainer's data.source): "host" (numpy + grain) or
+  # "device" (each task's jitted generator; another random stream of the same tasks).
+  data_source: str = "host"
   # Derived (kept in the spec so configs on disk are self-describing):
   flops_per_token: float = 0.0
   step_flops: float = 0.0  # one step at seq_len
@@ -194,6 +197,7 @@ class Grid:
   # sequence (same tokens per step), the rest at the grid's seq_len. 0: none.
   short_len: int = 0
   short_frac: float = 0.0
+  data_source: str = "host"  # see RunSpec.data_source
 
   def __post_init__(self):
     if not self.budgets or any(not b > 0 for b in self.budgets):
@@ -210,9 +214,15 @@ class Grid:
       if p not in TRAIN_PATTERNS:
         raise ValueError(f"grid.patterns has {p!r}; valid sparse patterns: {TRAIN_PATTERNS} "
                          "(dense is sparsity 0.0)")
-    for t in self.tasks:
-      if t not in tasks_lib.TASKS:
-        raise ValueError(f"grid.tasks has {t!r}; valid: {sorted(tasks_lib.TASKS)}")
+    for t in self.tasks:  # a name, or a name with knobs: "niah_multikey(questions=8)"
+      name = tasks_lib.spec(t)[0]
+      if name not in tasks_lib.TASKS:
+        raise ValueError(f"grid.tasks has {t!r}; valid: {sorted(tasks_lib.TASKS)}, optionally "
+                         "with knobs, e.g. 'niah_multikey(questions=8)'")
+      for n in self.seq_lens + ((self.short_len,) if self.short_len else ()):
+        tasks_lib.make(t, length=n, vocab_size=self.vocab_size)  # bad knobs fail here
+    if self.data_source not in ("host", "device"):
+      raise ValueError(f"grid.data_source={self.data_source!r} must be 'host' or 'device'")
     if self.task_weights is not None and len(self.task_weights) != len(self.tasks):
       raise ValueError(f"grid.task_weights={self.task_weights!r} needs one weight per task "
                        f"({len(self.tasks)})")
@@ -280,7 +290,7 @@ class Grid:
                 budget=float(budget), tasks=tuple(self.tasks), task_weights=tuple(weights),
                 seed=self.seed, optim=self.optim, compute_dtype=self.compute_dtype, train_sparsity=float(sparsity),
                 short_len=self.short_len, short_steps=short_steps,
-                flops_per_token=fpt, step_flops=step_flops, short_step_flops=short_step_flops,
+                data_source=self.data_source, flops_per_token=fpt, step_flops=step_flops, short_step_flops=short_step_flops,
                 params=counts.total,
                 nonembed_params=counts.nonembed))
     ids = [s.run_id for s in specs]

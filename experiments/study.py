@@ -102,6 +102,7 @@ class Study:
   eval: EvalSpec
   max_attempts: int = 2
   checkpoint_every: int = 100
+  steps_per_call: int = 1
   log_every: int = 10
   wandb: str = "offline"  # "offline" | "online" | "disabled"
   wandb_project: str = "sparse-frontier"

@@ -127,7 +127,8 @@ def train_config(spec: RunSpec, run_dir: Path, study: study_lib.Study, *, progre
   return Config(
       run_dir=str(run_dir), model=spec.model,
       data=DataConfig(tasks=spec.tasks, weights=spec.task_weights, seq_len=spec.seq_len,
-                      short_len=spec.short_len, short_steps=spec.short_steps, seed=spec.seed),
+                      short_len=spec.short_len, short_steps=spec.short_steps, seed=spec.seed,
+                      source=spec.data_source),
       optim=OptimConfig(lr=o.lr, warmup_steps=o.warmup_steps(spec.steps),
                         min_lr_ratio=o.min_lr_ratio, weight_decay=o.weight_decay,
                         clip_norm=o.clip_norm),
@@ -137,7 +138,7 @@ def train_config(spec: RunSpec, run_dir: Path, study: study_lib.Study, *, progre
       distributed=distributed,
       eval=EvalConfig(examples=0),  # the study evaluates on its own settings afterwards
       batch_size=spec.batch_size, steps=spec.steps, seed=spec.seed,
-      compute_dtype=spec.compute_dtype, resume=True)
+      steps_per_call=study.steps_per_call, compute_dtype=spec.compute_dtype, resume=True)
 
 
 def trained_model(run_dir: Path):

@@ -6,7 +6,7 @@
 """
 
 from experiments.tasks.base import SPLITS, Source, Task
-from experiments.tasks.registry import CATEGORIES, TASKS, make
+from experiments.tasks.registry import CATEGORIES, TASKS, make, spec
 from experiments.tasks.vocab import Vocab
 
-__all__ = ["CATEGORIES", "SPLITS", "Source", "TASKS", "Task", "Vocab", "make"]
+__all__ = ["CATEGORIES", "SPLITS", "Source", "TASKS", "Task", "Vocab", "make", "spec"]

@@ -8,6 +8,7 @@ grid) train on such forms without knowing about knobs.
 from __future__ import annotations
 
 import ast
+import dataclasses
 from typing import Any
 
 from experiments.tasks import aggregation, base, multihop, retrieval
@@ -53,7 +54,7 @@ def make(name: str, *, length: int, vocab_size: int = 512, seed: int = 0, **knob
   if name not in TASKS:
     raise ValueError(f"task name={name!r} must be one of {sorted(TASKS)}")
   cls = TASKS[name]
-  known = {f.name for f in cls.__dataclass_fields__.values()} - {"length", "vocab_size", "seed"}
+  known = {f.name for f in dataclasses.fields(cls)} - {"length", "vocab_size", "seed"}
   unknown = sorted(set(knobs) - known)
   if unknown:
     raise ValueError(f"{name}: unknown knob(s) {unknown}; valid knobs: {sorted(known)}")

@@ -3,6 +3,7 @@ ids are hashes of what decides the result, bad grids are rejected naming the val
 
 import dataclasses
 import json
+import re
 
 import numpy as np
 import pytest
@@ -156,11 +157,31 @@ def test_too_small_budget_is_skipped_with_reason():
     (dict(task_weights=(1.0, 2.0)), "grid.task_weights"),
     (dict(batch_size=0), "grid.batch_size=0"),
     (dict(sparse_sizes=("300k",)), "grid.sparse_sizes has '300k'"),
+    (dict(tasks=("nope(questions=2)",)), "grid.tasks has 'nope(questions=2)'"),
+    (dict(tasks=("niah_multikey(num_needles=4, questions=9)",)), "questions=9"),
+    (dict(tasks=("niah_single(questiosn=2)",)), "unknown knob(s) ['questiosn']; valid knobs: ['depth', 'key_len', 'questions',"),
+    (dict(data_source="gpu"), "grid.data_source='gpu'"),
 ])
 def test_bad_grid_names_the_value(kwargs, needle):
   base = dict(budgets=(1e11,), sizes=("100k",))
-  with pytest.raises(ValueError, match=needle.replace("(", r"\(").replace(")", r"\)")):
+  with pytest.raises(ValueError, match=re.escape(needle)):
     Grid(**{**base, **kwargs})
+
+
+def test_tasks_with_knobs_and_device_batches_reach_the_trainer(tmp_path):
+  """A grid task may carry knobs (a multi-question form); the trainer gets the same string and
+  the data source, and the run id changes with them."""
+  from experiments import study as study_lib, sweep
+  tasks = ("niah_multikey(num_needles=8, questions=8)",)
+  grid = Grid(budgets=(1e11,), sizes=("100k",), seq_lens=(128,), tasks=tasks,
+              data_source="device")
+  (spec,), _ = grid.points()
+  (plain,), _ = Grid(budgets=(1e11,), sizes=("100k",), seq_lens=(128,)).points()
+  assert spec.tasks == tasks and spec.data_source == "device" and spec.run_id != plain.run_id
+  study = study_lib.Study(name="t", grid=grid, eval=study_lib.EvalSpec(tasks=("niah_single",), lengths=(128,)),
+                          steps_per_call=7)
+  cfg = sweep.train_config(spec, tmp_path, study, progress=False)
+  assert cfg.data.tasks == tasks and cfg.data.source == "device" and cfg.steps_per_call == 7
 
 
 def test_unreachable_sparsity_fails_before_training():
