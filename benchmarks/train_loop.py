@@ -9,8 +9,7 @@ study's eight tasks (equal weights):
 - the phases of the old loop, timed apart: one host batch from the grain pipeline
   (`train.loop.Batches`, `data.num_threads` threads), its transfer to the device, and the
   compiled train step alone on a batch already there (`benchmarks.timing.time_calls`);
-- the new loop's parts: one batch made on the device (`train.data.device_batches`) and a call
-  of `steps_per_call` steps with on-device batches, per step;
+- the new loop's own part: one batch made on the device (`train.data.device_batches`);
 - both loops end to end, as a run uses them (`train.run`): the old one (`data.source="host"`,
   one step per call) and the new one (`data.source="device"`, `steps_per_call` steps per call),
   step time as the median of the logged `step_time_s` after the first record.
@@ -42,6 +41,10 @@ PRESETS = {
                        ("20m", 4096, 8)],
                  old_steps=200, new_steps=1000, steps_per_call=50, threads=4, impl=None),
 }
+
+
+def _phase(msg: str) -> None:
+  print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
 def _median(xs):
@@ -102,6 +105,7 @@ def phases(size: str, seq_len: int, batch: int, *, steps_per_call: int, threads:
   for _ in range(n):
     host = next(batches)
   out["host_batch_ms"] = 1e3 * (time.perf_counter() - t0) / n
+  _phase(f"{size} T={seq_len}: host batch {out['host_batch_ms']:.2f} ms")
   out["transfer_ms"] = 1e3 * time_calls(lambda: mesh_lib.global_batch(host, mesh), 20).median
   codec = step_lib.Params(cfg.model)
   tx = step_lib.optimizer(cfg.optim, 10**6)
@@ -116,18 +120,10 @@ def phases(size: str, seq_len: int, batch: int, *, steps_per_call: int, threads:
       return m
 
     out["compiled_step_ms"] = 1e3 * time_calls(step, 50).median
+    _phase(f"  compiled step {out['compiled_step_ms']:.2f} ms")
     make = data_lib.device_batches(tasks, [1.0] * len(tasks), batch_size=batch, accum=1, seed=0)
     gen = jax.jit(make)
     out["device_batch_ms"] = 1e3 * time_calls(lambda: gen(7), 20).median
-    multi = jax.jit(step_lib.make_multi_step(step_lib.make_train_step(cfg, codec, tx), make,
-                                             mesh_lib.batch_sharding(mesh)),
-                    static_argnums=1, donate_argnums=0)
-
-    def call():
-      holder["state"], m = multi(holder["state"], steps_per_call)
-      return m
-
-    out["device_call_step_ms"] = 1e3 * time_calls(call, 5).median / steps_per_call
   shutil.rmtree(tmp, ignore_errors=True)
   return out
 
@@ -146,8 +142,11 @@ def measure(size: str, seq_len: int, batch: int, *, old_steps: int, new_steps: i
                threads=threads, impl=impl, run_dir=f"{tmp}/old")
   new = config(size, seq_len, batch, source="device", steps=new_steps,
                steps_per_call=steps_per_call, threads=threads, impl=impl, run_dir=f"{tmp}/new")
+  _phase("  old loop run")
   row["old_loop_step_s"], row["old_run_wall_s"] = loop_step_time(old)
+  _phase(f"  old loop {1e3 * row['old_loop_step_s']:.2f} ms/step; new loop run")
   row["new_loop_step_s"], row["new_run_wall_s"] = loop_step_time(new)
+  _phase(f"  new loop {1e3 * row['new_loop_step_s']:.2f} ms/step")
   shutil.rmtree(tmp, ignore_errors=True)
   flops = old.flops_per_step
   peak, _ = device_peak()
@@ -168,7 +167,8 @@ def main(argv=None) -> None:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
   parser.add_argument("--only", default="", help="SIZE:T rows to run, comma-separated")
-  parser.add_argument("--row-timeout", type=float, default=300.0)
+  parser.add_argument("--row-timeout", type=float, default=300.0,
+                      help="seconds per row; a 6m row compiles four programs (~100 s on an H200)")
   parser.add_argument("--out", default="")
   parser.add_argument("--child", help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
@@ -201,8 +201,9 @@ def main(argv=None) -> None:
                             text=True, timeout=args.row_timeout)
       lines = [l for l in proc.stdout.splitlines() if l.startswith("ROW ")]
       row = json.loads(lines[-1][4:]) if lines else {"error": proc.stderr[-1500:]}
-    except subprocess.TimeoutExpired:
-      row = {"error": f"timed out after {args.row_timeout} s"}
+    except subprocess.TimeoutExpired as e:
+      err = e.stderr.decode() if isinstance(e.stderr, bytes) else (e.stderr or "")
+      row = {"error": f"timed out after {args.row_timeout} s; its last phases: {err[-600:]}"}
     row.update(size=r[0], seq_len=r[1], batch=r[2], row_wall_s=time.perf_counter() - t0)
     result["rows"] = [x for x in result["rows"]
                       if (x["size"], x["seq_len"]) != (r[0], r[1])] + [row]
@@ -213,9 +214,8 @@ def main(argv=None) -> None:
 
 def table(result: dict) -> str:
   head = ("| size | T | batch | host batch ms | transfer ms | compiled step ms | device batch ms "
-          "| device call ms/step | old loop ms | new loop ms | old tok/s | new tok/s | speedup "
-          "| old MFU | new MFU |")
-  lines = [head, "|" + "---|" * 15]
+          "| old loop ms | new loop ms | old tok/s | new tok/s | speedup | old MFU | new MFU |")
+  lines = [head, "|" + "---|" * 14]
   for r in result["rows"]:
     if "error" in r:
       lines.append(f"| {r['size']} | {r['seq_len']} | {r['batch']} | error: "
@@ -225,7 +225,7 @@ def table(result: dict) -> str:
     lines.append(
         f"| {r['size']} | {r['seq_len']} | {r['batch']} | {r['host_batch_ms']:.2f} | "
         f"{r['transfer_ms']:.2f} | {r['compiled_step_ms']:.2f} | {r['device_batch_ms']:.2f} | "
-        f"{r['device_call_step_ms']:.2f} | {1e3 * r['old_loop_step_s']:.2f} | "
+        f"{1e3 * r['old_loop_step_s']:.2f} | "
         f"{1e3 * r['new_loop_step_s']:.2f} | {r['old_tokens_per_s']:.3g} | "
         f"{r['new_tokens_per_s']:.3g} | {r['speedup_tokens_per_s']:.2f}× | "
         f"{mfu(r['old_mfu'])} | {mfu(r['new_mfu'])} |")

@@ -17,6 +17,7 @@ compiled several times faster, which keeps this file inside its CPU budget.
 
 import collections
 import functools
+import hashlib
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +27,7 @@ from scipy import stats
 
 from experiments import tasks
 from experiments.tasks import base, device
+from train import data as data_lib
 
 ALPHA = 1e-3
 SAMPLES = 300  # examples per generator per config
@@ -524,3 +526,22 @@ def test_place_and_fill():
   ref = np.stack([base.place(rng, 100, 4, 3, (0.1, 0.9)) for _ in range(2000)])
   for j in range(4):
     assert stats.ks_2samp(starts[:, j], ref[:, j]).pvalue > ALPHA
+
+
+def test_the_device_stream_is_pinned():
+  """The smoke study trains on this stream (`Grid(data_source="device")`): a change to any
+  task's device generator, to the row keys or to the batch layout changes what it learns, so
+  it must show up here as a deliberate update, not pass unnoticed."""
+  import hashlib
+  from train import data as data_lib
+  names = ("niah_single(questions=4)", "niah_multikey(questions=4)",
+           "chain_resolve(questions=4)", "common_words")
+  made = [tasks.make(n, length=128, vocab_size=128) for n in names]
+  batch = jax.jit(data_lib.device_batches(made, [1.0] * 4, batch_size=8, accum=1, seed=0))
+  digest = hashlib.sha256()
+  for step in (0, 1):
+    b = batch(step)
+    for k in ("inputs", "targets", "weights"):
+      digest.update(np.asarray(b[k]).tobytes())
+  assert digest.hexdigest() == (
+      "97a412084422f8414a3388b51ea239c9c624aa27a54e46759b39f2e5ccfc11f5")

@@ -75,6 +75,21 @@ def wait_for(condition, proc, timeout=120):
     time.sleep(0.05)
 
 
+def two_process_losses(launch, tmp_path, port_offset, *args):
+  """Losses of one run launched as two processes (jax.distributed on localhost)."""
+  port = 20000 + (os.getpid() + port_offset) % 20000
+  procs = [launch(tmp_path / "run", *args, "--distributed.num-processes", "2",
+                  "--distributed.process-id", str(i), "--distributed.coordinator",
+                  f"localhost:{port}", tag=str(i)) for i in range(2)]
+  try:
+    codes = [finish(p) for p in procs]
+  finally:
+    for p in procs:
+      p.kill()
+  assert codes == [0, 0], (tmp_path / "run0.log").read_text() + (tmp_path / "run1.log").read_text()
+  return losses(tmp_path / "run")
+
+
 def committed(run_dir, step):
   return (Path(run_dir) / "checkpoints" / str(step) / "state" / "commit_success.txt").exists()
 
@@ -191,17 +206,7 @@ def test_device_batches_sigterm_saves_at_the_call_boundary(tmp_path, device_refe
 
 def test_device_batches_on_two_processes_reach_the_losses_of_one(tmp_path, device_reference,
                                                                   launch):
-  port = 20000 + (os.getpid() + 7) % 20000
-  procs = [launch(tmp_path / "run", *DEVICE, "--distributed.num-processes", "2",
-                  "--distributed.process-id", str(i), "--distributed.coordinator",
-                  f"localhost:{port}", tag=str(i)) for i in range(2)]
-  try:
-    codes = [finish(p) for p in procs]
-  finally:
-    for p in procs:
-      p.kill()
-  assert codes == [0, 0], (tmp_path / "run0.log").read_text() + (tmp_path / "run1.log").read_text()
-  got = losses(tmp_path / "run")
+  got = two_process_losses(launch, tmp_path, 7, *DEVICE)
   np.testing.assert_allclose([got[s] for s in device_reference], list(device_reference.values()),
                              rtol=2e-5)
 
@@ -228,17 +233,7 @@ def test_non_finite_loss_stops_naming_the_step_and_marks_the_run_failed(tmp_path
 
 
 def test_two_processes_reach_the_losses_of_one(tmp_path, reference, launch):
-  port = 20000 + os.getpid() % 20000
-  procs = [launch(tmp_path / "run", "--distributed.num-processes", "2",
-                  "--distributed.process-id", str(i), "--distributed.coordinator",
-                  f"localhost:{port}", "--grad-accum", "2", tag=str(i)) for i in range(2)]
-  try:
-    codes = [finish(p) for p in procs]
-  finally:
-    for p in procs:
-      p.kill()
-  assert codes == [0, 0], (tmp_path / "run0.log").read_text() + (tmp_path / "run1.log").read_text()
-  got = losses(tmp_path / "run")
+  got = two_process_losses(launch, tmp_path, 0, "--grad-accum", "2")
   assert sorted(got) == sorted(reference)
   np.testing.assert_allclose([got[s] for s in reference], list(reference.values()), rtol=2e-5)
 
