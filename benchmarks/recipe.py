@@ -3,6 +3,7 @@
     python -m benchmarks.recipe --preset cpu      # 100k at T=128 on a CPU
     python -m benchmarks.recipe --preset h200     # 6m at T=512 on one H200
     python -m benchmarks.recipe --preset h200 --only base conv4   # some variants
+    python -m benchmarks.recipe --plot cpu h200 h200_diag h200_mix  # curves -> recipe_curves.png
 
 A fixed small problem (a preset's `base` config: one multi-question task, one model, one
 optimiser) and variants that each change one thing. Every variant trains with the real trainer
@@ -261,7 +262,12 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--out", type=pathlib.Path, help="JSON path (default: results/recipe_<preset>.json)")
   parser.add_argument("--runs", default="/tmp/recipe_runs")
   parser.add_argument("--variant", help=argparse.SUPPRESS)  # child mode: run one, print JSON
+  parser.add_argument("--plot", nargs="+", metavar="PRESET",
+                      help="only draw these presets' committed curves to results/recipe_curves.png")
   args = parser.parse_args(argv)
+  if args.plot:
+    plot(args.plot, RESULTS / "recipe_curves.png")
+    return
   preset = PRESETS[args.preset]
   if args.variant:
     spec = {**preset["base"], **preset["variants"][args.variant]}
@@ -296,6 +302,26 @@ def main(argv: list[str] | None = None) -> None:
     print(_line(name, row), flush=True)
   out.with_suffix(".md").write_text(table(report))
   print(table(report))
+
+
+def plot(names: list[str], out: pathlib.Path) -> None:
+  """Learning curves (per-question accuracy vs step) of every variant of the given presets'
+  results, one panel per preset."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 4), squeeze=False)
+  for ax, name in zip(axes[0], names):
+    report = json.loads((RESULTS / f"recipe_{name}.json").read_text())
+    for variant, row in report["variants"].items():
+      if row.get("curve"):
+        steps, acc = zip(*row["curve"])
+        ax.plot(steps, acc, marker=".", label=variant)
+    ax.set(title=f"{name}: {report['device']['kind']}", xlabel="step",
+           ylabel="per-question accuracy (validation)", ylim=(-0.02, 1.02))
+    ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(out, dpi=110)
 
 
 def _first_at(curve, level=0.9):
