@@ -7,7 +7,7 @@
 
 A fixed small problem (a preset's `base` config: one multi-question task, one model, one
 optimiser) and variants that each change one thing. Every variant trains with the real trainer
-(`train.run`, on-device batches where the tasks have them) and is evaluated every `eval_every`
+(`train.run`, on-device batches) and is evaluated every `eval_every`
 steps on the validation split, per question (`question_accuracy`), which gives its learning
 curve; the final model is then scored on `final_examples` test contexts with a 95% interval
 from a bootstrap over contexts (questions of one context are not independent). Each variant runs
@@ -19,7 +19,6 @@ evaluated step at >= 0.9, wall time and steps/s.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import json
 import pathlib
@@ -157,12 +156,10 @@ def build_config(spec: dict[str, Any], run_dir: str):
   every, examples = spec.pop("eval_every"), spec.pop("eval_examples")
   for own in ("final_examples", "final_lengths", "limit_s"):
     spec.pop(own, None)
-  source = "device" if all(hasattr(_task(t, data["seq_len"], model.vocab_size),
-                                   "device_example") for t in tasks) else "host"
   return train.Config(
       run_dir=run_dir, model=model, steps=steps,
       optim=train.OptimConfig(warmup_steps=warmup, **optim),
-      data=train.DataConfig(tasks=tasks, source=source, **data),
+      data=train.DataConfig(tasks=tasks, source="device", **data),
       eval=train.EvalConfig(every=every, examples=examples, batch_size=64),
       log=train.LogConfig(every=every, progress=False, wandb="disabled"),
       checkpoint=train.CheckpointConfig(every=steps, keep=1), **spec)
@@ -177,26 +174,33 @@ def _task(spec: str, length: int, vocab_size: int):
   return tasks.make(spec, length=length, vocab_size=vocab_size)
 
 
-def final_scores(run_dir: str, task_spec: str, length: int, examples: int,
-                 batch: int = 64) -> dict[str, Any]:
-  """Per-question exact match of the run's final model on `examples` test contexts, with a 95%
-  bootstrap interval over contexts."""
-  import jax
-  from scipy import stats
+def final_scores(run_dir: str, tasks: tuple[str, ...], lengths: list[int], examples: int,
+                 batch: int = 64) -> dict[str, dict[str, Any]]:
+  """{length: {task: per-question exact match}} of the run's final model on `examples` test
+  contexts of each task, with a 95% bootstrap interval over contexts. The model is loaded once
+  and run as the study evaluates (`experiments.evaluate.make_forward`, the run's compute dtype,
+  dense causal: the recipe's runs are dense)."""
+  import sparse_ops as so
   import train
+  from experiments import evaluate
   from experiments.tasks import scoring
   model, cfg, _ = train.load(run_dir)
-  task = _task(task_spec, length, cfg.model.vocab_size)
-  predict = jax.jit(lambda x: model(x).argmax(-1))
-  right_n, asked_n = [], []
-  for start in range(0, examples, batch):
-    rows = [task.example("test", i) for i in range(start, min(start + batch, examples))]
-    b = {k: np.stack([r[k] for r in rows]) for k in ("inputs", "targets", "weights")}
-    right, asked = scoring.question_scores(np.asarray(predict(b["inputs"])), b["targets"],
-                                           b["weights"])
-    right_n.extend(right.sum(1).tolist())
-    asked_n.extend(asked.sum(1).tolist())
-  return {**interval(right_n, asked_n), "right": right_n, "asked": asked_n}
+  forward = evaluate.make_forward(model, cfg.compute_dtype)
+  out = {}
+  for length in lengths:
+    out[str(length)] = {}
+    for spec in tasks:
+      task = _task(spec, length, cfg.model.vocab_size)
+      right_n, asked_n = [], []
+      for start in range(0, examples, batch):
+        rows = [task.example("test", i) for i in range(start, min(start + batch, examples))]
+        b = {k: np.stack([r[k] for r in rows]) for k in ("inputs", "targets", "weights")}
+        right, asked = scoring.question_scores(forward(b["inputs"], so.masks.Causal()),
+                                               b["targets"], b["weights"])
+        right_n.extend(right.sum(1).tolist())
+        asked_n.extend(asked.sum(1).tolist())
+      out[str(length)][spec] = {**interval(right_n, asked_n), "right": right_n, "asked": asked_n}
+  return out
 
 
 def interval(right: list[int], asked: list[int]) -> dict[str, Any]:
@@ -232,14 +236,14 @@ def run_variant(spec: dict[str, Any], run_dir: str) -> dict[str, Any]:
                 if f"eval/{t}/question_accuracy" in r] for t in cfg.data.tasks}
   speed = [r["step_time_s"] for r in records if "step_time_s" in r]
   lengths = spec.get("final_lengths") or [cfg.data.seq_len]
-  final = {str(n): {t: final_scores(run_dir, t, n, spec["final_examples"])
-                    for t in cfg.data.tasks} for n in lengths}
+  final = final_scores(run_dir, cfg.data.tasks, lengths, spec["final_examples"])
   return {"status": result.status, "wall_s": wall, "curves": curves,
           "curve": _mean_curve(curves),
           "loss": [(r["step"], r["loss"]) for r in records if "loss" in r],
           "median_step_s": float(np.median(speed[1:])) if len(speed) > 1 else None,
           "final_by_length": final, "final": _pool(final[str(lengths[-1])]),
-          "data_source": cfg.data.source, "train_flops": cfg.flops_through(cfg.total_steps)}
+          "data_source": cfg.data.source, "train_flops": cfg.flops_through(cfg.total_steps),
+          "device": _device(), "versions": _versions()}
 
 
 def _mean_curve(curves: dict[str, list]) -> list:
@@ -280,9 +284,10 @@ def main(argv: list[str] | None = None) -> None:
   if unknown:
     raise SystemExit(f"--only {unknown}: unknown; valid: {list(preset['variants'])}")
   report = json.loads(out.read_text()) if out.exists() else {}
+  # The parent never initialises JAX (it would take the GPU's memory from its children); the
+  # device and versions come from the variants' own processes.
   report.update(benchmark="learning-recipe ablations", preset=args.preset,
-                date=datetime.date.today().isoformat(), base=preset["base"],
-                device=_device(), versions=_versions())
+                date=datetime.date.today().isoformat(), base=preset["base"])
   report.setdefault("variants", {})
   for name in names:
     limit = preset["base"]["limit_s"]
@@ -297,6 +302,9 @@ def main(argv: list[str] | None = None) -> None:
       row = {"error": f"timed out after {limit} s"}
     row["change"] = preset["variants"][name]
     row["process_s"] = time.perf_counter() - start
+    for key in ("device", "versions"):
+      if key in row:
+        report[key] = row.pop(key)
     report["variants"][name] = row
     out.write_text(json.dumps(report, indent=1))  # after every variant: a time limit keeps some
     print(_line(name, row), flush=True)
@@ -339,7 +347,8 @@ def _line(name, row) -> str:
 def table(report: dict[str, Any]) -> str:
   base = report["base"]
   lines = [f"# Learning-recipe ablations ({report['preset']}, {report['date']})", "",
-           f"Device: {report['device']}; versions: {report['versions']}.", "",
+           f"Device: {report.get('device', 'unknown')}; versions: "
+           f"{report.get('versions', 'unknown')}.", "",
            f"Base: `{json.dumps(base)}`", "",
            "Per-question exact match on test contexts (95% bootstrap interval over contexts); "
            "the curve is per-question accuracy on validation contexts every "

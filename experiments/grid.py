@@ -288,11 +288,11 @@ class Grid:
             specs.append(RunSpec(
                 size=size, model=cfg, seq_len=seq_len, batch_size=self.batch_size, steps=steps,
                 budget=float(budget), tasks=tuple(self.tasks), task_weights=tuple(weights),
-                seed=self.seed, optim=self.optim, compute_dtype=self.compute_dtype, train_sparsity=float(sparsity),
-                short_len=self.short_len, short_steps=short_steps,
-                data_source=self.data_source, flops_per_token=fpt, step_flops=step_flops, short_step_flops=short_step_flops,
-                params=counts.total,
-                nonembed_params=counts.nonembed))
+                seed=self.seed, optim=self.optim, compute_dtype=self.compute_dtype,
+                train_sparsity=float(sparsity), short_len=self.short_len,
+                short_steps=short_steps, data_source=self.data_source, flops_per_token=fpt,
+                step_flops=step_flops, short_step_flops=short_step_flops,
+                params=counts.total, nonembed_params=counts.nonembed))
     ids = [s.run_id for s in specs]
     if len(set(ids)) != len(ids):
       raise ValueError("grid has duplicate points (same config twice): check budgets/sizes/"

@@ -63,7 +63,7 @@ def state_shardings(abstract_tree, mesh: Mesh):
 def batch_sharding(mesh: Mesh, calls: bool = False) -> NamedSharding:
   """For [A, B/A, T] microbatched batches (`calls`: [K, A, B/A, T], K steps of one call): rows
   split over every device."""
-  return NamedSharding(mesh, P(*([None] * calls), None, BATCH_AXES))
+  return NamedSharding(mesh, P(*((None,) if calls else ()), None, BATCH_AXES))
 
 
 def global_batch(local: dict[str, np.ndarray], mesh: Mesh,

@@ -182,15 +182,16 @@ class FrequentWords(base.Task):
       return i + 1, key, ranks.astype(jnp.int32), top, jnp.all(jnp.diff(counts[top]) < 0)
 
     # Redrawn until the top num_top + 1 counts are strictly distinct. A jitted draw cannot
-    # raise, so after _MAX_REDRAWS tries (where `_sample` raises) the last draw stands.
-    _, _, ranks, top, _ = jax.lax.while_loop(
+    # raise: after _MAX_REDRAWS tries (where `_sample` raises) the row is marked invalid and
+    # gets no weight (`Task.device_example`), rather than teach an ambiguous answer.
+    _, _, ranks, top, distinct = jax.lax.while_loop(
         lambda s: ~s[4] & (s[0] < _MAX_REDRAWS), lambda s: draw(s[0], s[1]), draw(0, k_draws))
     types = device.distinct(k_types, v.words, self.num_types)[:, 0]
     tokens = types[ranks]
     starts = device.place(k_place, self.context_len, n, 1)
     context = device.fill(k_fill, v, self.context_len, starts, tokens[:, None])
     answer = types[top[:self.num_top]]
-    return (context, *_device_ranked(k_ranked, self, answer))
+    return (context, *_device_ranked(k_ranked, self, answer), distinct)
 
 
 def _ranked(rng: np.random.Generator, task: base.Task,

@@ -105,9 +105,12 @@ class Task:
     context), n = `questions`."""
     raise NotImplementedError
 
-  def _device_sample(self, key: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  def _device_sample(self, key: jax.Array) -> tuple[jax.Array, ...]:
     """`_sample` on device: -> context [C], questions [n, Q], answers [n, A] (jnp int32), the
-    same law as `_sample`'s from another random stream."""
+    same law as `_sample`'s from another random stream; optionally a fourth element, a bool
+    scalar that is False where the draw failed a guarantee `_sample` would have raised for
+    (jitted code cannot raise): such a row keeps its tokens but gets zero weights, so nothing
+    is learnt from it."""
     raise NotImplementedError
 
   # -- public API ---------------------------------------------------------------------
@@ -163,9 +166,12 @@ class Task:
     every answer right for its inputs. `device` has the sampling helpers; each task samples
     in `_device_sample`.
     """
-    context, questions, answers = self._device_sample(key)
+    context, questions, answers, *valid = self._device_sample(key)
     inputs, targets = self._assemble(jnp, context, questions, answers)
-    return {"inputs": inputs, "targets": targets, "weights": jnp.asarray(self.answer_weights)}
+    weights = jnp.asarray(self.answer_weights)
+    if valid:
+      weights = jnp.where(valid[0], weights, 0.0)
+    return {"inputs": inputs, "targets": targets, "weights": weights}
 
   @functools.cached_property
   def answer_weights(self) -> np.ndarray:

@@ -545,3 +545,26 @@ def test_the_device_stream_is_pinned():
       digest.update(np.asarray(b[k]).tobytes())
   assert digest.hexdigest() == (
       "97a412084422f8414a3388b51ea239c9c624aa27a54e46759b39f2e5ccfc11f5")
+
+
+def test_a_frequent_words_draw_out_of_redraws_gets_no_weight(monkeypatch):
+  """Jitted code cannot raise where `_sample` does (no strictly ordered top counts after the
+  redraws): such a row must teach nothing. With the redraws cut to one draw, rows whose top
+  counts tie get zero weights and the others keep theirs."""
+  from experiments.tasks import aggregation
+  monkeypatch.setattr(aggregation, "_MAX_REDRAWS", 1)
+  task = tasks.make("frequent_words", length=128)  # ~11% of single draws tie
+  keys = jax.random.split(jax.random.key(5), 128)
+  ex = jax.tree.map(np.asarray, jax.jit(jax.vmap(task.device_example))(keys))
+  words = task.vocab.words
+  tied = []
+  for inputs in ex["inputs"]:
+    context = inputs[1:1 + task.context_len]
+    counts = np.bincount(context[(context >= words.start) & (context < words.stop)])
+    top = np.sort(counts[counts > 0])[::-1][:task.num_top + 1]
+    tied.append(not np.all(np.diff(top) < 0))
+  tied = np.asarray(tied)
+  assert tied.any() and not tied.all()  # the config ties often enough to test both sides
+  np.testing.assert_array_equal(ex["weights"][tied], 0.0)
+  np.testing.assert_array_equal(ex["weights"][~tied], np.broadcast_to(
+      task.answer_weights, ex["weights"][~tied].shape))

@@ -41,6 +41,7 @@ def _params(model):
     models.ModelConfig(vocab_size=300, width=48, depth=3, num_heads=6, num_kv_heads=2),
     models.ModelConfig(vocab_size=128, width=32, depth=1, num_heads=2, num_kv_heads=1,
                        head_dim=24, mlp_dim=40),
+    models.family("100k", conv_kernel=4),
 ])
 def test_param_counts_match_built_model(cfg):
   model = nnx.eval_shape(lambda: models.Transformer(cfg, rngs=nnx.Rngs(0)))  # shapes suffice
@@ -122,11 +123,12 @@ def test_dense_flops_match_xla_cost_analysis():
   assert xla_flops(train) == pytest.approx(3 * infer + 2 * one_hot, rel=0.05)
 
 
-@pytest.mark.parametrize("name", sorted(PATTERN_CONFIGS))
-def test_no_gradient_or_influence_from_future_tokens(name):
+@pytest.mark.parametrize("name, conv", [(n, 0) for n in sorted(PATTERN_CONFIGS)] +
+                         [("dense", 4), ("local", 3)])
+def test_no_gradient_or_influence_from_future_tokens(name, conv):
   t, vocab = 32, 128
   cfg = models.ModelConfig(vocab_size=vocab, width=32, depth=2, num_heads=4, num_kv_heads=2,
-                           attention=PATTERN_CONFIGS[name])
+                           conv_kernel=conv, attention=PATTERN_CONFIGS[name])
   graphdef, state = nnx.split(models.Transformer(cfg, rngs=nnx.Rngs(1)))
   forward = jax.jit(lambda tokens: nnx.merge(graphdef, state)(tokens))
 
@@ -149,6 +151,19 @@ def test_no_gradient_or_influence_from_future_tokens(name):
     # Rewriting the future leaves every earlier output bit-identical.
     other = tokens.at[0, i + 1:].set(jnp.asarray(rng.integers(64, vocab, t - i - 1), jnp.int32))
     np.testing.assert_array_equal(forward(tokens)[0, :i + 1], forward(other)[0, :i + 1])
+
+
+def test_short_conv_adds_the_previous_taps_exactly():
+  from models.transformer import ShortConv
+  conv = ShortConv(6, 3, rngs=nnx.Rngs(2))
+  x = np.random.default_rng().normal(size=(2, 9, 6)).astype(np.float32)
+  w = np.asarray(conv.w_kd[...])
+  want = x.copy()
+  for t in range(9):
+    for j in range(3):
+      if t - j >= 0:
+        want[:, t] += w[j] * x[:, t - j]
+  np.testing.assert_allclose(np.asarray(conv(jnp.asarray(x))), want, rtol=1e-6, atol=1e-6)
 
 
 def test_every_pattern_matches_reference_attention_in_the_model():
