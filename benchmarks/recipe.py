@@ -38,6 +38,10 @@ MIX = ("niah_single(questions=8)", "niah_multikey(num_needles=16, questions=8)",
        "variable_tracking(questions=4)", "chain_resolve(questions=4)",
        "common_words(questions=4)", "frequent_words(questions=3)")
 
+# The mixture with chain_resolve's path form (one hop per answer token).
+MIX_PATH = tuple("chain_resolve(path=True, questions=4)" if t.startswith("chain_resolve") else t
+                 for t in MIX)
+
 # Each preset: the base config (as train.Config fields, dotted), and variants: name -> the
 # fields they change. "task" and "final_length" are the benchmark's own.
 MQAR_512 = "niah_multikey(num_needles=24, questions=16)"
@@ -93,6 +97,26 @@ PRESETS: dict[str, dict[str, Any]] = {
             "conv4_2x256": {"model.conv_kernel": 4, "model.depth": 2},
         },
     },
+    # Which multi-question forms the recipe learns on its own, at the canary's scale (100k,
+    # conv 4, T=128): each task alone, so a format that cannot be learned shows up cheaply.
+    "cpu_tasks": {
+        "base": {"task": "niah_multivalue(questions=2)", "model.size": "100k",
+                 "model.vocab_size": 128, "data.seq_len": 128, "batch_size": 32, "steps": 800,
+                 "optim.lr": 3e-3, "optim.weight_decay": 0.0, "optim.warmup_frac": 0.05,
+                 "model.conv_kernel": 4, "compute_dtype": "float32",
+                 "model.attention.implementation": "reference", "eval_every": 100,
+                 "eval_examples": 64, "final_examples": 128, "steps_per_call": 25,
+                 "limit_s": 900},
+        "variants": {
+            "multivalue": {},
+            "multiquery": {"task": "niah_multiquery(num_needles=8, questions=2)"},
+            "variable_tracking": {"task": "variable_tracking(questions=2)"},
+            "chain_resolve": {"task": "chain_resolve(questions=2)"},
+            "chain_resolve_path": {"task": "chain_resolve(path=True, questions=2)"},
+            "common_words": {"task": "common_words(questions=2)"},
+            "frequent_words": {"task": "frequent_words(questions=2)"},
+        },
+    },
     # Why the 6m model at 512 does not learn what the 100k one learns at 128 (session 6's first
     # H200 call): the CPU canary's problem on the GPU, then one difference at a time.
     "h200_diag": {
@@ -131,6 +155,36 @@ PRESETS: dict[str, dict[str, Any]] = {
             "3m_c512_4096": {"model.size": "3m", "data.seq_len": 4096, "batch_size": 8,
                              "data.short_len": 512, "data.short_frac": 0.8,
                              "final_lengths": [512, 4096]},
+        },
+    },
+
+    # Issue 16's bars: every category at T=4096 (retrieval >= 0.95, multi-hop and aggregation
+    # >= 0.8), two ladder sizes, <= 10 minutes of training each; the mixture with
+    # chain_resolve's path form (its one-token form stays at chance: h200_mix, cpu_tasks).
+    "h200_learn": {
+        "base": {"task": MIX_PATH, "model.size": "6m", "model.vocab_size": 512,
+                 "data.seq_len": 4096, "batch_size": 8, "data.short_len": 512,
+                 "data.short_frac": 0.7, "steps": 9000, "optim.lr": 1e-3,
+                 "optim.weight_decay": 0.0, "optim.warmup_frac": 0.05, "model.conv_kernel": 4,
+                 "compute_dtype": "bfloat16", "eval_every": 1000, "eval_examples": 32,
+                 "final_examples": 192, "final_lengths": [1024, 2048, 4096],
+                 "steps_per_call": 100, "limit_s": 290},
+        "variants": {
+            "6m": {},
+            "3m": {"model.size": "3m", "steps": 11000},
+            # Longer, and half the steps at 4096 (the first pair learned the tasks only once
+            # at 4096, and was still rising).
+            "6m_long": {"steps": 15000, "data.short_frac": 0.5, "eval_every": 2000,
+                        "limit_s": 330},
+            "3m_long": {"model.size": "3m", "steps": 18000, "data.short_frac": 0.5,
+                        "eval_every": 2000, "limit_s": 330},
+            # The learning rate scaled as 1 / width from 3m's 1e-3 (192 wide): 6m (256) at
+            # 7.5e-4, 800k (128) at 1.5e-3; 100k (64) learned at 3e-3 on the CPU, 6m failed at
+            # 2e-3 and was slow on the ordered answers at 1e-3.
+            "6m_lr_width": {"steps": 17000, "data.short_frac": 0.5, "eval_every": 2000,
+                            "optim.lr": 7.5e-4, "limit_s": 345},
+            "800k_lr_width": {"model.size": "800k", "steps": 18000, "data.short_frac": 0.5,
+                              "eval_every": 2000, "optim.lr": 1.5e-3, "limit_s": 230},
         },
     },
 }
@@ -290,7 +344,7 @@ def main(argv: list[str] | None = None) -> None:
                 date=datetime.date.today().isoformat(), base=preset["base"])
   report.setdefault("variants", {})
   for name in names:
-    limit = preset["base"]["limit_s"]
+    limit = {**preset["base"], **preset["variants"][name]}["limit_s"]
     start = time.perf_counter()
     try:
       proc = subprocess.run([sys.executable, "-m", "benchmarks.recipe", "--preset", args.preset,
@@ -366,7 +420,31 @@ def table(report: dict[str, Any]) -> str:
     lines.append(f"| {name} | {change} | {f['accuracy']:.3f} [{f['ci95'][0]:.3f}, "
                  f"{f['ci95'][1]:.3f}] | {_first_at(row['curve']) or '—'} | {curve} | "
                  f"{row['wall_s']:.0f} | {step_s} |")
-  return "\n".join(lines) + "\n"
+  return "\n".join(lines + _category_table(report)) + "\n"
+
+
+def _category_table(report: dict[str, Any]) -> list[str]:
+  """Per variant, length and task category: the category's questions pooled over its tasks
+  (contexts resampled across them), with the count of scored questions."""
+  from experiments import tasks
+  rows = []
+  for name, row in report["variants"].items():
+    for length, per_task in (row.get("final_by_length") or {}).items():
+      by_cat: dict[str, dict[str, dict]] = {}
+      for spec, r in per_task.items():
+        by_cat.setdefault(tasks.TASKS[tasks.spec(spec)[0]].category, {})[spec] = r
+      if len(per_task) > 1:
+        cells = [f"{(p := _pool(rs))['accuracy']:.3f} [{p['ci95'][0]:.3f}, {p['ci95'][1]:.3f}] "
+                 f"({p['questions']})" for rs in by_cat.values()]
+        rows.append((name, length, dict(zip(by_cat, cells))))
+  if not rows:
+    return []
+  cats = list(dict.fromkeys(c for _, _, cells in rows for c in cells))
+  return ["", "Per category (questions of its tasks pooled; 95% bootstrap interval over contexts; "
+          "scored questions in parentheses):", "",
+          "| variant | length | " + " | ".join(cats) + " |", "|---|---|" + "---|" * len(cats)] + [
+      f"| {name} | {length} | " + " | ".join(cells.get(c, "") for c in cats) + " |"
+      for name, length, cells in rows]
 
 
 def _device() -> dict[str, Any]:

@@ -5,7 +5,12 @@ chain's assignments in order. Variables and values are distinct across chains.
 
 - variable_tracking: `QUERY value` -> every variable of that value's chain, in
   assignment order.
-- chain_resolve: `QUERY var` with var the chain's last variable -> the chain's value.
+- chain_resolve: `QUERY var` with var the chain's last variable -> the chain's value
+  (`path=True`: -> the chain walked from var to the value, every variable on the way then
+  the value, `num_hops` tokens. The single-token answer asks for every hop inside one forward
+  pass, which no model of the ladder learned in our runs, `benchmarks/results/recipe_*.md`;
+  the path spells one hop per answer token, as variable_tracking does in the other
+  direction, and a question is right only if every hop and the value are).
 
 Multi-question forms (`questions=n <= num_chains`): n distinct chains asked, in random order,
 each question followed by its answer.
@@ -122,17 +127,31 @@ class VariableTracking(_Chains):
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ChainResolve(_Chains):
+  path: bool = False
+
   name = "chain_resolve"
+
+  def _validate(self):
+    super()._validate()
+    if not isinstance(self.path, bool):
+      raise ValueError(f"chain_resolve: path={self.path!r} is invalid; valid: True or False")
 
   @property
   def answer_len(self):
-    return 1
+    return self.num_hops if self.path else 1
+
+  def _answers(self, variables, values, q, xp):
+    """[questions, answer_len]: the value, or (path) the walk from the asked variable."""
+    if not self.path:
+      return values[q][:, None]
+    # variables[c, k] is assigned variables[c, k - 1] (k > 0) and variables[c, 0] the value.
+    return xp.concatenate([variables[q, :-1][:, ::-1], values[q][:, None]], axis=1)
 
   def _sample(self, rng):
     context, variables, values, chain, starts = self._chains(rng)
     q = self._asked(rng)
     questions = np.stack([np.full(len(q), self.vocab.QUERY), variables[q, -1]], axis=1)
-    return context, questions, values[q][:, None], _evidence(starts, chain, q)
+    return context, questions, self._answers(variables, values, q, np), _evidence(starts, chain, q)
 
   def _device_sample(self, key):
     k_chains, k_asked = jax.random.split(key)
@@ -140,7 +159,7 @@ class ChainResolve(_Chains):
     q = self._device_asked(k_asked)
     questions = jnp.stack([jnp.full(len(q), self.vocab.QUERY, jnp.int32), variables[q, -1]],
                           axis=1)
-    return context, questions, values[q][:, None]
+    return context, questions, self._answers(variables, values, q, jnp)
 
 
 def _evidence(starts: np.ndarray, chain: np.ndarray, asked: np.ndarray) -> np.ndarray:

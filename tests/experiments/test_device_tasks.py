@@ -49,6 +49,7 @@ CONFIGS = [
     ("variable_tracking", 512, dict(questions=3, num_hops=2)),
     ("chain_resolve", 128, {}),
     ("chain_resolve", 512, dict(questions=2, num_chains=3, depth=(0.5, 1.0))),
+    ("chain_resolve", 512, dict(questions=3, path=True)),
     ("common_words", 128, {}),
     ("common_words", 512, dict(questions=3, num_uncommon=20, uncommon_count=3)),
     ("frequent_words", 128, {}),
@@ -185,7 +186,9 @@ def solve(name, context, question, n_answer, v):
     assert len(question) == 2
     rhs = {lhs: r for lhs, r, _ in assignments(context, v)}
     if name == "chain_resolve":
-      return walk(int(question[1]), rhs, lambda x: _in(v, x, "variables"))[-1:]
+      walked = walk(int(question[1]), rhs, lambda x: _in(v, x, "variables"))[1:]
+      assert n_answer in (1, len(walked))  # the value, or (path=True) the whole walk
+      return walked[-n_answer:]
     lhs_of = {r: lhs for lhs, r in rhs.items()}
     return walk(int(question[1]), lhs_of, lambda x: x in lhs_of)[1:]
   counts = word_counts(context, v)

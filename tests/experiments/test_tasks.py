@@ -81,11 +81,15 @@ def solve(name, inputs, vocab):
       assign[int(lhs)] = (int(rhs), p - 1 + offset)
     assert len(question) == 2 and question[0] == vocab.QUERY
     if name == "chain_resolve":
-      cur, evidence = int(question[1]), []
+      # The walk from the asked variable to the value; the answer is its value or (path=True,
+      # an answer of num_hops tokens) the whole walk.
+      cur, walked, evidence = int(question[1]), [], []
       while vocab.in_range(cur, "variables"):
         cur, p = assign[cur]
+        walked.append(cur)
         evidence.append(p)
-      return [cur], sorted(evidence)
+      assert n_answer in (1, len(walked))
+      return walked[-n_answer:], sorted(evidence)
     chain, cur = [], int(question[1])
     while True:
       nxt = [lhs for lhs, (rhs, _) in assign.items() if rhs == cur]
@@ -162,7 +166,8 @@ KNOBS = {
     "niah_multiquery": dict(num_needles=st.integers(4, 16), num_queries=st.integers(2, 4),
                             key_len=st.integers(1, 2)),
     "variable_tracking": dict(num_chains=st.integers(1, 6), num_hops=st.integers(1, 6)),
-    "chain_resolve": dict(num_chains=st.integers(1, 6), num_hops=st.integers(1, 6)),
+    "chain_resolve": dict(num_chains=st.integers(1, 6), num_hops=st.integers(1, 6),
+                          path=st.booleans()),
     "common_words": dict(num_common=st.integers(1, 8), num_uncommon=st.integers(0, 30),
                          uncommon_count=st.integers(1, 3), common_count=st.integers(4, 9)),
     "frequent_words": dict(alpha=st.floats(1.0, 3.0), num_types=st.integers(5, 40),
