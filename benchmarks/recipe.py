@@ -3,7 +3,8 @@
     python -m benchmarks.recipe --preset cpu      # 100k at T=128 on a CPU
     python -m benchmarks.recipe --preset h200     # 6m at T=512 on one H200
     python -m benchmarks.recipe --preset h200 --only base conv4   # some variants
-    python -m benchmarks.recipe --plot cpu h200 h200_diag h200_mix  # curves -> recipe_curves.png
+    python -m benchmarks.recipe --plot cpu cpu_tasks h200 h200_diag h200_mix h200_learn
+                                                   # curves -> recipe_curves.png
 
 A fixed small problem (a preset's `base` config: one multi-question task, one model, one
 optimiser) and variants that each change one thing. Every variant trains with the real trainer
@@ -372,8 +373,12 @@ def plot(names: list[str], out: pathlib.Path) -> None:
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 4), squeeze=False)
-  for ax, name in zip(axes[0], names):
+  cols = min(3, len(names))
+  rows = -(-len(names) // cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 4 * rows), squeeze=False)
+  for ax in axes.flat[len(names):]:
+    ax.axis("off")
+  for ax, name in zip(axes.flat, names):
     report = json.loads((RESULTS / f"recipe_{name}.json").read_text())
     for variant, row in report["variants"].items():
       if row.get("curve"):
