@@ -1,6 +1,7 @@
 """Look at the tasks: `python -m experiments.tasks {show,throughput,build} ...`.
 
   show niah_multikey --length 256 --knob num_needles=6   decoded example, answer marked
+  show "chain_resolve(path=True, questions=2)"           a task spec with knobs, as grids take
   throughput --lengths 4096 65536                        tokens/s per task, this core
   build common_words --length 4096 --data-dir /data --split test=256   TFDS array_record
 """
@@ -76,16 +77,20 @@ def main(argv: list[str] | None = None) -> None:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   sub = parser.add_subparsers(dest="command", required=True)
 
-  def common(p, task=True):
-    if task:
+  def common(p, task=True, spec=False):
+    if spec:  # a name or a spec with knobs; make() names the valid ones
+      p.add_argument("task", help=f"one of {sorted(registry.TASKS)}, or a spec such as "
+                     "'chain_resolve(path=True)'")
+    elif task:
       p.add_argument("task", choices=sorted(registry.TASKS))
+    if task or spec:
       p.add_argument("--length", type=int, default=256)
       p.add_argument("--seed", type=int, default=0)
       p.add_argument("--knob", action="append", default=[], metavar="NAME=VALUE")
     p.add_argument("--vocab-size", type=int, default=512)
 
   p = sub.add_parser("show", help="print a decoded example with its answer marked")
-  common(p)
+  common(p, spec=True)
   p.add_argument("--split", default="test")
   p.add_argument("--index", type=int, default=0)
   p.set_defaults(run=show)

@@ -343,3 +343,13 @@ def test_decode_collapses_filler():
   f = v.filler.start
   tokens = [v.BOS, f, f, f, v.keys.start + 2, v.BIND, v.values.start, f, v.SEP, v.QUERY]
   assert v.decode(tokens) == "<s> .×3 k2 : v0 .×1 | ?"
+
+
+def test_show_takes_a_task_spec(capsys):
+  from experiments.tasks import __main__ as cli
+  cli.main(["show", "chain_resolve(path=True, questions=2)", "--length", "128",
+            "--vocab-size", "128"])
+  out = capsys.readouterr().out
+  assert "path=True" in out and "answer (2 question(s), 8 tokens" in out
+  with pytest.raises(SystemExit, match=r"unknown knob\(s\) \['pth'\]"):
+    cli.main(["show", "chain_resolve(pth=True)"])
