@@ -38,9 +38,20 @@ class Optim:
   min_lr_ratio: float = 0.1
   weight_decay: float = 0.0
   clip_norm: float = 1.0
+  # > 0: `lr` is the rate of a model this wide, and a model of width w trains at
+  # lr · lr_ref_width / w (the grid plans each run with its own rate). One rate for every size
+  # left the deeper, wider ladder models at chance; 1/width from 3m's 1e-3 (192 wide) trained
+  # 800k, 3m and 6m on all eight tasks (README, "Training recipe"). 0: `lr` for every size.
+  lr_ref_width: int = 0
 
   def warmup_steps(self, steps: int) -> int:
     return max(1, round(self.warmup_frac * steps))
+
+  def for_width(self, width: int) -> "Optim":
+    """This optimiser as one run of `width` uses it (its own rate, no rule left to apply)."""
+    if not self.lr_ref_width:
+      return self
+    return dataclasses.replace(self, lr=self.lr * self.lr_ref_width / width, lr_ref_width=0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -221,6 +232,9 @@ class Grid:
                          "with knobs, e.g. 'niah_multikey(questions=8)'")
       for n in self.seq_lens + ((self.short_len,) if self.short_len else ()):
         tasks_lib.make(t, length=n, vocab_size=self.vocab_size)  # bad knobs fail here
+    if not isinstance(self.optim.lr_ref_width, int) or self.optim.lr_ref_width < 0:
+      raise ValueError(f"grid.optim.lr_ref_width={self.optim.lr_ref_width!r} must be an int >= 0 "
+                       "(0: one learning rate for every size)")
     if self.data_source not in ("host", "device"):
       raise ValueError(f"grid.data_source={self.data_source!r} must be 'host' or 'device'")
     if self.task_weights is not None and len(self.task_weights) != len(self.tasks):
@@ -288,7 +302,8 @@ class Grid:
             specs.append(RunSpec(
                 size=size, model=cfg, seq_len=seq_len, batch_size=self.batch_size, steps=steps,
                 budget=float(budget), tasks=tuple(self.tasks), task_weights=tuple(weights),
-                seed=self.seed, optim=self.optim, compute_dtype=self.compute_dtype,
+                seed=self.seed, optim=self.optim.for_width(cfg.width),
+                compute_dtype=self.compute_dtype,
                 train_sparsity=float(sparsity), short_len=self.short_len,
                 short_steps=short_steps, data_source=self.data_source, flops_per_token=fpt,
                 step_flops=step_flops, short_step_flops=short_step_flops,

@@ -161,6 +161,7 @@ def test_too_small_budget_is_skipped_with_reason():
     (dict(tasks=("niah_multikey(num_needles=4, questions=9)",)), "questions=9"),
     (dict(tasks=("niah_single(questiosn=2)",)), "unknown knob(s) ['questiosn']; valid knobs: ['depth', 'key_len', 'questions',"),
     (dict(data_source="gpu"), "grid.data_source='gpu'"),
+    (dict(optim=Optim(lr_ref_width=-1)), "grid.optim.lr_ref_width=-1"),
 ])
 def test_bad_grid_names_the_value(kwargs, needle):
   base = dict(budgets=(1e11,), sizes=("100k",))
@@ -209,3 +210,19 @@ def test_content_patterns_train_at_exact_flops():
   layout = att.select(q, k)
   mask = np.asarray(layout.to_dense())  # [B, H, T, S] booleans of the selected layout
   assert (mask.sum(axis=(-1, -2)) == pairs).all()
+
+
+def test_learning_rate_scales_as_one_over_width_when_asked():
+  """lr_ref_width: each size gets lr · ref / width, planned into its own spec (so its run id
+  holds the rate it trains at, and the trainer gets that rate); without it, one rate for all."""
+  base = dict(budgets=(1e12,), sizes=("100k", "3m"), seq_lens=(64,), vocab_size=128)
+  scaled, _ = Grid(optim=Optim(lr=1e-3, lr_ref_width=192), **base).points()
+  assert [(s.model.width, s.optim.lr, s.optim.lr_ref_width) for s in scaled] == [
+      (64, pytest.approx(3e-3), 0), (192, pytest.approx(1e-3), 0)]
+  plain, _ = Grid(optim=Optim(lr=1e-3), **base).points()
+  assert [s.optim.lr for s in plain] == [1e-3, 1e-3]
+  # The 3m run is the same run either way (same rate); the 100k one is not.
+  assert scaled[1].run_id == plain[1].run_id and scaled[0].run_id != plain[0].run_id
+  study = study_lib.Study(name="t", grid=Grid(optim=Optim(lr=1e-3, lr_ref_width=192), **base),
+                          eval=study_lib.EvalSpec(tasks=("niah_single",), lengths=(64,)))
+  assert sweep.train_config(scaled[0], Path("/tmp/unused"), study).optim.lr == pytest.approx(3e-3)
