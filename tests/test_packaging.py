@@ -2,6 +2,7 @@
 into a fresh virtual environment, it pulls none of the study's stack, and the README's
 `sparse_ops` example (smaller shapes) runs there."""
 
+import shutil
 import socket
 import subprocess
 import sys
@@ -44,10 +45,15 @@ def _pypi_reachable() -> bool:
 def test_sparse_ops_installs_with_jax_and_numpy_alone(tmp_path):
   if not _pypi_reachable():
     pytest.skip("pypi.org:443 unreachable: a fresh venv cannot install jax here")
+  # From a copy: building in place would leave build/ and *.egg-info in the checkout.
+  src = tmp_path / "src"
+  shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(
+      ".git", ".venv", "build", "*.egg-info", "runs", "results", "tests", ".whl", "__pycache__",
+      ".hypothesis", "scratch"))
   venv = tmp_path / "venv"
   subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
   py = str(venv / "bin" / "python")
-  install = subprocess.run([py, "-m", "pip", "install", "-q", str(ROOT)], capture_output=True,
+  install = subprocess.run([py, "-m", "pip", "install", "-q", str(src)], capture_output=True,
                            text=True, timeout=900)
   assert install.returncode == 0, install.stderr[-2000:]
   listed = subprocess.run([py, "-m", "pip", "list", "--format=freeze"], capture_output=True,
