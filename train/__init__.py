@@ -10,7 +10,11 @@
 _LAZY = {"Config": "train.config", "DataConfig": "train.config", "OptimConfig": "train.config",
          "MeshConfig": "train.config", "CheckpointConfig": "train.config",
          "LogConfig": "train.config", "EvalConfig": "train.config",
-         "DistributedConfig": "train.config", "run": "train.loop", "Result": "train.loop", "load": "train.loop"}
+         "DistributedConfig": "train.config", "run": "train.loop", "Result": "train.loop", "load": "train.loop",
+         # errors a caller may catch by name: a second trainer on a run dir, a bad value found
+         # before anything ran, no intact checkpoint (`train.load`)
+         "RunLocked": "train.guard", "ConfigError": "train.guard",
+         "CheckpointError": "train.checkpoint"}
 
 
 def __getattr__(name):

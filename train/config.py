@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import os
 from typing import Any, Literal
 
 import models
+import sparse_ops as so
 from models import ModelConfig
 from train import data as data_lib
 
@@ -282,6 +284,114 @@ def validate(cfg: Config, num_devices: int, num_processes: int) -> None:
     raise ValueError(f"log.every={cfg.log.every} must be >= 1")
   if cfg.eval.every < 0 or cfg.eval.examples < 0 or cfg.eval.batch_size <= 0:
     raise ValueError(f"eval={cfg.eval} needs every >= 0, examples >= 0, batch_size >= 1")
+  impl = cfg.model.attention.implementation
+  if impl is not None and (why := so.IMPLEMENTATIONS[impl].unavailable()) is not None:
+    raise ValueError(f"model.attention.implementation={impl!r} cannot run here: {why}")
+  check_fits(cfg, num_devices)
+
+
+# ------------------------------------------------------------------------------ memory
+def memory_floor(cfg: Config, num_devices: int) -> tuple[int, str]:
+  """A lower bound on one device's bytes for a training step -> (bytes, what it counts).
+
+  Only buffers that must exist at once whatever XLA fuses: the f32 logits [b, T, V] of a
+  microbatch, each block's input [b, T, width] (kept for the backward pass, remat or not), and
+  one layer's attention scores ("reference": [b, H, T, T] f32; "xla": one kv-block slot
+  [b, H, T, block_kv]; the Pallas kernels tile them away). Parameters, optimizer state and the
+  MLP are left out, so a config refused here cannot fit, and none that fits is refused."""
+  m = cfg.model
+  impl = m.attention.implementation or so.default_implementation()
+  itemsize = 4 if cfg.compute_dtype == "float32" else 2
+  worst, what = 0, ""
+  for length, rows in {cfg.phase(0), cfg.phase(cfg.total_steps)}:
+    tokens = -(-rows // (cfg.grad_accum * num_devices)) * length  # per device, one microbatch
+    scores = {"reference": length, "xla": m.attention.blocks(length)[1]}.get(impl, 0)
+    parts = {"f32 logits": tokens * m.vocab_size * 4,
+             "block inputs": tokens * m.width * m.depth * itemsize,
+             f"{impl} attention scores": tokens * m.num_heads * scores * 4}
+    if sum(parts.values()) > worst:
+      worst = sum(parts.values())
+      what = (f"data.seq_len={length} x {rows} sequences / (grad_accum={cfg.grad_accum} x "
+              f"{num_devices} devices): " + " + ".join(f"{v / 2**30:.3g} GiB {k}"
+                                                        for k, v in parts.items() if v))
+  return worst, what
+
+
+def device_memory() -> tuple[int | None, str]:
+  """(bytes one device may use, where that number comes from); (None, why) when unknown."""
+  import jax
+  device = jax.local_devices()[0]
+  stats = getattr(device, "memory_stats", lambda: None)() or {}
+  if stats.get("bytes_limit"):
+    return int(stats["bytes_limit"]), f"{device.device_kind} memory"
+  if device.platform == "cpu":  # host devices share the RAM
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return ram // jax.local_device_count(), "host RAM per CPU device"
+  return None, "unknown"
+
+
+def check_fits(cfg: Config, num_devices: int) -> None:
+  """Refuses a step that clearly cannot fit on a device (before compiling asks for it)."""
+  need, what = memory_floor(cfg, num_devices)
+  have, where = device_memory()
+  if have is not None and need > have:
+    raise ValueError(f"data.seq_len={cfg.data.seq_len}: a step needs at least {need / 2**30:.3g} "
+                     f"GiB per device, more than the {have / 2**30:.3g} GiB of {where} ({what}); "
+                     "lower data.seq_len or batch_size, or raise grad_accum")
+
+
+# ------------------------------------------------------------------------------ identity
+# Fields that may change when a run is resumed: how it is watched, where it runs, how often it
+# saves, none of which changes a trained number (the loop's call grid is fixed by the step count
+# and several steps per call are bitwise single steps, so cadences are free):
+MAY_CHANGE_ON_RESUME = (
+    "run_dir",  # the folder is the run: it may be moved or reached by another path
+    "resume",  # the flag that asks for this very check
+    "log.",  # metrics cadence, progress bar, W&B mode/project/group, peak for MFU
+    "distributed.",  # the coordinator address and launch differ per attempt
+    "checkpoint.",  # save cadence, how many to keep, async or not
+    "steps_per_call",  # dispatch granularity only (bitwise the same losses)
+    "data.num_threads",  # host reader threads; grain's order does not depend on them
+)
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flat(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
+  return out
+
+
+def identity_changes(cfg: Config, stored: dict[str, Any]) -> list[str]:
+  """Fields (dotted) where `cfg` differs from a stored config.json in what makes the run, e.g.
+  ["model.width: 32 -> 64"]. The stored dict goes through `from_dict` first, so fields added
+  to the config since it was written compare as their defaults."""
+  old, new = _flat(from_dict(stored).to_dict()), _flat(cfg.to_dict())
+  return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
+          if old.get(k) != new.get(k) and not k.startswith(MAY_CHANGE_ON_RESUME)]
+
+
+# ------------------------------------------------------------------------------ tasks
+def make_tasks(cfg: Config) -> dict[int, dict[str, Any]]:
+  """{sequence length: {task name: task}} for each curriculum phase (the long phase first), built
+  before anything is written so task / vocab errors name the task and touch no run dir."""
+  factory = resolve(cfg.data.factory)
+  resolve(cfg.data.scorer)  # used only at the end: a bad path fails now, not after training
+  lengths = [cfg.data.seq_len] + ([cfg.data.short_len] if cfg.data.short_len else [])
+  out = {}
+  for length in lengths:
+    out[length] = {}
+    for name in cfg.data.tasks:
+      try:
+        out[length][name] = factory(name, length=length, vocab_size=cfg.model.vocab_size,
+                                    seed=cfg.data.seed)
+      except (ValueError, TypeError, KeyError) as e:
+        raise ValueError(f"data.tasks: {name!r} at length {length} (model.vocab_size="
+                         f"{cfg.model.vocab_size}): {e}") from e
+  return out
 
 
 def mesh_shape(mesh: MeshConfig, num_devices: int) -> tuple[int, int]:

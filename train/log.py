@@ -77,15 +77,36 @@ def write_status(run_dir: Path, status: str, **fields: Any) -> None:
 
 
 def read_status(run_dir: str | os.PathLike) -> dict[str, Any] | None:
+  """status.json, None if there is none; ValueError naming the file if it is damaged."""
   path = Path(run_dir) / "status.json"
-  return json.loads(path.read_text()) if path.exists() else None
+  if not path.exists():
+    return None
+  try:
+    return json.loads(path.read_text())
+  except ValueError as e:
+    raise ValueError(f"{path} is damaged: {e}") from e
+
+
+def _read_lines(path: Path) -> list[tuple[str, dict[str, Any]]]:
+  """(line, record) of metrics.jsonl. A final line that does not parse is a write cut by a
+  crash and is dropped; a bad line before the end is damage, and raises naming file:line."""
+  lines = [l for l in path.read_text().splitlines() if l.strip()]
+  out = []
+  for i, line in enumerate(lines):
+    try:
+      out.append((line, json.loads(line)))
+    except ValueError as e:
+      if i == len(lines) - 1:
+        break
+      raise ValueError(f"{path}:{i + 1} is damaged ({e}): {line[:80]!r}") from e
+  return out
 
 
 def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
   path = Path(run_dir) / "metrics.jsonl"
   if not path.exists():
     return []
-  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+  return [record for _, record in _read_lines(path)]
 
 
 @dataclasses.dataclass
@@ -115,10 +136,11 @@ class Logger:
     if not self.primary:
       return
     path = self.run_dir / "metrics.jsonl"
-    if path.exists():
-      kept = [l for l in path.read_text().splitlines() if l.strip()
-              and json.loads(l).get("step", 0) <= step]
-      path.write_text("".join(l + "\n" for l in kept))
+    if path.exists():  # (and a last line cut by a crash, so appends start on a fresh line)
+      kept = [l for l, record in _read_lines(path) if record.get("step", 0) <= step]
+      tmp = path.with_suffix(".jsonl.tmp")
+      tmp.write_text("".join(l + "\n" for l in kept))
+      os.replace(tmp, path)  # atomic: a kill here keeps the old file, never half of it
     self._file = open(path, "a")
     if self.progress:
       from tqdm import tqdm

@@ -33,10 +33,12 @@ from jax.experimental import multihost_utils
 import models
 from train import checkpoint as ckpt_lib
 from train import data as data_lib
+from train import guard
 from train import log as log_lib
 from train import mesh as mesh_lib
 from train import step as step_lib
-from train.config import Config, resolve, validate
+from train.config import (MAY_CHANGE_ON_RESUME, Config, identity_changes, make_tasks, resolve,
+                          validate)
 
 
 @dataclasses.dataclass
@@ -119,6 +121,7 @@ class _Stop:
     self._previous = None
 
   def __enter__(self):
+    self.requested = guard.sigterm_received()  # one that came before this handler
     if threading.current_thread() is threading.main_thread():
       self._previous = signal.signal(signal.SIGTERM, self._handle)
     return self
@@ -140,20 +143,72 @@ class _Stop:
 
 
 def run(cfg: Config) -> Result:
-  """Trains one model as `cfg` says; see the module docstring for what lands where."""
-  mesh_lib.initialize(cfg.distributed)
-  validate(cfg, jax.device_count(), jax.process_count())
-  run_dir = Path(cfg.run_dir)
+  """Trains one model as `cfg` says; see the module docstring for what lands where.
+
+  Before anything is written: the config, the tasks and the memory floor are checked
+  (`guard.ConfigError`), then process 0 locks the run dir for the whole run (`guard.RunLocked`
+  if another live trainer holds it), then a resumed run's config is compared with its
+  config.json. SIGTERM from the first line on (or caught earlier by `python -m train`) stops
+  the run cleanly at the first step boundary."""
+  with _Stop() as stop:
+    mesh_lib.initialize(cfg.distributed)
+    try:
+      validate(cfg, jax.device_count(), jax.process_count())
+      phase_tasks = make_tasks(cfg)
+    except ValueError as e:
+      raise guard.ConfigError(str(e)) from e
+    run_dir = Path(cfg.run_dir)
+    fd, error = None, None
+    if jax.process_index() == 0:  # only process 0 locks: the others are the same run
+      try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fd = guard.lock(run_dir)
+      except guard.RunLocked as e:
+        error = e
+      except OSError as e:  # e.g. read-only: say which folder, not a traceback
+        error = guard.ConfigError(f"run_dir={str(run_dir)!r} cannot be created or locked: "
+                                  f"{e.strerror or e}")
+    if jax.process_count() > 1:  # every process leaves if process 0 could not lock
+      if int(multihost_utils.broadcast_one_to_all(np.int32(error is not None))):
+        raise error or guard.RunLocked(f"run_dir={str(run_dir)!r}: process 0 could not lock it")
+    elif error is not None:
+      raise error
+    try:
+      return _train(cfg, run_dir, phase_tasks, stop)
+    finally:
+      guard.unlock(fd)
+
+
+def _check_identity(cfg: Config, run_dir: Path) -> bool:
+  """Raises ConfigError if a resumed run's config differs from its config.json in a field that
+  makes the run (`config.MAY_CHANGE_ON_RESUME` lists the others); -> whether config.json must
+  be written (absent, or a fresh run replacing a run that has no checkpoint)."""
+  path = run_dir / "config.json"
+  if not path.exists() or not cfg.resume:  # (not resuming: checkpoints, if any, refuse it next)
+    return True
+  try:
+    changes = identity_changes(cfg, json.loads(path.read_text()))
+  except (ValueError, TypeError) as e:  # damaged, or no longer a valid config
+    raise guard.ConfigError(f"{path} is unreadable ({e}): cannot check that --resume continues "
+                            "the same run") from e
+  if changes:
+    raise guard.ConfigError(f"--resume: {run_dir} was trained with another config ("
+                            + "; ".join(changes) + f"); only {', '.join(MAY_CHANGE_ON_RESUME)} "
+                            "may change on resume: use another run_dir for a new run")
+  return False
+
+
+def _train(cfg: Config, run_dir: Path, phase_tasks: dict[int, dict[str, Any]],
+           stop: "_Stop") -> Result:
   primary = jax.process_index() == 0
-  if primary:
-    run_dir.mkdir(parents=True, exist_ok=True)
-  multihost_utils.sync_global_devices("run_dir")
+  write_config = _check_identity(cfg, run_dir)
   checkpoints = ckpt_lib.Checkpoints(run_dir, keep=cfg.checkpoint.keep,
                                      async_save=cfg.checkpoint.async_save)
   if checkpoints.latest_step() is not None and not cfg.resume:
-    raise ValueError(f"run_dir={str(run_dir)!r} already holds checkpoints; pass resume=True "
-                     "(--resume) to continue it, or choose another run_dir")
-  if primary:
+    checkpoints.close()
+    raise guard.ConfigError(f"run_dir={str(run_dir)!r} already holds checkpoints; pass "
+                            "resume=True (--resume) to continue it, or choose another run_dir")
+  if primary and write_config:  # never rewritten on resume: it is the run's identity
     (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
 
   mesh = mesh_lib.make_mesh(cfg.mesh)
@@ -165,17 +220,8 @@ def run(cfg: Config) -> Result:
   key = jax.random.key(cfg.seed)
   abstract = jax.eval_shape(init_state, key)
   shardings = mesh_lib.state_shardings(abstract, mesh)
-  factory = resolve(cfg.data.factory)
-  tasks = {name: factory(name, length=cfg.data.seq_len, vocab_size=cfg.model.vocab_size,
-                         seed=cfg.data.seed) for name in cfg.data.tasks}
-  # One input per curriculum phase (sequence length): a host pipeline, or the on-device batch
-  # maker. A checkpoint holds the host state of the phase that runs next, so a run resumed at
-  # the switch starts the long phase fresh, as it would have.
-  phase_tasks = {cfg.data.seq_len: list(tasks.values())}
-  if cfg.data.short_len:
-    phase_tasks[cfg.data.short_len] = [
-        factory(name, length=cfg.data.short_len, vocab_size=cfg.model.vocab_size,
-                seed=cfg.data.seed) for name in cfg.data.tasks]
+  tasks = phase_tasks[cfg.data.seq_len]
+  phase_tasks = {length: list(ts.values()) for length, ts in phase_tasks.items()}
   phase_rows = {length: (cfg.batch_size if length == cfg.data.seq_len else cfg.short_batch_size)
                 for length in phase_tasks}
   weights = list(cfg.data.weights or [1.0] * len(cfg.data.tasks))
@@ -187,12 +233,21 @@ def run(cfg: Config) -> Result:
   batches_at = lambda step: phases[cfg.phase(step)[0]]
 
   if cfg.resume and checkpoints.latest_step() is not None:
-    state, data_state, _ = checkpoints.restore(ckpt_lib.abstract(abstract, shardings))
+    try:  # verified; a damaged newest step is set aside for the previous kept one
+      state, data_state, _ = checkpoints.restore(ckpt_lib.abstract(abstract, shardings))
+    except ckpt_lib.CheckpointError as e:  # none intact: never train on damaged state
+      latest = checkpoints.latest_step()
+      checkpoints.close()
+      log_lib.write_status(run_dir, "failed", step=latest, message=str(e))
+      return Result(run_dir, "failed", latest, None, {}, str(e))
     batches_at(int(state["step"])).set_state(data_state)
   else:
     state = step_lib.place(init_state(key), shardings)
   start = int(state["step"])
-  previous = log_lib.read_status(run_dir)
+  try:
+    previous = log_lib.read_status(run_dir)
+  except ValueError:  # a damaged status.json only loses the short cut below: it is rewritten
+    previous = None
   if start >= total and previous and previous.get("status") == "finished":
     checkpoints.close()  # resuming a finished run: nothing to do, its outcome stands
     return Result(run_dir, "finished", start, previous.get("loss"), previous.get("eval", {}),
@@ -229,6 +284,10 @@ def run(cfg: Config) -> Result:
   counts = models.param_counts(cfg.model)
   provenance = dict(git_sha=log_lib.git_sha(), devices=jax.device_count(),
                     processes=jax.process_count())
+  if checkpoints.damaged:  # set aside by the restore: said in every later status
+    provenance["damaged_checkpoints"] = checkpoints.damaged
+    for problem in checkpoints.damaged:
+      logger.message(f"damaged checkpoint set aside, resumed from step {start}: {problem}")
   log_lib.write_status(run_dir, "running", step=start, **provenance)
   logger.start(start)
   logger.message(f"{run_dir}: {counts.total:,} params ({counts.nonembed:,} non-embedding), "
@@ -269,9 +328,12 @@ def run(cfg: Config) -> Result:
 
   # The mesh is set while steps are traced so that kernels XLA cannot partition (Pallas
   # attention) run per shard instead of on gathered inputs (sparse_ops.partition).
-  with _Stop() as stop, jax.set_mesh(mesh):
+  with jax.set_mesh(mesh):
     try:
-      while step < total:
+      if stop.agreed():  # SIGTERM before the first call (imports, restore): nothing to compile
+        status, message = "preempted", f"SIGTERM before training: stopped at step {start}"
+      while status != "preempted" and step < total:
+        checkpoints.seal_finished()
         end = call_end(cfg, step)
         state, metrics = dispatch(state, step, end - step)
         pending.append((step + 1, metrics))
@@ -381,8 +443,9 @@ def load(run_dir: str | Path, step: int | None = None) -> tuple[models.Transform
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   checkpoints = ckpt_lib.Checkpoints(run_dir, keep=1 << 30, async_save=False)
   try:
-    state, _, step = checkpoints.restore(
-        ckpt_lib.abstract(abstract, jax.tree.map(lambda _: device, abstract)), step)
+    state, _, step = checkpoints.restore(  # verified; a damaged one raises, naming its path
+        ckpt_lib.abstract(abstract, jax.tree.map(lambda _: device, abstract)), step,
+        fallback=False)
   finally:
     checkpoints.close()
   return codec.model(state["params"]), cfg, step

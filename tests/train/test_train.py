@@ -280,9 +280,10 @@ def test_bad_configs_fail_before_compiling_naming_the_field(tmp_path, capsys, ar
   assert not run_dir.exists()  # failed before creating anything, let alone compiling
 
 
-def test_unknown_size_name_fails_naming_it(tmp_path):
-  with pytest.raises(SystemExit, match="size='huge' is unknown"):
+def test_unknown_size_name_fails_naming_it(tmp_path, capsys):
+  with pytest.raises(SystemExit) as error:
     main(["--size", "huge", "--run-dir", str(tmp_path / "run")])
+  assert error.value.code == 2 and "size='huge' is unknown" in capsys.readouterr().err
 
 
 def test_learns_niah_single_at_128_tokens(tmp_path):
