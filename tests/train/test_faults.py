@@ -278,3 +278,14 @@ def test_the_memory_floor_refuses_none_of_the_small_configs():
     assert need < 16 * 2**30, (size, need / 2**30)
   huge = train.Config(data=train.DataConfig(seq_len=1_000_000), steps=1)
   assert config.memory_floor(huge, 1)[0] > 64 * 2**30
+
+
+def test_a_run_dir_that_cannot_be_created_is_named(tmp_path, capsys):
+  """(Tests run as root, where chmod cannot make a folder read-only: a file in the way fails
+  mkdir the same way.)"""
+  (tmp_path / "file").write_text("")
+  run_dir = tmp_path / "file" / "run"
+  with pytest.raises(SystemExit) as e:
+    main(["--run-dir", str(run_dir), *TINY])
+  err = capsys.readouterr().err
+  assert e.value.code == 2 and str(run_dir) in err and "cannot be created" in err, err
