@@ -17,6 +17,7 @@ from jax.sharding import PartitionSpec
 from sparse_ops import masks as masks_lib
 from sparse_ops import partition as partition_lib
 from sparse_ops import reference, xla
+from sparse_ops.kernels import tpu as tpu_kernels
 from sparse_ops.kernels import triton as triton_kernels
 from sparse_ops.layout import BlockLayout
 
@@ -56,8 +57,8 @@ IMPLEMENTATIONS: dict[str, Implementation] = {
                                     triton_kernels.default_blocks, partitionable=False),
     "pallas_mosaic_gpu": Implementation(None, _not_built("pallas_mosaic_gpu"), _pow2_blocks,
                                         partitionable=False),
-    "pallas_tpu": Implementation(None, _not_built("pallas_tpu"), _pow2_blocks,
-                                 partitionable=False),
+    "pallas_tpu": Implementation(tpu_kernels.attention, tpu_kernels.unavailable,
+                                 tpu_kernels.default_blocks, partitionable=False),
 }
 
 

@@ -2,4 +2,7 @@
 
 ``triton``: Pallas kernels with the Triton lowering (NVIDIA GPUs, Ampere or newer); on CPU only
 through ``sparse_ops.kernels.triton.attention(..., interpret=True)``, for tests.
+
+``tpu``: Pallas kernels with the Mosaic lowering (TPUs); on CPU only in TPU interpret mode,
+``sparse_ops.kernels.tpu.attention(..., interpret=True)`` or inside ``tpu.interpreted()``.
 """
