@@ -361,6 +361,10 @@ def write(out: Path, *, wall_s: float | None = None, wandb_mode: str | None = No
   if unfinished:
     md += ["", "**Unfinished runs**: " + ", ".join(f"`{s['run_id']}` {s['label']} ({s['state']})"
                                                      for s in unfinished)]
+  damaged = sweep.damaged_files(out) if runs_here else []
+  if damaged:
+    md += ["", "**Unreadable files** (the report uses what is readable):"]
+    md += [f"- {note}" for note in damaged]
   if skipped:
     md += ["", "Grid points skipped: " + "; ".join(
         f"{s['size']} {s['pattern']}@{s['sparsity']} budget {s['budget']:.2g}: {s['reason']}"
@@ -444,7 +448,7 @@ def write(out: Path, *, wall_s: float | None = None, wandb_mode: str | None = No
   md += ["", f"Data: `results.csv` ({len(rows)} rows: run × eval setting × task × length × "
          "phase)."]
   path = out / "report.md"
-  path.write_text("\n".join(md) + "\n")
+  sweep.write_text(path, "\n".join(md) + "\n")
   mode = study.wandb if wandb_mode is None else wandb_mode
   if mode != "disabled":
     wandb_summary(study, out, rows, figs, mode)

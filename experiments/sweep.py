@@ -5,6 +5,7 @@ A study folder `out/`:
   study.json                 the Study (what `status` and `report` read back)
   runs/<run_id>/spec.json    the RunSpec (run_id = hash of the fields that decide the result)
   runs/<run_id>/job.json     the sweep's record: state, attempts, last error, eval key
+  runs/<run_id>/.job.lock    held (flock) by the process running this run's job
   runs/<run_id>/...          the trainer's outputs (config.json, status.json, metrics.jsonl,
                              checkpoints/) and eval.json (this run's evaluation rows)
   results.csv                one row per run × eval setting × task (finished runs only)
@@ -21,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import fcntl
+import io
 import json
 import os
 import time
@@ -34,19 +36,54 @@ from experiments.grid import RunSpec, spec_from_dict, to_dict
 STATES = ("pending", "running", "preempted", "failed", "done")
 
 
+class DamagedFile(ValueError):
+  """A small file that exists but cannot be read back (truncated, garbled, wrong shape)."""
+
+
+class StudyMismatch(ValueError):
+  """Another preset on a study folder without asking to add to it."""
+
+
 # ------------------------------------------------------------------------------------ files
-def write_json(path: Path, obj: Any) -> None:
-  """Atomic: a reader (status, another executor) never sees half a file."""
-  tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
-  tmp.write_text(json.dumps(obj, indent=1))
-  os.replace(tmp, path)
-
-
-def read_json(path: Path, default: Any = None) -> Any:
+def write_text(path: Path, text: str) -> None:
+  """Atomic: a reader (status, another executor) never sees half a file, and a crash or a full
+  disk leaves the previous version, not a truncated one."""
+  path = Path(path)
+  tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
   try:
-    return json.loads(Path(path).read_text())
+    with open(tmp, "w", newline="") as f:  # the text's own line ends (csv writes \r\n)
+      f.write(text)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  finally:
+    tmp.unlink(missing_ok=True)
+
+
+def write_json(path: Path, obj: Any) -> None:
+  write_text(path, json.dumps(obj, indent=1))
+
+
+def read_json(path: Path, default: Any = None, *, need: tuple[str, ...] = ()) -> Any:
+  """The file's JSON, `default` if it does not exist; DamagedFile naming the path if it does
+  but cannot be parsed, or is not an object holding the keys in `need`."""
+  try:
+    d = json.loads(Path(path).read_text())
   except FileNotFoundError:
     return default
+  except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+    raise DamagedFile(f"{path}: unreadable ({type(e).__name__}: {e})") from None
+  if need and not (isinstance(d, dict) and all(k in d for k in need)):
+    raise DamagedFile(f"{path}: not the expected record (needs keys {list(need)})")
+  return d
+
+
+def _readable(path: Path, need: tuple[str, ...] = ()) -> Any:
+  """read_json that answers None for a damaged file too (callers that report it elsewhere)."""
+  try:
+    return read_json(path, need=need)
+  except DamagedFile:
+    return None
 
 
 def run_dirs(out: Path) -> list[Path]:
@@ -55,26 +92,49 @@ def run_dirs(out: Path) -> list[Path]:
 
 
 def load_study(out: Path) -> study_lib.Study:
-  d = read_json(Path(out) / "study.json")
+  d = read_json(Path(out) / "study.json", need=("study", "run_order"))
   if d is None:
     raise FileNotFoundError(f"{out}/study.json not found: is {out} a study folder "
                             "(made by `python -m experiments run`)?")
   return study_lib.from_json(d["study"])
 
 
-def plan(study: study_lib.Study, out: Path) -> list[Path]:
-  """Writes study.json and one folder per run (existing folders are kept as they are)."""
+def plan(study: study_lib.Study, out: Path, *, add: bool = False) -> list[Path]:
+  """Writes study.json and one folder per run (existing folders are kept as they are).
+
+  A folder remembers its preset (the study's name): another one is refused (StudyMismatch)
+  unless `add`; then its runs join the folder's and the earlier runs stay in run_order (so in
+  results.csv and the report), evaluated with the newest study's eval settings (re-evaluated,
+  never retrained, if those differ). Without this, the new preset's run_order silently replaced
+  the old one and the earlier runs vanished from the results."""
   out = Path(out)
+  prev = read_json(out / "study.json", need=("study", "run_order"))  # damaged: raises, named
+  kept: list[str] = []
+  presets = [study.name]
+  if prev is not None:
+    old = prev["study"].get("name")
+    presets = prev.get("presets", [old])
+    if old != study.name and not add:
+      raise StudyMismatch(
+          f"{out} holds preset {old!r} (study.json); refusing preset {study.name!r} on it: pass "
+          f"--add-to-study to add {study.name}'s runs to it (the {old} runs stay), or another "
+          "--out")
+    # Runs an earlier preset added stay; with `add`, so do all of the folder's runs.
+    kept = list(prev["run_order"]) if old != study.name else list(prev.get("kept", []))
+    presets = presets + [study.name] if presets[-1] != study.name else presets
   (out / "runs").mkdir(parents=True, exist_ok=True)
   specs, skipped = study.runs()
   for spec in specs:
     d = out / "runs" / spec.run_id
     d.mkdir(exist_ok=True)
-    if not (d / "spec.json").exists():
+    if _readable(d / "spec.json", need=("run_id",)) is None:  # absent or damaged: rewrite it
       write_json(d / "spec.json", {**to_dict(spec), "run_id": spec.run_id, "label": spec.label})
-  write_json(out / "study.json", {"study": study_lib.to_json(study),
-                                  "run_order": [s.run_id for s in specs], "skipped": skipped})
-  return [out / "runs" / s.run_id for s in specs]
+  new = [s.run_id for s in specs if s.run_id not in kept]
+  record = {"study": study_lib.to_json(study), "run_order": kept + new, "skipped": skipped}
+  if kept or len(presets) > 1:  # single-preset folders keep their study.json as it was
+    record.update(presets=presets, kept=kept)
+  write_json(out / "study.json", record)
+  return [out / "runs" / rid for rid in kept + new]
 
 
 def load_spec(run_dir: Path) -> RunSpec:
@@ -86,18 +146,49 @@ def _spec(written: dict[str, Any]) -> RunSpec:
   return spec_from_dict({k: v for k, v in written.items() if k not in ("run_id", "label")})
 
 
+# Records this process knows but could not (unwritable run dir) or must not (another process
+# holds the run) write to job.json; they stand in for the file until the next sweep call.
+_MEMORY: dict[Path, dict[str, Any]] = {}
+
+
 def job_record(run_dir: Path) -> dict[str, Any]:
-  return read_json(Path(run_dir) / "job.json", {"state": "pending", "attempts": 0})
+  """job.json; a damaged one reads as a failed run with no attempts used, so the sweep names it
+  and tries the run again (the trainer resumes it from its checkpoint) instead of crashing."""
+  run_dir = Path(run_dir)
+  if run_dir in _MEMORY:
+    return dict(_MEMORY[run_dir])
+  try:
+    return read_json(run_dir / "job.json", {"state": "pending", "attempts": 0},
+                     need=("state",))
+  except DamagedFile as e:
+    return {"state": "failed", "attempts": 0, "damaged": True,
+            "error": f"{e}: the run is tried again (resumes from its checkpoint)"}
 
 
 def state(run_dir: Path, eval_key: str | None = None) -> str:
   """pending / running / preempted / failed / done (done = evaluated with `eval_key`)."""
   rec = job_record(run_dir)
   if rec["state"] == "done" and eval_key is not None:
-    ev = read_json(Path(run_dir) / "eval.json")
+    ev = _readable(Path(run_dir) / "eval.json", need=("eval_key", "rows"))
     if ev is None or ev.get("eval_key") != eval_key:
-      return "pending"  # trained, but evaluated with other settings: evaluate again
-  return rec["state"]
+      return "pending"  # trained, but evaluated with other settings (or unreadably): again
+  return rec["state"] if rec["state"] in STATES else "failed"
+
+
+def damaged_files(out: Path) -> list[str]:
+  """What cannot be read back in a study folder, each with what the sweep does about it."""
+  notes = []
+  for d in run_dirs(out):
+    for name, need, then in (
+        ("spec.json", ("run_id",), "the run is left out until a sweep rewrites it"),
+        ("job.json", ("state",), "the run counts as failed and is tried again"),
+        ("eval.json", ("eval_key", "rows"), "the run is evaluated again"),
+        ("status.json", (), "ignored (the trainer rewrites it)")):
+      try:
+        read_json(d / name, need=need)
+      except DamagedFile as e:
+        notes.append(f"{e}: {then}")
+  return notes
 
 
 def _primary() -> bool:
@@ -106,10 +197,64 @@ def _primary() -> bool:
 
 
 def _update(run_dir: Path, **fields: Any) -> dict[str, Any]:
-  rec = {**job_record(run_dir), **fields}
-  if _primary():
-    write_json(Path(run_dir) / "job.json", rec)
+  """Merges `fields` into job.json. An unwritable run dir does not raise (that crashed the whole
+  sweep from inside a run's failure handler): the run is failed in this process's memory,
+  naming the path, and the sweep goes on."""
+  run_dir = Path(run_dir)
+  rec = {k: v for k, v in job_record(run_dir).items() if k != "damaged"}
+  rec.update(fields)
+  if _primary() and run_dir not in _MEMORY:
+    try:
+      write_json(run_dir / "job.json", rec)
+    except OSError as e:
+      rec = _remember_failed(run_dir, rec, f"cannot write {run_dir / 'job.json'}: {e}")
   return rec
+
+
+def _remember_failed(run_dir: Path, rec: dict[str, Any], why: str) -> dict[str, Any]:
+  err = rec.get("error")
+  rec = {**rec, "state": "failed", "error": why + (f" (then: {err})" if err else "")}
+  _MEMORY[Path(run_dir)] = rec
+  return rec
+
+
+class _Held(Exception):
+  """Another live process holds this run dir."""
+
+
+@contextlib.contextmanager
+def job_lock(run_dir: Path) -> Iterator[None]:
+  """The run's lock, held for its whole job (training and evaluation), so two processes never
+  work on one run dir whatever was killed (an orphaned worker of a killed sweep, a second
+  sweep elsewhere). flock dies with its holder. Raises _Held if taken; a filesystem without
+  flock (some NFS/Lustre mounts) runs unlocked, as before. Pod: process 0 locks for all."""
+  if not _primary():
+    yield
+    return
+  with open(Path(run_dir) / ".job.lock", "a") as f:  # OSError (read-only dir) goes up
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      raise _Held(f"{run_dir} is held by another process (lock {run_dir}/.job.lock)") from None
+    except OSError:
+      pass
+    yield
+
+
+def _elsewhere(run_dir: Path, why: str) -> dict[str, Any]:
+  """Another process trains this run: say "running" for this call, write nothing."""
+  _MEMORY[Path(run_dir)] = {**job_record(run_dir), "state": "running", "elsewhere": why}
+  return dict(_MEMORY[Path(run_dir)])
+
+
+def held_elsewhere(run_dir: Path) -> bool:
+  try:
+    with job_lock(run_dir):
+      return False
+  except _Held:
+    return True
+  except OSError:
+    return False
 
 
 # ------------------------------------------------------------------------------ one run's job
@@ -157,7 +302,10 @@ Loader = Callable[[Path], Any]
 
 def real_trainer(spec: RunSpec, run_dir: Path, study: study_lib.Study) -> dict[str, Any]:
   import train
-  result = train.run(train_config(spec, run_dir, study, progress=_progress_bars()))
+  try:
+    result = train.run(train_config(spec, run_dir, study, progress=_progress_bars()))
+  except train.RunLocked as e:  # a trainer outside this sweep (`python -m train`) holds it
+    return {"status": "locked", "message": str(e)}
   return {"status": result.status, "step": result.step, "loss": result.loss,
           "message": result.message}
 
@@ -178,9 +326,23 @@ def _compilation_cache(out: Path) -> None:
 def run_job(run_dir: str | Path, trainer: Trainer | None = None,
             loader: Loader | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
   """Trains (or resumes) and evaluates one run; records the outcome in job.json; never raises
-  for a run's own failure, so one bad run cannot stop a sweep."""
-  from experiments import evaluate as eval_lib
+  for a run's own failure, so one bad run cannot stop a sweep. A run another process holds is
+  left to it untouched (state "running", `elsewhere`)."""
   run_dir = Path(run_dir)
+  _MEMORY.pop(run_dir, None)  # a fresh attempt: what an earlier one could not write is moot
+  try:
+    with job_lock(run_dir):
+      return _run_job(run_dir, trainer, loader, log)
+  except _Held as e:
+    log(f"  {e}: left to it")
+    return _elsewhere(run_dir, str(e))
+  except OSError as e:  # the lock file cannot be made: an unwritable run dir
+    return _remember_failed(run_dir, job_record(run_dir), f"cannot write in {run_dir}: {e}")
+
+
+def _run_job(run_dir: Path, trainer: Trainer | None, loader: Loader | None,
+             log: Callable[[str], None]) -> dict[str, Any]:
+  from experiments import evaluate as eval_lib
   out = run_dir.parent.parent
   _compilation_cache(out)
   study = load_study(out)
@@ -188,13 +350,20 @@ def run_job(run_dir: str | Path, trainer: Trainer | None = None,
   trainer, loader = trainer or real_trainer, loader or trained_model
   # On a pod every process runs this same code (training and loading are collective); only
   # process 0 writes job.json, eval.json and W&B.
-  rec = job_record(run_dir)
-  rec = _update(run_dir, state="running", attempts=rec.get("attempts", 0) + 1,
+  before = job_record(run_dir)
+  rec = _update(run_dir, state="running", attempts=before.get("attempts", 0) + 1,
                 host=os.uname().nodename, pid=os.getpid(), started=time.time(), error=None,
                 slurm_job=_slurm_job_id())
+  if rec["state"] == "failed":  # job.json could not be written: do not train unrecorded
+    return rec
   t0 = time.time()
   try:
     result = trainer(spec, run_dir, study)
+    if result["status"] == "locked":  # not a failed attempt: put the record back as it was
+      log(f"  {run_dir}: {result.get('message')}: left to it")
+      with contextlib.suppress(OSError):
+        write_json(run_dir / "job.json", {k: v for k, v in before.items() if k != "damaged"})
+      return _elsewhere(run_dir, result.get("message"))
     if result["status"] == "preempted":
       return _update(run_dir, state="preempted", error=result.get("message"),
                      attempts=rec["attempts"] - 1,  # an interruption is not a failed attempt
@@ -262,7 +431,11 @@ def todo(out: Path, dirs: list[Path], study: study_lib.Study, *, retry_failed: b
   todo_ = []
   for d in dirs:
     s = state(d, key)
-    if s == "done":
+    if s == "done" or d in _MEMORY:  # _MEMORY: unwritable or held elsewhere, this call
+      continue
+    if held_elsewhere(d):  # e.g. an orphaned worker of a killed sweep still finishing it
+      _elsewhere(d, f"held by another process (pid {job_record(d).get('pid')}, lock "
+                    f"{d}/.job.lock)")
       continue
     if s == "failed" and job_record(d).get("attempts", 0) >= study.max_attempts and not retry_failed:
       continue
@@ -294,7 +467,7 @@ def expected_wall(out: Path, run_dir: Path) -> float:
 
 
 def run_sweep(study: study_lib.Study, out: Path, executor, *, retry_failed: bool = False,
-              stop_after: float | None = None,
+              stop_after: float | None = None, add_to_study: bool = False,
               log: Callable[[str], None] = print) -> dict[str, list[str]]:
   """Plans, runs every unfinished run (with retries), collects results.csv. Returns run ids
   by final state.
@@ -303,14 +476,21 @@ def run_sweep(study: study_lib.Study, out: Path, executor, *, retry_failed: bool
   then go one at a time, and a run is started only if it should end inside the limit (judged by
   `expected_wall`); the rest stay pending for the next call, which continues where this one
   stopped. A run the estimate gets wrong is not cut: wrap the call in `timeout -s TERM`, which
-  preempts it cleanly (the trainer saves and the sweep stops)."""
+  preempts it cleanly (the trainer saves and the sweep stops).
+
+  add_to_study: run this study on a folder made by another preset, keeping that one's runs
+  (`plan`); without it such a folder is refused.
+  """
   out = Path(out)
   t_start = time.time()
+  _MEMORY.clear()
   with study_lock(out):
-    dirs = plan(study, out)
+    dirs = plan(study, out, add=add_to_study)
     skipped = read_json(out / "study.json")["skipped"]
     for s in skipped:
       log(f"grid point skipped: {s}")
+    for note in damaged_files(out):
+      log(f"damaged file: {note}")
     done0 = sum(state(d, study.eval.key) == "done" for d in dirs)
     log(f"study {study.name}: {len(dirs)} runs ({done0} already done) in {out}")
     if retry_failed:
@@ -346,8 +526,12 @@ def run_sweep(study: study_lib.Study, out: Path, executor, *, retry_failed: bool
     collect(out)
     for rid in by_state["failed"]:
       rec = job_record(out / "runs" / rid)
-      log(f"FAILED {rid} ({read_json(out / 'runs' / rid / 'spec.json')['label']}) after "
-          f"{rec.get('attempts')} attempt(s): {rec.get('error')}")
+      label = (_readable(out / "runs" / rid / "spec.json") or {}).get("label", "?")
+      log(f"FAILED {rid} ({label}) after {rec.get('attempts')} attempt(s): {rec.get('error')}")
+    for d in dirs:
+      if job_record(d).get("elsewhere"):
+        log(f"RUNNING ELSEWHERE {d.name}: {job_record(d)['elsewhere']}; rerun when it ends "
+            "to collect it")
     return by_state
 
 
@@ -370,7 +554,7 @@ def result_rows(out: Path) -> list[dict[str, Any]]:
   study = load_study(out)
   rows = []
   for d in run_dirs(out):
-    if state(d, study.eval.key) != "done":
+    if state(d, study.eval.key) != "done" or _readable(d / "spec.json", ("run_id",)) is None:
       continue
     spec = load_spec(d)
     train_stats = spec.train_attention_stats()
@@ -392,13 +576,12 @@ def _fmt(v: Any) -> Any:
 
 def collect(out: Path) -> Path:
   path = Path(out) / "results.csv"
-  tmp = path.with_suffix(".csv.tmp")
-  with open(tmp, "w", newline="") as f:
-    w = csv.DictWriter(f, fieldnames=COLUMNS)
-    w.writeheader()
-    for r in result_rows(out):
-      w.writerow({k: _fmt(r.get(k)) for k in COLUMNS})
-  os.replace(tmp, path)
+  buf = io.StringIO(newline="")
+  w = csv.DictWriter(buf, fieldnames=COLUMNS)
+  w.writeheader()
+  for r in result_rows(out):
+    w.writerow({k: _fmt(r.get(k)) for k in COLUMNS})
+  write_text(path, buf.getvalue())
   return path
 
 
@@ -420,8 +603,8 @@ def status_rows(out: Path) -> list[dict[str, Any]]:
   study = load_study(out)
   rows = []
   for d in run_dirs(out):
-    spec = read_json(d / "spec.json")
-    if spec is None:  # planned but not here (e.g. a copied results folder): nothing to say
+    spec = _readable(d / "spec.json", need=("run_id",))
+    if spec is None:  # not here (a copied results folder) or damaged (damaged_files names it)
       continue
     rec = job_record(d)
     st = state(d, study.eval.key)
@@ -440,8 +623,9 @@ def status_rows(out: Path) -> list[dict[str, Any]]:
 
 def _last_step(run_dir: Path) -> int:
   """Training progress: the last step metrics.jsonl logged (live while a run trains)."""
-  status = read_json(run_dir / "status.json") or {}
-  step = status.get("step", 0) or 0
+  status = _readable(run_dir / "status.json") or {}  # the trainer's; damaged: step from metrics
+  step = status.get("step", 0) if isinstance(status, dict) else 0
+  step = step if isinstance(step, int) else 0
   path = run_dir / "metrics.jsonl"
   if path.exists():
     with open(path, "rb") as f:

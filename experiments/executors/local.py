@@ -23,6 +23,11 @@ class LocalExecutor:
   trainer: Callable | None = None  # in-process only: replaces train.run (tests, dry runs)
   loader: Callable | None = None
 
+  def __post_init__(self):
+    if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 0:
+      raise ValueError(f"local workers={self.workers!r} must be 0 (in-process) or a positive "
+                       "number of subprocesses")
+
   def run(self, run_dirs: list[Path], log: Callable[[str], None] = print) -> None:
     from experiments import sweep
     if self.workers <= 0:
@@ -33,7 +38,7 @@ class LocalExecutor:
             f"{time.time() - t0:.0f}s into this round")
         rec = sweep.run_job(d, trainer=self.trainer, loader=self.loader, log=log)
         log(f"[{i + 1}/{len(run_dirs)}] {label}: {rec['state']}"
-            + (f" — {rec.get('error')}" if rec["state"] != "done" else ""))
+            + (f" — {rec.get('elsewhere') or rec.get('error')}" if rec["state"] != "done" else ""))
         if rec["state"] == "preempted":
           return
       return
@@ -43,13 +48,22 @@ class LocalExecutor:
       for slot in range(self.workers):
         if slot not in running and queue:
           d = queue.pop(0)
-          env = {**os.environ, self.visible_env: str(slot), "EXPERIMENTS_PROGRESS": "0"}
+          # EXPERIMENTS_PARENT_PID: the worker asks to be SIGTERMed when this process dies
+          # (prctl PDEATHSIG in `experiments job`), so a killed sweep leaves no orphan training.
+          env = {**os.environ, self.visible_env: str(slot), "EXPERIMENTS_PROGRESS": "0",
+                 "EXPERIMENTS_PARENT_PID": str(os.getpid())}
           proc = subprocess.Popen([sys.executable, "-m", "experiments", "job", str(d)], env=env)
           running[slot] = (proc, Path(d))
           log(f"worker {slot}: started {Path(d).name}")
       for slot, (proc, d) in list(running.items()):
         if proc.poll() is not None:
-          log(f"worker {slot}: {d.name} exited {proc.returncode}: "
-              f"{sweep.job_record(d)['state']}")
+          rec = sweep.job_record(d)
+          if proc.returncode != 0 and rec["state"] in ("pending", "running") \
+              and not sweep.held_elsewhere(d):
+            # It died outside run_job's own record (killed, out of memory, or unable to write
+            # job.json): fail it here, in this process's memory if the folder is unwritable.
+            rec = sweep._update(d, state="failed", error=f"worker exited {proc.returncode} "
+                                f"with job.json saying {rec['state']!r}")
+          log(f"worker {slot}: {d.name} exited {proc.returncode}: {rec['state']}")
           del running[slot]
       time.sleep(0.5)

@@ -6,7 +6,9 @@ models at chance. With 3m, the smaller dense model of a pair can learn too. Ever
 the h100 preset's (`experiments/presets/h100.py`), so the other 12 runs have the same ids:
 
     python -m experiments run --preset h100 --out runs/h100      # 12 runs, ~29 minutes
-    python -m experiments run --preset h100_3m --out runs/h100   # + the four 3m runs, ~21 minutes
+    python -m experiments run --preset h100_3m --out runs/h100 --add-to-study  # + 3m, ~21 min
+
+(`--add-to-study`: a study folder remembers its preset and refuses another one without it.)
 
 Measured on one H100 (`experiments/results/h100/README.md`): each 3m run trained for 246–285 s
 (6341–8363 steps of a model too small to keep the GPU busy) and evaluated in 23–69 s.
