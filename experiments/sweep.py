@@ -108,7 +108,11 @@ def plan(study: study_lib.Study, out: Path, *, add: bool = False) -> list[Path]:
   never retrained, if those differ). Without this, the new preset's run_order silently replaced
   the old one and the earlier runs vanished from the results."""
   out = Path(out)
-  prev = read_json(out / "study.json", need=("study", "run_order"))  # damaged: raises, named
+  try:
+    prev = read_json(out / "study.json", need=("study", "run_order"))
+  except DamagedFile as e:  # its preset and run order are lost: guessing could drop runs
+    raise DamagedFile(f"{e}; move it away to plan the folder again (run folders are kept, "
+                      "finished runs are not redone)") from None
   kept: list[str] = []
   presets = [study.name]
   if prev is not None:
@@ -175,10 +179,23 @@ def state(run_dir: Path, eval_key: str | None = None) -> str:
   return rec["state"] if rec["state"] in STATES else "failed"
 
 
+def _study_run_dirs(out: Path) -> tuple[list[Path], str | None]:
+  """(run folders, eval key): from study.json, or, if that is damaged, every folder under
+  runs/ with no eval key, so `status` still shows what the runs' own files say."""
+  try:
+    return run_dirs(out), load_study(out).eval.key
+  except DamagedFile:
+    return sorted(d for d in (Path(out) / "runs").glob("*") if d.is_dir()), None
+
+
 def damaged_files(out: Path) -> list[str]:
   """What cannot be read back in a study folder, each with what the sweep does about it."""
   notes = []
-  for d in run_dirs(out):
+  try:
+    load_study(out)
+  except DamagedFile as e:
+    notes.append(f"{e}: runs listed from runs/; `run` refuses the folder until it is moved away")
+  for d in _study_run_dirs(out)[0]:
     for name, need, then in (
         ("spec.json", ("run_id",), "the run is left out until a sweep rewrites it"),
         ("job.json", ("state",), "the run counts as failed and is tried again"),
@@ -600,14 +617,14 @@ def read_results(path: Path) -> list[dict[str, Any]]:
 # ------------------------------------------------------------------------------------ status
 def status_rows(out: Path) -> list[dict[str, Any]]:
   out = Path(out)
-  study = load_study(out)
+  dirs, key = _study_run_dirs(out)
   rows = []
-  for d in run_dirs(out):
+  for d in dirs:
     spec = _readable(d / "spec.json", need=("run_id",))
     if spec is None:  # not here (a copied results folder) or damaged (damaged_files names it)
       continue
     rec = job_record(d)
-    st = state(d, study.eval.key)
+    st = state(d, key)
     step = _last_step(d)
     if st == "running" and rec.get("pid") and rec.get("host") == os.uname().nodename:
       if not _alive(rec["pid"]):

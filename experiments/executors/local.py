@@ -37,8 +37,9 @@ class LocalExecutor:
         log(f"[{i + 1}/{len(run_dirs)}] {label} (run {Path(d).name}), "
             f"{time.time() - t0:.0f}s into this round")
         rec = sweep.run_job(d, trainer=self.trainer, loader=self.loader, log=log)
+        why = rec.get("elsewhere") or rec.get("error")
         log(f"[{i + 1}/{len(run_dirs)}] {label}: {rec['state']}"
-            + (f" — {rec.get('elsewhere') or rec.get('error')}" if rec["state"] != "done" else ""))
+            + (f" — {why}" if rec["state"] != "done" else ""))
         if rec["state"] == "preempted":
           return
       return

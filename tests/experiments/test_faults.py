@@ -194,6 +194,14 @@ def test_damaged_job_eval_and_status_files_are_named_and_their_runs_redone(tmp_p
   # A record of the wrong shape is damaged too, not a KeyError.
   job.write_text("[]")
   assert sweep.state(dirs[0]) == "failed" and str(job) in sweep.job_record(dirs[0])["error"]
+  # A damaged study.json: status still lists the runs from runs/ and names it; a sweep refuses
+  # the folder naming it (its preset and run order are gone) instead of re-planning blind.
+  (tmp_path / "study.json").write_text('{"study": {"name"')
+  cli(["status", str(tmp_path)])
+  out = capsys.readouterr().out
+  assert f"unreadable: {tmp_path / 'study.json'}" in out and "2 done" in out, out
+  with pytest.raises(sweep.DamagedFile, match="study.json.*move it away"):
+    _sweep(study, tmp_path, Fake())
 
 
 def test_small_files_are_written_atomically(tmp_path, monkeypatch):
@@ -241,6 +249,22 @@ def test_an_unwritable_run_dir_fails_that_run_and_the_sweep_goes_on(tmp_path, mo
   assert f"cannot write {bad / 'job.json'}" in line and "checkpoints" in line
   md = report.write(tmp_path, wandb_mode="disabled").read_text()
   assert f"cannot write {bad / 'job.json'}" in md  # the report says so too (same process)
+
+
+def test_a_worker_that_dies_without_a_record_is_failed_by_the_sweep(tmp_path, monkeypatch):
+  """A worker killed (OOM, kill -9) or unable to write its job.json left the run 'running' for
+  ever; the sweep now fails it with the exit code, and counts the attempt."""
+  import subprocess as sp
+  from experiments.executors import local
+  study = _study(sparsities=(0.0,), max_attempts=1)
+  (run,) = sweep.plan(study, tmp_path)
+  real = sp.Popen
+  monkeypatch.setattr(local.subprocess, "Popen", lambda cmd, env: real(
+      [sys.executable, "-c", "raise SystemExit(9)"], env=env))
+  log = []
+  by_state = sweep.run_sweep(study, tmp_path, executors.make("local", workers=1), log=log.append)
+  assert by_state["failed"] == [run.name]
+  assert "worker exited 9" in sweep.job_record(run)["error"]
 
 
 # ---------------------------------------------------------------------------------- 5. CLI
