@@ -450,7 +450,9 @@ def todo(out: Path, dirs: list[Path], study: study_lib.Study, *, retry_failed: b
     s = state(d, key)
     if s == "done" or d in _MEMORY:  # _MEMORY: unwritable or held elsewhere, this call
       continue
-    if held_elsewhere(d):  # e.g. an orphaned worker of a killed sweep still finishing it
+    # Held by a live process (an orphaned worker of a killed sweep still finishing it): left
+    # to it. A run submitted to Slurm stays: the Slurm executor waits for its job itself.
+    if not job_record(d).get("slurm_submitted") and held_elsewhere(d):
       _elsewhere(d, f"held by another process (pid {job_record(d).get('pid')}, lock "
                     f"{d}/.job.lock)")
       continue
