@@ -17,7 +17,9 @@ if __name__ == "__main__":  # before the heavy imports: a SIGTERM during them is
   from train import guard as _guard
   _guard.catch_sigterm_early()
 
+import contextlib
 import dataclasses
+import io
 import sys
 
 import tyro
@@ -54,12 +56,40 @@ def _main(argv: list[str]) -> int:
     except ValueError as e:
       raise guard.ConfigError(str(e)) from e
     default = dataclasses.replace(default, model=model)
-  cfg = tyro.cli(Config, args=argv, default=default, description=__doc__)
+  cfg = _parse(argv, default)
   result = run(cfg)
   if result.status == "failed":
     print(result.message, file=sys.stderr)
     return 1
   return 0
+
+
+def _parse(argv: list[str], default: Config) -> Config:
+  """tyro's parse, with its boxed error (8-10 lines) cut to the line that names the value and
+  what is valid; --help and every other output pass through unchanged."""
+  err = io.StringIO()
+  try:
+    with contextlib.redirect_stderr(err):
+      return tyro.cli(Config, args=argv, default=default, description=__doc__)
+  except SystemExit as e:
+    if e.code in (0, None):
+      sys.stderr.write(err.getvalue())
+      raise
+    raise guard.ConfigError(_box_message(err.getvalue()) + " (--help lists every flag)") from None
+
+
+def _box_message(text: str) -> str:
+  """The first section of a rich error box as one line: '│ a │\n│ b │\n│ ─── │' -> 'a b'."""
+  lines = []
+  for line in text.splitlines():
+    inner = line.strip().strip("│╭╮╰╯").strip()
+    if inner.startswith("─"):  # a rule: the end of the first section (or the box's top)
+      if lines:
+        break
+      continue
+    if inner:
+      lines.append(inner)
+  return " ".join(lines) or text.strip()
 
 
 if __name__ == "__main__":

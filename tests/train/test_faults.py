@@ -251,6 +251,9 @@ def test_sigterm_in_the_first_second_exits_zero_with_status_preempted(tmp_path):
      ["data.seq_len=1000000", "GiB", "host RAM"]),
     (["--batch-size", "6", "--grad-accum", "4"], ["batch_size=6"]),
     (["--size", "huge"], ["size='huge' is unknown"]),
+    # tyro's own parse errors: its boxed message cut to the line naming the value
+    (["--data.seq-len", "abc"], ["--data.seq-len", "'abc'"]),
+    (["--compute-dtype", "float33"], ["'float33'", "'bfloat16', 'float32'"]),
 ])
 def test_bad_values_fail_in_one_line_before_the_run_dir_exists(tmp_path, capsys, args, words):
   run_dir = tmp_path / "run"
