@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from experiments import frontier as fr
+from experiments import stats
 
 MATCH = 0.01  # relative difference of average prefill FLOPs/token that still counts as equal
 FIXED = ("density", "blocks")
@@ -81,8 +82,7 @@ def _compare(per, fixed, adaptive, category, phase, alpha) -> dict[str, Any]:
 
 
 def _acc(arm: fr.Arm) -> str:
-  from experiments.evaluate import wilson
-  lo, hi = wilson(round(arm.mean * arm.n), arm.n)
+  lo, hi = stats.proportion_ci(arm.mean * arm.n, arm.n)
   return f"{arm.mean:.2f} [{lo:.2f}, {hi:.2f}]"
 
 

@@ -22,7 +22,6 @@ blocks and phase the forward pass used (the count of any layout the selection ca
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, Callable
 
 import jax
@@ -31,6 +30,7 @@ import numpy as np
 
 import sparse_ops as so
 from experiments import settings as settings_lib
+from experiments.stats import proportion_ci
 from experiments import tasks as tasks_lib
 from experiments.tasks import scoring
 from models import AttentionConfig, ModelConfig, attention_flops_per_token, flops_per_token
@@ -158,16 +158,6 @@ def phase_stats(model: ModelConfig, attention: AttentionConfig, phased, length: 
   return mask_stats(model, attention, phased, length)
 
 
-def wilson(k: float, n: int, z: float = 1.959964) -> tuple[float, float]:
-  """95% Wilson score interval of a proportion k/n (sane at 0 and n, unlike the normal one)."""
-  if n <= 0:
-    return (0.0, 1.0)
-  p = k / n
-  centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-  half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-  return (max(0.0, centre - half), min(1.0, centre + half))
-
-
 def chance_exact_match(task) -> float:
   """Exact match of a guesser that knows which vocab range each answer token comes from and
   picks uniformly inside it: the floor a model must clear to show it read the context."""
@@ -268,7 +258,7 @@ def evaluate(forward: Forward, model: ModelConfig, eval_spec, vocab_size: int,
           scores = computed[key]
           stats = phase_stats(model, attention, phased, length)
           correct = scores["exact_match"].astype(int)
-          lo, hi = wilson(correct.sum(), len(correct))
+          lo, hi = proportion_ci(correct.sum(), len(correct))
           rows.append(dict(
               task=task_name, category=task.category, eval_length=length, phase=phase,
               eval_setting=name, eval_pattern=attention.pattern,

@@ -6,7 +6,6 @@ The test: Welch's t-test on per-example exact match (0/1), one-sided. With n ≥
 t distribution is accurate for proportions not at 0 or 1; where both arms are constant (all right
 or all wrong) there is no variance and the difference is either exactly 0 (not significant) or
 decided by the counts (significant only if both arms have n ≥ 5, like a Fisher exact test would).
-A bootstrap interval of the difference is offered as a cross-check.
 """
 
 from __future__ import annotations
@@ -72,17 +71,6 @@ def welch_greater(a: Arm, b: Arm) -> Welch:
 
 def significantly_greater(a: Arm, b: Arm, alpha: float = 0.05) -> bool:
   return welch_greater(a, b).p < alpha
-
-
-def bootstrap_diff_ci(a: Sequence[float], b: Sequence[float], *, reps: int = 2000,
-                      seed: int = 0, level: float = 0.95) -> tuple[float, float]:
-  """Percentile bootstrap interval of mean(a) - mean(b) (independent resampling of each arm)."""
-  rng = np.random.default_rng(seed)
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  da = a[rng.integers(0, len(a), (reps, len(a)))].mean(1)
-  db = b[rng.integers(0, len(b), (reps, len(b)))].mean(1)
-  lo, hi = np.quantile(da - db, [(1 - level) / 2, (1 + level) / 2])
-  return float(lo), float(hi)
 
 
 def tolerance(dense: Arm, by_sparsity: dict[float, Arm], alpha: float = 0.05) -> float:

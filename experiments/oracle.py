@@ -36,6 +36,7 @@ import numpy as np
 import sparse_ops as so
 from experiments import evaluate as ev
 from experiments import frontier as fr
+from experiments.stats import proportion_ci
 from experiments import tasks as tasks_lib
 from experiments.tasks import scoring
 from models import AttentionConfig, ModelConfig
@@ -171,7 +172,7 @@ def evaluate(model, cfg: ModelConfig, compute_dtype: str, *, examples: int, batc
         t0 = time.time()
         preds = np.concatenate([forward(x[i:i + batch], phased) for i in range(0, len(x), batch)])
         correct = scoring.score(preds, y, w)["exact_match"].astype(int)
-        lo, hi = ev.wilson(correct.sum(), len(correct))
+        lo, hi = proportion_ci(correct.sum(), len(correct))
         s = stats(cfg, phased, blocks, prefix if phase == "decode" else None)
         rows.append(dict(task=task_name, category=task.category, phase=phase, setting=name,
                          accuracy=float(correct.mean()), ci_low=lo, ci_high=hi, n=len(correct),

@@ -15,6 +15,7 @@ from typing import Any
 
 from experiments import budgets
 from experiments import frontier as fr
+from experiments import stats
 from experiments import sweep
 
 ALPHA = 0.05
@@ -456,8 +457,7 @@ def write(out: Path, *, wall_s: float | None = None, wandb_mode: str | None = No
 
 
 def _ci(p) -> tuple[float, float]:
-  from experiments.evaluate import wilson
-  return wilson(round(p["arm"].mean * p["arm"].n), p["arm"].n)
+  return stats.proportion_ci(p["arm"].mean * p["arm"].n, p["arm"].n)
 
 
 # ------------------------------------------------------------------------------------- W&B

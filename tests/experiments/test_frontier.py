@@ -7,7 +7,7 @@ import pytest
 from scipy import stats as sps
 
 from experiments import frontier as fr
-from experiments.evaluate import wilson
+from experiments.stats import proportion_ci
 
 
 def _bernoulli(k, n):
@@ -56,20 +56,18 @@ def test_pooled_arm_equals_the_concatenated_sample():
   assert pooled.std == pytest.approx(whole.std, rel=1e-12)
 
 
-def test_bootstrap_interval_covers_the_difference_and_excludes_zero_when_large():
-  a, b = _bernoulli(90, 100), _bernoulli(40, 100)
-  lo, hi = fr.bootstrap_diff_ci(a, b, seed=1)
-  assert lo < 0.5 < hi and lo > 0.3
-  lo, hi = fr.bootstrap_diff_ci(a, a, seed=1)
-  assert lo <= 0.0 <= hi
-
-
-def test_wilson_interval_known_values():
-  lo, hi = wilson(5, 10)
-  assert (lo, hi) == pytest.approx((0.2366, 0.7634), abs=1e-4)
-  lo, hi = wilson(0, 10)
+def test_proportion_interval_is_wilsons():
+  """Known values, the closed form, and the empty case."""
+  assert proportion_ci(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
+  lo, hi = proportion_ci(0, 10)
   assert lo == 0.0 and hi == pytest.approx(0.2775, abs=1e-4)
-  assert wilson(10, 10)[1] == pytest.approx(1.0)
+  assert proportion_ci(10, 10)[1] == pytest.approx(1.0)
+  k, n, z = 37, 50, sps.norm.ppf(0.975)
+  p = k / n
+  centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+  half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+  assert proportion_ci(k, n) == pytest.approx((centre - half, centre + half), rel=1e-12)
+  assert proportion_ci(0, 0) == (0.0, 1.0)
 
 
 def test_tolerance_finds_the_first_significant_drop():
