@@ -5,4 +5,7 @@ through ``sparse_ops.kernels.triton.attention(..., interpret=True)``, for tests.
 
 ``tpu``: Pallas kernels with the Mosaic lowering (TPUs); on CPU only in TPU interpret mode,
 ``sparse_ops.kernels.tpu.attention(..., interpret=True)`` or inside ``tpu.interpreted()``.
+
+``common``: what both share (the custom VJP wrapper, the checks of a direct call, the
+partial-block predicate).
 """

@@ -55,6 +55,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
+from sparse_ops.kernels.common import check_call, partial_block_mask, with_kernel_vjp
 from sparse_ops.layout import BlockLayout
 
 _LANES = 128  # per-row scalars (max, sum, lse, delta) are kept as (rows, 128) lanes
@@ -139,25 +140,11 @@ def attention(q, k, v, layout: BlockLayout, scale: float | None = None, *,
   tests). Without it, raises on anything but a TPU: there is no silent fallback.
   """
   interpret = interpret or _INTERPRETED[0]
-  if not interpret:
-    why = unavailable()
-    if why is not None:
-      raise ValueError(why)
-  b, t, hq, d = q.shape
-  s, hkv = k.shape[1], k.shape[2]
-  if (layout.q_len, layout.kv_len) != (t, s):
-    raise ValueError(f"layout is for (q_len, kv_len)=({layout.q_len}, {layout.kv_len}) but q and "
-                     f"k have T={t}, S={s}")
-  if hq % hkv:
-    raise ValueError(f"Hq={hq} must be a multiple of Hkv={hkv}")
-  for name, blk in (("block_q", layout.block_q), ("block_kv", layout.block_kv)):
-    if blk % _MIN_BLOCK:
-      raise ValueError(f"layout.{name}={blk} must be a multiple of {_MIN_BLOCK} for "
-                       f"implementation='pallas_tpu' (TPU sublanes); e.g. 128")
-  if layout.batch_size not in (1, b):
-    raise ValueError(f"layout batch={layout.batch_size}; valid: 1 or B={b}")
-  if layout.num_heads not in (1, hkv, hq):
-    raise ValueError(f"layout has {layout.num_heads} heads; valid: 1, Hkv={hkv} or Hq={hq}")
+  check_call(q, k, layout, unavailable=unavailable, interpret=interpret,
+             block_ok=lambda n: n % _MIN_BLOCK == 0,
+             block_rule=f"a multiple of {_MIN_BLOCK} for implementation='pallas_tpu' (TPU "
+                        "sublanes); e.g. 128")
+  hq, d, hkv = q.shape[2], q.shape[3], k.shape[2]
   size = metadata_bytes(layout, hq, hkv)
   if size > SMEM_BUDGET_BYTES:
     raise ValueError(
@@ -169,24 +156,8 @@ def attention(q, k, v, layout: BlockLayout, scale: float | None = None, *,
   return _attention(q, k, v, layout, float(scale), bool(interpret))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-def _attention(q, k, v, layout, scale, interpret):
-  return _forward(q, k, v, layout, scale, interpret)[0]
-
-
-def _attention_fwd(q, k, v, layout, scale, interpret):
-  out, lse = _forward(q, k, v, layout, scale, interpret)
-  return out, (q, k, v, layout, out, lse)
-
-
-def _attention_bwd(scale, interpret, res, dout):
-  q, k, v, layout, out, lse = res
-  dq, dk, dv = _backward(q, k, v, layout, scale, interpret, out, lse, dout)
-  dlayout = jax.tree.map(lambda x: jnp.zeros(jnp.shape(x), jax.dtypes.float0), layout)
-  return dq, dk, dv, dlayout
-
-
-_attention.defvjp(_attention_fwd, _attention_bwd)
+# Late-bound (lambdas), so the kernels can be swapped or spied on in tests.
+_attention = with_kernel_vjp(lambda *a: _forward(*a), lambda *a: _backward(*a))
 
 
 # ------------------------------------------------------------------------------------ geometry
@@ -238,16 +209,18 @@ class _Lists:
       return part
     return jnp.where(j < self.mp, part, full)
 
-  def live(self, row, j, pcnt, fcnt):
-    """(slot j is a listed partial block, slot j is a listed full block)."""
-    partial = (j < pcnt[row]) if self.mp else False
-    full = ((j >= self.mp) & (j - self.mp < fcnt[row])) if self.mf else False
-    return partial, full
+  def run_listed(self, row, j, pcnt, fcnt, step) -> None:
+    """step(masked=True) if slot j holds a listed partial block, step(False) a full one;
+    padded slots run nothing."""
+    if self.mp:
+      pl.when(j < pcnt[row])(lambda: step(True))
+    if self.mf:
+      pl.when((j >= self.mp) & (j - self.mp < fcnt[row]))(lambda: step(False))
 
 
 def _lists(counts, idx, full_counts, full_idx):
   """-> (_Lists, the four flat int32 operands). An empty list keeps one dummy slot out of the
-  operands (scalar memory cannot hold zero-size arrays); its `live` is always false."""
+  operands (scalar memory cannot hold zero-size arrays); it never runs a step."""
   spec = _Lists(bl=counts.shape[0], hl=counts.shape[1], rows=counts.shape[2], mp=idx.shape[3],
                 mf=full_idx.shape[3])
   flat = lambda x: jnp.asarray(x, jnp.int32).reshape(-1)
@@ -267,27 +240,6 @@ def _heads_major(x, length: int):
   """[B, L, H, D] -> [B, H, length, D], zero-padded along L."""
   x = jnp.swapaxes(x, 1, 2)
   return jnp.pad(x, ((0, 0), (0, 0), (0, length - x.shape[2]), (0, 0)))
-
-
-def _mask_fn(layout: BlockLayout, geo: _Geo):
-  """(q_pos [bq, bk], k_pos [bq, bk], q-head h) -> bool [bq, bk] for partial blocks."""
-  mask = layout.mask
-
-  def fn(qp, kp, h):
-    ok = kp < geo.kv_len
-    if mask is not None:
-      if mask.num_heads is None:
-        ok = ok & mask(qp, kp)
-      else:  # per-head masks over Hq or Hkv heads; h is dynamic, so select by comparison
-        mh = lax.div(h, geo.hq // mask.num_heads)
-        sel = None
-        for j in range(mask.num_heads):
-          mj = (mh == j) & mask.head(j)(qp, kp)
-          sel = mj if sel is None else sel | mj
-        ok = ok & sel
-    return ok
-
-  return fn
 
 
 def _positions(q_block, k_block, geo: _Geo):
@@ -315,6 +267,16 @@ def _interpret(interpret: bool):
 def _lanes(x):
   """[rows] -> [rows, 128] (the per-row scalar layout)."""
   return jnp.broadcast_to(x[:, None], (x.shape[0], _LANES))
+
+
+def _row_maps(lists: _Lists, geo: _Geo):
+  """BlockSpec index maps of the forward and dQ grids (b, q-head, q-block, slot): the q-side
+  block of the row, and the kv-block its slot lists (of the q-head's kv-head)."""
+  def kv_map(b, h, i, j, pcnt, pidx, fcnt, fidx):
+    row = lists.row(b, h, i, geo.hq, geo.group)
+    return (b, lax.div(h, geo.group), lists.block(row, j, pidx, fidx), 0)
+
+  return (lambda b, h, i, j, *_: (b, h, i, 0)), kv_map
 
 
 # -------------------------------------------------------------------------------------- forward
@@ -345,11 +307,7 @@ def _fwd_kernel(pcnt, pidx, fcnt, fidx, q_ref, k_ref, v_ref, o_ref, lse_ref, m_s
     v = v_ref[...]
     acc_scr[...] = alpha[:, :1] * acc_scr[...] + _dot(p.astype(v.dtype), v, _NN)
 
-  partial, full = lists.live(row, j, pcnt, fcnt)
-  if lists.mp:
-    pl.when(partial)(lambda: step(True))
-  if lists.mf:
-    pl.when(full)(lambda: step(False))
+  lists.run_listed(row, j, pcnt, fcnt, step)
 
   @pl.when(j == lists.slots - 1)
   def _finish():
@@ -367,15 +325,10 @@ def _forward(q, k, v, layout, scale: float, interpret: bool):
   qh, kh, vh = _heads_major(q, tp), _heads_major(k, sp), _heads_major(v, sp)
   lists, ops = _lists(layout.kv_num_blocks, layout.kv_indices, layout.full_kv_num_blocks,
                       layout.full_kv_indices)
-  g = geo.group
-
-  def kv_map(b, h, i, j, pcnt, pidx, fcnt, fidx):
-    return (b, lax.div(h, g), lists.block(lists.row(b, h, i, geo.hq, g), j, pidx, fidx), 0)
-
-  q_map = lambda b, h, i, j, *_: (b, h, i, 0)
+  q_map, kv_map = _row_maps(lists, geo)
   out, lse = pl.pallas_call(
       functools.partial(_fwd_kernel, geo=geo, lists=lists, scale=scale,
-                        mask_fn=_mask_fn(layout, geo)),
+                        mask_fn=partial_block_mask(layout, geo.hq)),
       grid_spec=pltpu.PrefetchScalarGridSpec(
           num_scalar_prefetch=4,
           grid=(geo.b, geo.hq, geo.nq, lists.slots),
@@ -420,11 +373,7 @@ def _dq_kernel(pcnt, pidx, fcnt, fidx, q_ref, k_ref, v_ref, do_ref, lse_ref, del
     ds = p * (dp - delta_ref[...][:, :1])
     acc_scr[...] += _dot(ds.astype(kt.dtype), kt, _NN)
 
-  partial, full = lists.live(row, j, pcnt, fcnt)
-  if lists.mp:
-    pl.when(partial)(lambda: step(True))
-  if lists.mf:
-    pl.when(full)(lambda: step(False))
+  lists.run_listed(row, j, pcnt, fcnt, step)
 
   @pl.when(j == lists.slots - 1)
   def _finish():
@@ -533,38 +482,36 @@ def _pairs(layout: BlockLayout, geo: _Geo):
   return spec, [take(kb), take(qb), take(code)]
 
 
+def _backward_inputs(q_map, k_map, geo: _Geo, d: int, dv: int) -> list[pl.BlockSpec]:
+  """The block specs of both backward kernels' inputs: q, k, v, dO, lse, delta."""
+  q_side = lambda width: pl.BlockSpec((None, None, geo.bq, width), q_map)
+  k_side = lambda width: pl.BlockSpec((None, None, geo.bk, width), k_map)
+  return [q_side(d), k_side(d), k_side(dv), q_side(dv), q_side(_LANES), q_side(_LANES)]
+
+
 def _backward(q, k, v, layout, scale: float, interpret: bool, out, lse, dout):
   geo = _geometry(q, k, layout)
   t, s, d, dv = q.shape[1], k.shape[1], q.shape[3], v.shape[3]
   tp, sp = geo.nq * geo.bq, geo.nk * geo.bk
-  g = geo.group
   qh, kh, vh = _heads_major(q, tp), _heads_major(k, sp), _heads_major(v, sp)
   doh = _heads_major(dout.astype(q.dtype), tp)
   # delta_i = sum_d dO_i O_i, the softmax-backward row term (f32; a cheap fused XLA reduction).
   delta = (dout.astype(jnp.float32) * out.astype(jnp.float32)).sum(-1)
   delta = jnp.broadcast_to(_heads_major(delta[..., None], tp), (geo.b, geo.hq, tp, _LANES))
-  mask_fn = _mask_fn(layout, geo)
+  mask_fn = partial_block_mask(layout, geo.hq)
   params = pltpu.CompilerParams(
       dimension_semantics=("parallel", "parallel", "parallel", "arbitrary"))
 
   lists, ops = _lists(layout.kv_num_blocks, layout.kv_indices, layout.full_kv_num_blocks,
                       layout.full_kv_indices)
 
-  def kv_map(b, h, i, j, pcnt, pidx, fcnt, fidx):
-    return (b, lax.div(h, g), lists.block(lists.row(b, h, i, geo.hq, g), j, pidx, fidx), 0)
-
-  q_map = lambda b, h, i, j, *_: (b, h, i, 0)
+  q_map, kv_map = _row_maps(lists, geo)
   dq = pl.pallas_call(
       functools.partial(_dq_kernel, geo=geo, lists=lists, scale=scale, mask_fn=mask_fn),
       grid_spec=pltpu.PrefetchScalarGridSpec(
           num_scalar_prefetch=4,
           grid=(geo.b, geo.hq, geo.nq, lists.slots),
-          in_specs=[pl.BlockSpec((None, None, geo.bq, d), q_map),
-                    pl.BlockSpec((None, None, geo.bk, d), kv_map),
-                    pl.BlockSpec((None, None, geo.bk, dv), kv_map),
-                    pl.BlockSpec((None, None, geo.bq, dv), q_map),
-                    pl.BlockSpec((None, None, geo.bq, _LANES), q_map),
-                    pl.BlockSpec((None, None, geo.bq, _LANES), q_map)],
+          in_specs=_backward_inputs(q_map, kv_map, geo, d, dv),
           out_specs=pl.BlockSpec((None, None, geo.bq, d), q_map),
           scratch_shapes=[pltpu.VMEM((geo.bq, d), jnp.float32)]),
       out_shape=jax.ShapeDtypeStruct((geo.b, geo.hq, tp, d), q.dtype),
@@ -588,12 +535,7 @@ def _backward(q, k, v, layout, scale: float, interpret: bool, out, lse, dout):
       grid_spec=pltpu.PrefetchScalarGridSpec(
           num_scalar_prefetch=3,
           grid=(geo.b, geo.hkv, pairs.length, pairs.inner_group),
-          in_specs=[pl.BlockSpec((None, None, geo.bq, d), q_of),
-                    pl.BlockSpec((None, None, geo.bk, d), k_of),
-                    pl.BlockSpec((None, None, geo.bk, dv), k_of),
-                    pl.BlockSpec((None, None, geo.bq, dv), q_of),
-                    pl.BlockSpec((None, None, geo.bq, _LANES), q_of),
-                    pl.BlockSpec((None, None, geo.bq, _LANES), q_of)],
+          in_specs=_backward_inputs(q_of, k_of, geo, d, dv),
           out_specs=[pl.BlockSpec((None, None, geo.bk, d), k_of),
                      pl.BlockSpec((None, None, geo.bk, dv), k_of)],
           scratch_shapes=[pltpu.VMEM((geo.bk, d), jnp.float32),

@@ -37,6 +37,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
+from sparse_ops.kernels.common import check_call, partial_block_mask, with_kernel_vjp
 from sparse_ops.layout import BlockLayout
 
 _LOG2E = math.log2(math.e)
@@ -137,26 +138,11 @@ def attention(q, k, v, layout: BlockLayout, scale: float | None = None, *,
   ``interpret=True`` runs the kernels in Pallas interpret mode on any backend (slow; for tests).
   Without it, raises on anything but an NVIDIA GPU: there is no silent fallback.
   """
-  if not interpret:
-    why = unavailable()
-    if why is not None:
-      raise ValueError(why)
-  b, t, hq, d = q.shape
-  s, hkv = k.shape[1], k.shape[2]
-  if (layout.q_len, layout.kv_len) != (t, s):
-    raise ValueError(f"layout is for (q_len, kv_len)=({layout.q_len}, {layout.kv_len}) but q and "
-                     f"k have T={t}, S={s}")
-  if hq % hkv:
-    raise ValueError(f"Hq={hq} must be a multiple of Hkv={hkv}")
-  for name, blk in (("block_q", layout.block_q), ("block_kv", layout.block_kv)):
-    if blk < _MIN_BLOCK or blk & (blk - 1):
-      raise ValueError(f"layout.{name}={blk} must be a power of two >= {_MIN_BLOCK} for "
-                       f"implementation='pallas_triton' (Triton tiles); build the layout with "
-                       f"e.g. block_q=block_kv=128")
-  if layout.batch_size not in (1, b):
-    raise ValueError(f"layout batch={layout.batch_size}; valid: 1 or B={b}")
-  if layout.num_heads not in (1, hkv, hq):
-    raise ValueError(f"layout has {layout.num_heads} heads; valid: 1, Hkv={hkv} or Hq={hq}")
+  check_call(q, k, layout, unavailable=unavailable, interpret=interpret,
+             block_ok=lambda n: n >= _MIN_BLOCK and not n & (n - 1),
+             block_rule=f"a power of two >= {_MIN_BLOCK} for implementation='pallas_triton' "
+                        "(Triton tiles); build the layout with e.g. block_q=block_kv=128")
+  d = q.shape[3]
   if scale is None:
     scale = d ** -0.5
   if tiles is None:
@@ -170,24 +156,8 @@ class _Static:
   interpret: bool
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-def _attention(q, k, v, layout, scale, static):
-  return _forward(q, k, v, layout, scale, static)[0]
-
-
-def _attention_fwd(q, k, v, layout, scale, static):
-  out, lse = _forward(q, k, v, layout, scale, static)
-  return out, (q, k, v, layout, out, lse)
-
-
-def _attention_bwd(scale, static, res, dout):
-  q, k, v, layout, out, lse = res
-  dq, dk, dv = _backward(q, k, v, layout, scale, static, out, lse, dout)
-  dlayout = jax.tree.map(lambda x: jnp.zeros(jnp.shape(x), jax.dtypes.float0), layout)
-  return dq, dk, dv, dlayout
-
-
-_attention.defvjp(_attention_fwd, _attention_bwd)
+# Late-bound (lambdas), so the kernels can be swapped or spied on in tests.
+_attention = with_kernel_vjp(lambda *a: _forward(*a), lambda *a: _backward(*a))
 
 
 # ------------------------------------------------------------------------------------ geometry
@@ -255,27 +225,6 @@ def _flat_lists(count, idx):
   count, idx = jnp.asarray(count, jnp.int32), jnp.asarray(idx, jnp.int32)
   spec = _Lists(bl=count.shape[0], hl=count.shape[1], rows=count.shape[2], slots=idx.shape[3])
   return spec, count.reshape(-1), idx.reshape(-1)
-
-
-def _mask_fn(layout: BlockLayout, geo: _Geo):
-  """(q_pos [tq, 1], k_pos [1, tk], q-head h) -> bool [tq, tk] for partial blocks."""
-  mask = layout.mask
-
-  def fn(qp, kp, h):
-    ok = kp < geo.kv_len
-    if mask is not None:
-      if mask.num_heads is None:
-        ok = ok & mask(qp, kp)
-      else:  # per-head masks over Hq or Hkv heads; h is dynamic, so select by comparison
-        mh = lax.div(h, geo.hq // mask.num_heads)
-        sel = None
-        for j in range(mask.num_heads):
-          mj = (mh == j) & mask.head(j)(qp, kp)
-          sel = mj if sel is None else sel | mj
-        ok = ok & sel
-    return jnp.broadcast_to(ok, (qp.shape[0], kp.shape[1]))
-
-  return fn
 
 
 def _q_tile(geo: _Geo, tq: int):
@@ -400,7 +349,7 @@ def _forward(q, k, v, layout, scale, static: _Static):
   flist, fcnt, fidx = _flat_lists(layout.full_kv_num_blocks, layout.full_kv_indices)
   g, n = geo.group, tp // tq
   kernel = functools.partial(_fwd_kernel, geo=geo, tile=tile, c=scale * _LOG2E, plist=plist,
-                             flist=flist, mask_fn=_mask_fn(layout, geo))
+                             flist=flist, mask_fn=partial_block_mask(layout, geo.hq))
   out, lse = pl.pallas_call(
       kernel,
       grid=(n, geo.b, geo.hq),
@@ -510,7 +459,7 @@ def _backward(q, k, v, layout, scale, static: _Static, out, lse, dout):
   delta = (dout.astype(jnp.float32) * out.astype(jnp.float32)).sum(-1).transpose(0, 2, 1)
   delta = jnp.pad(delta, ((0, 0), (0, 0), (0, tp - t)))  # [B, Hq, T_pad]
   c = scale * _LOG2E
-  mask_fn = _mask_fn(layout, geo)
+  mask_fn = partial_block_mask(layout, geo.hq)
 
   # dQ over the forward lists.
   tile = _clip(static.tiles.dq, geo)
