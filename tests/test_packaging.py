@@ -44,7 +44,10 @@ def _pypi_reachable() -> bool:
 @pytest.mark.slow
 def test_sparse_ops_installs_with_jax_and_numpy_alone(tmp_path):
   if not _pypi_reachable():
-    pytest.skip("pypi.org:443 unreachable: a fresh venv cannot install jax here")
+    # Runs wherever pypi.org is reachable (CI and the dev machines are); skipped, saying so,
+    # on an offline machine, where a fresh venv cannot install jax.
+    pytest.skip("pypi.org:443 unreachable: a fresh venv cannot install jax here; this test "
+                "runs on any machine with PyPI access (CI)")
   # From a copy: building in place would leave build/ and *.egg-info in the checkout.
   src = tmp_path / "src"
   shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(

@@ -116,7 +116,7 @@ def metadata_bytes(layout: BlockLayout, num_q_heads: int | None = None,
   slots = layout.kv_indices.shape[-1] + layout.full_kv_indices.shape[-1]
   fwd = bl * hl * nq * (2 + slots)
   hq = num_q_heads or hl
-  hkv = num_kv_heads or max(1, hl if hl < hq else hq)
+  hkv = num_kv_heads or hq
   seqs, per_seq = _pair_shape(hl, hq, hkv, nq, slots, layout.num_kv_blocks)
   return 4 * max(fwd, 3 * bl * seqs * per_seq)
 

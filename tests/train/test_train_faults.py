@@ -23,6 +23,8 @@ from train import guard
 from train import log as log_lib
 from train.__main__ import main
 
+from test_train import losses  # tests/train is on sys.path under pytest
+
 HERE = Path(__file__).resolve().parent
 TINY = ["--model.vocab-size", "128", "--model.width", "32", "--model.depth", "1",
         "--model.num-heads", "2", "--data.seq-len", "64", "--batch-size", "4",
@@ -40,15 +42,6 @@ def _toy_tasks_importable(monkeypatch):
 
 def env():
   return {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
-
-
-def losses(run_dir):
-  out = {}
-  for r in log_lib.read_metrics(run_dir):
-    if "loss" in r:
-      assert r["step"] not in out, f"step {r['step']} logged twice"
-      out[r["step"]] = r["loss"]
-  return out
 
 
 def snapshot(run_dir):
