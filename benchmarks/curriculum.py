@@ -27,9 +27,10 @@ TASKS = ("niah_single", "niah_multikey", "chain_resolve", "common_words")
 
 def run(length: int, short: int, frac: float, budget: float, workdir: pathlib.Path) -> dict:
   import train
-  from experiments import evaluate as ev, sweep
-  from experiments.grid import Grid, Optim
-  from experiments.study import EvalSpec, Study
+  from experiments.evaluation import evaluate as ev
+  from experiments.runs import job
+  from experiments.spec.grid import Grid, Optim
+  from experiments.spec.study import EvalSpec, Study
   kw = dict(budgets=(budget,), sizes=("100k",), sparsities=(0.0,), seq_lens=(length,),
             batch_size=8, vocab_size=128, tasks=TASKS, optim=Optim(lr=3e-3, warmup_frac=0.05),
             implementation="xla", min_steps=10)
@@ -43,9 +44,9 @@ def run(length: int, short: int, frac: float, budget: float, workdir: pathlib.Pa
                 checkpoint_every=10**6, log_every=50)
   run_dir = workdir / spec.run_id
   t0 = time.time()
-  result = train.run(sweep.train_config(spec, run_dir, study, progress=False))
+  result = train.run(job.train_config(spec, run_dir, study, progress=False))
   train_s = time.time() - t0
-  model, dtype = sweep.trained_model(run_dir)
+  model, dtype = job.trained_model(run_dir)
   rows = ev.evaluate(ev.make_forward(model, dtype), spec.model, spec_eval, grid.vocab_size)
   return {"label": spec.label, "steps": spec.steps, "short_steps": spec.short_steps,
           "train_flops": spec.train_flops, "train_s": round(train_s, 1),

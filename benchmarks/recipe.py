@@ -188,6 +188,29 @@ PRESETS: dict[str, dict[str, Any]] = {
                               "eval_every": 2000, "optim.lr": 1.5e-3, "limit_s": 230},
         },
     },
+    # Issue 19's calibration: how the recipe spends a FLOP budget. The h200_learn 800k run
+    # (18000 steps of 64 x 512 / 8 x 4096, 7.4e15 FLOPs, 155 s alone) is the reference. Here the
+    # same FLOPs with 4x the tokens per step (the small models' steps are bound by per-step
+    # overhead, not arithmetic), with and without the sqrt(4) learning rate, and the iso-FLOP
+    # neighbours 300k and 3m at that budget; all scored at 1024, 2048 and 4096. `alone` runs by
+    # itself first; the rest run side by side on the one GPU (--parallel), which measures what
+    # sharing the GPU between runs costs each of them.
+    "h200_budget": {
+        "base": {"task": MIX_PATH, "model.size": "800k", "model.vocab_size": 512,
+                 "data.seq_len": 4096, "batch_size": 32, "data.short_len": 512,
+                 "data.short_frac": 0.5, "steps": 4500, "optim.lr": 3e-3,
+                 "optim.weight_decay": 0.0, "optim.warmup_frac": 0.05, "model.conv_kernel": 4,
+                 "compute_dtype": "bfloat16", "eval_every": 500, "eval_examples": 32,
+                 "final_examples": 128, "final_lengths": [1024, 2048, 4096],
+                 "steps_per_call": 50, "limit_s": 420},
+        "variants": {
+            "800k_b4x": {"alone": True},
+            "800k_b4x_lr1x": {"optim.lr": 1.5e-3},
+            "3m_b4x": {"model.size": "3m", "steps": 1740, "optim.lr": 2e-3, "eval_every": 250},
+            "300k_b4x": {"model.size": "300k", "steps": 9000, "optim.lr": 4e-3,
+                         "eval_every": 1000},
+        },
+    },
 }
 
 
@@ -209,7 +232,7 @@ def build_config(spec: dict[str, Any], run_dir: str):
     data["short_steps"] = round(data.pop("short_frac") * steps)
   tasks = tuple(_tasks(spec.pop("task")))
   every, examples = spec.pop("eval_every"), spec.pop("eval_examples")
-  for own in ("final_examples", "final_lengths", "limit_s"):
+  for own in ("final_examples", "final_lengths", "limit_s", "alone"):
     spec.pop(own, None)
   return train.Config(
       run_dir=run_dir, model=model, steps=steps,
@@ -233,11 +256,11 @@ def final_scores(run_dir: str, tasks: tuple[str, ...], lengths: list[int], examp
                  batch: int = 64) -> dict[str, dict[str, Any]]:
   """{length: {task: per-question exact match}} of the run's final model on `examples` test
   contexts of each task, with a 95% bootstrap interval over contexts. The model is loaded once
-  and run as the study evaluates (`experiments.evaluate.make_forward`, the run's compute dtype,
+  and run as the study evaluates (`experiments.evaluation.evaluate.make_forward`, the run's compute dtype,
   dense causal: the recipe's runs are dense)."""
   import sparse_ops as so
   import train
-  from experiments import evaluate
+  from experiments.evaluation import evaluate
   from experiments.tasks import scoring
   model, cfg, _ = train.load(run_dir)
   forward = evaluate.make_forward(model, cfg.compute_dtype)
@@ -320,6 +343,9 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--only", nargs="*", help="variants to run (default: all)")
   parser.add_argument("--out", type=pathlib.Path, help="JSON path (default: results/recipe_<preset>.json)")
   parser.add_argument("--runs", default="/tmp/recipe_runs")
+  parser.add_argument("--parallel", type=int, default=1,
+                      help="variants trained side by side on the one GPU (each a process with "
+                           "1/N of its memory); those marked alone first, by themselves")
   parser.add_argument("--variant", help=argparse.SUPPRESS)  # child mode: run one, print JSON
   parser.add_argument("--plot", nargs="+", metavar="PRESET",
                       help="only draw these presets' committed curves to results/recipe_curves.png")
@@ -344,17 +370,7 @@ def main(argv: list[str] | None = None) -> None:
   report.update(benchmark="learning-recipe ablations", preset=args.preset,
                 date=datetime.date.today().isoformat(), base=preset["base"])
   report.setdefault("variants", {})
-  for name in names:
-    limit = {**preset["base"], **preset["variants"][name]}["limit_s"]
-    start = time.perf_counter()
-    try:
-      proc = subprocess.run([sys.executable, "-m", "benchmarks.recipe", "--preset", args.preset,
-                             "--variant", name, "--runs", args.runs], capture_output=True,
-                            text=True, timeout=limit)
-      lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
-      row = json.loads(lines[-1][7:]) if lines else {"error": proc.stderr[-2000:]}
-    except subprocess.TimeoutExpired:
-      row = {"error": f"timed out after {limit} s"}
+  def record(name: str, row: dict[str, Any], start: float) -> None:
     row["change"] = preset["variants"][name]
     row["process_s"] = time.perf_counter() - start
     for key in ("device", "versions"):
@@ -363,8 +379,48 @@ def main(argv: list[str] | None = None) -> None:
     report["variants"][name] = row
     out.write_text(json.dumps(report, indent=1))  # after every variant: a time limit keeps some
     print(_line(name, row), flush=True)
+
+  spec_of = lambda name: {**preset["base"], **preset["variants"][name]}
+  alone = [n for n in names if args.parallel <= 1 or spec_of(n).get("alone")]
+  together = [n for n in names if n not in alone]
+  for name in alone:
+    start = time.perf_counter()
+    proc = _child(args, name, parallel=1)
+    record(name, _result(proc, spec_of(name)["limit_s"]), start)
+  for i in range(0, len(together), args.parallel):  # side by side on one GPU, a group at a time
+    group = together[i:i + args.parallel]
+    start = time.perf_counter()
+    procs = {n: _child(args, n, parallel=len(group)) for n in group}
+    for n, proc in procs.items():
+      row = _result(proc, spec_of(n)["limit_s"] - (time.perf_counter() - start))
+      row["side_by_side"] = group
+      record(n, row, start)
   out.with_suffix(".md").write_text(table(report))
   print(table(report))
+
+
+def _child(args, name: str, parallel: int) -> subprocess.Popen:
+  """One variant in its own process; with others beside it, a share of the GPU's memory
+  (JAX otherwise preallocates 75% of it in the first process)."""
+  import os
+  env = dict(os.environ)
+  if parallel > 1:
+    env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{0.9 / parallel:.3f}"
+  return subprocess.Popen([sys.executable, "-m", "benchmarks.recipe", "--preset", args.preset,
+                           "--variant", name, "--runs", args.runs], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, env=env)
+
+
+def _result(proc: subprocess.Popen, limit: float) -> dict[str, Any]:
+  """The child's RESULT line, or what went wrong (its stderr's tail, or the time limit)."""
+  try:
+    stdout, stderr = proc.communicate(timeout=max(limit, 1))
+  except subprocess.TimeoutExpired:
+    proc.kill()
+    proc.communicate()
+    return {"error": f"timed out after its limit ({limit:.0f} s left)"}
+  lines = [l for l in stdout.splitlines() if l.startswith("RESULT ")]
+  return json.loads(lines[-1][7:]) if lines else {"error": stderr[-2000:]}
 
 
 def plot(names: list[str], out: pathlib.Path) -> None:

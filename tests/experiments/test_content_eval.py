@@ -11,13 +11,15 @@ from flax import nnx
 
 import models
 import sparse_ops as so
-from experiments import budgets, frontier as fr, oracle
-from experiments import evaluate as ev
-from experiments import settings as settings_lib
-from experiments import study as study_lib
+from experiments import stats
+from experiments.analysis import budgets
+from experiments.tools import oracle
+from experiments.evaluation import evaluate as ev
+from experiments.spec import settings as settings_lib
+from experiments.spec import study as study_lib
 from experiments import tasks
-from experiments.grid import config_hash, to_dict
-from experiments.study import EvalSpec
+from experiments.spec.grid import config_hash, to_dict
+from experiments.spec.study import EvalSpec
 from models import transformer
 
 T, VOCAB = 64, 128
@@ -226,7 +228,7 @@ def _point(run, setting, budget, t, acc, flops, phase="prefill", n=40):
   return dict(run_id=run, run_label=run, category="retrieval", phase=phase, eval_length=t,
               eval_setting=setting, eval_pattern="dense" if setting == "dense" else "topk_blocks",
               eval_budget=budget, inference_flops_per_token=flops, chance=0.03,
-              arm=fr.Arm.of([1] * k + [0] * (n - k)))
+              arm=stats.Arm.of([1] * k + [0] * (n - k)))
 
 
 def test_budget_section_pairs_equal_average_flops_and_names_the_winner():

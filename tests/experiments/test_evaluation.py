@@ -10,9 +10,9 @@ from flax import nnx
 
 import models
 import sparse_ops as so
-from experiments import evaluate as ev
+from experiments.evaluation import evaluate as ev
 from experiments import tasks
-from experiments.study import EvalSpec
+from experiments.spec.study import EvalSpec
 from sparse_ops import masks as M
 
 

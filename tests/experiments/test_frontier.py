@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from experiments import frontier as fr
+from experiments import stats
+from experiments.analysis import frontier as fr
 from experiments.stats import proportion_ci
 
 
@@ -17,7 +18,7 @@ def _bernoulli(k, n):
 def test_welch_matches_the_textbook_formula_and_scipy():
   rng = np.random.default_rng()
   a, b = rng.normal(1.0, 2.0, 37), rng.normal(0.2, 0.5, 23)
-  w = fr.welch_greater(fr.Arm.of(a), fr.Arm.of(b))
+  w = stats.welch_greater(stats.Arm.of(a), stats.Arm.of(b))
   va, vb = a.var(ddof=1) / 37, b.var(ddof=1) / 23
   assert w.t == pytest.approx((a.mean() - b.mean()) / math.sqrt(va + vb), rel=1e-12)
   assert w.df == pytest.approx((va + vb) ** 2 / (va ** 2 / 36 + vb ** 2 / 22), rel=1e-12)
@@ -27,30 +28,30 @@ def test_welch_matches_the_textbook_formula_and_scipy():
 
 def test_welch_known_case():
   # Two arms with means 0.8 and 0.5 at n=100 each: t ≈ 4.60, clearly significant; reversed: not.
-  a, b = fr.Arm.of(_bernoulli(80, 100)), fr.Arm.of(_bernoulli(50, 100))
-  w = fr.welch_greater(a, b)
+  a, b = stats.Arm.of(_bernoulli(80, 100)), stats.Arm.of(_bernoulli(50, 100))
+  w = stats.welch_greater(a, b)
   assert w.t == pytest.approx(0.3 / math.sqrt(0.8 * 0.2 * 100 / 99 / 100 + 0.25 * 100 / 99 / 100))
-  assert w.p < 1e-5 and fr.significantly_greater(a, b)
-  assert not fr.significantly_greater(b, a)
+  assert w.p < 1e-5 and stats.significantly_greater(a, b)
+  assert not stats.significantly_greater(b, a)
   # Same rate, same n: the statistic is exactly 0, p exactly one half.
-  assert fr.welch_greater(a, a).p == pytest.approx(0.5)
+  assert stats.welch_greater(a, a).p == pytest.approx(0.5)
 
 
 def test_welch_constant_arms():
-  ones, zeros = fr.Arm.of(np.ones(10)), fr.Arm.of(np.zeros(10))
-  assert fr.significantly_greater(ones, zeros)
-  assert not fr.significantly_greater(zeros, ones)
-  assert not fr.significantly_greater(ones, ones)
-  assert not fr.significantly_greater(fr.Arm.of(np.ones(3)), fr.Arm.of(np.zeros(3)))
+  ones, zeros = stats.Arm.of(np.ones(10)), stats.Arm.of(np.zeros(10))
+  assert stats.significantly_greater(ones, zeros)
+  assert not stats.significantly_greater(zeros, ones)
+  assert not stats.significantly_greater(ones, ones)
+  assert not stats.significantly_greater(stats.Arm.of(np.ones(3)), stats.Arm.of(np.zeros(3)))
   with pytest.raises(ValueError, match="n >= 2"):
-    fr.welch_greater(fr.Arm.of([1.0]), ones)
+    stats.welch_greater(stats.Arm.of([1.0]), ones)
 
 
 def test_pooled_arm_equals_the_concatenated_sample():
   rng = np.random.default_rng()
   parts = [rng.integers(0, 2, n).astype(float) for n in (5, 17, 40)]
-  pooled = fr.Arm.pool(fr.Arm.of(p) for p in parts)
-  whole = fr.Arm.of(np.concatenate(parts))
+  pooled = stats.Arm.pool(stats.Arm.of(p) for p in parts)
+  whole = stats.Arm.of(np.concatenate(parts))
   assert pooled.n == whole.n
   assert pooled.mean == pytest.approx(whole.mean, rel=1e-12)
   assert pooled.std == pytest.approx(whole.std, rel=1e-12)
@@ -71,20 +72,20 @@ def test_proportion_interval_is_wilsons():
 
 
 def test_tolerance_finds_the_first_significant_drop():
-  dense = fr.Arm.of(_bernoulli(180, 200))  # 0.90
-  curve = {0.5: fr.Arm.of(_bernoulli(181, 200)),   # 0.905: fine
-           0.75: fr.Arm.of(_bernoulli(172, 200)),  # 0.86: within noise at n=200
-           0.9: fr.Arm.of(_bernoulli(60, 200)),    # 0.30: a collapse
-           0.95: fr.Arm.of(_bernoulli(180, 200))}  # recovery after a drop does not count
+  dense = stats.Arm.of(_bernoulli(180, 200))  # 0.90
+  curve = {0.5: stats.Arm.of(_bernoulli(181, 200)),   # 0.905: fine
+           0.75: stats.Arm.of(_bernoulli(172, 200)),  # 0.86: within noise at n=200
+           0.9: stats.Arm.of(_bernoulli(60, 200)),    # 0.30: a collapse
+           0.95: stats.Arm.of(_bernoulli(180, 200))}  # recovery after a drop does not count
   assert fr.tolerance(dense, curve) == 0.75
-  assert fr.tolerance(dense, {0.5: fr.Arm.of(_bernoulli(20, 200))}) == 0.0
+  assert fr.tolerance(dense, {0.5: stats.Arm.of(_bernoulli(20, 200))}) == 0.0
   assert fr.tolerance(dense, {s: dense for s in (0.5, 0.9)}) == 0.9
 
 
 def test_above_chance():
-  assert fr.above_chance(fr.Arm.of(_bernoulli(20, 64)), 1 / 30)
-  assert not fr.above_chance(fr.Arm.of(_bernoulli(3, 64)), 1 / 30)
-  assert not fr.above_chance(fr.Arm.of(_bernoulli(0, 64)), 0.0)
+  assert stats.above_chance(stats.Arm.of(_bernoulli(20, 64)), 1 / 30)
+  assert not stats.above_chance(stats.Arm.of(_bernoulli(3, 64)), 1 / 30)
+  assert not stats.above_chance(stats.Arm.of(_bernoulli(0, 64)), 0.0)
 
 
 def test_pareto_on_known_points():
@@ -113,7 +114,7 @@ def test_loglinear_fit_recovers_coefficients():
 def _point(label, params, flops, k, n=100, sparse=False, length=1024, chance=0.01):
   return dict(category="retrieval", eval_length=length, phase="prefill", budget=1e15,
               label=label, params=params, sparse=sparse, inference_flops_per_token=flops,
-              arm=fr.Arm.of(_bernoulli(k, n)), chance=chance)
+              arm=stats.Arm.of(_bernoulli(k, n)), chance=chance)
 
 
 def test_sparse_vs_dense_verdicts():
@@ -137,18 +138,18 @@ def test_drop_detectable_needs_room_above_chance():
   # 1 or 2 right out of 128 is above a near-zero chance rate, but a fall to chance would not be a
   # significant drop: a tolerance there would be "everything tolerated" from no evidence.
   for k in (1, 2):
-    arm = fr.Arm.of(_bernoulli(k, 128))
-    assert fr.above_chance(arm, 1e-6) and not fr.drop_detectable(arm, 1e-6)
-  assert fr.drop_detectable(fr.Arm.of(_bernoulli(5, 128)), 1e-6)
+    arm = stats.Arm.of(_bernoulli(k, 128))
+    assert stats.above_chance(arm, 1e-6) and not stats.drop_detectable(arm, 1e-6)
+  assert stats.drop_detectable(stats.Arm.of(_bernoulli(5, 128)), 1e-6)
   # measurable: both at once (the report's "too weak to tell" is its negation)
-  assert fr.measurable(fr.Arm.of(_bernoulli(5, 128)), 1e-6)
-  assert not fr.measurable(fr.Arm.of(_bernoulli(2, 128)), 1e-6)
-  assert not fr.measurable(fr.Arm.of(_bernoulli(3, 64)), 1 / 30)  # not above chance
+  assert stats.measurable(stats.Arm.of(_bernoulli(5, 128)), 1e-6)
+  assert not stats.measurable(stats.Arm.of(_bernoulli(2, 128)), 1e-6)
+  assert not stats.measurable(stats.Arm.of(_bernoulli(3, 64)), 1 / 30)  # not above chance
   # the same check against a real chance rate: 20/64 clears 1/30, 4/64 does not
-  assert fr.drop_detectable(fr.Arm.of(_bernoulli(20, 64)), 1 / 30)
-  assert not fr.drop_detectable(fr.Arm.of(_bernoulli(4, 64)), 1 / 30)
+  assert stats.drop_detectable(stats.Arm.of(_bernoulli(20, 64)), 1 / 30)
+  assert not stats.drop_detectable(stats.Arm.of(_bernoulli(4, 64)), 1 / 30)
   # and agrees with the Welch test that tolerance uses: a curve that falls to chance
-  dense = fr.Arm.of(_bernoulli(5, 128))
-  assert fr.tolerance(dense, {0.5: fr.Arm.of(_bernoulli(0, 128))}) == 0.0
-  weak = fr.Arm.of(_bernoulli(2, 128))
-  assert fr.tolerance(weak, {0.5: fr.Arm.of(_bernoulli(0, 128))}) == 0.5
+  dense = stats.Arm.of(_bernoulli(5, 128))
+  assert fr.tolerance(dense, {0.5: stats.Arm.of(_bernoulli(0, 128))}) == 0.0
+  weak = stats.Arm.of(_bernoulli(2, 128))
+  assert fr.tolerance(weak, {0.5: stats.Arm.of(_bernoulli(0, 128))}) == 0.5

@@ -12,8 +12,9 @@ import models
 import sparse_ops as so
 from pathlib import Path
 
-from experiments import study as study_lib, sweep
-from experiments.grid import Grid, Optim, RunSpec, spec_from_dict, to_dict
+from experiments.runs import job
+from experiments.spec import study as study_lib
+from experiments.spec.grid import Grid, Optim, RunSpec, spec_from_dict, to_dict
 
 
 def _all_preset_specs():
@@ -39,7 +40,7 @@ def test_every_preset_point_matches_its_budget_within_one_step(preset):
     assert abs(total - s.budget) <= step / 2 * (1 + 1e-9), (s.label, total, s.budget, step)
     assert s.flops_residual == pytest.approx(total - s.budget, rel=1e-9, abs=1.0)
     # The trainer's own count of the same run agrees.
-    cfg = sweep.train_config(s, Path("/nonexistent"), study_lib.load_preset(preset))
+    cfg = job.train_config(s, Path("/nonexistent"), study_lib.load_preset(preset))
     assert cfg.flops_through(cfg.total_steps) == pytest.approx(total, rel=1e-12)
     assert s.steps >= 1
   for p in skipped:
@@ -172,7 +173,8 @@ def test_bad_grid_names_the_value(kwargs, needle):
 def test_tasks_with_knobs_and_device_batches_reach_the_trainer(tmp_path):
   """A grid task may carry knobs (a multi-question form); the trainer gets the same string and
   the data source, and the run id changes with them."""
-  from experiments import study as study_lib, sweep
+  from experiments.runs import job
+  from experiments.spec import study as study_lib
   tasks = ("niah_multikey(num_needles=8, questions=8)",)
   grid = Grid(budgets=(1e11,), sizes=("100k",), seq_lens=(128,), tasks=tasks,
               data_source="device")
@@ -181,7 +183,7 @@ def test_tasks_with_knobs_and_device_batches_reach_the_trainer(tmp_path):
   assert spec.tasks == tasks and spec.data_source == "device" and spec.run_id != plain.run_id
   study = study_lib.Study(name="t", grid=grid, eval=study_lib.EvalSpec(tasks=("niah_single",), lengths=(128,)),
                           steps_per_call=7)
-  cfg = sweep.train_config(spec, tmp_path, study, progress=False)
+  cfg = job.train_config(spec, tmp_path, study, progress=False)
   assert cfg.data.tasks == tasks and cfg.data.source == "device" and cfg.steps_per_call == 7
 
 
@@ -225,4 +227,4 @@ def test_learning_rate_scales_as_one_over_width_when_asked():
   assert scaled[1].run_id == plain[1].run_id and scaled[0].run_id != plain[0].run_id
   study = study_lib.Study(name="t", grid=Grid(optim=Optim(lr=1e-3, lr_ref_width=192), **base),
                           eval=study_lib.EvalSpec(tasks=("niah_single",), lengths=(64,)))
-  assert sweep.train_config(scaled[0], Path("/tmp/unused"), study).optim.lr == pytest.approx(3e-3)
+  assert job.train_config(scaled[0], Path("/tmp/unused"), study).optim.lr == pytest.approx(3e-3)

@@ -1,12 +1,12 @@
 """Reporting on a copied results folder (results.csv and study.json, no run folders: what
-experiments/results/ commits) rewrites the report and loses no row."""
+studies/ commits) rewrites the report and loses no row."""
 
 import shutil
 from pathlib import Path
 
-from experiments import report
+from experiments.cli import write_report
 
-SMOKE = Path(__file__).resolve().parents[2] / "experiments" / "results" / "smoke"
+SMOKE = Path(__file__).resolve().parents[2] / "studies" / "smoke"
 
 
 def test_report_on_copied_results_keeps_every_row(tmp_path):
@@ -14,6 +14,6 @@ def test_report_on_copied_results_keeps_every_row(tmp_path):
   shutil.copytree(SMOKE, out)
   before = (out / "results.csv").read_text()
   (out / "report.md").unlink()
-  report.write(out, wandb_mode="disabled")
+  write_report(out, wandb_mode="disabled")
   assert (out / "results.csv").read_text() == before
   assert "frontier" in (out / "report.md").read_text().lower()

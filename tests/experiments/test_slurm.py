@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from experiments import sweep
-from experiments.executors.slurm import SlurmExecutor
-from experiments.grid import Grid
-from experiments.study import EvalSpec, Study
+from experiments.runs import files, results, store, sweep
+from experiments.runs.executors.slurm import SlurmExecutor
+from experiments.spec.grid import Grid
+from experiments.spec.study import EvalSpec, Study
 
 SETUP = Path(__file__).resolve().parents[2] / ".ci" / "slurm_setup.sh"
 
@@ -59,17 +59,17 @@ def test_two_runs_through_slurm(tmp_path, slurm_cluster):
   logs = []
   by_state = sweep.run_sweep(study, tmp_path, ex, log=logs.append)
   assert len(by_state["done"]) == 2, (by_state, logs, [
-      sweep.job_record(d) for d in sweep.run_dirs(tmp_path)])
+      store.job_record(d) for d in store.run_dirs(tmp_path)])
   jobs = set()
-  for d in sweep.run_dirs(tmp_path):
-    rec = sweep.job_record(d)
+  for d in store.run_dirs(tmp_path):
+    rec = store.job_record(d)
     assert rec["state"] == "done" and rec["slurm_job"], rec  # it ran inside a Slurm job
     jobs.add(rec["slurm_job"])
-    status = sweep.read_json(d / "status.json")
-    assert status["status"] == "finished" and status["step"] == sweep.load_spec(d).steps
+    status = files.read_json(d / "status.json")
+    assert status["status"] == "finished" and status["step"] == store.load_spec(d).steps
   assert len(jobs) == 2
   assert any("slurm: submitted 2 job(s)" in line for line in logs)
-  rows = sweep.read_results(tmp_path / "results.csv")
+  rows = results.read(tmp_path / "results.csv")
   assert {r["run_id"] for r in rows} == set(by_state["done"])
   assert all(r["n"] == 4 for r in rows)
   # submitit kept each job's log under the study folder
@@ -83,7 +83,7 @@ def test_rerun_waits_for_queued_jobs_instead_of_resubmitting(tmp_path, slurm_clu
                 batch_size=4, phases=("prefill",))
   study = Study(name="slurm-rerun", grid=grid, eval=ev, wandb="disabled", max_attempts=1)
   ex = SlurmExecutor(timeout_min=10, cpus_per_task=1, poll_s=1.0)
-  dirs = sweep.plan(study, tmp_path)
+  dirs = store.plan(study, tmp_path)
   # A sweep that submitted its jobs and then died: the jobs are queued/running, nobody waits.
   jobs = ex.submit(dirs)
   submitted = sorted(j.job_id for j in jobs)
@@ -92,5 +92,5 @@ def test_rerun_waits_for_queued_jobs_instead_of_resubmitting(tmp_path, slurm_clu
   assert len(by_state["done"]) == 2, (by_state, logs)
   assert any("waiting for them instead of submitting again" in line for line in logs), logs
   assert not any("slurm: submitted" in line for line in logs), logs
-  ran = sorted(sweep.job_record(d)["slurm_job"] for d in dirs)
+  ran = sorted(store.job_record(d)["slurm_job"] for d in dirs)
   assert ran == submitted  # each run trained once, in the job first submitted for it

@@ -11,9 +11,11 @@ import time
 from pathlib import Path
 
 import sparse_ops as so
-from experiments import evaluate as ev
-from experiments import executors, report, study as study_lib, sweep
-from experiments import settings as settings_lib
+from experiments.cli import write_report
+from experiments.evaluation import evaluate as ev
+from experiments.runs import executors, files, results, store, sweep
+from experiments.spec import study as study_lib
+from experiments.spec import settings as settings_lib
 from experiments import tasks
 
 REPO = Path(__file__).resolve().parents[2]
@@ -33,26 +35,26 @@ def test_killed_study_resumes_to_the_same_results(tmp_path):
   deadline = time.time() + 240
   first = second = None
   while time.time() < deadline and proc.poll() is None:
-    dirs = sweep.run_dirs(killed) if (killed / "study.json").exists() else []
-    if len(dirs) == 2 and sweep.job_record(dirs[0])["state"] == "done" and \
-        sweep.job_record(dirs[1])["state"] == "running":
+    dirs = store.run_dirs(killed) if (killed / "study.json").exists() else []
+    if len(dirs) == 2 and store.job_record(dirs[0])["state"] == "done" and \
+        store.job_record(dirs[1])["state"] == "running":
       first, second = dirs
       break
     time.sleep(0.2)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   assert first is not None, ("the sweep never reached its second run: "
-                             f"{[sweep.job_record(d) for d in sweep.run_dirs(killed)]}")
-  done_record = sweep.job_record(first)
+                             f"{[store.job_record(d) for d in store.run_dirs(killed)]}")
+  done_record = store.job_record(first)
   assert not (killed / "results.csv").exists() or \
-      sweep.job_record(second)["state"] != "done"
+      store.job_record(second)["state"] != "done"
 
   rerun = subprocess.run(cmd + ["--out", str(killed)], cwd=REPO, env=_env(),
                          capture_output=True, text=True, timeout=300)
   assert rerun.returncode == 0, rerun.stderr[-3000:]
   assert "1 already done" in rerun.stdout, rerun.stdout[-3000:]
-  assert sweep.job_record(first) == done_record  # the finished run was not touched
-  assert sweep.job_record(second)["state"] == "done", sweep.job_record(second)
+  assert store.job_record(first) == done_record  # the finished run was not touched
+  assert store.job_record(second)["state"] == "done", store.job_record(second)
 
   plain = subprocess.run(cmd + ["--out", str(whole)], cwd=REPO, env=_env(),
                          capture_output=True, text=True, timeout=300)
@@ -69,12 +71,12 @@ def test_killed_study_resumes_to_the_same_results(tmp_path):
 def _check_sparsity_columns(out):
   """Every row's sparsity numbers are sparse_ops.flops on the mask that setting means, or, for
   content selection, sparse_ops.selected_pairs for its blocks, budget and phase."""
-  specs = {d.name: sweep.load_spec(d) for d in sweep.run_dirs(out)}
-  study = sweep.load_study(out)
+  specs = {d.name: store.load_spec(d) for d in store.run_dirs(out)}
+  study = store.load_study(out)
   settings = {"native": "native"}
   settings.update({settings_lib.parse(s).name: s for s in study.eval.settings})
-  assert any(r["eval_budget"] for r in sweep.read_results(out / "results.csv"))
-  for r in sweep.read_results(out / "results.csv"):
+  assert any(r["eval_budget"] for r in results.read(out / "results.csv"))
+  for r in results.read(out / "results.csv"):
     spec = specs[r["run_id"]]
     t = r["eval_length"]
     att = ev.setting_attention(spec.model, settings[r["eval_setting"]], study.eval.selection_block)
@@ -106,10 +108,10 @@ def test_nan_run_fails_and_is_reported_while_the_sweep_goes_on(tmp_path):
   by_state = sweep.run_sweep(study, tmp_path, executors.make("local"), log=lambda s: None)
   assert len(by_state["done"]) == 1 and len(by_state["failed"]) == 1
   (bad,) = by_state["failed"]
-  rec = sweep.job_record(tmp_path / "runs" / bad)
+  rec = store.job_record(tmp_path / "runs" / bad)
   assert rec["attempts"] == 2 and "non-finite loss" in rec["error"]
-  assert sweep.read_json(tmp_path / "runs" / bad / "status.json")["status"] == "failed"
-  (row,) = [r for r in sweep.status_rows(tmp_path) if r["run_id"] == bad]
+  assert files.read_json(tmp_path / "runs" / bad / "status.json")["status"] == "failed"
+  (row,) = [r for r in store.status_rows(tmp_path) if r["run_id"] == bad]
   assert row["state"] == "failed" and "non-finite" in row["error"]
-  md = report.write(tmp_path, wandb_mode="disabled").read_text()
+  md = write_report(tmp_path, wandb_mode="disabled").read_text()
   assert f"`{bad}`" in md.split("## Does")[0] and "non-finite loss" in md

@@ -11,11 +11,12 @@ import pytest
 from flax import nnx
 
 import models
-from experiments import executors, report, sweep
-from experiments.__main__ import main as cli
-from experiments.executors.pod import PodExecutor
-from experiments.grid import Grid
-from experiments.study import EvalSpec, Study
+from experiments.cli import write_report
+from experiments.runs import executors, files, job, results, store, sweep
+from experiments.cli import main as cli
+from experiments.runs.executors.pod import PodExecutor
+from experiments.spec.grid import Grid
+from experiments.spec.study import EvalSpec, Study
 
 
 def _study(**kw):
@@ -44,7 +45,7 @@ class FakeTrainer:
 
 
 def loader(run_dir):
-  cfg = sweep.load_spec(run_dir).model
+  cfg = store.load_spec(run_dir).model
   return models.Transformer(cfg, rngs=nnx.Rngs(0)), "float32"
 
 
@@ -65,7 +66,7 @@ def test_failures_are_retried_then_reported_and_do_not_stop_the_sweep(tmp_path, 
   line = next(l for l in out.splitlines() if l.startswith(bad))
   assert "failed" in line and "non-finite" in line
   # the report names it too; results.csv holds only the finished runs
-  md = report.write(tmp_path, wandb_mode="disabled").read_text()
+  md = write_report(tmp_path, wandb_mode="disabled").read_text()
   assert bad in md and "non-finite loss" in md and "Failed runs" in md
   rows = list(csv.DictReader(open(tmp_path / "results.csv")))
   assert {r["run_id"] for r in rows} == set(by_state["done"])
@@ -92,14 +93,14 @@ def test_preempted_run_stops_the_round_and_resumes_on_rerun(tmp_path):
   assert len(by_state["preempted"]) == 1 and len(by_state["done"]) == 1
   assert len(by_state["pending"]) == 1  # the sweep stopped instead of starting the next run
   (pre,) = by_state["preempted"]
-  assert sweep.job_record(tmp_path / "runs" / pre)["attempts"] == 0  # not a failed attempt
-  lost = sweep.job_record(tmp_path / "runs" / pre)["preempted_wall_s"]
+  assert store.job_record(tmp_path / "runs" / pre)["attempts"] == 0  # not a failed attempt
+  lost = store.job_record(tmp_path / "runs" / pre)["preempted_wall_s"]
   assert lost > 0  # the interrupted attempt's time is kept, not lost with its train_wall_s
   before = (tmp_path / "results.csv").read_text()
   by_state = sweep.run_sweep(study, tmp_path, ex, log=lambda s: None)
   assert len(by_state["done"]) == 3
   assert fake.calls["100k/dense/1e+10/T32"] == 1  # finished runs are never redone
-  rec = sweep.job_record(tmp_path / "runs" / pre)
+  rec = store.job_record(tmp_path / "runs" / pre)
   assert rec["state"] == "done" and rec["preempted_wall_s"] == lost
   after = (tmp_path / "results.csv").read_text()
   assert after.startswith(before.strip().splitlines()[0])
@@ -136,11 +137,11 @@ def test_expected_wall_uses_the_same_size_else_other_sizes_with_a_margin(tmp_pat
           "d": ("6m", 2e15, None)}
   for rid, (size, budget, wall) in runs.items():
     (tmp_path / "runs" / rid).mkdir(parents=True)
-    sweep.write_json(tmp_path / "runs" / rid / "spec.json", {"size": size, "budget": budget})
+    files.write_json(tmp_path / "runs" / rid / "spec.json", {"size": size, "budget": budget})
     if wall is not None:
-      sweep.write_json(tmp_path / "runs" / rid / "job.json",
+      files.write_json(tmp_path / "runs" / rid / "job.json",
                        {"state": "done", "train_wall_s": wall - 40, "eval_wall_s": 40.0})
-  sweep.write_json(tmp_path / "study.json", {"run_order": list(runs)})
+  files.write_json(tmp_path / "study.json", {"run_order": list(runs)})
   assert sweep.expected_wall(tmp_path, tmp_path / "runs" / "a") == 140.0
   # a new size at the same budget: the other sizes' longest, with the margin
   assert sweep.expected_wall(tmp_path, tmp_path / "runs" / "c") == pytest.approx(
@@ -172,7 +173,7 @@ def test_results_csv_has_the_columns_the_study_promises(tmp_path):
   study = _study()
   sweep.run_sweep(study, tmp_path, executors.make("local", trainer=FakeTrainer(),
                                                   loader=loader), log=lambda s: None)
-  rows = sweep.read_results(tmp_path / "results.csv")
+  rows = results.read(tmp_path / "results.csv")
   need = {"run_id", "size", "params", "train_pattern", "train_sparsity_element",
           "train_sparsity_block", "eval_sparsity_element", "eval_sparsity_block", "budget",
           "train_flops_per_token", "inference_flops_per_token", "accuracy", "ci_low", "ci_high",
@@ -187,9 +188,9 @@ def test_results_csv_has_the_columns_the_study_promises(tmp_path):
 
 
 def test_second_sweep_on_the_same_folder_is_refused(tmp_path):
-  with sweep.study_lock(tmp_path):
+  with store.study_lock(tmp_path):
     with pytest.raises(RuntimeError, match="another sweep is running"):
-      with sweep.study_lock(tmp_path):
+      with store.study_lock(tmp_path):
         pass
 
 
@@ -214,7 +215,7 @@ def test_pod_environment_reaches_the_trainer_config(tmp_path, monkeypatch):
   monkeypatch.setenv("EXPERIMENTS_COORDINATOR", "h0:1234")
   monkeypatch.setenv("EXPERIMENTS_NUM_PROCESSES", "4")
   monkeypatch.setenv("EXPERIMENTS_PROCESS_ID", "2")
-  cfg = sweep.train_config(spec, tmp_path, study)
+  cfg = job.train_config(spec, tmp_path, study)
   assert (cfg.distributed.coordinator, cfg.distributed.num_processes,
           cfg.distributed.process_id) == ("h0:1234", 4, 2)
   assert cfg.steps == spec.steps and cfg.model == spec.model and cfg.resume
@@ -229,15 +230,15 @@ def test_wandb_offline_summary_holds_the_results_table_and_plots(tmp_path, monke
   sweep.run_sweep(study, tmp_path, executors.make("local", trainer=FakeTrainer(),
                                                   loader=loader), log=lambda s: None)
   # one eval run per model, in the study's group, with flat config fields
-  for d in sweep.run_dirs(tmp_path):
+  for d in store.run_dirs(tmp_path):
     (run,) = (d / "wandb").glob("offline-run-*-eval/*.wandb")
     blob = run.read_bytes()
     for key in (b"train_sparsity", b"pattern", b"budget", b"params", study.name.encode()):
       assert key in blob
-  report.write(tmp_path)
+  write_report(tmp_path)
   (summary,) = (tmp_path / "wandb").glob("offline-run-*-t-summary")
   (table,) = (summary / "files" / "media" / "table").glob("results_*.table.json")
   data = json.loads(table.read_text())
-  rows = sweep.read_results(tmp_path / "results.csv")
+  rows = results.read(tmp_path / "results.csv")
   assert "inference_flops_per_token" in data["columns"] and len(data["data"]) == len(rows) == 6
   assert len(list((summary / "files" / "media" / "images" / "plots").glob("*.png"))) == 3

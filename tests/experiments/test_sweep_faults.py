@@ -15,10 +15,11 @@ import pytest
 from flax import nnx
 
 import models
-from experiments import executors, report, sweep
-from experiments.__main__ import main as cli
-from experiments.grid import Grid
-from experiments.study import EvalSpec, Study
+from experiments.cli import write_report
+from experiments.runs import executors, files, results, store, sweep
+from experiments.cli import main as cli
+from experiments.spec.grid import Grid
+from experiments.spec.study import EvalSpec, Study
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -40,12 +41,12 @@ class Fake:
   def __call__(self, spec, run_dir, study):
     self.calls[run_dir.name] = self.calls.get(run_dir.name, 0) + 1
     self.fail(run_dir)
-    sweep.write_json(run_dir / "status.json", {"status": "finished", "step": spec.steps})
+    files.write_json(run_dir / "status.json", {"status": "finished", "step": spec.steps})
     return {"status": "finished", "step": spec.steps}
 
 
 def loader(run_dir):
-  return models.Transformer(sweep.load_spec(run_dir).model, rngs=nnx.Rngs(0)), "float32"
+  return models.Transformer(store.load_spec(run_dir).model, rngs=nnx.Rngs(0)), "float32"
 
 
 def _sweep(study, out, fake, **kw):
@@ -72,23 +73,23 @@ def test_killed_sweep_takes_its_worker_with_it_and_the_rerun_continues_exactly(t
   with its parent (saves, records preempted), and the rerun resumes to the same results."""
   study = _study(budgets=(2e10,), sparsities=(0.0,), checkpoint_every=50, log_every=10)
   killed, whole = tmp_path / "killed", tmp_path / "whole"
-  (run,) = sweep.plan(study, killed)
-  code = ("import sys; from experiments import executors, sweep; out = sys.argv[1]; "
-          "sweep.run_sweep(sweep.load_study(out), out, executors.make('local', workers=1))")
+  (run,) = store.plan(study, killed)
+  code = ("import sys; from experiments.runs import executors, store, sweep; out = sys.argv[1]; "
+          "sweep.run_sweep(store.load_study(out), out, executors.make('local', workers=1))")
   proc = subprocess.Popen([sys.executable, "-c", code, str(killed)], cwd=REPO, env=_env(),
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   deadline = time.time() + 120
-  while time.time() < deadline and sweep._last_step(run) < 40:
+  while time.time() < deadline and store._last_step(run) < 40:
     time.sleep(0.05)
   proc.kill()  # SIGKILL: the sweep gets no chance to clean up
   proc.wait()
-  worker = sweep.job_record(run)["pid"]
-  assert 40 <= sweep._last_step(run) < 437, "the kill did not land mid-run"
+  worker = store.job_record(run)["pid"]
+  assert 40 <= store._last_step(run) < 437, "the kill did not land mid-run"
   t0 = time.time()
   while not _gone(worker) and time.time() - t0 < 10:
     time.sleep(0.1)
   assert _gone(worker), f"worker {worker} outlived its sweep by 10 s"
-  assert sweep.job_record(run)["state"] == "preempted"  # it saved and said so, not "failed"
+  assert store.job_record(run)["state"] == "preempted"  # it saved and said so, not "failed"
 
   os.environ.setdefault("EXPERIMENTS_PROGRESS", "0")
   assert sweep.run_sweep(study, killed, executors.make("local"),
@@ -108,7 +109,7 @@ def test_a_run_held_by_another_process_is_left_to_it_not_failed(tmp_path, monkey
   the sweep neither trains it a second time nor counts an attempt; it says running."""
   import fcntl
   study = _study(sparsities=(0.0, 0.5), max_attempts=2)
-  dirs = sweep.plan(study, tmp_path)
+  dirs = store.plan(study, tmp_path)
   held, rest = dirs[1], dirs[:1]
   fake = Fake()
   with open(held / ".job.lock", "a") as f:  # what a worker of a killed sweep still holds
@@ -117,7 +118,7 @@ def test_a_run_held_by_another_process_is_left_to_it_not_failed(tmp_path, monkey
     by_state = _sweep(study, tmp_path, fake, log=log.append)
     assert held.name not in fake.calls and by_state["running"] == [held.name]
     assert sorted(by_state["done"]) == sorted(d.name for d in rest)
-    assert sweep.job_record(held)["attempts"] == 0
+    assert store.job_record(held)["attempts"] == 0
     assert any(held.name in line and "ELSEWHERE" in line for line in log)
     assert held.name not in (tmp_path / "results.csv").read_text()
   # The trainer's own lock (`python -m train` on the run dir by hand): train.run raises
@@ -131,8 +132,8 @@ def test_a_run_held_by_another_process_is_left_to_it_not_failed(tmp_path, monkey
                              log=lambda s: None)
   monkeypatch.undo()
   assert by_state["running"] == [held.name]
-  assert sweep.read_json(held / "job.json")["attempts"] == 0
-  assert sweep.read_json(held / "job.json")["state"] == "pending"
+  assert files.read_json(held / "job.json")["attempts"] == 0
+  assert files.read_json(held / "job.json")["state"] == "pending"
   assert _sweep(study, tmp_path, fake)["done"] == [d.name for d in dirs]  # released: trained
 
 
@@ -142,11 +143,11 @@ def test_another_preset_on_a_study_folder_is_refused_unless_added(tmp_path, caps
   fake = Fake()
   _sweep(a, tmp_path, fake)
   before = {p: (tmp_path / p).read_bytes() for p in ("study.json", "results.csv")}
-  with pytest.raises(sweep.StudyMismatch, match="preset 'a'.*preset 'b'.*--add-to-study"):
+  with pytest.raises(store.StudyMismatch, match="preset 'a'.*preset 'b'.*--add-to-study"):
     _sweep(b, tmp_path, fake)
   assert {p: (tmp_path / p).read_bytes() for p in before} == before  # nothing touched
   # The CLI: one line naming both presets, before anything trains.
-  sweep.plan(sweep.study_lib.load_preset("micro"), tmp_path / "m")
+  store.plan(sweep.study_lib.load_preset("micro"), tmp_path / "m")
   with pytest.raises(SystemExit):
     cli(["run", "--preset", "smoke", "--out", str(tmp_path / "m")])
   err = capsys.readouterr().err.strip().splitlines()
@@ -155,19 +156,19 @@ def test_another_preset_on_a_study_folder_is_refused_unless_added(tmp_path, caps
   # Asked explicitly: b's run joins, a's stay (not retrained) in results.csv and the report.
   by_state = _sweep(b, tmp_path, fake, add_to_study=True)
   assert len(by_state["done"]) == 3 and sorted(fake.calls.values()) == [1, 1, 1]
-  rows = sweep.read_results(tmp_path / "results.csv")
+  rows = results.read(tmp_path / "results.csv")
   assert len({r["run_id"] for r in rows}) == 3
-  assert sweep.read_json(tmp_path / "study.json")["presets"] == ["a", "b"]
+  assert files.read_json(tmp_path / "study.json")["presets"] == ["a", "b"]
   # b is now the folder's preset: it runs again without the flag and still keeps a's runs.
   assert len(_sweep(b, tmp_path, fake)["done"]) == 3
-  md = report.write(tmp_path, wandb_mode="disabled").read_text()
+  md = write_report(tmp_path, wandb_mode="disabled").read_text()
   assert all(r["run_id"] in md for r in rows)
 
 
 # --------------------------------------------------- 3. damaged small files, read defensively
 def test_damaged_job_eval_and_status_files_are_named_and_their_runs_redone(tmp_path, capsys):
   study = _study()
-  dirs = sweep.plan(study, tmp_path)
+  dirs = store.plan(study, tmp_path)
   _sweep(study, tmp_path, Fake())
   good = (tmp_path / "results.csv").read_bytes()
   job, ev, st = dirs[0] / "job.json", dirs[1] / "eval.json", dirs[2] / "status.json"
@@ -180,7 +181,7 @@ def test_damaged_job_eval_and_status_files_are_named_and_their_runs_redone(tmp_p
   for path in (job, ev, st):
     assert f"unreadable: {path}" in out, out
   assert "failed" in next(l for l in out.splitlines() if l.startswith(dirs[0].name))
-  md = report.write(tmp_path, wandb_mode="disabled").read_text()
+  md = write_report(tmp_path, wandb_mode="disabled").read_text()
   assert "Unreadable files" in md and str(job) in md and str(ev) in md
   # The sweep names them, redoes those two runs (resumed and re-evaluated) and goes on; the
   # untouched run is not retrained, and the results are the same bytes as before the damage.
@@ -190,29 +191,29 @@ def test_damaged_job_eval_and_status_files_are_named_and_their_runs_redone(tmp_p
   assert len(by_state["done"]) == 3 and fake.calls == {dirs[0].name: 1, dirs[1].name: 1}
   assert (tmp_path / "results.csv").read_bytes() == good
   # job.json and eval.json were rewritten whole; the done run's status.json stays named
-  assert [n.split(":")[0] for n in sweep.damaged_files(tmp_path)] == [str(st)]
+  assert [n.split(":")[0] for n in store.damaged_files(tmp_path)] == [str(st)]
   # A record of the wrong shape is damaged too, not a KeyError.
   job.write_text("[]")
-  assert sweep.state(dirs[0]) == "failed" and str(job) in sweep.job_record(dirs[0])["error"]
+  assert store.state(dirs[0]) == "failed" and str(job) in store.job_record(dirs[0])["error"]
   # A damaged study.json: status still lists the runs from runs/ and names it; a sweep refuses
   # the folder naming it (its preset and run order are gone) instead of re-planning blind.
   (tmp_path / "study.json").write_text('{"study": {"name"')
   cli(["status", str(tmp_path)])
   out = capsys.readouterr().out
   assert f"unreadable: {tmp_path / 'study.json'}" in out and "2 done" in out, out
-  with pytest.raises(sweep.DamagedFile, match="study.json.*move it away"):
+  with pytest.raises(files.DamagedFile, match="study.json.*move it away"):
     _sweep(study, tmp_path, Fake())
 
 
 def test_small_files_are_written_atomically(tmp_path, monkeypatch):
   path = tmp_path / "job.json"
-  sweep.write_json(path, {"state": "done"})
+  files.write_json(path, {"state": "done"})
   real = os.replace
   monkeypatch.setattr(os, "replace", lambda *a: (_ for _ in ()).throw(OSError(28, "No space")))
   with pytest.raises(OSError):
-    sweep.write_json(path, {"state": "running"})
+    files.write_json(path, {"state": "running"})
   monkeypatch.setattr(os, "replace", real)
-  assert sweep.read_json(path) == {"state": "done"} and os.listdir(tmp_path) == ["job.json"]
+  assert files.read_json(path) == {"state": "done"} and os.listdir(tmp_path) == ["job.json"]
 
 
 # ---------------------------------------------------------------- 4. an unwritable run dir
@@ -221,10 +222,10 @@ def test_an_unwritable_run_dir_fails_that_run_and_the_sweep_goes_on(tmp_path, mo
   used to raise out of run_job and end the sweep. (chmod alone does not stop root, so writes
   under a read-only dir are refused by a stand-in too.)"""
   study = _study()
-  dirs = sweep.plan(study, tmp_path)
+  dirs = store.plan(study, tmp_path)
   bad = dirs[0]
   readonly = set()
-  real_write = sweep.write_text
+  real_write = files.write_text
 
   def write_text(path, text):
     if Path(path).parent in readonly:
@@ -247,7 +248,7 @@ def test_an_unwritable_run_dir_fails_that_run_and_the_sweep_goes_on(tmp_path, mo
   assert sorted(by_state["done"]) == sorted(d.name for d in dirs[1:])  # the others still ran
   line = next(l for l in log if l.startswith(f"FAILED {bad.name}"))
   assert f"cannot write {bad / 'job.json'}" in line and "checkpoints" in line
-  md = report.write(tmp_path, wandb_mode="disabled").read_text()
+  md = write_report(tmp_path, wandb_mode="disabled").read_text()
   assert f"cannot write {bad / 'job.json'}" in md  # the report says so too (same process)
 
 
@@ -255,16 +256,16 @@ def test_a_worker_that_dies_without_a_record_is_failed_by_the_sweep(tmp_path, mo
   """A worker killed (OOM, kill -9) or unable to write its job.json left the run 'running' for
   ever; the sweep now fails it with the exit code, and counts the attempt."""
   import subprocess as sp
-  from experiments.executors import local
+  from experiments.runs.executors import local
   study = _study(sparsities=(0.0,), max_attempts=1)
-  (run,) = sweep.plan(study, tmp_path)
+  (run,) = store.plan(study, tmp_path)
   real = sp.Popen
   monkeypatch.setattr(local.subprocess, "Popen", lambda cmd, env: real(
       [sys.executable, "-c", "raise SystemExit(9)"], env=env))
   log = []
   by_state = sweep.run_sweep(study, tmp_path, executors.make("local", workers=1), log=log.append)
   assert by_state["failed"] == [run.name]
-  assert "worker exited 9" in sweep.job_record(run)["error"]
+  assert "worker exited 9" in store.job_record(run)["error"]
 
 
 # ---------------------------------------------------------------------------------- 5. CLI
@@ -292,13 +293,13 @@ def test_debug_shows_the_traceback():
 
 
 def test_sigterm_in_the_first_second_of_a_job_is_recorded_as_preempted(tmp_path):
-  (run, *_) = sweep.plan(_study(), tmp_path)
+  (run, *_) = store.plan(_study(), tmp_path)
   proc = subprocess.Popen([sys.executable, "-m", "experiments", "job", str(run)], cwd=REPO,
                           env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
   time.sleep(0.5)  # inside the imports (about 2 s)
   proc.send_signal(signal.SIGTERM)
   out, _ = proc.communicate(timeout=60)
   assert proc.returncode == 0, (proc.returncode, out[-2000:])  # not a bare 143
-  rec = sweep.job_record(run)
+  rec = store.job_record(run)
   assert rec["state"] == "preempted" and rec.get("attempts", 0) == 0, rec
   assert "preempted" in out

@@ -1,4 +1,4 @@
-"""Study presets: each module defines `STUDY` (an `experiments.study.Study`).
+"""Study presets: each module defines `STUDY` (an `experiments.spec.study.Study`).
 
   micro    the end-to-end path in seconds (tests)
   smoke    the whole study on a 2-core CPU in under 10 minutes (the README's first command)

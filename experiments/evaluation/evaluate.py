@@ -8,7 +8,7 @@ only the question/answer queries sparse, as a decoding-time sparse method would.
 pattern the mask is
     sparse | (so.masks.QueryPrefix(first question query) & Causal)
 so queries before the question see every earlier key, the later ones follow the sparse pattern.
-A content-based setting (`experiments.settings`) selects per layer from its own q and k; in
+A content-based setting (`experiments.spec.settings`) selects per layer from its own q and k; in
 decode it does so with `dense_before=` the first question query and one-query q-blocks
 (`decode_attention`), so the context queries are dense and each question/answer query picks its
 own kv-blocks. The model runs that as one dense causal attention with its own implementation
@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import sparse_ops as so
-from experiments import settings as settings_lib
+from experiments.spec import settings as settings_lib
 from experiments.stats import proportion_ci
 from experiments import tasks as tasks_lib
 from experiments.tasks import scoring

@@ -1,6 +1,6 @@
 """A study: the training grid, the evaluation settings and how runs are executed and logged.
 
-Presets under `experiments/presets/` each define `STUDY`; `load_preset(name)` returns it.
+Presets under `experiments/spec/presets/` each define `STUDY`; `load_preset(name)` returns it.
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import importlib
 import pkgutil
 from typing import Any
 
-from experiments import settings as settings_lib
+from experiments.spec import settings as settings_lib
 from experiments import tasks as tasks_lib
-from experiments.grid import Grid, RunSpec, config_hash, to_dict
+from experiments.spec.grid import Grid, RunSpec, config_hash, to_dict
 
 PHASES = ("prefill", "decode")
 
@@ -21,7 +21,7 @@ PHASES = ("prefill", "decode")
 class EvalSpec:
   """Each model × task × length × inference setting × phase, teacher-forced.
 
-  settings: inference attention, one tuple each (`experiments.settings` has the formats):
+  settings: inference attention, one tuple each (`experiments.spec.settings` has the formats):
     ("local", 0.75) a static pattern at that element sparsity, ("dense", 0.0) dense causal;
     content-based selection with a fixed budget, ("topk_blocks", 0.9) (block density 0.1) or
     ("quest", "density", 0.1) or ("quest", "blocks", 4), or an adaptive one,
@@ -132,14 +132,14 @@ class Study:
 
 
 def presets() -> list[str]:
-  import experiments.presets as pkg
+  import experiments.spec.presets as pkg
   return sorted(m.name for m in pkgutil.iter_modules(pkg.__path__))
 
 
 def load_preset(name: str) -> Study:
   if name not in presets():
     raise ValueError(f"preset={name!r} is unknown; valid: {presets()}")
-  return importlib.import_module(f"experiments.presets.{name}").STUDY
+  return importlib.import_module(f"experiments.spec.presets.{name}").STUDY
 
 
 def to_json(study: Study) -> dict[str, Any]:
@@ -148,7 +148,7 @@ def to_json(study: Study) -> dict[str, Any]:
 
 def from_json(d: dict[str, Any]) -> Study:
   """Inverse of `to_json` (study.json → Study)."""
-  from experiments.grid import Optim
+  from experiments.spec.grid import Optim
   d = dict(d)
   g = dict(d.pop("grid"))
   g["optim"] = Optim(**g["optim"])

@@ -14,14 +14,14 @@ a time, one per core. Training uses the `reference` attention: at T=128 on a CPU
 softmax is the fastest implementation, and FLOPs are counted from the masks whatever runs (model
 FLOPs, DESIGN.md).
 
-Measured on the shared 2-core CPU (2026-12-01, experiments/results/smoke/README.md): 519 s for
+Measured on the shared 2-core CPU (2026-12-01, studies/smoke/README.md): 519 s for
 the study; dense at T=128: 100k 1.000 / 1.000 on niah_single / niah_multikey, 0.979 on
 common_words; 300k 1.000 / 0.916 and 0.520; the 50%-local 300k 0.437 / 0.104; chain_resolve stays
 near chance (0.125–0.208, chance 0.03) for all three.
 """
 
-from experiments.grid import Grid, Optim
-from experiments.study import EvalSpec, Study
+from experiments.spec.grid import Grid, Optim
+from experiments.spec.study import EvalSpec, Study
 
 STUDY = Study(
     name="smoke",
@@ -50,7 +50,7 @@ STUDY = Study(
         lengths=(64, 128, 256),
         # Content-based selection (8-token blocks): a fixed budget keeping 25% of each row's
         # blocks, and a length-adaptive one, 0.81·sqrt(n) of n blocks, with the same average
-        # prefill FLOPs over the three lengths (exactly: experiments.settings.matched_adaptive).
+        # prefill FLOPs over the three lengths (exactly: experiments.spec.settings.matched_adaptive).
         settings=(("dense", 0.0), ("local", 0.5), ("local", 0.85), ("topk_blocks", 0.75),
                   ("topk_blocks", "adaptive", 0.81, 0.5)),
         selection_block=8,

@@ -1,6 +1,6 @@
 """Executors run a list of run folders to completion: `executor.run(run_dirs, log=print)`.
 
-Every executor calls the same unit of work, `experiments.sweep.run_job(run_dir)`, which records
+Every executor calls the same unit of work, `experiments.runs.job.run_job(run_dir)`, which records
 its outcome in the run folder; executors only decide where and how that function runs.
 
   local   in this process, one run after another; or `workers=N` subprocesses, one per local
@@ -19,12 +19,12 @@ NAMES = ("local", "slurm", "pod")
 
 def make(name: str, **options: Any):
   if name == "local":
-    from experiments.executors.local import LocalExecutor
+    from experiments.runs.executors.local import LocalExecutor
     return LocalExecutor(**options)
   if name == "slurm":
-    from experiments.executors.slurm import SlurmExecutor
+    from experiments.runs.executors.slurm import SlurmExecutor
     return SlurmExecutor(**options)
   if name == "pod":
-    from experiments.executors.pod import PodExecutor
+    from experiments.runs.executors.pod import PodExecutor
     return PodExecutor(**options)
   raise ValueError(f"executor={name!r} is unknown; valid: {NAMES}")

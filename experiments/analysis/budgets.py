@@ -13,10 +13,8 @@ so treating them as independent is conservative).
 from __future__ import annotations
 
 from collections import defaultdict
-from pathlib import Path
 from typing import Any, Callable
 
-from experiments import frontier as fr
 from experiments import stats
 
 MATCH = 0.01  # relative difference of average prefill FLOPs/token that still counts as equal
@@ -58,15 +56,15 @@ def comparisons(points: list[dict[str, Any]], alpha: float) -> list[dict[str, An
 
 
 def _compare(per, fixed, adaptive, category, phase, alpha) -> dict[str, Any]:
-  arm = {k: fr.Arm.pool(r[k]["arm"] for r in per) for k in ("fixed", "adaptive")}
+  arm = {k: stats.Arm.pool(r[k]["arm"] for r in per) for k in ("fixed", "adaptive")}
   flops = {k: sum(r[k]["inference_flops_per_token"] for r in per) / len(per)
            for k in ("fixed", "adaptive")}
   first = per[0]["fixed"]
   chance = sum(r["fixed"]["chance"] * r["fixed"]["arm"].n for r in per) / max(arm["fixed"].n, 1)
-  p_adaptive = fr.welch_greater(arm["adaptive"], arm["fixed"]).p
-  p_fixed = fr.welch_greater(arm["fixed"], arm["adaptive"]).p
-  if not (fr.above_chance(arm["fixed"], chance, alpha)
-          or fr.above_chance(arm["adaptive"], chance, alpha)):
+  p_adaptive = stats.welch_greater(arm["adaptive"], arm["fixed"]).p
+  p_fixed = stats.welch_greater(arm["fixed"], arm["adaptive"]).p
+  if not (stats.above_chance(arm["fixed"], chance, alpha)
+          or stats.above_chance(arm["adaptive"], chance, alpha)):
     verdict = "too weak to tell"
   elif p_adaptive < alpha:
     verdict = "adaptive wins"
@@ -81,7 +79,7 @@ def _compare(per, fixed, adaptive, category, phase, alpha) -> dict[str, Any]:
               p_adaptive=p_adaptive, p_fixed=p_fixed, verdict=verdict)
 
 
-def _acc(arm: fr.Arm) -> str:
+def _acc(arm: stats.Arm) -> str:
   lo, hi = stats.proportion_ci(arm.mean * arm.n, arm.n)
   return f"{arm.mean:.2f} [{lo:.2f}, {hi:.2f}]"
 
@@ -125,44 +123,3 @@ def markdown(rows: list[dict[str, Any]], table: Callable[..., str]) -> list[str]
   md.append(table(["model", "category", "phase", "T", "dense acc", "fixed acc", "fixed FLOPs/tok",
                    "adaptive acc", "adaptive FLOPs/tok"], body))
   return md
-
-
-def plot(rows: list[dict[str, Any]], path: Path, alpha: float) -> Path | None:
-  """Accuracy vs eval length per category (prefill): fixed solid, adaptive dashed, dense dotted,
-  one colour per model; only models measurably above chance dense at some length (as in the
-  tolerance plot), the rest would lie on the floor and hide them."""
-  rows = [r for r in rows if r["phase"] == "prefill"]
-  cats = sorted({r["category"] for r in rows})
-  if not cats:
-    return None
-  from experiments.report import _accuracy_top, _colours, _plt, save
-  measurable = [r for r in rows
-                if any(p["dense"] and fr.measurable(p["dense"]["arm"], p["dense"]["chance"], alpha)
-                       for p in r["per_length"])]
-  colour = _colours(sorted({r["label"] for r in measurable}))
-  plt = _plt()
-  fig, axes = plt.subplots(1, len(cats), figsize=(4.5 * len(cats), 4.6), squeeze=False)
-  for ax, cat in zip(axes[0], cats):
-    shown = [r for r in measurable if r["category"] == cat]
-    for r in shown:
-      x = [p["eval_length"] for p in r["per_length"]]
-      for key, style in (("fixed", "-"), ("adaptive", "--")):
-        ax.plot(x, [p[key]["arm"].mean for p in r["per_length"]], style, marker="o",
-                color=colour[r["label"]], label=f"{r['label']} {r[key]}")
-      if all(p["dense"] for p in r["per_length"]):
-        ax.plot(x, [p["dense"]["arm"].mean for p in r["per_length"]], ":", color=colour[r["label"]],
-                label=f"{r['label']} dense")
-    ax.set_xscale("log", base=2)
-    lengths = sorted({p["eval_length"] for r in rows for p in r["per_length"]})
-    ax.set_xticks(lengths, [str(t) for t in lengths])
-    ax.minorticks_off()
-    top = _accuracy_top([p[k]["arm"].mean for r in shown for p in r["per_length"]
-                         for k in ("fixed", "adaptive", "dense") if p[k]])
-    ax.set(title=f"{cat}: fixed vs adaptive budget (prefill)", xlabel="eval length",
-           ylabel="exact match", ylim=(-0.01, top))
-    if shown:
-      ax.legend(fontsize=5, loc="upper center", bbox_to_anchor=(0.5, -0.16))
-    else:
-      ax.text(0.5, 0.5, "no model measurably\nabove chance", ha="center", va="center",
-              transform=ax.transAxes, fontsize=9, color="grey")
-  return save(fig, path)

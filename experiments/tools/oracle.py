@@ -1,6 +1,6 @@
 """Oracle check: is content-based selection better than a static pattern of the same density?
 
-    python -m experiments.oracle [--run RUN_DIR] [--out experiments/results/oracle]
+    python -m experiments.tools.oracle [--run RUN_DIR] [--out studies/oracle]
 
 A model trained dense on the `smoke` preset (its 100k dense run: the one clearly above chance
 on both tasks; trained into --train-dir unless --run names a finished run folder) is evaluated on
@@ -34,8 +34,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import sparse_ops as so
-from experiments import evaluate as ev
-from experiments import frontier as fr
+from experiments.evaluation import evaluate as ev
+from experiments import stats as stats_lib
 from experiments.stats import proportion_ci
 from experiments import tasks as tasks_lib
 from experiments.tasks import scoring
@@ -191,7 +191,8 @@ def evaluate(model, cfg: ModelConfig, compute_dtype: str, *, examples: int, batc
 # --------------------------------------------------------------------------------- the model
 def trained_dense_run(train_dir: Path, log=print) -> Path:
   """The smoke preset's 100k dense run, trained into `train_dir` if not finished there."""
-  from experiments import executors, study as study_lib, sweep
+  from experiments.runs import executors, sweep
+  from experiments.spec import study as study_lib
   smoke = study_lib.load_preset("smoke")
   grid = dataclasses.replace(smoke.grid, sizes=("100k",), sparsities=(0.0,), sparse_sizes=None)
   # The run id hashes what determines the model, so it is the smoke study's own 100k dense run.
@@ -214,7 +215,7 @@ def markdown(result: dict[str, Any], label: str) -> str:
         f"sink block; density budget {result['density_budget']:g} per row, solved so the kept "
         "blocks are exactly 10% of the causal blocks in prefill. `block_local` keeps the same "
         "number of blocks in every row (same FLOPs), the most recent ones. Accuracy: exact "
-        "match, 95% Wilson interval. Numbers from `python -m experiments.oracle`.", "",
+        "match, 95% Wilson interval. Numbers from `python -m experiments.tools.oracle`.", "",
         "| task | phase | setting | exact match | 95% CI | block sparsity (all rows / sparse "
         "rows) | element sparsity | drop vs dense |", "|---|---|---|---|---|---|---|---|"]
   for r in rows:
@@ -229,16 +230,16 @@ def markdown(result: dict[str, Any], label: str) -> str:
          "Decode: the context queries are dense and each question/answer query selects its own "
          "blocks (one-query q-blocks) under the same density budget; \"sparse rows\" is the "
          "block sparsity of those queries alone.", ""]
-  arm = lambda r: fr.Arm.of(r["correct"])
+  arm = lambda r: stats_lib.Arm.of(r["correct"])
   for phase in ("prefill", "decode"):
     for t in TASKS:
       d = find(t, phase, "dense")
       inside = [s for s in SCORINGS  # 1e-9: a Wilson bound of 1 can round to 1 - 1e-16
                 if d["ci_low"] - 1e-9 <= find(t, phase, s)["accuracy"] <= d["ci_high"] + 1e-9]
       below = [s for s in SCORINGS + ("block_local",)
-               if fr.significantly_greater(arm(d), arm(find(t, phase, s)))]
+               if stats_lib.significantly_greater(arm(d), arm(find(t, phase, s)))]
       twin = find(t, phase, "block_local")
-      better = [s for s in SCORINGS if fr.significantly_greater(arm(find(t, phase, s)), arm(twin))]
+      better = [s for s in SCORINGS if stats_lib.significantly_greater(arm(find(t, phase, s)), arm(twin))]
       md.append(f"- {t}, {phase}: dense {d['accuracy']:.3f}; within dense's interval: "
                 f"{', '.join(inside) or 'none'}; below dense: {', '.join(below) or 'none'}; "
                 f"significantly above block_local ({twin['accuracy']:.3f}): "
@@ -254,17 +255,17 @@ def main(argv=None) -> None:
   ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   ap.add_argument("--run", type=Path, help="a finished run folder of a dense model")
   ap.add_argument("--train-dir", type=Path, default=Path("runs/oracle-train"))
-  ap.add_argument("--out", type=Path, default=Path("experiments/results/oracle"))
+  ap.add_argument("--out", type=Path, default=Path("studies/oracle"))
   ap.add_argument("--examples", type=int, default=200)
   ap.add_argument("--batch", type=int, default=50)
   args = ap.parse_args(argv)
-  from experiments import sweep
+  from experiments.runs import job, store
   run = args.run or trained_dense_run(args.train_dir)
-  spec = sweep.load_spec(run)
+  spec = store.load_spec(run)
   if spec.model.attention.pattern != "dense":
     raise ValueError(f"--run {run} was trained with {spec.model.attention.pattern!r}; the oracle "
                      "check needs a dense model")
-  model, dtype = sweep.trained_model(run)
+  model, dtype = job.trained_model(run)
   t0 = time.time()
   result = evaluate(model, spec.model, dtype, examples=args.examples, batch=args.batch)
   result.update(run_id=spec.run_id, label=spec.label, wall_s=round(time.time() - t0, 1))

@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from experiments.runs import files, job, store
+
 
 @dataclasses.dataclass
 class LocalExecutor:
@@ -29,14 +31,13 @@ class LocalExecutor:
                        "number of subprocesses")
 
   def run(self, run_dirs: list[Path], log: Callable[[str], None] = print) -> None:
-    from experiments import sweep
     if self.workers <= 0:
       t0 = time.time()
       for i, d in enumerate(run_dirs):
-        label = sweep.read_json(Path(d) / "spec.json")["label"]
+        label = files.read_json(Path(d) / "spec.json")["label"]
         log(f"[{i + 1}/{len(run_dirs)}] {label} (run {Path(d).name}), "
             f"{time.time() - t0:.0f}s into this round")
-        rec = sweep.run_job(d, trainer=self.trainer, loader=self.loader, log=log)
+        rec = job.run_job(d, trainer=self.trainer, loader=self.loader, log=log)
         why = rec.get("elsewhere") or rec.get("error")
         log(f"[{i + 1}/{len(run_dirs)}] {label}: {rec['state']}"
             + (f" — {why}" if rec["state"] != "done" else ""))
@@ -58,12 +59,12 @@ class LocalExecutor:
           log(f"worker {slot}: started {Path(d).name}")
       for slot, (proc, d) in list(running.items()):
         if proc.poll() is not None:
-          rec = sweep.job_record(d)
+          rec = store.job_record(d)
           if proc.returncode != 0 and rec["state"] in ("pending", "running") \
-              and not sweep.held_elsewhere(d):
+              and not store.held_elsewhere(d):
             # It died outside run_job's own record (killed, out of memory, or unable to write
             # job.json): fail it here, in this process's memory if the folder is unwritable.
-            rec = sweep._update(d, state="failed", error=f"worker exited {proc.returncode} "
+            rec = store.update(d, state="failed", error=f"worker exited {proc.returncode} "
                                 f"with job.json saying {rec['state']!r}")
           log(f"worker {slot}: {d.name} exited {proc.returncode}: {rec['state']}")
           del running[slot]

@@ -11,7 +11,7 @@ Curriculum: 70% of each budget trains on the same tasks at 512 tokens (64 sequen
 the same tokens), the rest at 4096. Every sequence carries one answer, so at 4096 a step holds 8
 answers and attention searches 4096 positions for one needle. Without the curriculum, the first
 version of this preset left all nine models it trained at chance on every task
-(`experiments/results/h100_no_curriculum`); on a CPU at 100k parameters, the curriculum took
+(`studies/h100_no_curriculum`); on a CPU at 100k parameters, the curriculum took
 niah_single at 512 tokens from 0.05 to 1.0 exact match at equal FLOPs (README, "Training
 recipe"). At 512 tokens a 90% budget keeps only the forced blocks (8 per row), so 75% and 90%
 train alike in that phase; FLOPs are counted exactly in both phases.
@@ -21,13 +21,13 @@ confound sparsity), prefill and decode, 64 examples per task:
 - dense, and each model's own training attention ("native");
 - content selection at a fixed density of 0.25 and of 0.1;
 - a length-adaptive budget, 0.56·sqrt(n) of n blocks, with the same average prefill FLOPs over
-  the two lengths as density 0.1 (`experiments.settings.matched_adaptive`; the report compares
+  the two lengths as density 0.1 (`experiments.spec.settings.matched_adaptive`; the report compares
   the two).
 Static patterns and Quest scoring are left to the smoke preset and the oracle check. Decode
 forwards compute a 16-row tail for every task (their question/answer tails are 5–14 tokens), so
 each content setting compiles one decode program per length, not two.
 
-Time, measured on one H100 (`experiments/results/h100/README.md`): 1665 s of runs (27.7 min,
+Time, measured on one H100 (`studies/h100/README.md`): 1665 s of runs (27.7 min,
 training 969 s, evaluation 695 s), 1737 s over the four calls that ran it. The first version
 (evaluation at 4k/8k with Quest too) took 27 minutes for 9 of its 12 runs, 67% of it evaluation.
 Resumable across machines: commit the study folder (no checkpoints) and rerun the same command;
@@ -39,8 +39,8 @@ budget. The same README has the numbers.
 """
 
 from experiments import tasks
-from experiments.grid import Grid, Optim
-from experiments.study import EvalSpec, Study
+from experiments.spec.grid import Grid, Optim
+from experiments.spec.study import EvalSpec, Study
 
 ALL_TASKS = tuple(t for names in tasks.CATEGORIES.values() for t in names)
 

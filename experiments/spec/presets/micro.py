@@ -1,8 +1,8 @@
 """The end-to-end path in seconds, for tests: two tiny runs (dense and sparse 100k), a few steps,
 a handful of eval examples. Numbers mean nothing; the mechanics are what it exercises."""
 
-from experiments.grid import Grid, Optim
-from experiments.study import EvalSpec, Study
+from experiments.spec.grid import Grid, Optim
+from experiments.spec.study import EvalSpec, Study
 
 STUDY = Study(
     name="micro",

@@ -1,6 +1,6 @@
 """Slurm through submitit: one job per run, submitted as a job array.
 
-The jobs run `experiments.sweep.run_job(run_dir)` on the compute nodes; the study folder must be
+The jobs run `experiments.runs.job.run_job(run_dir)` on the compute nodes; the study folder must be
 on a filesystem the nodes share (as submitit's own folder is). Each job records its outcome in
 its run folder, so this process can die while jobs run: rerunning the sweep picks up their
 results and resubmits only what is unfinished.
@@ -13,12 +13,13 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from experiments.runs import job, store
+
 
 def _job(run_dir: str) -> dict[str, Any]:
   import os
   os.environ.setdefault("EXPERIMENTS_PROGRESS", "0")  # no progress bars in a batch log
-  from experiments import sweep
-  return sweep.run_job(run_dir)
+  return job.run_job(run_dir)
 
 
 def _active_jobs() -> set[str]:
@@ -67,21 +68,19 @@ class SlurmExecutor:
   def submit(self, run_dirs: list[Path]):
     """Submits one array job over `run_dirs`; records each job id in its run's job.json, so a
     later sweep waits for a job still queued or running instead of submitting it twice."""
-    from experiments import sweep
     out = Path(run_dirs[0]).parent.parent
     jobs = self.executor(out).map_array(_job, [str(d) for d in run_dirs])
     for j, d in zip(jobs, run_dirs):
-      sweep._update(Path(d), slurm_submitted=j.job_id)
+      store.update(Path(d), slurm_submitted=j.job_id)
     return jobs
 
   def run(self, run_dirs: list[Path], log: Callable[[str], None] = print) -> None:
     if not run_dirs:
       return
-    from experiments import sweep
     active = _active_jobs()
     waiting = {}
     for d in run_dirs:
-      jid = sweep.job_record(d).get("slurm_submitted")
+      jid = store.job_record(d).get("slurm_submitted")
       if jid and jid in active:
         waiting[jid] = d
     if waiting:
@@ -108,7 +107,6 @@ class SlurmExecutor:
       try:
         j.result()
       except Exception as e:  # noqa: BLE001 — the job died outside run_job (OOM, node, timeout)
-        from experiments import sweep
-        if sweep.job_record(d)["state"] in ("running", "pending"):
-          sweep._update(Path(d), state="failed",
+        if store.job_record(d)["state"] in ("running", "pending"):
+          store.update(Path(d), state="failed",
                         error=f"slurm job {j.job_id}: {type(e).__name__}: {str(e)[-500:]}")

@@ -6,8 +6,8 @@ host through jax.distributed; the launcher prints (or ssh-runs) the per-host com
 Edit the hosts here or pass --hosts; the study folder must be on storage every host sees.
 """
 
-from experiments.grid import Grid, Optim
-from experiments.study import EvalSpec, Study
+from experiments.spec.grid import Grid, Optim
+from experiments.spec.study import EvalSpec, Study
 from experiments import tasks
 
 ALL_TASKS = tuple(t for names in tasks.CATEGORIES.values() for t in names)

@@ -25,8 +25,9 @@ def calibrate(preset: str, out: Path, steps: int = 30, log=print) -> dict[str, A
 
   import train
   from train import log as train_log
-  from experiments import evaluate as ev
-  from experiments import study as study_lib, sweep
+  from experiments.evaluation import evaluate as ev
+  from experiments.runs import job
+  from experiments.spec import study as study_lib
   os.environ.setdefault("EXPERIMENTS_PROGRESS", "0")
   study = dataclasses.replace(study_lib.load_preset(preset), wandb="disabled")
   specs, _ = study.runs()
@@ -41,7 +42,7 @@ def calibrate(preset: str, out: Path, steps: int = 30, log=print) -> dict[str, A
     # The long phase's steps only: a curriculum's short steps are costed below by their FLOPs.
     trial = dataclasses.replace(spec, steps=steps, short_len=0, short_steps=0)
     run_dir = out / spec.run_id
-    cfg = sweep.train_config(trial, run_dir, study, progress=False)
+    cfg = job.train_config(trial, run_dir, study, progress=False)
     cfg = dataclasses.replace(cfg, log=dataclasses.replace(cfg.log, every=max(1, steps // 3)))
     t0 = time.time()
     result = train.run(cfg)

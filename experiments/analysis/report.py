@@ -8,17 +8,15 @@ to tell" where neither model is significantly above chance.
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from experiments import budgets
-from experiments import frontier as fr
 from experiments import stats
-from experiments import sweep
-
-ALPHA = 0.05
+from experiments.analysis import budgets, plots
+from experiments.analysis import frontier as fr
+from experiments.stats import ALPHA
+from experiments.runs import files
 
 
 # ------------------------------------------------------------------------------ aggregation
@@ -29,7 +27,7 @@ def category_points(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     groups[(r["run_id"], r["category"], r["eval_length"], r["phase"], r["eval_setting"])].append(r)
   out = []
   for (run_id, cat, length, phase, setting), rs in groups.items():
-    arm = fr.Arm.pool(fr.Arm(r["accuracy"], r["accuracy_std"], r["n"]) for r in rs)
+    arm = stats.Arm.pool(stats.Arm(r["accuracy"], r["accuracy_std"], r["n"]) for r in rs)
     first = rs[0]
     out.append(dict(
         run_id=run_id, category=cat, eval_length=length, phase=phase, eval_setting=setting,
@@ -82,7 +80,7 @@ def tolerances(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for pattern in patterns:
       curve = {p["eval_target"]: p["arm"] for p in settings.values()
                if _family(p) == pattern and p["eval_setting"] != "native"}
-      weak = not fr.measurable(dense["arm"], dense["chance"], ALPHA)
+      weak = not stats.measurable(dense["arm"], dense["chance"], ALPHA)
       out.append(dict(label=dense["run_label"], category=cat, eval_length=length, phase=phase,
                       pattern=pattern, dense_acc=dense["arm"].mean, n=dense["arm"].n,
                       tolerance=None if weak else fr.tolerance(dense["arm"], curve, ALPHA),
@@ -94,169 +92,6 @@ def _family(p: dict[str, Any]) -> str:
   """A tolerance curve's pattern: static patterns by name, content ones by name and budget kind
   (a fixed and an adaptive budget are different curves)."""
   return f"{p['eval_pattern']} ({p['eval_budget']})" if p["eval_budget"] else p["eval_pattern"]
-
-
-# ---------------------------------------------------------------------------------- plots
-def _plt():
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  return plt
-
-
-def _accuracy_top(values) -> float:
-  """Top of an accuracy axis: just above the data, so small models' accuracies are not a flat
-  band at the bottom of 0..1."""
-  return min(1.02, max(0.1, 1.15 * max(values, default=1.0)))
-
-
-def _colours(labels: list[str]) -> dict[str, Any]:
-  """One colour per label, the same in every panel: tab10 for up to ten labels, tab20 beyond."""
-  palette = _plt().get_cmap("tab10" if len(labels) <= 10 else "tab20")
-  return {lab: palette(i % palette.N) for i, lab in enumerate(labels)}
-
-
-def _log_x(ax) -> None:
-  """A log x axis labelled at its decades only: matplotlib also labels minor ticks when the data
-  span less than a decade, and on a narrow panel those labels run into each other."""
-  from matplotlib.ticker import NullFormatter
-  ax.set_xscale("log")
-  ax.xaxis.set_minor_formatter(NullFormatter())
-
-
-def _status_from_results(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-  """The run table of a copied results folder: every run in results.csv finished (only done
-  runs are collected); attempts are not recorded there."""
-  runs = {}
-  for r in rows:
-    runs.setdefault(r["run_id"], dict(
-        run_id=r["run_id"], label=r["label"], state="done", step=r["steps"], steps=r["steps"],
-        train_flops=r["train_flops"], budget=r["budget"], attempts="", train_wall_s=None,
-        eval_wall_s=None, preempted_wall_s=0.0, error=""))
-  return list(runs.values())
-
-
-def save(fig, path: Path) -> Path:
-  """Every report figure ends the same way: laid out, written at one resolution, closed."""
-  fig.tight_layout()
-  fig.savefig(path, dpi=110, bbox_inches="tight")  # "tight": legends placed below the axes
-  _plt().close(fig)
-  return path
-
-
-def plot_tolerance(points, path: Path) -> Path | None:
-  """Accuracy vs eval sparsity per category (prefill): one line per model × length, for static
-  patterns and fixed-density content budgets (adaptive ones have their own plot,
-  `budgets.plot`). Only models whose dense accuracy could show a drop (`frontier.measurable`)
-  are drawn: the others lie on the chance line and would only hide the ones that learnt. One
-  colour per model in every panel, one line style per length; the y axis ends above the data
-  (small models' accuracies would be a flat band at the bottom of 0..1)."""
-  pts = [p for p in points if p["phase"] == "prefill" and p["eval_setting"] != "native"
-         and p["eval_budget"] != "adaptive"]
-  cats = sorted({p["category"] for p in pts})
-  if not cats:
-    return None
-  lines = defaultdict(list)  # (category, model, length) -> its points
-  for p in pts:
-    lines[(p["category"], p["run_label"], p["eval_length"])].append(p)
-
-  def measurable(ps):
-    dense = [p for p in ps if p["eval_setting"] == "dense"]
-    return bool(dense) and fr.measurable(dense[0]["arm"], dense[0]["chance"], ALPHA)
-
-  shown = {key: sorted(ps, key=lambda p: p["eval_target"]) for key, ps in lines.items()
-           if measurable(ps)}
-  colour = _colours(sorted({label for _, label, _ in shown}))
-  lengths = sorted({p["eval_length"] for p in pts}, reverse=True)
-  style = {t: ("-", "--", ":", "-.")[i % 4] for i, t in enumerate(lengths)}
-  plt = _plt()
-  fig, axes = plt.subplots(1, len(cats), figsize=(4.5 * len(cats), 4.8), squeeze=False)
-  for ax, cat in zip(axes[0], cats):
-    mine = sorted(key for key in shown if key[0] == cat)
-    top = 0.0
-    for key in mine:
-      _, label, length = key
-      ps = shown[key]
-      y = [p["arm"].mean for p in ps]
-      err = [1.96 * p["arm"].std / math.sqrt(max(p["arm"].n, 1)) for p in ps]
-      ax.errorbar([p["eval_target"] for p in ps], y, yerr=err, marker="o", ms=4, capsize=2,
-                  color=colour[label], ls=style[length])
-      top = max(top, max(a + e for a, e in zip(y, err)))
-    ax.axhline(sum(p["chance"] for p in pts if p["category"] == cat)
-               / max(1, sum(p["category"] == cat for p in pts)), color="grey", ls=":", lw=1)
-    ax.set(title=f"{cat}: accuracy vs inference sparsity", xlabel="inference sparsity (prefill)",
-           ylabel="exact match", ylim=(-0.01, _accuracy_top([top])), xlim=(-0.03, 1.0))
-    if mine:
-      handles = [plt.Line2D([], [], color=colour[lab], marker="o", ms=4, label=lab)
-                 for lab in sorted({label for _, label, _ in mine})]
-      handles += [plt.Line2D([], [], color="k", ls=style[t], label=f"T={t}") for t in lengths
-                  if any(length == t for _, _, length in mine)]
-      ax.legend(handles=handles, fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.15))
-    else:
-      weak = sum(key[0] == cat for key in lines)
-      ax.text(0.5, 0.5, f"no model measurably\nabove chance ({weak} too weak)",
-              ha="center", va="center", transform=ax.transAxes, fontsize=9, color="grey")
-  return save(fig, path)
-
-
-def plot_frontier(points, path: Path) -> Path | None:
-  """Accuracy vs inference FLOPs per token, per category × length (prefill); Pareto points
-  ringed and joined."""
-  pts = [p for p in points if p["phase"] == "prefill"]
-  keys = sorted({(p["category"], p["eval_length"]) for p in pts})
-  if not keys:
-    return None
-  plt = _plt()
-  cols = min(4, len(keys))
-  rows_ = -(-len(keys) // cols)
-  fig, axes = plt.subplots(rows_, cols, figsize=(4.2 * cols, 3.5 * rows_), squeeze=False)
-  for ax, (cat, length) in zip(axes.ravel(), keys):
-    ps = [p for p in pts if p["category"] == cat and p["eval_length"] == length]
-    on = fr.pareto([(p["inference_flops_per_token"], p["arm"].mean) for p in ps])
-    for size in sorted({p["size"] for p in ps}, key=lambda s: min(p["params"] for p in ps
-                                                                 if p["size"] == s)):
-      sel = [p for p in ps if p["size"] == size]
-      ax.scatter([p["inference_flops_per_token"] for p in sel], [p["arm"].mean for p in sel],
-                 label=size, s=18)
-    front = sorted((p["inference_flops_per_token"], p["arm"].mean) for p, o in zip(ps, on) if o)
-    ax.plot([f for f, _ in front], [a for _, a in front], "k--", lw=1)
-    ax.scatter([f for f, _ in front], [a for _, a in front], facecolors="none", edgecolors="k",
-               s=60)
-    _log_x(ax)
-    ax.set(title=f"{cat}, T={length}", xlabel="inference FLOPs/token", ylabel="exact match",
-           ylim=(-0.01, _accuracy_top([p["arm"].mean for p in ps])))
-    ax.legend(fontsize=6)
-  for ax in axes.ravel()[len(keys):]:
-    ax.axis("off")
-  return save(fig, path)
-
-
-def plot_isoflop(points, path: Path) -> Path | None:
-  """Per training budget: accuracy (native eval, training length) vs parameters, one line per
-  training attention."""
-  pts = [p for p in points if p["eval_setting"] == "native" and p["phase"] == "prefill"
-         and p["eval_length"] == p["train_seq_len"]]
-  cats = sorted({p["category"] for p in pts})
-  if not cats:
-    return None
-  plt = _plt()
-  fig, axes = plt.subplots(1, len(cats), figsize=(4.5 * len(cats), 3.6), squeeze=False)
-  for ax, cat in zip(axes[0], cats):
-    lines = defaultdict(list)
-    for p in pts:
-      if p["category"] == cat:
-        tag = "dense" if p["train_pattern"] == "dense" else \
-            f"{p['train_pattern']}@{p['train_sparsity']:g}"
-        lines[(p["budget"], tag)].append(p)
-    for (budget, tag), ps in sorted(lines.items()):
-      ps.sort(key=lambda p: p["params"])
-      ax.plot([p["params"] for p in ps], [p["arm"].mean for p in ps], marker="o",
-              label=f"{budget:.2g} FLOPs, {tag}")
-    _log_x(ax)
-    ax.set(title=f"{cat}: iso-FLOP (training)", xlabel="parameters", ylabel="exact match",
-           ylim=(-0.01, _accuracy_top([p["arm"].mean for ps in lines.values() for p in ps])))
-    ax.legend(fontsize=6)
-  return save(fig, path)
 
 
 # --------------------------------------------------------------------------------- markdown
@@ -308,37 +143,28 @@ def answer(comparisons: list[dict[str, Any]], categories: list[str], match: str)
   return lines
 
 
-def write(out: Path, *, wall_s: float | None = None, wandb_mode: str | None = None) -> Path:
-  """Writes report.md and plots/*.png for the study in `out` (from results.csv)."""
+def write(out: Path, rows: list[dict[str, Any]], status: list[dict[str, Any]], *, name: str,
+          skipped: list[dict[str, Any]] = (), damaged: list[str] = (),
+          wall_s: float | None = None) -> tuple[Path, list[Path]]:
+  """Writes out/report.md and out/plots/*.png from results rows (`runs.results.read`) and the
+  runs' status rows; returns (report path, plot paths). Reads nothing else: the run store
+  (`runs.sweep.report_inputs`) gathers these, so the analysis never needs the model stack."""
   out = Path(out)
-  study = sweep.load_study(out)
-  # A copied results folder (results.csv, study.json, no run folders, as committed under
-  # experiments/results/) keeps its results.csv: collecting from absent runs would empty it.
-  runs_here = any((d / "spec.json").exists() for d in sweep.run_dirs(out))
-  if runs_here:
-    csv_path = sweep.collect(out)
-  elif (out / "results.csv").exists():
-    csv_path = out / "results.csv"
-  else:
-    raise ValueError(f"{str(out)!r} holds neither run folders nor a results.csv to report on")
-  rows = sweep.read_results(csv_path)
-  status = sweep.status_rows(out) if runs_here else _status_from_results(rows)
-  skipped = sweep.read_json(out / "study.json")["skipped"]
   points = category_points(rows)
-  plots = out / "plots"
-  plots.mkdir(exist_ok=True)
+  plot_dir = out / "plots"
+  plot_dir.mkdir(exist_ok=True)
   budget_rows = budgets.comparisons(points, ALPHA)
-  figs = [f for f in (plot_tolerance(points, plots / "tolerance.png"),
-                      plot_frontier(points, plots / "frontier.png"),
-                      plot_isoflop(points, plots / "isoflop.png"),
-                      budgets.plot(budget_rows, plots / "budgets.png", ALPHA)) if f]
+  figs = [f for f in (plots.plot_tolerance(points, plot_dir / "tolerance.png"),
+                      plots.plot_frontier(points, plot_dir / "frontier.png"),
+                      plots.plot_isoflop(points, plot_dir / "isoflop.png"),
+                      plots.plot_budgets(budget_rows, plot_dir / "budgets.png", ALPHA)) if f]
   comps = fr.sparse_vs_dense(comparison_points(points, "inference"), alpha=ALPHA)
   train_comps = fr.sparse_vs_dense(comparison_points(points, "training"), alpha=ALPHA,
                                    match_inference=False)
   cats = sorted({p["category"] for p in points})
   tol = tolerances(points)
 
-  md = [f"# Study `{study.name}`", ""]
+  md = [f"# Study `{name}`", ""]
   counts = defaultdict(int)
   for s in status:
     counts[s["state"]] += 1
@@ -362,7 +188,6 @@ def write(out: Path, *, wall_s: float | None = None, wandb_mode: str | None = No
   if unfinished:
     md += ["", "**Unfinished runs**: " + ", ".join(f"`{s['run_id']}` {s['label']} ({s['state']})"
                                                      for s in unfinished)]
-  damaged = sweep.damaged_files(out) if runs_here else []
   if damaged:
     md += ["", "**Unreadable files** (the report uses what is readable):"]
     md += [f"- {note}" for note in damaged]
@@ -398,7 +223,7 @@ def write(out: Path, *, wall_s: float | None = None, wandb_mode: str | None = No
                  "above chance?"],
                 [[p["run_label"], p["category"], p["eval_length"], p["arm"].mean,
                   f"[{_ci(p)[0]:.2f}, {_ci(p)[1]:.2f}]", p["arm"].n, p["chance"],
-                  "yes" if fr.above_chance(p["arm"], p["chance"], ALPHA) else "no (too weak)"]
+                  "yes" if stats.above_chance(p["arm"], p["chance"], ALPHA) else "no (too weak)"]
                  for p in points if p["eval_setting"] == "dense" and p["phase"] == "prefill"
                  and p["eval_length"] == p["train_seq_len"]])]
 
@@ -449,51 +274,9 @@ def write(out: Path, *, wall_s: float | None = None, wandb_mode: str | None = No
   md += ["", f"Data: `results.csv` ({len(rows)} rows: run × eval setting × task × length × "
          "phase)."]
   path = out / "report.md"
-  sweep.write_text(path, "\n".join(md) + "\n")
-  mode = study.wandb if wandb_mode is None else wandb_mode
-  if mode != "disabled":
-    wandb_summary(study, out, rows, figs, mode)
-  return path
+  files.write_text(path, "\n".join(md) + "\n")
+  return path, figs
 
 
 def _ci(p) -> tuple[float, float]:
   return stats.proportion_ci(p["arm"].mean * p["arm"].n, p["arm"].n)
-
-
-# ------------------------------------------------------------------------------------- W&B
-def _flat_config(study, spec) -> dict[str, Any]:
-  return dict(study=study.name, size=spec.size, params=spec.params,
-              nonembed_params=spec.nonembed_params, pattern=spec.pattern,
-              train_sparsity=spec.train_sparsity, budget=spec.budget, steps=spec.steps,
-              seq_len=spec.seq_len, lr=spec.optim.lr, batch_size=spec.batch_size,
-              width=spec.model.width, depth=spec.model.depth, run_id=spec.run_id)
-
-
-def wandb_model_run(study, spec, run_dir: Path, rows: list[dict[str, Any]]) -> None:
-  """A W&B run per model: flat config + accuracy per category × length × setting × phase."""
-  import wandb
-  summary = defaultdict(list)
-  for r in rows:
-    summary[f"acc/{r['category']}/T{r['eval_length']}/{r['eval_setting']}/{r['phase']}"] += \
-        r["correct"]
-  run = wandb.init(project=study.wandb_project, group=study.name, job_type="eval",
-                   name=spec.label, id=f"{spec.run_id}-eval", dir=str(run_dir), resume="allow",
-                   mode=study.wandb, config=_flat_config(study, spec),
-                   settings=wandb.Settings(silent=True, console="off"))
-  run.summary.update({k: sum(v) / len(v) for k, v in summary.items()})
-  run.finish()
-
-
-def wandb_summary(study, out: Path, rows: list[dict[str, Any]], figs: list[Path],
-                  mode: str) -> None:
-  """The results table and plots logged to one summary run of the study's group."""
-  import wandb
-  if not rows:
-    return
-  cols = list(rows[0])
-  run = wandb.init(project=study.wandb_project, group=study.name, job_type="summary",
-                   name=f"{study.name}-summary", id=f"{study.name}-summary", dir=str(out),
-                   resume="allow", mode=mode, settings=wandb.Settings(silent=True, console="off"))
-  run.log({"results": wandb.Table(columns=cols, data=[[r[c] for c in cols] for r in rows]),
-           **{f"plots/{f.stem}": wandb.Image(str(f)) for f in figs}})
-  run.finish()

@@ -1,0 +1,205 @@
+"""The report's figures: tolerance curves, the frontier with its Pareto front, iso-FLOP curves.
+
+matplotlib is imported inside `plt_module` only: a report without plots needs none of it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from experiments import stats
+from experiments.analysis import frontier as fr
+from experiments.stats import ALPHA
+
+
+def plt_module():
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  return plt
+
+
+def accuracy_top(values) -> float:
+  """Top of an accuracy axis: just above the data, so small models' accuracies are not a flat
+  band at the bottom of 0..1."""
+  return min(1.02, max(0.1, 1.15 * max(values, default=1.0)))
+
+
+def colours(labels: list[str]) -> dict[str, Any]:
+  """One colour per label, the same in every panel: tab10 for up to ten labels, tab20 beyond."""
+  palette = plt_module().get_cmap("tab10" if len(labels) <= 10 else "tab20")
+  return {lab: palette(i % palette.N) for i, lab in enumerate(labels)}
+
+
+def log_x(ax) -> None:
+  """A log x axis labelled at its decades only: matplotlib also labels minor ticks when the data
+  span less than a decade, and on a narrow panel those labels run into each other."""
+  from matplotlib.ticker import NullFormatter
+  ax.set_xscale("log")
+  ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def save(fig, path: Path) -> Path:
+  """Every report figure ends the same way: laid out, written at one resolution, closed."""
+  fig.tight_layout()
+  fig.savefig(path, dpi=110, bbox_inches="tight")  # "tight": legends placed below the axes
+  plt_module().close(fig)
+  return path
+
+
+def plot_tolerance(points, path: Path) -> Path | None:
+  """Accuracy vs eval sparsity per category (prefill): one line per model × length, for static
+  patterns and fixed-density content budgets (adaptive ones have their own plot,
+  `budgets.plot`). Only models whose dense accuracy could show a drop (`stats.measurable`)
+  are drawn: the others lie on the chance line and would only hide the ones that learnt. One
+  colour per model in every panel, one line style per length; the y axis ends above the data
+  (small models' accuracies would be a flat band at the bottom of 0..1)."""
+  pts = [p for p in points if p["phase"] == "prefill" and p["eval_setting"] != "native"
+         and p["eval_budget"] != "adaptive"]
+  cats = sorted({p["category"] for p in pts})
+  if not cats:
+    return None
+  lines = defaultdict(list)  # (category, model, length) -> its points
+  for p in pts:
+    lines[(p["category"], p["run_label"], p["eval_length"])].append(p)
+
+  def measurable(ps):
+    dense = [p for p in ps if p["eval_setting"] == "dense"]
+    return bool(dense) and stats.measurable(dense[0]["arm"], dense[0]["chance"], ALPHA)
+
+  shown = {key: sorted(ps, key=lambda p: p["eval_target"]) for key, ps in lines.items()
+           if measurable(ps)}
+  colour = colours(sorted({label for _, label, _ in shown}))
+  lengths = sorted({p["eval_length"] for p in pts}, reverse=True)
+  style = {t: ("-", "--", ":", "-.")[i % 4] for i, t in enumerate(lengths)}
+  plt = plt_module()
+  fig, axes = plt.subplots(1, len(cats), figsize=(4.5 * len(cats), 4.8), squeeze=False)
+  for ax, cat in zip(axes[0], cats):
+    mine = sorted(key for key in shown if key[0] == cat)
+    top = 0.0
+    for key in mine:
+      _, label, length = key
+      ps = shown[key]
+      y = [p["arm"].mean for p in ps]
+      err = [1.96 * p["arm"].std / math.sqrt(max(p["arm"].n, 1)) for p in ps]
+      ax.errorbar([p["eval_target"] for p in ps], y, yerr=err, marker="o", ms=4, capsize=2,
+                  color=colour[label], ls=style[length])
+      top = max(top, max(a + e for a, e in zip(y, err)))
+    ax.axhline(sum(p["chance"] for p in pts if p["category"] == cat)
+               / max(1, sum(p["category"] == cat for p in pts)), color="grey", ls=":", lw=1)
+    ax.set(title=f"{cat}: accuracy vs inference sparsity", xlabel="inference sparsity (prefill)",
+           ylabel="exact match", ylim=(-0.01, accuracy_top([top])), xlim=(-0.03, 1.0))
+    if mine:
+      handles = [plt.Line2D([], [], color=colour[lab], marker="o", ms=4, label=lab)
+                 for lab in sorted({label for _, label, _ in mine})]
+      handles += [plt.Line2D([], [], color="k", ls=style[t], label=f"T={t}") for t in lengths
+                  if any(length == t for _, _, length in mine)]
+      ax.legend(handles=handles, fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.15))
+    else:
+      weak = sum(key[0] == cat for key in lines)
+      ax.text(0.5, 0.5, f"no model measurably\nabove chance ({weak} too weak)",
+              ha="center", va="center", transform=ax.transAxes, fontsize=9, color="grey")
+  return save(fig, path)
+
+
+def plot_frontier(points, path: Path) -> Path | None:
+  """Accuracy vs inference FLOPs per token, per category × length (prefill); Pareto points
+  ringed and joined."""
+  pts = [p for p in points if p["phase"] == "prefill"]
+  keys = sorted({(p["category"], p["eval_length"]) for p in pts})
+  if not keys:
+    return None
+  plt = plt_module()
+  cols = min(4, len(keys))
+  rows_ = -(-len(keys) // cols)
+  fig, axes = plt.subplots(rows_, cols, figsize=(4.2 * cols, 3.5 * rows_), squeeze=False)
+  for ax, (cat, length) in zip(axes.ravel(), keys):
+    ps = [p for p in pts if p["category"] == cat and p["eval_length"] == length]
+    on = fr.pareto([(p["inference_flops_per_token"], p["arm"].mean) for p in ps])
+    for size in sorted({p["size"] for p in ps}, key=lambda s: min(p["params"] for p in ps
+                                                                 if p["size"] == s)):
+      sel = [p for p in ps if p["size"] == size]
+      ax.scatter([p["inference_flops_per_token"] for p in sel], [p["arm"].mean for p in sel],
+                 label=size, s=18)
+    front = sorted((p["inference_flops_per_token"], p["arm"].mean) for p, o in zip(ps, on) if o)
+    ax.plot([f for f, _ in front], [a for _, a in front], "k--", lw=1)
+    ax.scatter([f for f, _ in front], [a for _, a in front], facecolors="none", edgecolors="k",
+               s=60)
+    log_x(ax)
+    ax.set(title=f"{cat}, T={length}", xlabel="inference FLOPs/token", ylabel="exact match",
+           ylim=(-0.01, accuracy_top([p["arm"].mean for p in ps])))
+    ax.legend(fontsize=6)
+  for ax in axes.ravel()[len(keys):]:
+    ax.axis("off")
+  return save(fig, path)
+
+
+def plot_isoflop(points, path: Path) -> Path | None:
+  """Per training budget: accuracy (native eval, training length) vs parameters, one line per
+  training attention."""
+  pts = [p for p in points if p["eval_setting"] == "native" and p["phase"] == "prefill"
+         and p["eval_length"] == p["train_seq_len"]]
+  cats = sorted({p["category"] for p in pts})
+  if not cats:
+    return None
+  plt = plt_module()
+  fig, axes = plt.subplots(1, len(cats), figsize=(4.5 * len(cats), 3.6), squeeze=False)
+  for ax, cat in zip(axes[0], cats):
+    lines = defaultdict(list)
+    for p in pts:
+      if p["category"] == cat:
+        tag = "dense" if p["train_pattern"] == "dense" else \
+            f"{p['train_pattern']}@{p['train_sparsity']:g}"
+        lines[(p["budget"], tag)].append(p)
+    for (budget, tag), ps in sorted(lines.items()):
+      ps.sort(key=lambda p: p["params"])
+      ax.plot([p["params"] for p in ps], [p["arm"].mean for p in ps], marker="o",
+              label=f"{budget:.2g} FLOPs, {tag}")
+    log_x(ax)
+    ax.set(title=f"{cat}: iso-FLOP (training)", xlabel="parameters", ylabel="exact match",
+           ylim=(-0.01, accuracy_top([p["arm"].mean for ps in lines.values() for p in ps])))
+    ax.legend(fontsize=6)
+  return save(fig, path)
+
+
+def plot_budgets(rows: list[dict[str, Any]], path: Path, alpha: float) -> Path | None:
+  """Accuracy vs eval length per category (prefill): fixed solid, adaptive dashed, dense dotted,
+  one colour per model; only models measurably above chance dense at some length (as in the
+  tolerance plot), the rest would lie on the floor and hide them."""
+  rows = [r for r in rows if r["phase"] == "prefill"]
+  cats = sorted({r["category"] for r in rows})
+  if not cats:
+    return None
+  measurable = [r for r in rows
+                if any(p["dense"] and stats.measurable(p["dense"]["arm"], p["dense"]["chance"], alpha)
+                       for p in r["per_length"])]
+  colour = colours(sorted({r["label"] for r in measurable}))
+  plt = plt_module()
+  fig, axes = plt.subplots(1, len(cats), figsize=(4.5 * len(cats), 4.6), squeeze=False)
+  for ax, cat in zip(axes[0], cats):
+    shown = [r for r in measurable if r["category"] == cat]
+    for r in shown:
+      x = [p["eval_length"] for p in r["per_length"]]
+      for key, style in (("fixed", "-"), ("adaptive", "--")):
+        ax.plot(x, [p[key]["arm"].mean for p in r["per_length"]], style, marker="o",
+                color=colour[r["label"]], label=f"{r['label']} {r[key]}")
+      if all(p["dense"] for p in r["per_length"]):
+        ax.plot(x, [p["dense"]["arm"].mean for p in r["per_length"]], ":", color=colour[r["label"]],
+                label=f"{r['label']} dense")
+    ax.set_xscale("log", base=2)
+    lengths = sorted({p["eval_length"] for r in rows for p in r["per_length"]})
+    ax.set_xticks(lengths, [str(t) for t in lengths])
+    ax.minorticks_off()
+    top = accuracy_top([p[k]["arm"].mean for r in shown for p in r["per_length"]
+                         for k in ("fixed", "adaptive", "dense") if p[k]])
+    ax.set(title=f"{cat}: fixed vs adaptive budget (prefill)", xlabel="eval length",
+           ylabel="exact match", ylim=(-0.01, top))
+    if shown:
+      ax.legend(fontsize=5, loc="upper center", bbox_to_anchor=(0.5, -0.16))
+    else:
+      ax.text(0.5, 0.5, "no model measurably\nabove chance", ha="center", va="center",
+              transform=ax.transAxes, fontsize=9, color="grey")
+  return save(fig, path)

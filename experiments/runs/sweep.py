@@ -1,0 +1,192 @@
+"""Resumable, idempotent sweeps: plan the grid into run folders (`store`), execute the
+unfinished ones (`job.run_job` through an executor), collect results.csv.
+
+Rerunning a sweep skips done runs, resumes partial ones from their last checkpoint (the trainer
+resumes exactly), retries failed ones until `max_attempts` and then reports them.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from experiments.runs import results, store
+from experiments.runs.files import read_json, readable
+from experiments.spec import study as study_lib
+
+
+def todo(out: Path, dirs: list[Path], study: study_lib.Study, *, retry_failed: bool) -> list[Path]:
+  """Runs an executor should (re)start now."""
+  key = study.eval.key
+  todo_ = []
+  for d in dirs:
+    s = store.state(d, key)
+    if s == "done" or store.remembered(d):  # _MEMORY: unwritable or held elsewhere, this call
+      continue
+    # store.Held by a live process (an orphaned worker of a killed sweep still finishing it): left
+    # to it. A run submitted to Slurm stays: the Slurm executor waits for its job itself.
+    if not store.job_record(d).get("slurm_submitted") and store.held_elsewhere(d):
+      store.mark_elsewhere(d, f"held by another process (pid {store.job_record(d).get('pid')}, lock "
+                    f"{d}/.job.lock)")
+      continue
+    if s == "failed" and store.job_record(d).get("attempts", 0) >= study.max_attempts and not retry_failed:
+      continue
+    todo_.append(d)
+  return todo_
+
+
+# A size not seen yet in the folder is judged from other sizes' runs scaled by training FLOPs,
+# with this margin: it compiles everything anew and may use the GPU differently. On the h100
+# study (one H100, equal budgets) the 20m and 50m runs took 0.6-1.0x the 6m runs' wall; scaling
+# by parameters, as this did first, asked 572 s for 20m runs that took 104-173 s.
+NEW_SIZE_MARGIN = 1.5
+
+
+def expected_wall(out: Path, run_dir: Path) -> float:
+  """Seconds a run should take, from the finished runs of this study folder (training +
+  evaluation as job.json recorded them), each scaled by training FLOPs (`budget`) to this run's:
+  the longest of the same size, else the longest of other sizes times `NEW_SIZE_MARGIN`;
+  0 before any finishes."""
+  spec = read_json(Path(run_dir) / "spec.json")
+  same, other_sizes = [], []
+  for d in store.run_dirs(out):
+    rec, other = store.job_record(d), read_json(d / "spec.json") or {}
+    if rec["state"] != "done" or "train_wall_s" not in rec:
+      continue
+    wall = (rec["train_wall_s"] + rec.get("eval_wall_s", 0.0)) * spec["budget"] / other["budget"]
+    (same if other.get("size") == spec["size"] else other_sizes).append(wall)
+  return max(same, default=0.0) or NEW_SIZE_MARGIN * max(other_sizes, default=0.0)
+
+
+def run_sweep(study: study_lib.Study, out: Path, executor, *, retry_failed: bool = False,
+              stop_after: float | None = None, add_to_study: bool = False,
+              log: Callable[[str], None] = print) -> dict[str, list[str]]:
+  """Plans, runs every unfinished run (with retries), collects results.csv. Returns run ids
+  by final state.
+
+  stop_after: a time limit in seconds for this call, for machines lent for a fixed time. Runs
+  then go one at a time, and a run is started only if it should end inside the limit (judged by
+  `expected_wall`); the rest stay pending for the next call, which continues where this one
+  stopped. A run the estimate gets wrong is not cut: wrap the call in `timeout -s TERM`, which
+  preempts it cleanly (the trainer saves and the sweep stops).
+
+  add_to_study: run this study on a folder made by another preset, keeping that one's runs
+  (`plan`); without it such a folder is refused.
+  """
+  out = Path(out)
+  t_start = time.time()
+  store.forget()
+  with store.study_lock(out):
+    dirs = store.plan(study, out, add=add_to_study)
+    skipped = read_json(out / "study.json")["skipped"]
+    for s in skipped:
+      log(f"grid point skipped: {s}")
+    for note in store.damaged_files(out):
+      log(f"damaged file: {note}")
+    done0 = sum(store.state(d, study.eval.key) == "done" for d in dirs)
+    log(f"study {study.name}: {len(dirs)} runs ({done0} already done) in {out}")
+    if retry_failed:
+      for d in dirs:
+        if store.job_record(d).get("state") == "failed":
+          store.update(d, attempts=0)
+    for attempt in range(study.max_attempts):
+      pending = todo(out, dirs, study, retry_failed=False)
+      if not pending:
+        break
+      log(f"round {attempt + 1}: {len(pending)} run(s) to train/evaluate with {executor.name}")
+      out_of_time = False
+      if stop_after is None:
+        executor.run(pending, log=log)
+      else:
+        for d in pending:
+          elapsed, need = time.time() - t_start, expected_wall(out, d)
+          if out_of_time := elapsed + need > stop_after:
+            log(f"time limit: {elapsed:.0f}s used of {stop_after:.0f}s, the next run needs "
+                f"about {need:.0f}s; rerun the same command to continue")
+            break
+          executor.run([d], log=log)
+          if store.state(d) == "preempted":
+            break
+      if any(store.state(d) == "preempted" for d in pending):
+        log("interrupted (preempted): rerun the same command to continue")
+        break
+      if out_of_time:
+        break
+    by_state: dict[str, list[str]] = {s: [] for s in store.STATES}
+    for d in dirs:
+      by_state[store.state(d, study.eval.key)].append(d.name)
+    collect(out)
+    for rid in by_state["failed"]:
+      rec = store.job_record(out / "runs" / rid)
+      label = (readable(out / "runs" / rid / "spec.json") or {}).get("label", "?")
+      log(f"FAILED {rid} ({label}) after {rec.get('attempts')} attempt(s): {rec.get('error')}")
+    for d in dirs:
+      if store.job_record(d).get("elsewhere"):
+        log(f"RUNNING ELSEWHERE {d.name}: {store.job_record(d)['elsewhere']}; rerun when it ends "
+            "to collect it")
+    return by_state
+
+
+
+
+def result_rows(out: Path) -> list[dict[str, Any]]:
+  """Rows of every done run, in plan order (deterministic, so reruns give the same file)."""
+  out = Path(out)
+  study = store.load_study(out)
+  rows = []
+  for d in store.run_dirs(out):
+    if store.state(d, study.eval.key) != "done" or readable(d / "spec.json", ("run_id",)) is None:
+      continue
+    spec = store.load_spec(d)
+    train_stats = spec.train_attention_stats()
+    base = dict(study=study.name, run_id=spec.run_id, label=spec.label, size=spec.size,
+                params=spec.params, nonembed_params=spec.nonembed_params,
+                train_pattern=spec.pattern, train_sparsity_target=spec.train_sparsity,
+                train_sparsity_element=train_stats["element"],
+                train_sparsity_block=train_stats["block"], budget=spec.budget, steps=spec.steps,
+                train_flops=spec.train_flops, flops_residual=spec.flops_residual,
+                train_flops_per_token=spec.flops_per_token, train_seq_len=spec.seq_len)
+    for r in read_json(d / "eval.json")["rows"]:
+      rows.append({**base, **{k: v for k, v in r.items() if k != "correct"}})
+  return rows
+
+
+
+def collect(out: Path) -> Path:
+  """Writes out/results.csv from the done runs' eval.json files."""
+  return results.write(Path(out) / "results.csv", result_rows(out))
+
+
+def report_inputs(out: Path) -> dict[str, Any]:
+  """What `analysis.report.write` reads, gathered from a study folder: results rows (collected
+  afresh from the run folders, or the results.csv of a copied folder with no runs), status
+  rows, the study's name, skipped grid points and damaged files."""
+  out = Path(out)
+  study = store.load_study(out)
+  # A copied results folder (results.csv, study.json, no run folders, as committed under
+  # studies/) keeps its results.csv: collecting from absent runs would empty it.
+  runs_here = any((d / "spec.json").exists() for d in store.run_dirs(out))
+  if runs_here:
+    csv_path = collect(out)
+  elif (out / "results.csv").exists():
+    csv_path = out / "results.csv"
+  else:
+    raise ValueError(f"{str(out)!r} holds neither run folders nor a results.csv to report on")
+  rows = results.read(csv_path)
+  return dict(rows=rows, name=study.name,
+              status=store.status_rows(out) if runs_here else _status_from_results(rows),
+              skipped=read_json(out / "study.json")["skipped"],
+              damaged=store.damaged_files(out) if runs_here else [])
+
+
+def _status_from_results(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+  """The run table of a copied results folder: every run in results.csv finished (only done
+  runs are collected); attempts are not recorded there."""
+  runs = {}
+  for r in rows:
+    runs.setdefault(r["run_id"], dict(
+        run_id=r["run_id"], label=r["label"], state="done", step=r["steps"], steps=r["steps"],
+        train_flops=r["train_flops"], budget=r["budget"], attempts="", train_wall_s=None,
+        eval_wall_s=None, preempted_wall_s=0.0, error=""))
+  return list(runs.values())
