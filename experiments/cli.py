@@ -139,6 +139,16 @@ def _report(argv: list[str]) -> None:
   print(f"wrote {write_report(a.dir, wandb_mode=a.wandb)}")
 
 
+def _termination(e: BaseException) -> _Terminated | None:
+  """The SIGTERM inside `e`: one that lands in an extension module's import (numpy's, during
+  the first seconds of a job) comes out as that import's ImportError, with it as the cause."""
+  while e is not None:
+    if isinstance(e, _Terminated):
+      return e
+    e = e.__cause__ or e.__context__
+  return None
+
+
 class _Terminated(KeyboardInterrupt):
   """SIGTERM outside the trainer's own handler (which saves and stops at a step boundary):
   run_job records a KeyboardInterrupt as preempted, not as a failed attempt."""
@@ -209,13 +219,17 @@ def _job(argv: list[str]) -> None:
   if not (Path(a.run_dir) / "spec.json").exists():
     raise SystemExit(f"error: {a.run_dir}/spec.json not found: RUN_DIR must be a run folder "
                      "(<study>/runs/<run_id>) planned by `python -m experiments run`")
+  stop = None
   try:
     _die_with_parent()
     from experiments.runs import job
     rec = job.run_job(a.run_dir)
-  except _Terminated as e:
-    _record_preempted(a.run_dir, str(e))  # no-op when run_job recorded it already
-    print(f"{a.run_dir}: preempted ({e})", flush=True)
+  except (_Terminated, Exception) as e:  # noqa: BLE001 — re-raised unless a SIGTERM is in it
+    if (stop := _termination(e)) is None:
+      raise
+  if stop is not None:
+    _record_preempted(a.run_dir, str(stop))  # no-op when run_job recorded it already
+    print(f"{a.run_dir}: preempted ({stop})", flush=True)
     return  # exit 0, as `python -m train` does for a preempted run: the record says what
   print(f"{a.run_dir}: {rec['state']}" + (f" — {rec.get('error')}" if rec.get("error") else ""))
   if rec["state"] == "failed":
@@ -237,9 +251,10 @@ def main(argv=None) -> None:
   previous = signal.getsignal(signal.SIGTERM)  # run and job install their own
   try:
     _main(argv)
-  except _Terminated as e:  # recorded as preempted by run_job; the trainer saved if training
-    print(f"stopped ({e}): rerun the same command to continue", file=sys.stderr)
-  except Exception as e:  # noqa: BLE001 — one line naming the value, not a 40-line traceback
+  except (_Terminated, Exception) as e:  # noqa: BLE001 — one line, not a 40-line traceback
+    if (stop := _termination(e)) is not None:  # recorded as preempted; the trainer saved
+      print(f"stopped ({stop}): rerun the same command to continue", file=sys.stderr)
+      return
     if debug:
       raise
     msg = str(e).strip().splitlines()[0] if str(e).strip() else ""

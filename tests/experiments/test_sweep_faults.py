@@ -238,7 +238,7 @@ def test_an_unwritable_run_dir_fails_that_run_and_the_sweep_goes_on(tmp_path, mo
       readonly.add(bad)
       raise PermissionError(13, "Permission denied", str(bad / "checkpoints"))
 
-  monkeypatch.setattr(sweep, "write_text", write_text)
+  monkeypatch.setattr(files, "write_text", write_text)
   fake, log = Fake(fail), []
   try:
     by_state = _sweep(study, tmp_path, fake, log=log.append)
