@@ -209,6 +209,11 @@ PRESETS: dict[str, dict[str, Any]] = {
             "3m_b4x": {"model.size": "3m", "steps": 1740, "optim.lr": 2e-3, "eval_every": 250},
             "300k_b4x": {"model.size": "300k", "steps": 9000, "optim.lr": 4e-3,
                          "eval_every": 1000},
+            # The next budget up (2.3e16, about 3x): which of 3m and 6m is nearer its optimum.
+            "3m_b4x_2e16": {"model.size": "3m", "steps": 5400, "optim.lr": 2e-3,
+                            "eval_every": 900, "final_examples": 96, "limit_s": 215},
+            "6m_b4x_2e16": {"model.size": "6m", "steps": 2590, "optim.lr": 1.5e-3,
+                            "eval_every": 518, "final_examples": 96, "limit_s": 215},
         },
     },
 }
