@@ -5,9 +5,11 @@ kept fraction shrinks with length (c·n**alpha blocks of n) should beat a fixed 
 spends the same FLOPs on average. For each run, every pair of content settings of one pattern,
 a fixed budget (density or blocks) and an adaptive one, whose prefill inference FLOPs per token
 averaged over the eval lengths agree within `MATCH` is compared per category and phase: accuracy
-with its Wilson interval and FLOPs/token at each length, and pooled over the lengths (the
-average), tested both ways (Welch, as the rest of the report; the two arms are the same examples,
-so treating them as independent is conservative).
+with its interval and FLOPs/token at each length, and pooled over the lengths (the average),
+tested both ways. The two arms are one model on the same examples, so the test is paired
+(`compare.greater`) where outcomes.npz holds them, Welch (conservative) where it does not; the
+section's summary is one verdict over all its comparisons, so their p-values (both directions)
+are Holm-adjusted together.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections import defaultdict
 from typing import Any, Callable
 
 from experiments import stats
+from experiments.analysis import compare
 
 MATCH = 0.01  # relative difference of average prefill FLOPs/token that still counts as equal
 FIXED = ("density", "blocks")
@@ -52,46 +55,57 @@ def comparisons(points: list[dict[str, Any]], alpha: float) -> list[dict[str, An
           if any(r["fixed"] is None or r["adaptive"] is None for r in per):
             continue
           out.append(_compare(per, f, a, cat, phase, alpha))
+  adjusted = stats.holm([r["p_adaptive"] for r in out] + [r["p_fixed"] for r in out])
+  for r, pa, pf in zip(out, adjusted, adjusted[len(out):]):
+    r.update(p_adaptive=pa, p_fixed=pf, verdict=r["verdict"] or (
+        "adaptive wins" if pa < alpha else "fixed wins" if pf < alpha
+        else "no significant difference"))
   return out
 
 
 def _compare(per, fixed, adaptive, category, phase, alpha) -> dict[str, Any]:
+  """One comparison, its verdict left to `comparisons` (after Holm) unless too weak to tell."""
   arm = {k: stats.Arm.pool(r[k]["arm"] for r in per) for k in ("fixed", "adaptive")}
+  pooled = {k: dict(arm=arm[k], sample=compare.pool([r[k].get("sample") for r in per]))
+            for k in ("fixed", "adaptive")}
   flops = {k: sum(r[k]["inference_flops_per_token"] for r in per) / len(per)
            for k in ("fixed", "adaptive")}
   first = per[0]["fixed"]
   chance = sum(r["fixed"]["chance"] * r["fixed"]["arm"].n for r in per) / max(arm["fixed"].n, 1)
-  p_adaptive = stats.welch_greater(arm["adaptive"], arm["fixed"]).p
-  p_fixed = stats.welch_greater(arm["fixed"], arm["adaptive"]).p
-  if not (stats.above_chance(arm["fixed"], chance, alpha)
-          or stats.above_chance(arm["adaptive"], chance, alpha)):
-    verdict = "too weak to tell"
-  elif p_adaptive < alpha:
-    verdict = "adaptive wins"
-  elif p_fixed < alpha:
-    verdict = "fixed wins"
-  else:
-    verdict = "no significant difference"
+  up = compare.greater(pooled["adaptive"], pooled["fixed"])
+  down = compare.greater(pooled["fixed"], pooled["adaptive"])
+  weak = not (stats.above_chance(arm["fixed"], chance, alpha)
+              or stats.above_chance(arm["adaptive"], chance, alpha))
   return dict(run_id=first["run_id"], label=first["run_label"], pattern=first["eval_pattern"],
               fixed=fixed, adaptive=adaptive, category=category, phase=phase, per_length=per,
               fixed_arm=arm["fixed"], adaptive_arm=arm["adaptive"],
+              fixed_ci=compare.interval(arm["fixed"], pooled["fixed"]["sample"]),
+              adaptive_ci=compare.interval(arm["adaptive"], pooled["adaptive"]["sample"]),
               fixed_flops=flops["fixed"], adaptive_flops=flops["adaptive"],
-              p_adaptive=p_adaptive, p_fixed=p_fixed, verdict=verdict)
+              p_adaptive=up.p, p_fixed=down.p, test=up.test,
+              verdict="too weak to tell" if weak else None)
 
 
-def _acc(arm: stats.Arm) -> str:
-  lo, hi = stats.proportion_ci(arm.mean * arm.n, arm.n)
+def _acc(arm: stats.Arm, ci: tuple[float, float] | None = None) -> str:
+  lo, hi = ci or stats.proportion_ci(arm.mean * arm.n, arm.n)
   return f"{arm.mean:.2f} [{lo:.2f}, {hi:.2f}]"
+
+
+def _at(point: dict[str, Any]) -> str:
+  return _acc(point["arm"], point.get("ci"))
 
 
 def markdown(rows: list[dict[str, Any]], table: Callable[..., str]) -> list[str]:
   md = ["## Fixed vs adaptive content budgets at equal average FLOPs", "",
         "Content-based selection with a fixed budget vs a length-adaptive one (c·n^alpha of a "
-        "row's n causal blocks), paired when their prefill inference FLOPs per token averaged over "
+        "row's n causal blocks), matched when their prefill inference FLOPs per token averaged over "
         f"the eval lengths agree within {MATCH:.0%} (decode FLOPs are shown, not matched). "
-        "Accuracy: exact match with 95% Wilson interval; \"mean\" pools the lengths. Verdict: "
-        "one-sided Welch both ways on the pooled examples; \"too weak to tell\" when neither "
-        "policy is significantly above chance.", ""]
+        "Accuracy: exact match with 95% interval (Wilson; a bootstrap over contexts where "
+        "questions share them); \"mean\" pools the lengths. Verdict: one-sided "
+        f"{compare.named({r['test'] for r in rows})} both ways on the pooled examples (one "
+        "model, the same examples under both budgets), p-values Holm-adjusted across the family "
+        "of every comparison of this section, both directions; \"too weak to tell\" when "
+        "neither policy is significantly above chance.", ""]
   if not rows:
     return md + ["No matched pair: the study's eval settings have no fixed and adaptive budget "
                  f"of one content pattern whose average prefill FLOPs agree within {MATCH:.0%}."]
@@ -104,20 +118,22 @@ def markdown(rows: list[dict[str, Any]], table: Callable[..., str]) -> list[str]
   for r in rows:
     if r["verdict"] != "too weak to tell":
       md.append(f"- {r['label']}, {r['category']}, {r['phase']}: **{r['verdict']}** — adaptive "
-                f"`{r['adaptive']}` {_acc(r['adaptive_arm'])} vs fixed `{r['fixed']}` "
-                f"{_acc(r['fixed_arm'])} at mean FLOPs/token {r['adaptive_flops']:.4g} vs "
-                f"{r['fixed_flops']:.4g} (p adaptive>fixed {r['p_adaptive']:.3g}, fixed>adaptive "
+                f"`{r['adaptive']}` {_acc(r['adaptive_arm'], r['adaptive_ci'])} vs fixed "
+                f"`{r['fixed']}` {_acc(r['fixed_arm'], r['fixed_ci'])} at mean FLOPs/token "
+                f"{r['adaptive_flops']:.4g} vs {r['fixed_flops']:.4g} ({r['test']}, "
+                f"Holm-adjusted p adaptive>fixed {r['p_adaptive']:.3g}, fixed>adaptive "
                 f"{r['p_fixed']:.3g}).")
   body = []
   for r in rows:
     for x in r["per_length"]:
       d = x["dense"]
       body.append([r["label"], r["category"], r["phase"], x["eval_length"],
-                   _acc(d["arm"]) if d else "—", _acc(x["fixed"]["arm"]),
-                   f"{x['fixed']['inference_flops_per_token']:.4g}", _acc(x["adaptive"]["arm"]),
+                   _at(d) if d else "—", _at(x["fixed"]),
+                   f"{x['fixed']['inference_flops_per_token']:.4g}", _at(x["adaptive"]),
                    f"{x['adaptive']['inference_flops_per_token']:.4g}"])
-    body.append([r["label"], r["category"], r["phase"], "**mean**", "", _acc(r["fixed_arm"]),
-                 f"{r['fixed_flops']:.4g}", _acc(r["adaptive_arm"]), f"{r['adaptive_flops']:.4g}"])
+    body.append([r["label"], r["category"], r["phase"], "**mean**", "",
+                 _acc(r["fixed_arm"], r["fixed_ci"]), f"{r['fixed_flops']:.4g}",
+                 _acc(r["adaptive_arm"], r["adaptive_ci"]), f"{r['adaptive_flops']:.4g}"])
   pairs = sorted({(r["pattern"], r["fixed"], r["adaptive"]) for r in rows})
   md += ["", "Pairs: " + "; ".join(f"fixed `{f}` vs adaptive `{a}`" for _, f, a in pairs), ""]
   md.append(table(["model", "category", "phase", "T", "dense acc", "fixed acc", "fixed FLOPs/tok",

@@ -1,26 +1,36 @@
 """Analysis of results.csv rows: tolerance, Pareto frontier, iso-FLOP comparisons and the
-log-linear error fit, on the tests of `experiments.stats`. Pure numpy/scipy on summary
-statistics, so every function is testable on constructed data with known answers."""
+log-linear error fit, on the tests of `experiments.stats`. Pure numpy/scipy, so every function
+is testable on constructed data with known answers."""
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from experiments.stats import Arm, above_chance, significantly_greater, welch_greater
+from experiments.stats import Arm, above_chance, holm, welch_greater
 
 
-def tolerance(dense: Arm, by_sparsity: dict[float, Arm], alpha: float = 0.05) -> float:
+def _welch_p(a: Arm, b: Arm) -> float:
+  return welch_greater(a, b).p
+
+
+def tolerance(dense: Any, by_sparsity: dict[float, Any], alpha: float = 0.05,
+              greater: Callable[[Any, Any], float] = _welch_p) -> float:
   """Largest sparsity s such that no sparsity <= s is significantly worse than dense.
 
+  `greater(dense, arm)` is the one-sided p of dense > arm (Welch on `Arm`s by default; the
+  report passes the paired test where the arms share questions). The curve is one verdict, so
+  its p-values are Holm-adjusted across its sparsities before any is called significant.
   Monotone by construction (a later recovery after a significant drop does not count), so it
   reads as "safe up to s". 0.0 when even the first sparse point is significantly worse.
   """
+  levels = sorted(by_sparsity)
+  adjusted = holm([greater(dense, by_sparsity[s]) for s in levels])
   best = 0.0
-  for s in sorted(by_sparsity):
-    if significantly_greater(dense, by_sparsity[s], alpha):
+  for s, p in zip(levels, adjusted):
+    if p < alpha:
       break
     best = s
   return best
@@ -85,9 +95,12 @@ def sparse_vs_dense(rows: list[dict[str, Any]], *, alpha: float = 0.05,
   sparse (bool), inference_flops_per_token, arm (Arm), chance}. For each category × length ×
   phase × training budget, every (smaller dense S, larger sparse L) pair with
   flops(L) <= flops(S) · (1 + flops_slack) (only the budget when `match_inference` is False:
-  equal training compute) is tested (Welch, L > S and S > L). The verdict per pair:
-  "sparse wins", "dense wins", "no significant difference", or "too weak to tell" (neither model
-  is significantly above chance, so a comparison would only compare noise).
+  equal training compute) is tested (Welch: two models are independent arms, L > S and S > L).
+  A category's answer is one verdict drawn from all its pairs, so the p-values of both
+  directions of every pair of a category are Holm-adjusted together (`p`, `p_dense` hold the
+  adjusted ones, `p_raw` the unadjusted L > S). The verdict per pair: "sparse wins",
+  "dense wins", "no significant difference", or "too weak to tell" (neither model is
+  significantly above chance, so a comparison would only compare noise).
   """
   out = []
   keyf = lambda r: (r["category"], r["eval_length"], r["phase"], r["budget"])
@@ -107,18 +120,18 @@ def sparse_vs_dense(rows: list[dict[str, Any]], *, alpha: float = 0.05,
           continue
         weak = not (above_chance(s["arm"], s["chance"], alpha)
                     or above_chance(big["arm"], big["chance"], alpha))
-        if weak:
-          verdict = "too weak to tell"
-        elif significantly_greater(big["arm"], s["arm"], alpha):
-          verdict = "sparse wins"
-        elif significantly_greater(s["arm"], big["arm"], alpha):
-          verdict = "dense wins"
-        else:
-          verdict = "no significant difference"
         out.append(dict(category=key[0], eval_length=key[1], phase=key[2], budget=key[3],
                         dense=s["label"], sparse=big["label"], dense_acc=s["arm"].mean,
                         sparse_acc=big["arm"].mean, dense_n=s["arm"].n, sparse_n=big["arm"].n,
                         dense_flops=s["inference_flops_per_token"],
-                        sparse_flops=big["inference_flops_per_token"],
-                        p=welch_greater(big["arm"], s["arm"]).p, verdict=verdict))
+                        sparse_flops=big["inference_flops_per_token"], weak=weak,
+                        p_raw=_welch_p(big["arm"], s["arm"]),
+                        p_dense_raw=_welch_p(s["arm"], big["arm"])))
+  for cat in {c["category"] for c in out}:
+    family = [c for c in out if c["category"] == cat]
+    adjusted = holm([c["p_raw"] for c in family] + [c["p_dense_raw"] for c in family])
+    for c, p, p_dense in zip(family, adjusted, adjusted[len(family):]):
+      c.update(p=p, p_dense=p_dense, verdict="too weak to tell" if c["weak"] else
+               "sparse wins" if p < alpha else "dense wins" if p_dense < alpha else
+               "no significant difference")
   return out

@@ -5,7 +5,6 @@ matplotlib is imported inside `plt_module` only: a report without plots needs no
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -84,10 +83,12 @@ def plot_tolerance(points, path: Path) -> Path | None:
       _, label, length = key
       ps = shown[key]
       y = [p["arm"].mean for p in ps]
-      err = [1.96 * p["arm"].std / math.sqrt(max(p["arm"].n, 1)) for p in ps]
+      # The points' own 95% intervals (Wilson, or the bootstrap over contexts), which are
+      # asymmetric near 0 and 1 where a normal one would cross them.
+      err = [[a - p["ci"][0] for a, p in zip(y, ps)], [p["ci"][1] - a for a, p in zip(y, ps)]]
       ax.errorbar([p["eval_target"] for p in ps], y, yerr=err, marker="o", ms=4, capsize=2,
                   color=colour[label], ls=style[length])
-      top = max(top, max(a + e for a, e in zip(y, err)))
+      top = max(top, max(p["ci"][1] for p in ps))
     ax.axhline(sum(p["chance"] for p in pts if p["category"] == cat)
                / max(1, sum(p["category"] == cat for p in pts)), color="grey", ls=":", lw=1)
     ax.set(title=f"{cat}: accuracy vs inference sparsity", xlabel="inference sparsity (prefill)",

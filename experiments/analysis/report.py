@@ -13,21 +13,26 @@ from pathlib import Path
 from typing import Any
 
 from experiments import stats
-from experiments.analysis import budgets, plots
+from experiments.analysis import budgets, compare, plots
 from experiments.analysis import frontier as fr
 from experiments.stats import ALPHA
-from experiments.runs import files
+from experiments.runs import files, results
 
 
 # ------------------------------------------------------------------------------ aggregation
-def category_points(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-  """Pools task rows into one point per run × category × length × phase × eval setting."""
+def category_points(rows: list[dict[str, Any]], outcomes: dict[tuple, Any] | None = None
+                    ) -> list[dict[str, Any]]:
+  """Pools task rows into one point per run × category × length × phase × eval setting; with
+  `outcomes` (`runs.results.read_outcomes`) each point also holds its questions (`sample`,
+  None where a row has none) for the paired tests, and `ci` its 95% interval."""
   groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
-  for r in rows:
-    groups[(r["run_id"], r["category"], r["eval_length"], r["phase"], r["eval_setting"])].append(r)
+  for r, o in zip(rows, results.join(rows, outcomes)):
+    groups[(r["run_id"], r["category"], r["eval_length"], r["phase"], r["eval_setting"])].append(
+        {**r, "outcomes": o})
   out = []
   for (run_id, cat, length, phase, setting), rs in groups.items():
     arm = stats.Arm.pool(stats.Arm(r["accuracy"], r["accuracy_std"], r["n"]) for r in rs)
+    sample = compare.sample([((r["task"], r["eval_length"]), r["outcomes"]) for r in rs])
     first = rs[0]
     out.append(dict(
         run_id=run_id, category=cat, eval_length=length, phase=phase, eval_setting=setting,
@@ -43,7 +48,8 @@ def category_points(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         inference_flops_per_token=sum(r["inference_flops_per_token"] for r in rs) / len(rs),
         selection_flops_per_token=sum(r.get("selection_flops_per_token", 0.0) for r in rs)
         / len(rs),
-        arm=arm, chance=sum(r["chance"] * r["n"] for r in rs) / max(arm.n, 1)))
+        arm=arm, sample=sample, ci=compare.interval(arm, sample),
+        chance=sum(r["chance"] * r["n"] for r in rs) / max(arm.n, 1)))
   return sorted(out, key=lambda p: (p["category"], p["eval_length"], p["phase"], p["params"],
                                     p["label"]))
 
@@ -65,7 +71,9 @@ def comparison_points(points: list[dict[str, Any]], match: str) -> list[dict[str
 
 def tolerances(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
   """Per model × category × length × phase × eval pattern: largest eval sparsity whose accuracy
-  is not significantly below the same model evaluated dense (one-sided Welch, alpha 0.05)."""
+  is not significantly below the same model evaluated dense (one-sided, alpha 0.05, Holm across
+  the curve's sparsities: `frontier.tolerance`), paired where the points hold their questions
+  (`compare.greater`); `tests` names the tests used (none where too weak to tell)."""
   by_key: dict[tuple, dict[str, Any]] = defaultdict(dict)
   for p in points:
     key = (p["run_id"], p["category"], p["eval_length"], p["phase"])
@@ -78,14 +86,30 @@ def tolerances(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
     patterns = sorted({_family(p) for p in settings.values() if p["sparse"]
                        and p["eval_setting"] != "native"})
     for pattern in patterns:
-      curve = {p["eval_target"]: p["arm"] for p in settings.values()
+      curve = {p["eval_target"]: p for p in settings.values()
                if _family(p) == pattern and p["eval_setting"] != "native"}
-      weak = not stats.measurable(dense["arm"], dense["chance"], ALPHA)
+      # The gate judges with the curve's own test and correction, or a curve the test cannot
+      # see fall (5 right of 128 against the exact paired test) would read "tolerates all".
+      paired = all(compare.same_questions(dense["sample"], p["sample"]) for p in curve.values())
+      weak = not stats.measurable(dense["arm"], dense["chance"], ALPHA, paired=paired,
+                                  family=len(curve))
+      tol, tests = (None, set()) if weak else _tolerance(dense, curve)
       out.append(dict(label=dense["run_label"], category=cat, eval_length=length, phase=phase,
                       pattern=pattern, dense_acc=dense["arm"].mean, n=dense["arm"].n,
-                      tolerance=None if weak else fr.tolerance(dense["arm"], curve, ALPHA),
-                      weak=weak))
+                      tolerance=tol, weak=weak, tests=tests))
   return out
+
+
+def _tolerance(dense: dict[str, Any], curve: dict[float, dict[str, Any]]
+               ) -> tuple[float, set[str]]:
+  """`frontier.tolerance` of report points on `compare.greater`, and the tests it used."""
+  used = set()
+
+  def greater(a, b):
+    t = compare.greater(a, b)
+    used.add(t.test)
+    return t.p
+  return fr.tolerance(dense, curve, ALPHA, greater), used
 
 
 def _family(p: dict[str, Any]) -> str:
@@ -130,7 +154,7 @@ def answer(comparisons: list[dict[str, Any]], categories: list[str], match: str)
       text = (f"**yes, from length {wins[0]} on** (sparse wins at T ∈ {wins}); e.g. "
               f"{best['sparse']} {best['sparse_acc']:.2f} vs {best['dense']} "
               f"{best['dense_acc']:.2f} (n={best['sparse_n']}/{best['dense_n']}, "
-              f"p={best['p']:.3g}, {best['phase']})")
+              f"Holm-adjusted p={best['p']:.3g}, {best['phase']})")
     elif losses:
       text = f"**no**: the smaller dense model is significantly better at T ∈ {losses}"
     elif len(weak) == len(lengths):
@@ -143,14 +167,59 @@ def answer(comparisons: list[dict[str, Any]], categories: list[str], match: str)
   return lines
 
 
+def _short(tests: set[str]) -> str:
+  """A tolerance row's test, in a word."""
+  return {frozenset(): "—", frozenset({compare.PAIRED}): "paired",
+          frozenset({compare.WELCH}): "Welch"}.get(frozenset(tests), "mixed")
+
+
+PAIRED_TEXT = (f"{compare.PAIRED}: an exact binomial test at 1/2 on the questions only one "
+               "arm answered right (on the contexts where one arm got more right, where several "
+               "questions share a context)")
+
+
+def statistics(points: list[dict[str, Any]], outcomes_rows: int, rows: int) -> list[str]:
+  """What the report's tests and intervals are, and on which data (the paired tests need the
+  per-question outcomes of outcomes.npz)."""
+  clustered = any(p["sample"] is not None and p["sample"].clustered for p in points)
+  paired = (f"are compared with the {PAIRED_TEXT}" if outcomes_rows else
+            f"would be compared with the {PAIRED_TEXT}; without the outcomes they get "
+            f"{compare.WELCH} too, which ignores the pairing (conservative)")
+  if outcomes_rows == rows:
+    source = f"per-question outcomes of all {rows} rows (`outcomes.npz`)"
+  elif outcomes_rows:
+    source = (f"per-question outcomes of {outcomes_rows} of {rows} rows (`outcomes.npz`); "
+              f"points with a row without them fall back to {compare.WELCH}")
+  else:
+    source = ("no per-question outcomes (`outcomes.npz` absent, as in a study folder copied "
+              f"without it, or not matching results.csv), so every test is {compare.WELCH}")
+  return ["## Statistics", "",
+          f"Data: {source}. Two eval settings of one model scored the same questions, so they "
+          f"{paired}. Two different models are compared with the one-sided {compare.WELCH} on "
+          "per-question exact match (unpaired). Each verdict is drawn from a family of "
+          "one-sided tests, and its p-values are Holm-adjusted across that family (alpha "
+          f"{ALPHA}; each section names its family). Intervals are 95%: "
+          + (f"a percentile bootstrap resampling contexts ({stats.BOOTSTRAP_RESAMPLES} "
+             "resamples, fixed seed) where questions share a context, else Wilson's."
+             if clustered else
+             "Wilson's (no two questions share a context).")
+          + ' "Too weak to tell" gates the verdicts: an uncorrected binomial test against the '
+          "task's chance rate, and for a tolerance whether its test could see a fall to chance "
+          "at all."]
+
+
 def write(out: Path, rows: list[dict[str, Any]], status: list[dict[str, Any]], *, name: str,
           skipped: list[dict[str, Any]] = (), damaged: list[str] = (),
-          wall_s: float | None = None) -> tuple[Path, list[Path]]:
-  """Writes out/report.md and out/plots/*.png from results rows (`runs.results.read`) and the
-  runs' status rows; returns (report path, plot paths). Reads nothing else: the run store
-  (`runs.sweep.report_inputs`) gathers these, so the analysis never needs the model stack."""
+          wall_s: float | None = None, outcomes: dict[tuple, Any] | None = None
+          ) -> tuple[Path, list[Path]]:
+  """Writes out/report.md and out/plots/*.png from results rows (`runs.results.read`), their
+  per-question outcomes (`runs.results.read_outcomes`; None: unpaired tests, and the report
+  says so) and the runs' status rows; returns (report path, plot paths). Reads nothing else:
+  the run store (`runs.sweep.report_inputs`) gathers these, so the analysis never needs the
+  model stack."""
   out = Path(out)
-  points = category_points(rows)
+  points = category_points(rows, outcomes)
+  joined = sum(o is not None for o in results.join(rows, outcomes))
   plot_dir = out / "plots"
   plot_dir.mkdir(exist_ok=True)
   budget_rows = budgets.comparisons(points, ALPHA)
@@ -196,9 +265,12 @@ def write(out: Path, rows: list[dict[str, Any]], status: list[dict[str, Any]], *
         f"{s['size']} {s['pattern']}@{s['sparsity']} budget {s['budget']:.2g}: {s['reason']}"
         for s in skipped)]
 
+  md += ["", *statistics(points, joined, len(rows))]
   md += ["", "## Does a larger sparse model beat a smaller dense one at equal compute?", "",
-         "Test: one-sided Welch t on per-example exact match, "
-         f"alpha={ALPHA}, pooled over a category's tasks, both directions; \"too weak to tell\" "
+         f"Test: one-sided {compare.WELCH} on per-question exact match (two models: unpaired), "
+         f"alpha={ALPHA}, pooled over a category's tasks, both directions; p-values "
+         "Holm-adjusted across the family of a category's answer: both directions of every pair "
+         "of that category at that compute matching. \"too weak to tell\" "
          "when neither model is significantly above chance (binomial test against the task's "
          "chance rate), since then a comparison would only compare noise.", "",
          "**Equal training compute** (the grid's matching): a larger model trained sparse "
@@ -213,29 +285,37 @@ def write(out: Path, rows: list[dict[str, Any]], status: list[dict[str, Any]], *
       continue
     md += ["", f"Pairs at {title}:", "", _table(
         ["category", "T", "phase", "budget", "dense (smaller)", "acc", "sparse (larger)", "acc",
-         "FLOPs/tok d→s", "p (sparse > dense)", "verdict"],
+         "FLOPs/tok d→s", "p (sparse > dense, Holm)", "verdict"],
         [[c["category"], c["eval_length"], c["phase"], c["budget"], c["dense"], c["dense_acc"],
           c["sparse"], c["sparse_acc"], f"{c['dense_flops']:.3g}→{c['sparse_flops']:.3g}",
           c["p"], c["verdict"]] for c in cs])]
 
   md += ["", "## Accuracy at the training length (dense eval)", ""]
-  md += [_table(["model", "category", "T", "exact match", "95% CI", "n", "chance",
+  md += [_table(["model", "category", "T", "exact match", "95% interval", "n", "chance",
                  "above chance?"],
                 [[p["run_label"], p["category"], p["eval_length"], p["arm"].mean,
-                  f"[{_ci(p)[0]:.2f}, {_ci(p)[1]:.2f}]", p["arm"].n, p["chance"],
+                  f"[{p['ci'][0]:.2f}, {p['ci'][1]:.2f}]", p["arm"].n, p["chance"],
                   "yes" if stats.above_chance(p["arm"], p["chance"], ALPHA) else "no (too weak)"]
                  for p in points if p["eval_setting"] == "dense" and p["phase"] == "prefill"
                  and p["eval_length"] == p["train_seq_len"]])]
 
+  tol_tests = set().union(*(t["tests"] for t in tol))
   md += ["", "## Sparsity tolerance", "",
          "Largest inference sparsity (element level) whose accuracy is not significantly below "
-         "the same model evaluated dense (one-sided Welch, alpha 0.05, monotone: the first "
-         "significant drop ends it). \"—\": too weak to tell — the model evaluated dense is not "
-         "significantly above chance, or so little above it that even a fall to chance would "
-         "not be a significant drop.", ""]
-  md += [_table(["model", "category", "T", "phase", "pattern", "dense acc", "n", "tolerance"],
+         f"the same model evaluated dense (one-sided, alpha {ALPHA}, monotone: the first "
+         "significant drop ends it). Test: "
+         + (f"{compare.named(tol_tests)} (column \"test\")" if tol_tests else
+            "none run (every curve is too weak to tell)")
+         + "; a tolerance is one verdict, so its p-values are Holm-adjusted across its family: "
+         "the curve's sparsities (one model, category, length, phase and pattern). \"—\": too "
+         "weak to tell — the model evaluated dense is not significantly above chance, or so "
+         "little above it that even a fall to chance at every sparsity would not be a "
+         "significant drop (by the curve's test, after its correction).", ""]
+  md += [_table(["model", "category", "T", "phase", "pattern", "dense acc", "n", "tolerance",
+                 "test"],
                 [[t["label"], t["category"], t["eval_length"], t["phase"], t["pattern"],
-                  t["dense_acc"], t["n"], "—" if t["weak"] else t["tolerance"]] for t in tol])]
+                  t["dense_acc"], t["n"], "—" if t["weak"] else t["tolerance"],
+                  _short(t["tests"])] for t in tol])]
 
   md += ["", *budgets.markdown(budget_rows, _table)]
 
@@ -276,7 +356,3 @@ def write(out: Path, rows: list[dict[str, Any]], status: list[dict[str, Any]], *
   path = out / "report.md"
   files.write_text(path, "\n".join(md) + "\n")
   return path, figs
-
-
-def _ci(p) -> tuple[float, float]:
-  return stats.proportion_ci(p["arm"].mean * p["arm"].n, p["arm"].n)

@@ -11,8 +11,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from experiments import stats
 from experiments.runs import results, store
-from experiments.runs.files import read_json, readable
+from experiments.runs.files import DamagedFile, read_json, readable
 from experiments.spec import study as study_lib
 
 
@@ -131,7 +132,10 @@ def run_sweep(study: study_lib.Study, out: Path, executor, *, retry_failed: bool
 
 
 def result_rows(out: Path) -> list[dict[str, Any]]:
-  """Rows of every done run, in plan order (deterministic, so reruns give the same file)."""
+  """Rows of every done run, in plan order (deterministic, so reruns give the same file), each
+  with its per-question `correct` and `context` (for outcomes.npz; results.csv leaves them out).
+  Where several questions share a context the interval is the cluster bootstrap's (questions of
+  one context are not independent draws); else the Wilson interval evaluation gave."""
   out = Path(out)
   study = store.load_study(out)
   rows = []
@@ -148,20 +152,30 @@ def result_rows(out: Path) -> list[dict[str, Any]]:
                 train_flops=spec.train_flops, flops_residual=spec.flops_residual,
                 train_flops_per_token=spec.flops_per_token, train_seq_len=spec.seq_len)
     for r in read_json(d / "eval.json")["rows"]:
-      rows.append({**base, **{k: v for k, v in r.items() if k != "correct"}})
+      row = {**base, **r}
+      if row.get("correct") is not None:
+        row.setdefault("context", list(range(len(row["correct"]))))
+        right, asked = stats.per_context(row["correct"], row["context"])
+        if len(asked) < len(row["correct"]):
+          row["ci_low"], row["ci_high"] = stats.cluster_bootstrap_ci(right, asked)
+      rows.append(row)
   return rows
 
 
-
 def collect(out: Path) -> Path:
-  """Writes out/results.csv from the done runs' eval.json files."""
-  return results.write(Path(out) / "results.csv", result_rows(out))
+  """Writes out/results.csv and out/outcomes.npz (the rows' per-question outcomes) from the
+  done runs' eval.json files; returns the results.csv path."""
+  rows = result_rows(out)
+  results.write_outcomes(Path(out) / results.OUTCOMES, rows)
+  return results.write(Path(out) / "results.csv", rows)
 
 
 def report_inputs(out: Path) -> dict[str, Any]:
   """What `analysis.report.write` reads, gathered from a study folder: results rows (collected
-  afresh from the run folders, or the results.csv of a copied folder with no runs), status
-  rows, the study's name, skipped grid points and damaged files."""
+  afresh from the run folders, or the results.csv of a copied folder with no runs), their
+  per-question outcomes (outcomes.npz; None where a copied folder has none, and the report
+  falls back to unpaired tests), status rows, the study's name, skipped grid points and damaged
+  files."""
   out = Path(out)
   study = store.load_study(out)
   # A copied results folder (results.csv, study.json, no run folders, as committed under
@@ -174,10 +188,15 @@ def report_inputs(out: Path) -> dict[str, Any]:
   else:
     raise ValueError(f"{str(out)!r} holds neither run folders nor a results.csv to report on")
   rows = results.read(csv_path)
-  return dict(rows=rows, name=study.name,
+  damaged = store.damaged_files(out) if runs_here else []
+  try:
+    outcomes = results.read_outcomes(out / results.OUTCOMES)
+  except DamagedFile as e:
+    outcomes = None
+    damaged = [*damaged, f"{e} (the report uses unpaired tests)"]
+  return dict(rows=rows, name=study.name, outcomes=outcomes,
               status=store.status_rows(out) if runs_here else _status_from_results(rows),
-              skipped=read_json(out / "study.json")["skipped"],
-              damaged=store.damaged_files(out) if runs_here else [])
+              skipped=read_json(out / "study.json")["skipped"], damaged=damaged)
 
 
 def _status_from_results(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

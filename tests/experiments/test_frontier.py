@@ -7,7 +7,9 @@ import pytest
 from scipy import stats as sps
 
 from experiments import stats
+from experiments.analysis import budgets, compare
 from experiments.analysis import frontier as fr
+from experiments.runs import results
 from experiments.stats import proportion_ci
 
 
@@ -153,3 +155,101 @@ def test_drop_detectable_needs_room_above_chance():
   assert fr.tolerance(dense, {0.5: stats.Arm.of(_bernoulli(0, 128))}) == 0.0
   weak = stats.Arm.of(_bernoulli(2, 128))
   assert fr.tolerance(weak, {0.5: stats.Arm.of(_bernoulli(0, 128))}) == 0.5
+
+
+def test_tolerance_holm_corrects_across_the_curve():
+  """One level at p = 0.037 is a significant drop on its own; the same level as one of three
+  sparsities of a curve is not (Holm: 3 × 0.037 > 0.05), so the curve tolerates all three."""
+  dense, dip = stats.Arm.of(_bernoulli(180, 200)), stats.Arm.of(_bernoulli(168, 200))
+  assert stats.welch_greater(dense, dip).p == pytest.approx(0.0374, abs=1e-3)
+  assert fr.tolerance(dense, {0.5: dip}) == 0.0
+  assert fr.tolerance(dense, {0.5: dip, 0.75: dip, 0.9: dip}) == 0.9
+  # Holm steps down: once a collapse at 0.75 is rejected, the dip is tested at alpha again and
+  # ends the curve at its first level (Bonferroni, 2 × 0.037, would have let it through)
+  assert fr.tolerance(dense, {0.5: dip, 0.75: stats.Arm.of(_bernoulli(20, 200))}) == 0.0
+
+
+def _outcome_point(correct):
+  correct = np.asarray(correct)
+  o = results.Outcomes(correct.astype(np.uint8), np.arange(len(correct)))
+  return dict(arm=stats.Arm.of(correct.astype(float)),
+              sample=compare.sample([(("niah_single", 1024), o)]))
+
+
+def test_tolerance_on_paired_points_sees_the_drop_welch_misses():
+  """Dense right on 112 of 200 questions; the sparse setting on 100 of them and nothing else:
+  12 discordant questions, all against sparse. Welch on the summaries (0.56 vs 0.50) sees no
+  drop; the paired test on the same questions does (p = 2**-12)."""
+  b = np.zeros(200, int)
+  b[:112] = 1
+  a = b.copy()
+  a[100:112] = 0
+  dense, sparse = _outcome_point(b), _outcome_point(a)
+  assert fr.tolerance(dense["arm"], {0.9: sparse["arm"]}) == 0.9
+  t = compare.greater(dense, sparse)
+  assert t.test == compare.PAIRED and t.p == pytest.approx(0.5 ** 12)
+  assert fr.tolerance(dense, {0.9: sparse}, greater=lambda d, s: compare.greater(d, s).p) == 0.0
+  # other questions (another task, or no outcomes): the unpaired test
+  other = dict(sparse, sample=compare.sample([(("niah_multikey", 1024),
+                                               sparse["sample"].parts[0][1])]))
+  assert compare.greater(dense, other).test == compare.WELCH
+  assert compare.greater(dense, dict(sparse, sample=None)).test == compare.WELCH
+
+
+def test_sparse_vs_dense_holm_corrects_across_a_category():
+  """A pair at p = 0.023 alone is "sparse wins" (its family: both directions, 2 × 0.023 < 0.05);
+  next to two more pairs of its category (six one-sided tests) the adjusted p is over 0.05.
+  Its raw p is kept."""
+  small = _point("small dense", 1e6, 10.0, 50)
+  close = _point("big sparse close", 4e6, 9.0, 64, sparse=True)
+  (alone,) = fr.sparse_vs_dense([small, close])
+  assert alone["verdict"] == "sparse wins" and alone["p_raw"] == pytest.approx(0.0229, abs=1e-3)
+  assert alone["p"] == pytest.approx(2 * alone["p_raw"])
+  family = fr.sparse_vs_dense([small, close, _point("big sparse same", 4e6, 9.0, 50, sparse=True),
+                               _point("other sparse", 4e6, 9.0, 51, sparse=True)])
+  row = next(c for c in family if c["sparse"] == "big sparse close")
+  assert row["verdict"] == "no significant difference"
+  assert row["p_raw"] == pytest.approx(alone["p_raw"]) and row["p"] > 0.05
+
+
+def test_cluster_interval_where_questions_share_contexts():
+  correct = np.array([1, 1, 1, 1, 0, 0, 0, 0] * 10)  # contexts all right or all wrong
+  o = results.Outcomes(correct.astype(np.uint8), np.repeat(np.arange(20), 4))
+  s = compare.sample([(("niah_single", 1024), o)])
+  assert s.clustered
+  arm = stats.Arm.of(correct.astype(float))
+  right, asked = stats.per_context(correct, np.repeat(np.arange(20), 4))
+  assert compare.interval(arm, s) == stats.cluster_bootstrap_ci(right, asked)
+  flat = compare.sample([(("niah_single", 1024), results.Outcomes(o.correct, np.arange(80)))])
+  assert not flat.clustered and compare.interval(arm, flat) == proportion_ci(40, 80)
+
+
+def _budget_point(setting, budget, t, correct, flops):
+  correct = np.asarray(correct)
+  o = results.Outcomes(correct.astype(np.uint8), np.arange(len(correct)))
+  return dict(run_id="m", run_label="m", category="retrieval", phase="prefill", eval_length=t,
+              eval_setting=setting, eval_pattern="topk_blocks", eval_budget=budget,
+              inference_flops_per_token=flops, chance=0.03,
+              arm=stats.Arm.of(correct.astype(float)),
+              sample=compare.sample([(("niah_single", t), o)]))
+
+
+def test_budgets_compare_fixed_and_adaptive_on_the_same_questions():
+  """At each of two lengths the adaptive budget answers the fixed one's right questions and 6
+  more (0.56 vs 0.50 pooled over 200): paired, 12 discordant questions all for adaptive."""
+  pts = []
+  for t, flops in ((64, (10.0, 14.0)), (256, (20.0, 16.0))):
+    fixed = np.zeros(100, int)
+    fixed[:50] = 1
+    ada = fixed.copy()
+    ada[50:56] = 1
+    pts += [_budget_point("fix", "density", t, fixed, flops[0]),
+            _budget_point("ada", "adaptive", t, ada, flops[1])]
+  (row,) = budgets.comparisons(pts, 0.05)
+  assert row["test"] == compare.PAIRED and row["verdict"] == "adaptive wins"
+  assert row["p_adaptive"] == pytest.approx(2 * 0.5 ** 12)  # Holm over both directions
+  # the summaries alone (a folder without outcomes.npz): Welch, no difference
+  (welch,) = budgets.comparisons([dict(p, sample=None) for p in pts], 0.05)
+  assert welch["test"] == compare.WELCH and welch["verdict"] == "no significant difference"
+  md = "\n".join(budgets.markdown([row], lambda h, b: f"{len(b)} rows"))
+  assert compare.PAIRED in md and "Holm" in md
