@@ -138,30 +138,38 @@ class AttentionConfig:
     return so.select_block_mask(q, k, scoring=CONTENT_PATTERNS[self.pattern],
                                 dense_before=dense_before, **self._selection_args(q.shape[1]))
 
+  def counted(self, seq_len: int,
+              dense_before: int | None = None) -> so.masks.Mask | so.flops.Selected:
+    """What `so.flops` counts for this config at `seq_len`: its static mask, or the selection
+    its layers make (`select`'s arguments, exact before any content). `dense_before` (content
+    only): queries before it are dense, as in the decode phase."""
+    if not self.is_content:
+      if dense_before is not None:
+        raise ValueError(f"dense_before={dense_before} applies to content patterns; "
+                         f"pattern={self.pattern!r} is static (its decode phase is a mask)")
+      return self.mask(seq_len)
+    return so.flops.Selected(**self._selection_args(seq_len), dense_before=dense_before)
+
   def pairs(self, seq_len: int) -> int:
     """Allowed (query, key) pairs per head at `seq_len`: what FLOP counts use."""
-    if not self.is_content:
-      return self.mask(seq_len).nnz(seq_len, seq_len)
-    return self.selection_counts(seq_len)[0]
+    return so.flops.pairs(self.counted(seq_len), seq_len)
 
   def selection_counts(self, seq_len: int, dense_before: int | None = None) -> tuple[int, int]:
-    """(allowed pairs, visited blocks) per head of a content-based pattern at `seq_len`.
-
-    Exact before seeing any content (`so.selected_pairs`). `dense_before`: queries before it
-    are dense (the decode phase; see `select`).
-    """
+    """(allowed pairs, visited blocks) per head of a content-based pattern at `seq_len`
+    (`so.flops` on `counted`)."""
     if not self.is_content:
       raise ValueError(f"attention.pattern={self.pattern!r} is static: count its mask instead")
-    return so.selected_pairs(seq_len, seq_len, dense_before=dense_before,
-                             **self._selection_args(seq_len))
+    sel = self.counted(seq_len, dense_before)
+    return so.flops.pairs(sel, seq_len), int(so.flops.visited_blocks(sel, seq_len))
 
   def selection_sparsity(self, seq_len: int,
                          dense_before: int | None = None) -> dict[str, float]:
     """Element and block sparsity (against dense causal) of every selection at `seq_len`."""
-    pairs, visited = self.selection_counts(seq_len, dense_before)
-    block_q, block_kv = self.blocks(seq_len)
-    return {"element": 1.0 - pairs / so.masks.causal_pairs(seq_len),
-            "block": 1.0 - visited / so.flops.causal_blocks(seq_len, seq_len, block_q, block_kv)}
+    if not self.is_content:
+      raise ValueError(f"attention.pattern={self.pattern!r} is static: count its mask instead")
+    sel = self.counted(seq_len, dense_before)
+    return {"element": so.flops.sparsity(sel, seq_len),
+            "block": so.flops.block_sparsity(sel, seq_len)}
 
   # ------------------------------------------------------------------------------ validation
   def validate(self, seq_len: int) -> None:

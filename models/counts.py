@@ -38,19 +38,28 @@ def param_counts(cfg: ModelConfig) -> ParamCounts:
 
 @functools.lru_cache(maxsize=1024)  # exact counts of composite masks can take seconds at 32k
 def attention_flops_per_token(cfg: ModelConfig, seq_len: int,
-                              attention: AttentionConfig | None = None) -> float:
-  """Forward attention-score FLOPs (QKᵀ and PV over the allowed pairs) per token, all layers."""
-  pairs = (attention or cfg.attention).pairs(seq_len)  # static masks and content selections
-  fwd = so.flops.per_pair(cfg.head_size) * cfg.num_heads * pairs
+                              attention: AttentionConfig | so.masks.Mask | so.flops.Selected
+                              | None = None) -> float:
+  """Forward attention-score FLOPs (QKᵀ and PV over the allowed pairs) per token, all layers.
+
+  `attention`: another config than the model's, or directly what `so.flops` counts (a mask,
+  such as an evaluation phase's, or a `so.flops.Selected`).
+  """
+  attention = cfg.attention if attention is None else attention
+  if isinstance(attention, AttentionConfig):
+    attention = attention.counted(seq_len)
+  fwd = so.flops.model_flops(attention, seq_len, seq_len, num_heads=cfg.num_heads,
+                             head_dim=cfg.head_size)
   return cfg.depth * fwd / seq_len
 
 
 def flops_per_token(cfg: ModelConfig, seq_len: int, *, training: bool = True,
-                    attention: AttentionConfig | None = None) -> float:
+                    attention: AttentionConfig | so.masks.Mask | so.flops.Selected
+                    | None = None) -> float:
   """FLOPs per token at context `seq_len`: training (fwd+bwd, 3×) or inference (forward).
 
   `attention` evaluates another pattern/sparsity than the config's (e.g. sparse inference of a
-  densely trained model).
+  densely trained model), as a config or as a mask / selection (`attention_flops_per_token`).
   """
   fwd = 2 * param_counts(cfg).nonembed + 2 * cfg.width * cfg.vocab_size
   fwd += attention_flops_per_token(cfg, seq_len, attention)

@@ -502,23 +502,9 @@ def _refine(mask, any_, all_, uncertain, q_len, kv_len, block_q, block_kv, trans
 
 
 def _refine_blocks(mask, hs, qi, ki, q_len, kv_len, block_q, block_kv):
-  """(any, all) of blocks (head hs, q-block qi, kv-block ki), checked elementwise."""
-  any_, all_ = np.zeros(len(hs), bool), np.zeros(len(hs), bool)
-  qo, ko = np.arange(block_q), np.arange(block_kv)
-  for start in range(0, len(hs), 256):
-    sl = np.s_[start:start + 256]
-    h = hs[sl]
-    q = qi[sl][:, None, None] * block_q + qo[None, :, None]
-    k = ki[sl][:, None, None] * block_kv + ko[None, None, :]
-    valid = (q < q_len) & (k < kv_len)
-    if mask.num_heads is None:
-      ok = np.asarray(mask(q, k), bool)
-    else:  # evaluate each block with its own head's mask
-      ok = np.stack([np.asarray(mask.head(int(hh))(q[j], k[j]), bool) for j, hh in enumerate(h)])
-    ok = np.broadcast_to(ok, valid.shape)
-    any_[sl] = (ok & valid).any((1, 2))
-    all_[sl] = (ok | ~valid).all((1, 2))
-  return any_, all_
+  """(any, all) of blocks (head hs, q-block qi, kv-block ki), from their elementwise counts."""
+  allowed, valid = masks_lib.block_pairs(mask, hs, qi, ki, q_len, kv_len, block_q, block_kv)
+  return allowed > 0, allowed == valid
 
 
 def _compact_np(sel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

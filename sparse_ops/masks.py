@@ -123,14 +123,32 @@ def _count_by_blocks(mask: Mask, q_len: int, kv_len: int, block: int = 128) -> i
   any_, all_ = np.broadcast_to(any_, (nq, nk)), np.broadcast_to(all_, (nq, nk))
   total = int(((q1 - q0) * (k1 - k0))[all_].sum())
   qi, ki = np.nonzero(any_ & ~all_)
-  offs = np.arange(block)
-  for start in range(0, len(qi), 256):  # bounded memory: 256 blocks of 128×128 at a time
-    bq, bk = qi[start:start + 256], ki[start:start + 256]
-    q = bq[:, None, None] * block + offs[None, :, None]
-    k = bk[:, None, None] * block + offs[None, None, :]
-    ok = np.asarray(mask(q, k)) & (q < q_len) & (k < kv_len)
-    total += int(ok.sum())
-  return total
+  allowed, _ = block_pairs(mask, np.zeros(len(qi), np.int64), qi, ki, q_len, kv_len, block, block)
+  return total + int(allowed.sum())
+
+
+def block_pairs(mask: Mask, hs, qi, ki, q_len: int, kv_len: int, block_q: int,
+                block_kv: int) -> tuple[np.ndarray, np.ndarray]:
+  """(allowed pairs, in-bounds pairs) of each block (head hs, q-block qi, kv-block ki), counted
+  elementwise, 256 blocks at a time: the one elementwise counter behind ``nnz``'s fallback, the
+  layout builder's refinement of uncertain blocks and ``flops.pairs`` of a layout."""
+  allowed = np.zeros(len(hs), np.int64)
+  valid_n = np.zeros(len(hs), np.int64)
+  qo, ko = np.arange(block_q), np.arange(block_kv)
+  for start in range(0, len(hs), 256):  # bounded memory: 256 blocks at a time
+    sl = np.s_[start:start + 256]
+    q = qi[sl][:, None, None] * block_q + qo[None, :, None]
+    k = ki[sl][:, None, None] * block_kv + ko[None, None, :]
+    valid = (q < q_len) & (k < kv_len)
+    if mask.num_heads is None:
+      ok = np.asarray(mask(q, k), bool)
+    else:  # evaluate each block with its own head's mask
+      ok = np.stack([np.asarray(mask.head(int(h))(q[j], k[j]), bool)
+                     for j, h in enumerate(hs[sl])])
+    ok = np.broadcast_to(ok, valid.shape)
+    allowed[sl] = (ok & valid).sum((1, 2))
+    valid_n[sl] = valid.sum((1, 2))
+  return allowed, valid_n
 
 
 def _pairs_at_distance(q_len: int, kv_len: int, lo: int, hi: int) -> int:

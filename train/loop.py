@@ -33,6 +33,7 @@ from jax.experimental import multihost_utils
 import models
 from train import checkpoint as ckpt_lib
 from train import data as data_lib
+from train import evaluation as eval_lib
 from train import guard
 from train import log as log_lib
 from train import mesh as mesh_lib
@@ -377,7 +378,8 @@ def _train(cfg: Config, run_dir: Path, phase_tasks: dict[int, dict[str, Any]],
 
 class _Evaluator:
   """Teacher-forced argmax on each task's first `eval.examples` validation examples, scored by
-  `data.scorer`; every process computes its rows, process 0's view of all rows is returned."""
+  `data.scorer` through the shared loop (`train.evaluation.score_batches`); every process
+  computes its rows, process 0's view of all rows is returned."""
 
   def __init__(self, cfg: Config, codec: step_lib.Params, tasks: dict[str, Any], mesh,
                param_shardings):
@@ -385,26 +387,33 @@ class _Evaluator:
     self.sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(mesh_lib.BATCH_AXES))
     self.predict = jax.jit(step_lib.make_predict(cfg, codec),
                            in_shardings=(param_shardings, self.sharding))
+    # Rows per call: a multiple of the devices, so every batch shards evenly once padded.
+    self.rows = -(-cfg.eval.batch_size // jax.device_count()) * jax.device_count()
     self._sets = None
 
   def _eval_sets(self) -> dict[str, list[dict[str, np.ndarray]]]:
-    """Batches of the validation examples, padded with zero-weight rows to fill the devices."""
-    n, b = self.cfg.eval.examples, self.cfg.eval.batch_size
-    b = -(-b // jax.device_count()) * jax.device_count()
+    """Batches of `rows` validation examples (the last one may be shorter)."""
+    n, b = self.cfg.eval.examples, self.rows
     sets = {}
     for name, task in self.tasks.items():
       source = task.source("validation")
-      rows = [source[i] for i in range(n)]
-      out = []
-      for start in range(0, n, b):
-        chunk = rows[start:start + b]
-        batch = {k: np.stack([r[k] for r in chunk]) for k in data_lib.KEYS}
-        pad = b - len(chunk)
-        batch = {k: np.concatenate([v, np.zeros((pad, *v.shape[1:]), v.dtype)]) for k, v in
-                 batch.items()}
-        out.append((batch, len(chunk)))
-      sets[name] = out
+      examples = [source[i] for i in range(n)]
+      sets[name] = [{k: np.stack([r[k] for r in examples[s:s + b]]) for k in data_lib.KEYS}
+                    for s in range(0, n, b)]
     return sets
+
+  def _predictions(self, params, inputs: np.ndarray) -> np.ndarray:
+    """Predictions of one batch: padded with zero rows to `rows`, sharded over the processes
+    and devices, gathered back, the padding dropped."""
+    real = inputs.shape[0]
+    padded = np.concatenate([inputs, np.zeros((self.rows - real, *inputs.shape[1:]),
+                                              inputs.dtype)])
+    nproc, pid = jax.process_count(), jax.process_index()
+    local = padded.shape[0] // nproc
+    sharded = jax.make_array_from_process_local_data(self.sharding,
+                                                     padded[pid * local:(pid + 1) * local])
+    preds = self.predict(params, {"inputs": sharded})
+    return np.asarray(multihost_utils.process_allgather(preds, tiled=True))[:real]
 
   def __call__(self, params) -> dict[str, dict[str, float]]:
     if self.cfg.eval.examples == 0:
@@ -412,21 +421,10 @@ class _Evaluator:
     if self._sets is None:
       self._sets = self._eval_sets()
     scorer = resolve(self.cfg.data.scorer)
-    nproc, pid = jax.process_count(), jax.process_index()
-    results = {}
-    for name, batches in self._sets.items():
-      per_metric: dict[str, list[np.ndarray]] = {}
-      for batch, real in batches:
-        rows = batch["inputs"].shape[0] // nproc
-        local = batch["inputs"][pid * rows:(pid + 1) * rows]
-        inputs = jax.make_array_from_process_local_data(self.sharding, local)
-        preds = self.predict(params, {"inputs": inputs})
-        preds = np.asarray(multihost_utils.process_allgather(preds, tiled=True))
-        scores = scorer(preds[:real], batch["targets"][:real], batch["weights"][:real])
-        for metric, values in scores.items():
-          per_metric.setdefault(metric, []).append(np.asarray(values, np.float64))
-      results[name] = {m: float(np.concatenate(v).mean()) for m, v in per_metric.items()}
-    return results
+    predict = functools.partial(self._predictions, params)
+    return {name: {m: float(np.asarray(v, np.float64).mean()) for m, v in
+                   eval_lib.score_batches(predict, batches, scorer).items()}
+            for name, batches in self._sets.items()}
 
 
 def load(run_dir: str | Path, step: int | None = None) -> tuple[models.Transformer, Config, int]:

@@ -16,7 +16,7 @@ exactly 10% of the causal ones (208): d = `solve_density()`. At block 8 and T=25
 blocks alone (32 + 31 = 63) already exceed 10% of 528.
 
 Phases as in the study: prefill (every query sparse; the 90% holds here) and decode (context
-queries dense, each question/answer query selects its own blocks: `evaluate.decode_attention`).
+queries dense, each question/answer query selects its own blocks: `accounting.decode_attention`).
 Writes oracle.json (every number, with Wilson 95% intervals) and oracle.md.
 """
 
@@ -34,11 +34,11 @@ import jax.numpy as jnp
 import numpy as np
 
 import sparse_ops as so
+from experiments.evaluation import accounting
 from experiments.evaluation import evaluate as ev
 from experiments import stats as stats_lib
 from experiments.stats import proportion_ci
 from experiments import tasks as tasks_lib
-from experiments.tasks import scoring
 from models import AttentionConfig, ModelConfig
 
 LENGTH, BLOCK, SINK = 256, 4, 4  # SINK tokens = one sink block
@@ -128,17 +128,14 @@ def recency_twin(attention: AttentionConfig, length: int, dense_before: int | No
 
 
 # ------------------------------------------------------------------------------ evaluation
-def stats(model: ModelConfig, phased, blocks: tuple[int, int],
+def stats(model: ModelConfig, phased, blocks: tuple[int, int] | None,
           prefix: int | None) -> dict[str, float]:
-  """Exact counts: selected_pairs for a Selection, the mask's own count for the twin. Also the
-  block sparsity of the sparse rows alone (decode: the q-blocks from the question on; the
-  context rows keep every causal block)."""
+  """The study's exact counts (`accounting.stats`: a Selection's own blocks, the twin's and
+  dense's `blocks`), and the block sparsity of the sparse rows alone (decode: the q-blocks from
+  the question on; the context rows keep every causal block)."""
+  s = accounting.stats(model, phased, LENGTH, blocks)
   if isinstance(phased, ev.Selection):
-    s = ev.selection_stats(model, phased, LENGTH)
     blocks = phased.attention.blocks(LENGTH)
-  else:
-    s = ev.mask_stats(model, AttentionConfig(block_q=blocks[0], block_kv=blocks[1]), phased,
-                      LENGTH)
   bq, bk = blocks
   last = np.minimum((np.arange(LENGTH // bq) + 1) * bq, LENGTH) - 1
   n = last // bk + 1  # causal kv-blocks of each q-block row
@@ -157,8 +154,7 @@ def evaluate(model, cfg: ModelConfig, compute_dtype: str, *, examples: int, batc
   rows = []
   for task_name in TASKS:
     task = tasks_lib.make(task_name, length=LENGTH, vocab_size=cfg.vocab_size, seed=0)
-    data = [task.example("test", i) for i in range(examples)]
-    x, y, w = (np.stack([e[k] for e in data]) for k in ("inputs", "targets", "weights"))
+    data = ev.stacked_examples(task, "test", examples)
     prefix = ev.dense_prefix(task)
     for phase in ("prefill", "decode"):
       runs = [("dense", so.masks.Causal(), (BLOCK, BLOCK))]
@@ -170,8 +166,8 @@ def evaluate(model, cfg: ModelConfig, compute_dtype: str, *, examples: int, batc
       runs.append(("block_local", twin, (twin.block_q, twin.block_kv)))
       for name, phased, blocks in runs:
         t0 = time.time()
-        preds = np.concatenate([forward(x[i:i + batch], phased) for i in range(0, len(x), batch)])
-        correct = scoring.score(preds, y, w)["exact_match"].astype(int)
+        scores = ev.score_phase(forward, phased, data, batch)  # the study's loop and scorer
+        correct = scores["correct"]
         lo, hi = proportion_ci(correct.sum(), len(correct))
         s = stats(cfg, phased, blocks, prefix if phase == "decode" else None)
         rows.append(dict(task=task_name, category=task.category, phase=phase, setting=name,
@@ -180,7 +176,8 @@ def evaluate(model, cfg: ModelConfig, compute_dtype: str, *, examples: int, batc
                          sparsity_element=s["element"],
                          sparsity_block_sparse_rows=s["block_sparse_rows"],
                          inference_flops_per_token=s["inference_flops_per_token"],
-                         dense_prefix=prefix, correct=correct.tolist()))
+                         dense_prefix=prefix, correct=correct.tolist(),
+                         context=scores["context"].tolist()))
         log(f"{task_name} {phase} {name}: {correct.mean():.3f} [{lo:.3f}, {hi:.3f}] "
             f"block sparsity {s['block']:.4f} (sparse rows {s['block_sparse_rows']:.4f}, "
             f"{time.time() - t0:.1f}s)")

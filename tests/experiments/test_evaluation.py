@@ -1,5 +1,7 @@
 """Evaluation masks and numbers: decode = sparse only after the context, sparsity columns equal
-sparse_ops.flops on the same masks, sparsity 0 reproduces the dense evaluation exactly."""
+sparse_ops.flops on the same masks, sparsity 0 reproduces the dense evaluation exactly, every
+question of a multi-question context is scored on its own, and the study, the oracle and the
+trainer share one evaluation loop."""
 
 import dataclasses
 
@@ -10,8 +12,10 @@ from flax import nnx
 
 import models
 import sparse_ops as so
+from experiments.evaluation import accounting
 from experiments.evaluation import evaluate as ev
 from experiments import tasks
+from experiments.tasks import scoring
 from experiments.spec.study import EvalSpec
 from sparse_ops import masks as M
 
@@ -66,7 +70,7 @@ def test_sparsity_and_flops_columns_agree_with_sparse_ops(pattern, sparsity, pha
   att = ev.setting_attention(cfg, (pattern, sparsity))
   assert att.block_q == 32 and att.pattern == pattern
   mask = ev.phase_mask(att, t, phase, 200)
-  stats = ev.mask_stats(cfg, att, mask, t)
+  stats = accounting.phase_stats(cfg, att, mask, t)
   dense = M.dense(mask, t, t)
   assert stats["element"] == pytest.approx(1 - dense.sum() / (t * (t + 1) / 2), abs=1e-12)
   assert stats["element"] == so.flops.sparsity(mask, t)
@@ -76,7 +80,7 @@ def test_sparsity_and_flops_columns_agree_with_sparse_ops(pattern, sparsity, pha
     assert stats["inference_flops_per_token"] == pytest.approx(
         models.flops_per_token(cfg, t, training=False, attention=att), rel=1e-12)
   else:  # decode: dense context rows cost more than all-sparse prefill
-    pre = ev.mask_stats(cfg, att, att.mask(t), t)
+    pre = accounting.phase_stats(cfg, att, att.mask(t), t)
     assert stats["inference_flops_per_token"] > pre["inference_flops_per_token"]
     assert stats["element"] < pre["element"]
 
@@ -118,3 +122,54 @@ def test_inference_sparsity_zero_reproduces_dense_exactly(trained):
 def test_chance_rate_of_single_needle_is_one_over_values():
   task = tasks.make("niah_single", length=64, vocab_size=128)
   assert ev.chance_exact_match(task) == pytest.approx(1 / len(task.vocab.values))
+
+
+def test_multi_question_rows_score_every_question_with_its_context():
+  """questions=4: a row's `correct` has one 0/1 per question (n = contexts × 4), `context` names
+  each question's context, and they are `scoring.question_scores` of the same predictions."""
+  cfg, model = _random_model(models.AttentionConfig(implementation="xla"))
+  name = "niah_multikey(num_needles=4, questions=4)"
+  spec = EvalSpec(tasks=("niah_multikey",), lengths=(64,), settings=(), examples=5, batch_size=2)
+  object.__setattr__(spec, "tasks", (name,))  # EvalSpec does not yet take knobs (spec/study.py)
+  fwd = ev.make_forward(model)
+  (row,) = [r for r in ev.evaluate(fwd, cfg, spec, 128) if r["phase"] == "prefill"]
+  task = tasks.make(name, length=64, vocab_size=128)
+  data = ev.stacked_examples(task, "test", 5)
+  right, asked = scoring.question_scores(fwd(data["inputs"], M.Causal()), data["targets"],
+                                         data["weights"])
+  assert asked.all() and asked.shape == (5, 4)
+  assert row["n"] == 20 and row["correct"] == right.astype(int).ravel().tolist()
+  assert row["context"] == [c for c in range(5) for _ in range(4)]
+  assert row["accuracy"] == right.mean()
+  # chance per question: one key's value out of the values range, as the single-needle task
+  assert row["chance"] == pytest.approx(1 / len(task.vocab.values))
+
+
+def test_single_question_rows_are_exact_match_per_context():
+  """One question per context: `correct` is scoring.score's exact match, context i is row i."""
+  cfg, model = _random_model(models.AttentionConfig(implementation="xla"))
+  spec = EvalSpec(tasks=("niah_multivalue", "common_words"), lengths=(64,), settings=(),
+                  examples=4, batch_size=3)
+  fwd = ev.make_forward(model)
+  for row in ev.evaluate(fwd, cfg, spec, 128):
+    task = tasks.make(row["task"], length=64, vocab_size=128)
+    data = ev.stacked_examples(task, "test", 4)
+    want = scoring.score(fwd(data["inputs"], M.Causal()), data["targets"], data["weights"])
+    assert row["correct"] == want["exact_match"].astype(int).tolist()
+    assert row["context"] == [0, 1, 2, 3] and row["n"] == 4
+
+
+def test_study_and_oracle_score_through_the_trainers_loop(monkeypatch):
+  """One evaluation loop: the study's `evaluate` and the oracle's both reach
+  `train.evaluation.score_batches` (the trainer's `_Evaluator` calls it too)."""
+  import train.evaluation
+  from experiments.tools import oracle
+  calls = []
+  real = train.evaluation.score_batches
+  monkeypatch.setattr(ev, "score_batches",
+                      lambda *a: calls.append(a[2]) or real(*a))
+  cfg, model = _random_model(models.AttentionConfig(implementation="xla"))
+  spec = EvalSpec(tasks=("niah_single",), lengths=(64,), settings=(), examples=2, batch_size=2)
+  ev.evaluate(ev.make_forward(model), cfg, spec, 128)
+  assert calls == [ev.score_questions]  # prefill and decode of dense are one pass
+  assert oracle.ev is ev and "score_phase" in oracle.evaluate.__code__.co_names

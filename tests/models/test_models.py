@@ -205,6 +205,10 @@ def test_closed_form_strided_count_is_exact(t, stride, window, sink):
     mask = mask | (so.masks.Sink(sink) & so.masks.Causal())
   brute = 1 - so.masks.dense(mask, t, t).sum() / (t * (t + 1) / 2)
   assert _strided_sparsity(t, stride, window, sink) == pytest.approx(brute, abs=1e-12)
+  # The closed form is a fast path of the one counter: equal to so.flops on the config's mask.
+  cfg = models.AttentionConfig("strided", stride=stride, window=window, sink=sink)
+  assert _strided_sparsity(t, stride, window, sink) == pytest.approx(
+      so.flops.sparsity(cfg.mask(t), t), abs=1e-15)
 
 
 def test_target_sparsity_is_met_at_every_length():
@@ -223,3 +227,25 @@ def test_remat_changes_memory_not_math():
   grad = lambda g: jax.jit(jax.grad(lambda s: nnx.merge(g, s)(tokens).sum()))(state)
   for a, b in zip(jax.tree.leaves(grad(graphdef)), jax.tree.leaves(grad(remat_graphdef))):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["local_sink", "strided", "topk_blocks"])
+def test_flops_per_token_of_a_config_equal_those_of_what_it_counts(name):
+  """`AttentionConfig.counted` is what `so.flops` counts (a mask, or a so.flops.Selected), and
+  `flops_per_token` gives the same number for the config or for that object."""
+  att = PATTERN_CONFIGS[name]
+  cfg = models.ModelConfig(vocab_size=200, width=48, depth=2, num_heads=4, num_kv_heads=2,
+                           attention=att)
+  t = 64
+  counted = att.counted(t)
+  assert isinstance(counted, so.flops.Selected if att.is_content else so.masks.Mask)
+  assert att.pairs(t) == so.flops.pairs(counted, t)
+  assert models.flops_per_token(cfg, t, training=False, attention=counted) == \
+      models.flops_per_token(cfg, t, training=False)
+  if att.is_content:
+    pairs, visited = att.selection_counts(t, 20)
+    assert (pairs, visited) == so.selected_pairs(t, t, dense_before=20,
+                                                 **att._selection_args(t))
+  else:
+    with pytest.raises(ValueError, match="dense_before=20 applies to content patterns"):
+      att.counted(t, 20)

@@ -324,3 +324,44 @@ def test_learns_niah_single_at_128_tokens(tmp_path):
   # Resuming a finished run trains nothing and keeps its outcome.
   resumed = train.run(dataclasses.replace(cfg, resume=True))
   assert (resumed.status, resumed.step, resumed.eval) == ("finished", steps, result.eval)
+
+
+def test_evaluator_runs_the_shared_loop_and_drops_the_padding(tmp_path, monkeypatch):
+  """`_Evaluator` scores through `train.evaluation.score_batches` (the loop the study and the
+  oracle run); 7 examples in batches of 3 (the last padded for the devices) score as the model
+  run on all 7 at once."""
+  import models
+  import train
+  from train import evaluation, loop
+  from train import mesh as mesh_lib
+  from train import step as step_lib
+  monkeypatch.syspath_prepend(str(HERE))
+  import toy_tasks
+  model = models.ModelConfig(vocab_size=128, width=32, depth=2, num_heads=2,
+                             attention=models.AttentionConfig(implementation="reference"))
+  cfg = train.Config(run_dir=str(tmp_path), model=model, compute_dtype="float32",
+                     data=train.DataConfig(tasks=("toy",), seq_len=32,
+                                           factory="toy_tasks:make", scorer="toy_tasks:score"),
+                     eval=train.EvalConfig(examples=7, batch_size=3))
+  codec = step_lib.Params(cfg.model)
+  mesh = mesh_lib.make_mesh(cfg.mesh)
+  state = step_lib.init_state(codec, step_lib.optimizer(cfg.optim, 10), cfg.model,
+                              jax.random.key(0))
+  shardings = mesh_lib.state_shardings(jax.eval_shape(lambda: state), mesh)
+  task = toy_tasks.make("toy", length=32, vocab_size=128, seed=0)
+  evaluator = loop._Evaluator(cfg, codec, {"toy": task}, mesh, shardings["params"])
+  calls = []
+  real = evaluation.score_batches
+  monkeypatch.setattr(loop.eval_lib, "score_batches",
+                      lambda p, b, s: calls.append([x["inputs"].shape[0] for x in b])
+                      or real(p, b, s))
+  got = evaluator(state["params"])
+  b = evaluator.rows  # 3 on one device: batches of 3, 3 and 1 examples
+  assert calls == [[min(b, 7 - i) for i in range(0, 7, b)]] and b % jax.device_count() == 0
+  source = task.source("validation")
+  x = np.stack([source[i]["inputs"] for i in range(7)])
+  y = np.stack([source[i]["targets"] for i in range(7)])
+  w = np.stack([source[i]["weights"] for i in range(7)])
+  preds = np.asarray(step_lib.make_predict(cfg, codec)(state["params"], {"inputs": x}))
+  want = toy_tasks.score(preds, y, w)["token_accuracy"].mean()
+  assert got == {"toy": {"token_accuracy": pytest.approx(want, abs=1e-12)}}
