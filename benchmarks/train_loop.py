@@ -3,6 +3,7 @@ data path -> benchmarks/results/train_loop_<preset>.json.
 
     python -m benchmarks.train_loop --preset h200    # one H200: 5 rows
     python -m benchmarks.train_loop --preset cpu     # a quick check of the machinery
+    python -m benchmarks.train_loop --preset h200 --only 6m:512 --impl pallas_triton
 
 Each row (ladder size, sequence length, batch) runs in its own subprocess and measures, on the
 study's eight tasks (equal weights):
@@ -159,7 +160,21 @@ def measure(size: str, seq_len: int, batch: int, *, old_steps: int, new_steps: i
   row["speedup_tokens_per_s"] = row["old_loop_step_s"] / row["new_loop_step_s"]
   row["device_kind"] = jax.devices()[0].device_kind
   row["peak_flops"] = peak
+  row["attention_impl"] = attention_impl(old.model, seq_len, batch)
   return row
+
+
+def attention_impl(model, seq_len: int, batch: int) -> str:
+  """The `sparse_ops` implementation the model's attention calls run here (bf16 compute)."""
+  import jax
+  import jax.numpy as jnp
+  import sparse_ops as so
+  if model.attention.implementation is not None:
+    return model.attention.implementation
+  d = model.head_size
+  q = jax.ShapeDtypeStruct((batch, seq_len, model.num_heads, d), jnp.bfloat16)
+  kv = jax.ShapeDtypeStruct((batch, seq_len, model.kv_heads, d), jnp.bfloat16)
+  return so.best_implementation(q, kv, kv, model.attention.layout(seq_len))
 
 
 def main(argv=None) -> None:
@@ -168,11 +183,17 @@ def main(argv=None) -> None:
   parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
   parser.add_argument("--only", default="", help="SIZE:T rows to run, comma-separated")
   parser.add_argument("--row-timeout", type=float, default=300.0,
-                      help="seconds per row; a 6m row compiles four programs (~100 s on an H200)")
+                      help="seconds per row; a 3m or 6m row compiles four programs (~90-110 s on "
+                           "an H200); 20m at 4096 needs more than 140 s")
   parser.add_argument("--out", default="")
+  parser.add_argument("--impl", default=None,
+                      help="pin the model's attention implementation (default: the preset's; "
+                           "h200: None, chosen per call by sparse_ops.best_implementation)")
   parser.add_argument("--child", help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
   preset = PRESETS[args.preset]
+  if args.impl:
+    preset = {**preset, "impl": args.impl}
   if args.child:
     size, seq_len, batch = json.loads(args.child)
     print("ROW " + json.dumps(measure(
@@ -196,8 +217,9 @@ def main(argv=None) -> None:
   for r in rows:
     t0 = time.perf_counter()
     try:
+      pin = ["--impl", args.impl] if args.impl else []
       proc = subprocess.run([sys.executable, "-m", "benchmarks.train_loop", "--preset",
-                             args.preset, "--child", json.dumps(r)], capture_output=True,
+                             args.preset, "--child", json.dumps(r)] + pin, capture_output=True,
                             text=True, timeout=args.row_timeout)
       lines = [l for l in proc.stdout.splitlines() if l.startswith("ROW ")]
       row = json.loads(lines[-1][4:]) if lines else {"error": proc.stderr[-1500:]}
@@ -214,12 +236,13 @@ def main(argv=None) -> None:
 
 def table(result: dict) -> str:
   head = ("| size | T | batch | host batch ms | transfer ms | compiled step ms | device batch ms "
-          "| old loop ms | new loop ms | old tok/s | new tok/s | speedup | old MFU | new MFU |")
-  lines = [head, "|" + "---|" * 14]
+          "| old loop ms | new loop ms | old tok/s | new tok/s | speedup | old MFU | new MFU "
+          "| attention |")
+  lines = [head, "|" + "---|" * 15]
   for r in result["rows"]:
     if "error" in r:
       lines.append(f"| {r['size']} | {r['seq_len']} | {r['batch']} | error: "
-                   f"{r['error'][-100:]!r} |" + " |" * 12)
+                   f"{r['error'][-100:]!r} |" + " |" * 13)
       continue
     mfu = lambda x: f"{100 * x:.1f}%" if x else ""
     lines.append(
@@ -228,7 +251,7 @@ def table(result: dict) -> str:
         f"{1e3 * r['old_loop_step_s']:.2f} | "
         f"{1e3 * r['new_loop_step_s']:.2f} | {r['old_tokens_per_s']:.3g} | "
         f"{r['new_tokens_per_s']:.3g} | {r['speedup_tokens_per_s']:.2f}× | "
-        f"{mfu(r['old_mfu'])} | {mfu(r['new_mfu'])} |")
+        f"{mfu(r['old_mfu'])} | {mfu(r['new_mfu'])} | {r.get('attention_impl', '')} |")
   return "\n".join(lines)
 
 

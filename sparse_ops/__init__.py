@@ -12,11 +12,11 @@ Depends on jax and numpy only.
 
 from sparse_ops import flops, masks
 from sparse_ops.attention import (IMPLEMENTATIONS, attention, available_implementations,
-                                  default_implementation)
+                                  best_implementation, default_implementation)
 from sparse_ops.layout import BlockLayout
 from sparse_ops.selection import (Budget, block_scores, select_block_mask, select_blocks,
                                   selected_pairs)
 
 __all__ = ["attention", "masks", "flops", "BlockLayout", "Budget", "select_blocks",
            "select_block_mask", "block_scores", "selected_pairs", "IMPLEMENTATIONS", "available_implementations",
-           "default_implementation"]
+           "default_implementation", "best_implementation"]

@@ -17,6 +17,7 @@ from jax.sharding import PartitionSpec
 from sparse_ops import masks as masks_lib
 from sparse_ops import partition as partition_lib
 from sparse_ops import reference, xla
+from sparse_ops.kernels import cudnn as cudnn_kernels
 from sparse_ops.kernels import tpu as tpu_kernels
 from sparse_ops.kernels import triton as triton_kernels
 from sparse_ops.layout import BlockLayout
@@ -29,6 +30,9 @@ class Implementation(NamedTuple):
   # False for kernels XLA sees as opaque custom calls: on a mesh they run per shard
   # (sparse_ops.partition), where XLA would all-gather their inputs onto every device.
   partitionable: bool = True
+  # (q, k, v, layout) -> run: checks the call at trace time (ValueError if it cannot run it) and
+  # returns the function to run instead of `run`. None: `run` as it is, for any layout.
+  prepare: Callable | None = None
 
 
 def _pow2_blocks(t: int, s: int, d: int, cap: int = 128) -> tuple[int, int]:
@@ -59,18 +63,47 @@ IMPLEMENTATIONS: dict[str, Implementation] = {
                                         partitionable=False),
     "pallas_tpu": Implementation(tpu_kernels.attention, tpu_kernels.unavailable,
                                  tpu_kernels.default_blocks, partitionable=False),
+    # Dense layouts only (Causal() with T == S, or Full(), known at trace time), bf16/f16, NVIDIA
+    # GPUs: cuDNN's flash attention through jax.nn.dot_product_attention. Not in
+    # available_implementations() (it cannot run a sparse layout); implementation=None picks it
+    # per call where it can run (best_implementation).
+    "cudnn": Implementation(cudnn_kernels.run, cudnn_kernels.unavailable, _pow2_blocks,
+                            partitionable=False, prepare=cudnn_kernels.prepare),
 }
 
 
 def available_implementations() -> list[str]:
-  """Names of the implementations that can run on the default backend, best first."""
+  """Names of the general implementations (any layout) that can run on the default backend,
+  best first. 'cudnn' runs only dense layouts and is not listed; see ``best_implementation``."""
   order = ["pallas_mosaic_gpu", "pallas_triton", "pallas_tpu", "xla", "reference"]
   return [n for n in order if IMPLEMENTATIONS[n].unavailable() is None]
 
 
 def default_implementation() -> str:
-  """The best implementation available here (never 'reference', which is for checking)."""
+  """The best general implementation available here (never 'reference', which is for checking):
+  what ``implementation=None`` runs for any layout 'cudnn' cannot take."""
   return next(n for n in available_implementations() if n != "reference")
+
+
+def best_implementation(q, k, v, layout: BlockLayout) -> str:
+  """What ``implementation=None`` runs for this call: 'cudnn' when the layout is exactly dense
+  causal (T == S) or full and known at trace time, q is bf16/f16 with a head dim and (even)
+  lengths cuDNN takes, and the default backend is an NVIDIA GPU; otherwise
+  ``default_implementation()`` (``sparse_ops.kernels.cudnn.refusal`` says why not).
+
+  Why: dense attention is most of what the study's models run, and cuDNN's dense flash
+  attention beats our block-sparse Triton kernel there at long T (one H200, bf16, causal, 4 heads,
+  D = 64, fwd+bwd: 1.26x faster at T = 4096); sparse layouts need our kernels. At T = 512 it was
+  1.23x slower than Triton in isolation, while the 6m training step with it was not slower than
+  an earlier session's Triton run (an open question, not settled: see
+  ``sparse_ops.kernels.cudnn`` and ``benchmarks/results/train_loop_h200.md``). The choice is per
+  call, so one model may run cuDNN in its dense layers and Triton in its sparse ones. An explicit
+  ``implementation=`` never switches.
+  """
+  if (IMPLEMENTATIONS["cudnn"].unavailable() is None
+      and cudnn_kernels.refusal(q, k, v, layout) is None):
+    return "cudnn"
+  return default_implementation()
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, mask: masks_lib.Mask | None = None,
@@ -84,8 +117,11 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, mask: masks_lib.Mask 
     mask: a static ``sparse_ops.masks.Mask`` (its layout is built and cached at trace time), or
     layout: a ``BlockLayout`` (may be built inside jit, e.g. by ``select_blocks``). Exactly one.
     scale: logits scale, default D ** -0.5.
-    implementation: "reference", "xla", "pallas_triton", "pallas_mosaic_gpu", "pallas_tpu", or
-      None for the best available here. Asking for one that cannot run raises, never falls back.
+    implementation: "reference", "xla", "pallas_triton", "pallas_mosaic_gpu", "pallas_tpu",
+      "cudnn" (dense causal or full layouts only, bf16/f16, NVIDIA GPUs), or None for the best
+      available here, chosen per call (``best_implementation``: "cudnn" for such dense calls on
+      an NVIDIA GPU, otherwise ``default_implementation()``). Asking for one that cannot run
+      the call raises, never falls back.
     partition: how q is split over the mesh set by ``jax.set_mesh``, as a PartitionSpec over
       [B, T, Hq, D] (batch and head dimensions only). Pallas kernels run per shard of it
       (``sparse_ops.partition``); default: the batch split over every mesh axis (inside a
@@ -103,7 +139,8 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, mask: masks_lib.Mask 
   if (mask is None) == (layout is None):
     raise ValueError("give exactly one of mask= or layout= (got "
                      f"{'both' if mask is not None else 'neither'})")
-  if implementation is None:
+  auto = implementation is None
+  if auto:  # the general default builds a mask's layout; the call may then take 'cudnn'
     implementation = default_implementation()
   if implementation not in IMPLEMENTATIONS:
     raise ValueError(f"implementation={implementation!r} is unknown; valid: "
@@ -120,9 +157,13 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, mask: masks_lib.Mask 
     layout = BlockLayout.from_mask(mask, t, s, block_q=block_q, block_kv=block_kv)
   else:
     _check_layout(layout, b, t, s, hq, hkv)
+  if auto:
+    impl = IMPLEMENTATIONS[best_implementation(q, k, v, layout)]
   if scale is None:
     scale = d ** -0.5
-  return partition_lib.per_shard(impl.run, q, k, v, layout, scale, partition,
+  # The layout is checked here, before per_shard: inside its shard_map the lists are traced.
+  run = impl.run if impl.prepare is None else impl.prepare(q, k, v, layout)
+  return partition_lib.per_shard(run, q, k, v, layout, scale, partition,
                                  partitionable=impl.partitionable)
 
 
