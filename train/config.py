@@ -121,8 +121,9 @@ class EvalConfig:
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-  """A training run. Stops after `steps`, or, if 0, after the steps `flop_budget` buys:
-  floor(budget / (models.flops_per_token(model, seq_len) · batch_size · seq_len)).
+  """A training run. Stops after `steps`, or, if 0, after the steps `flop_budget` buys: the
+  curriculum's short steps, then the whole number of full-length steps whose FLOPs come nearest
+  the rest (`nearest_steps`, the rule the study's grid plans with too).
 
   batch_size: sequences per optimizer step (global), split into `grad_accum` microbatches.
   steps_per_call: optimizer steps per jitted dispatch (a `lax.scan`); metrics are read once per
@@ -184,11 +185,18 @@ class Config:
     if self.steps > 0:
       return self.steps
     short = self.data.short_steps if self.data.short_len else 0
-    rest = self.flop_budget - short * self.short_flops_per_step
-    return short + max(0, int(rest // self.flops_per_step))
+    return short + nearest_steps(self.flop_budget - short * self.short_flops_per_step,
+                                 self.flops_per_step)
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
+
+
+def nearest_steps(flops: float, flops_per_step: float) -> int:
+  """The one budget -> steps rule: the whole number of steps whose FLOPs come nearest `flops`
+  (|steps · flops_per_step - flops| <= flops_per_step / 2; an exact half rounds to even), so
+  runs planned at one budget spend it alike, over or under, whatever their step cost."""
+  return max(0, round(flops / flops_per_step))
 
 
 def from_dict(d: dict[str, Any]) -> Config:

@@ -7,6 +7,7 @@ The unit of work is `run_job(run_dir)`, a plain module-level function, so every 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import time
 import traceback
@@ -21,31 +22,23 @@ from experiments.spec.grid import RunSpec
 
 
 def train_config(spec: RunSpec, run_dir: Path, study: study_lib.Study, *, progress: bool = True):
-  """The trainer's Config for a run spec: the study never trains itself, it calls `train.run`."""
-  from train.config import (CheckpointConfig, Config, DataConfig, DistributedConfig, EvalConfig,
-                            LogConfig, OptimConfig)
-  o = spec.optim
+  """The trainer's Config of a run: the spec's, plus the run folder and how the run is executed
+  and watched (none of which changes its result). The study never trains itself, it calls
+  `train.run`; it evaluates on its own settings afterwards, so the trainer's eval is off."""
+  from train.config import CheckpointConfig, DistributedConfig, EvalConfig, LogConfig
   env = os.environ
   distributed = DistributedConfig()
   if env.get("EXPERIMENTS_NUM_PROCESSES"):  # set per host by the pod launcher
     distributed = DistributedConfig(coordinator=env["EXPERIMENTS_COORDINATOR"],
                                     num_processes=int(env["EXPERIMENTS_NUM_PROCESSES"]),
                                     process_id=int(env["EXPERIMENTS_PROCESS_ID"]))
-  return Config(
-      run_dir=str(run_dir), model=spec.model,
-      data=DataConfig(tasks=spec.tasks, weights=spec.task_weights, seq_len=spec.seq_len,
-                      short_len=spec.short_len, short_steps=spec.short_steps, seed=spec.seed,
-                      source=spec.data_source),
-      optim=OptimConfig(lr=o.lr, warmup_steps=o.warmup_steps(spec.steps),
-                        min_lr_ratio=o.min_lr_ratio, weight_decay=o.weight_decay,
-                        clip_norm=o.clip_norm),
+  return dataclasses.replace(
+      spec.config, run_dir=str(run_dir),
       checkpoint=CheckpointConfig(every=study.checkpoint_every, keep=2),
       log=LogConfig(every=study.log_every, progress=progress, wandb=study.wandb,
                     project=study.wandb_project, group=study.name),
-      distributed=distributed,
-      eval=EvalConfig(examples=0),  # the study evaluates on its own settings afterwards
-      batch_size=spec.batch_size, steps=spec.steps, seed=spec.seed,
-      steps_per_call=study.steps_per_call, compute_dtype=spec.compute_dtype, resume=True)
+      distributed=distributed, eval=EvalConfig(examples=0),
+      steps_per_call=study.steps_per_call, resume=True)
 
 
 def trained_model(run_dir: Path):

@@ -23,7 +23,7 @@ from typing import Any, Iterator
 
 from experiments.runs.files import DamagedFile, read_json, readable, write_json
 from experiments.spec import study as study_lib
-from experiments.spec.grid import RunSpec, spec_from_dict, to_dict
+from experiments.spec.grid import RunSpec, spec_from_dict
 
 STATES = ("pending", "running", "preempted", "failed", "done")
 # status_rows' live reading of a "running" record whose process is gone (the next sweep
@@ -81,7 +81,7 @@ def plan(study: study_lib.Study, out: Path, *, add: bool = False) -> list[Path]:
     d = out / "runs" / spec.run_id
     d.mkdir(exist_ok=True)
     if readable(d / "spec.json", need=("run_id",)) is None:  # absent or damaged: rewrite it
-      write_json(d / "spec.json", {**to_dict(spec), "run_id": spec.run_id, "label": spec.label})
+      write_json(d / "spec.json", {**spec.to_dict(), "run_id": spec.run_id, "label": spec.label})
   new = [s.run_id for s in specs if s.run_id not in kept]
   record = {"study": study_lib.to_json(study), "run_order": kept + new, "skipped": skipped}
   if kept or len(presets) > 1:  # single-preset folders keep their study.json as it was
@@ -95,8 +95,9 @@ def load_spec(run_dir: Path) -> RunSpec:
 
 
 def spec_of(written: dict[str, Any]) -> RunSpec:
-  """The RunSpec of a spec.json's contents (which add the derived run_id and label)."""
-  return spec_from_dict({k: v for k, v in written.items() if k not in ("run_id", "label")})
+  """The RunSpec of a spec.json's contents, in either optimiser layout (`spec_from_dict`): the
+  derived numbers and the run_id and label they add are recomputed, never read back."""
+  return spec_from_dict(written)
 
 
 # Records this process knows but could not (unwritable run dir) or must not (another process

@@ -1,15 +1,16 @@
 """The FLOP-matched training grid: compute budgets × size ladder × training sparsity × pattern
-(× context length), each point a complete run spec whose step count makes its training FLOPs
-equal the budget to within one step.
+(× context length), each point a `RunSpec` holding the trainer's `train.Config`, whose step
+count makes its training FLOPs equal the budget to within half a step.
 
     grid = Grid(budgets=(3e12,), sizes=("100k", "300k"), sparsities=(0.0, 0.75),
                 patterns=("local",), seq_lens=(128,), batch_size=16, tasks=("niah_single",))
     specs, skipped = grid.points()
-    specs[0].run_id, specs[0].steps, specs[0].flops_residual
+    specs[0].run_id, specs[0].steps, specs[0].flops_residual, specs[0].config
 
 FLOPs come from the one counter, `models.flops_per_token` (training: fwd+bwd, attention over the
-pattern's exact nnz at the run's length). steps = round(budget / FLOPs per step), so the residual
-`steps · step_flops - budget` is at most half a step's FLOPs in magnitude.
+pattern's exact nnz at the run's length), through the trainer's own `Config.flops_through`; the
+step count from the trainer's one rule, `train.config.nearest_steps` (`Config.total_steps` of the
+run's `flop_budget`), so the residual `train_flops - budget` is at most half a step's FLOPs.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from typing import Any
 
 import sparse_ops as so
 from experiments import tasks as tasks_lib
-from models import AttentionConfig, ModelConfig, SIZES, family, flops_per_token, param_counts
+from models import AttentionConfig, SIZES, family, flops_per_token, param_counts
+from train.config import (Config, DataConfig, OptimConfig, from_dict, identity_changes,
+                          nearest_steps)
 
 
 # Static patterns, and content-based ones (trained with a fixed density budget, 1 - sparsity of
@@ -29,72 +32,96 @@ from models import AttentionConfig, ModelConfig, SIZES, family, flops_per_token,
 TRAIN_PATTERNS = ("local", "strided", "block_random", "topk_blocks", "quest", "vertical_slash")
 
 
-@dataclasses.dataclass(frozen=True)
-class Optim:
-  """Optimiser knobs of a run (AdamW with warmup-cosine, as the trainer implements them)."""
+def warmup_steps(frac: float, steps: int) -> int:
+  """Warmup as a fraction of a run's steps, so runs of every budget warm up alike."""
+  return max(1, round(frac * steps))
 
-  lr: float = 3e-3
-  warmup_frac: float = 0.05  # of the run's steps, so every budget warms up alike
-  min_lr_ratio: float = 0.1
-  weight_decay: float = 0.0
-  clip_norm: float = 1.0
-  # > 0: `lr` is the rate of a model this wide, and a model of width w trains at
-  # lr · lr_ref_width / w (the grid plans each run with its own rate). One rate for every size
-  # left the deeper, wider ladder models at chance; 1/width from 3m's 1e-3 (192 wide) trained
-  # 800k, 3m and 6m on all eight tasks (README, "Training recipe"). 0: `lr` for every size.
-  lr_ref_width: int = 0
 
-  def warmup_steps(self, steps: int) -> int:
-    return max(1, round(self.warmup_frac * steps))
+# spec.json's layout, which is also what the run id hashes: the first studies' (flat, one seed,
+# the grid's own optimiser), kept so that their run ids and run folders stay valid. A field at
+# this layout's default is left out of the hash, so a knob added later with a default that keeps
+# the old behaviour changes no id.
+_DEFAULTS = dict(seed=0, compute_dtype="float32", train_sparsity=0.0, short_len=0,
+                 short_steps=0, data_source="host")
+# The first grid's optimiser (grid.Optim) at its defaults: no weight decay, warmup for 5% of the
+# steps, one rate for every width; b1, b2 and eps it left at the trainer's.
+_FIRST_OPTIM = dict(lr=3e-3, warmup_frac=0.05, min_lr_ratio=0.1, weight_decay=0.0,
+                    clip_norm=1.0, lr_ref_width=0)
 
-  def for_width(self, width: int) -> "Optim":
-    """This optimiser as one run of `width` uses it (its own rate, no rule left to apply)."""
-    if not self.lr_ref_width:
-      return self
-    return dataclasses.replace(self, lr=self.lr * self.lr_ref_width / width, lr_ref_width=0)
+
+def first_optim(optim: dict[str, Any]) -> tuple[dict[str, Any], float, int]:
+  """(the trainer's optimiser fields, warmup_frac, lr_ref_width) of an optimiser written in
+  the first layout (spec.json and study.json before the grid used `train.OptimConfig`)."""
+  o = {**_FIRST_OPTIM, **optim}
+  return o, o.pop("warmup_frac"), o.pop("lr_ref_width")
+
+
+# Numbers spec.json adds so that it reads alone; recomputed from the config, never read back.
+_DERIVED = ("flops_per_token", "step_flops", "short_step_flops", "params", "nonembed_params")
 
 
 @dataclasses.dataclass(frozen=True)
 class RunSpec:
-  """One training run: everything that determines its result, plus the derived FLOP numbers.
+  """One training run: the trainer's Config, as far as it decides the result, and where the grid
+  put it (ladder size, budget, sparsity target).
 
-  The run id hashes the fields that determine the result (`identity()`), so renaming a study,
-  re-planning it or changing eval settings never retrains a finished run.
+  `config` is what `train.run` gets less the run folder and how the run is executed and watched
+  (`experiments.runs.job.train_config` adds those). The run id hashes the result-deciding
+  fields (`identity()`), so renaming a study, re-planning it or changing eval settings never
+  retrains a finished run.
   """
 
   size: str
-  model: ModelConfig
-  seq_len: int
-  batch_size: int
-  steps: int
   budget: float
-  tasks: tuple[str, ...]
-  task_weights: tuple[float, ...]
-  seed: int = 0
-  optim: Optim = Optim()
-  compute_dtype: str = "float32"
+  config: Config
   train_sparsity: float = 0.0  # the target the grid asked for (0: dense)
-  # Length curriculum (the trainer's data.short_len/short_steps): the first `short_steps` of the
-  # `steps` train at `short_len` tokens, same tokens per step. 0: none.
-  short_len: int = 0
-  short_steps: int = 0
-  # Where training batches are made (the trainer's data.source): "host" (numpy + grain) or
-  # "device" (each task's jitted generator; another random stream of the same tasks).
-  data_source: str = "host"
-  # Derived (kept in the spec so configs on disk are self-describing):
-  flops_per_token: float = 0.0
-  step_flops: float = 0.0  # one step at seq_len
-  short_step_flops: float = 0.0  # one step at short_len
-  params: int = 0
-  nonembed_params: int = 0
+
+  def __post_init__(self):
+    # spec.json holds one layout (`to_dict`): anything else set in the config would be lost on
+    # reading it back, and two different runs could share one id.
+    lost = identity_changes(self.config, _config_of(self._layout()).to_dict())
+    if lost:
+      raise ValueError(f"RunSpec.config sets {lost}, which spec.json does not hold; valid: the "
+                       "model, data tasks/weights/seq_len/short_len/short_steps/source, optim, "
+                       "batch_size, steps, one seed (config.seed == data.seed), compute_dtype")
+
+  # The run's numbers, read from its config (one source for each):
+  model = property(lambda self: self.config.model)
+  seq_len = property(lambda self: self.config.data.seq_len)
+  batch_size = property(lambda self: self.config.batch_size)
+  steps = property(lambda self: self.config.steps)
+  short_len = property(lambda self: self.config.data.short_len)
+  short_steps = property(lambda self: self.config.data.short_steps)
+  seed = property(lambda self: self.config.seed)
+  tasks = property(lambda self: self.config.data.tasks)
+  optim = property(lambda self: self.config.optim)
+  pattern = property(lambda self: self.config.model.attention.pattern)
 
   @property
-  def pattern(self) -> str:
-    return self.model.attention.pattern
+  def flops_per_token(self) -> float:
+    return flops_per_token(self.model, self.seq_len, training=True)
+
+  @property
+  def step_flops(self) -> float:
+    """One step at seq_len."""
+    return self.config.flops_per_step
+
+  @property
+  def short_step_flops(self) -> float:
+    """One of the curriculum's steps at short_len (0 without a curriculum)."""
+    return self.config.short_flops_per_step
+
+  @property
+  def params(self) -> int:
+    return param_counts(self.model).total
+
+  @property
+  def nonembed_params(self) -> int:
+    return param_counts(self.model).nonembed
 
   @property
   def train_flops(self) -> float:
-    return self.short_steps * self.short_step_flops + (self.steps - self.short_steps) * self.step_flops
+    return self.config.flops_through(self.steps)
 
   @property
   def flops_residual(self) -> float:
@@ -103,19 +130,31 @@ class RunSpec:
 
   @property
   def tokens(self) -> int:
-    return self.steps * self.batch_size * self.seq_len
+    return self.steps * self.config.tokens_per_step
+
+  def _layout(self) -> dict[str, Any]:
+    c, d = self.config, self.config.data
+    return dict(size=self.size, model=to_dict(c.model), seq_len=d.seq_len,
+                batch_size=c.batch_size, steps=c.steps, budget=self.budget,
+                tasks=list(d.tasks), task_weights=to_dict(d.weights), seed=c.seed,
+                optim=to_dict(c.optim), compute_dtype=c.compute_dtype,
+                train_sparsity=self.train_sparsity, short_len=d.short_len,
+                short_steps=d.short_steps, data_source=d.source)
+
+  def to_dict(self) -> dict[str, Any]:
+    """spec.json's contents (less run_id and label): the layout `identity` hashes, plus the
+    derived numbers."""
+    return {**self._layout(), **{k: getattr(self, k) for k in _DERIVED}}
 
   def identity(self) -> dict[str, Any]:
-    """The fields that determine the trained model (what the run id hashes).
-
-    Fields at their dataclass default are left out, so a field added later to a config (with a
-    default that keeps the old behaviour) does not change the ids of finished runs.
-    """
-    d = _non_default(self)
-    for derived in ("flops_per_token", "step_flops", "short_step_flops", "params",
-                    "nonembed_params"):
-      d.pop(derived, None)
-    return d
+    """The fields that determine the trained model (what the run id hashes), each left out at
+    the layout's default (see `_DEFAULTS`)."""
+    d = {k: v for k, v in self._layout().items() if k not in _DEFAULTS or v != _DEFAULTS[k]}
+    d["model"] = _non_default(self.model)
+    fields, frac, _ = first_optim({})
+    default = to_dict(OptimConfig(**fields, warmup_steps=warmup_steps(frac, self.steps)))
+    optim = {k: v for k, v in d.pop("optim").items() if v != default[k]}
+    return {**d, "optim": optim} if optim else d
 
   @property
   def run_id(self) -> str:
@@ -164,13 +203,30 @@ def config_hash(d: dict[str, Any], n: int = 12) -> str:
   return hashlib.sha256(blob.encode()).hexdigest()[:n]
 
 
+def _config_of(d: dict[str, Any]) -> Config:
+  """The trainer's Config of a spec.json layout. The first studies wrote the grid's optimiser
+  (`warmup_frac` of the steps, a per-width rule already applied); it reads as the trainer's.
+  Fields added to the layout later are absent from older files: they read as their default."""
+  d = {**_DEFAULTS, **d}
+  optim = d["optim"]
+  if "warmup_steps" not in optim:  # the first layout
+    optim, frac, ref_width = first_optim(optim)
+    if ref_width:
+      raise ValueError(f"spec.json optim={d['optim']} has lr_ref_width={ref_width}; valid: 0 "
+                       "(a planned run holds its own rate)")
+    optim["warmup_steps"] = warmup_steps(frac, d["steps"])
+  return from_dict(dict(
+      model=d["model"], optim=optim, batch_size=d["batch_size"], steps=d["steps"],
+      seed=d["seed"], compute_dtype=d["compute_dtype"],
+      data=dict(tasks=d["tasks"], weights=d["task_weights"], seq_len=d["seq_len"],
+                short_len=d["short_len"], short_steps=d["short_steps"], seed=d["seed"],
+                source=d["data_source"])))
+
+
 def spec_from_dict(d: dict[str, Any]) -> RunSpec:
-  """Inverse of `to_dict` for a RunSpec (config.json → RunSpec)."""
-  d = dict(d)
-  model = dict(d.pop("model"))
-  model["attention"] = AttentionConfig(**model.pop("attention"))
-  return RunSpec(model=ModelConfig(**model), optim=Optim(**d.pop("optim")),
-                 tasks=tuple(d.pop("tasks")), task_weights=tuple(d.pop("task_weights")), **d)
+  """Inverse of `RunSpec.to_dict` (spec.json → RunSpec), for either optimiser layout."""
+  return RunSpec(size=d["size"], budget=d["budget"], config=_config_of(d),
+                 train_sparsity=d.get("train_sparsity", _DEFAULTS["train_sparsity"]))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,6 +240,11 @@ class Grid:
     they are returned as skipped with the reason rather than silently dropped.
   sparse_sizes: the sizes that get sparse variants (None: all). The study's question pits larger
     sparse models against smaller dense ones, so a small grid can skip the smallest sparse runs.
+  batch_sizes: sequences per step of some sizes, ((size, batch), ...); the others train with
+    `batch_size`. On a GPU a small model's step is bound by per-step overhead, so a larger batch
+    spends its budget in less time.
+  optim: the trainer's optimiser for every run, with two rules applied per run: `warmup_frac`
+    and `lr_ref_width`.
   """
 
   budgets: tuple[float, ...]
@@ -192,11 +253,20 @@ class Grid:
   patterns: tuple[str, ...] = ("local",)
   seq_lens: tuple[int, ...] = (256,)
   batch_size: int = 16
+  batch_sizes: tuple[tuple[str, int], ...] = ()
   vocab_size: int = 512
   tasks: tuple[str, ...] = ("niah_single",)
   task_weights: tuple[float, ...] | None = None
   seed: int = 0
-  optim: Optim = Optim()
+  optim: OptimConfig = OptimConfig()
+  # > 0: each run warms up for this fraction of its steps (so every budget warms up alike), in
+  # place of optim.warmup_steps; 0: optim.warmup_steps for every run.
+  warmup_frac: float = 0.05
+  # > 0: optim.lr is the rate of a model this wide, and a model of width w trains at
+  # lr · lr_ref_width / w (the grid plans each run with its own rate). One rate for every size
+  # left the deeper, wider ladder models at chance; 1/width from 3m's 1e-3 (192 wide) trained
+  # 800k, 3m and 6m on all eight tasks (README, "Training recipe"). 0: optim.lr for every size.
+  lr_ref_width: int = 0
   compute_dtype: str = "float32"  # bf16 on accelerators; f32 on CPU (bf16 matmuls are emulated)
   sink: int = 0
   implementation: str | None = None
@@ -208,7 +278,9 @@ class Grid:
   # sequence (same tokens per step), the rest at the grid's seq_len. 0: none.
   short_len: int = 0
   short_frac: float = 0.0
-  data_source: str = "host"  # see RunSpec.data_source
+  # Where training batches are made (the trainer's data.source): "host" (numpy + grain) or
+  # "device" (each task's jitted generator; another random stream of the same tasks).
+  data_source: str = "host"
 
   def __post_init__(self):
     if not self.budgets or any(not b > 0 for b in self.budgets):
@@ -232,9 +304,16 @@ class Grid:
                          "with knobs, e.g. 'niah_multikey(questions=8)'")
       for n in self.seq_lens + ((self.short_len,) if self.short_len else ()):
         tasks_lib.make(t, length=n, vocab_size=self.vocab_size)  # bad knobs fail here
-    if not isinstance(self.optim.lr_ref_width, int) or self.optim.lr_ref_width < 0:
-      raise ValueError(f"grid.optim.lr_ref_width={self.optim.lr_ref_width!r} must be an int >= 0 "
+    if not isinstance(self.lr_ref_width, int) or self.lr_ref_width < 0:
+      raise ValueError(f"grid.lr_ref_width={self.lr_ref_width!r} must be an int >= 0 "
                        "(0: one learning rate for every size)")
+    if not 0.0 <= self.warmup_frac < 1.0:
+      raise ValueError(f"grid.warmup_frac={self.warmup_frac!r} must be in [0, 1) (0: "
+                       "grid.optim.warmup_steps for every run)")
+    if self.warmup_frac and self.optim.warmup_steps != OptimConfig.warmup_steps:
+      raise ValueError(f"grid.optim.warmup_steps={self.optim.warmup_steps} is unused while "
+                       f"grid.warmup_frac={self.warmup_frac} sets each run's warmup; valid: "
+                       "leave it at its default, or set grid.warmup_frac=0")
     if self.data_source not in ("host", "device"):
       raise ValueError(f"grid.data_source={self.data_source!r} must be 'host' or 'device'")
     if self.task_weights is not None and len(self.task_weights) != len(self.tasks):
@@ -242,6 +321,12 @@ class Grid:
                        f"({len(self.tasks)})")
     if not isinstance(self.batch_size, int) or self.batch_size < 1:
       raise ValueError(f"grid.batch_size={self.batch_size!r} must be an int >= 1")
+    for size, batch in self.batch_sizes:
+      if size not in self.sizes or not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"grid.batch_sizes has ({size!r}, {batch!r}); valid: (a size of "
+                         f"grid.sizes={self.sizes}, an int >= 1)")
+    if len(dict(self.batch_sizes)) != len(self.batch_sizes):
+      raise ValueError(f"grid.batch_sizes={self.batch_sizes!r} names a size twice")
     for s in self.sparse_sizes or ():
       if s not in self.sizes:
         raise ValueError(f"grid.sparse_sizes has {s!r}, which is not in grid.sizes={self.sizes}")
@@ -255,10 +340,23 @@ class Grid:
       if not 0.0 < self.short_frac < 1.0:
         raise ValueError(f"grid.short_frac={self.short_frac!r} must be in (0, 1) when "
                          f"grid.short_len={self.short_len} is set")
-      for t in self.seq_lens:
-        if (self.batch_size * t) % self.short_len:
-          raise ValueError(f"grid.short_len={self.short_len} must divide batch_size × seq_len "
-                           f"= {self.batch_size * t} (the same tokens per step in both phases)")
+      for batch in sorted({self.batch_for(s) for s in self.sizes}):
+        for t in self.seq_lens:
+          if (batch * t) % self.short_len:
+            raise ValueError(f"grid.short_len={self.short_len} must divide batch × seq_len "
+                             f"= {batch * t} (the same tokens per step in both phases)")
+
+  def batch_for(self, size: str) -> int:
+    return dict(self.batch_sizes).get(size, self.batch_size)
+
+  def optim_for(self, width: int, steps: int) -> OptimConfig:
+    """The optimiser of one run of `width` and `steps` (its own rate and warmup)."""
+    o = self.optim
+    if self.lr_ref_width:
+      o = dataclasses.replace(o, lr=o.lr * self.lr_ref_width / width)
+    if self.warmup_frac:
+      o = dataclasses.replace(o, warmup_steps=warmup_steps(self.warmup_frac, steps))
+    return o
 
   def attention(self, pattern: str, sparsity: float) -> AttentionConfig:
     block = dict(block_q=self.block, block_kv=self.block) if self.block else {}
@@ -267,10 +365,29 @@ class Grid:
     return AttentionConfig(pattern, sparsity=sparsity, sink=self.sink,
                            implementation=self.implementation, **block)
 
+  def config(self, size: str, pattern: str, sparsity: float, seq_len: int,
+             budget: float) -> Config:
+    """The trainer's Config of one point: the steps `budget` buys by the trainer's rule
+    (`Config.total_steps`), after the curriculum's share at short_len."""
+    model = family(size, vocab_size=self.vocab_size, attention=self.attention(pattern, sparsity),
+                   **dict(self.model_overrides))
+    model.validate(seq_len)
+    weights = self.task_weights or tuple(1.0 for _ in self.tasks)
+    data = DataConfig(tasks=tuple(self.tasks), weights=tuple(weights), seq_len=seq_len,
+                      short_len=self.short_len, seed=self.seed, source=self.data_source)
+    cfg = Config(model=model, data=data, batch_size=self.batch_for(size), seed=self.seed,
+                 compute_dtype=self.compute_dtype, flop_budget=float(budget))
+    if self.short_len:
+      model.validate(self.short_len)
+      short = nearest_steps(self.short_frac * budget, cfg.short_flops_per_step)
+      cfg = dataclasses.replace(cfg, data=dataclasses.replace(data, short_steps=short))
+    steps = cfg.total_steps
+    return dataclasses.replace(cfg, steps=steps, flop_budget=0.0,
+                               optim=self.optim_for(model.width, steps))
+
   def points(self) -> tuple[list[RunSpec], list[dict[str, Any]]]:
     """(run specs, skipped points with the reason), in a fixed order."""
     specs, skipped = [], []
-    weights = self.task_weights or tuple(1.0 for _ in self.tasks)
     for budget in self.budgets:
       for seq_len in self.seq_lens:
         for size in self.sizes:
@@ -278,36 +395,15 @@ class Grid:
           if self.sparse_sizes is None or size in self.sparse_sizes:
             combos += [(p, s) for s in self.sparsities if s > 0 for p in self.patterns]
           for pattern, sparsity in combos:
-            cfg = family(size, vocab_size=self.vocab_size,
-                         attention=self.attention(pattern, sparsity),
-                         **dict(self.model_overrides))
-            cfg.validate(seq_len)
-            fpt = flops_per_token(cfg, seq_len, training=True)
-            step_flops = fpt * self.batch_size * seq_len
-            short_steps, short_step_flops, rest = 0, 0.0, budget
-            if self.short_len:
-              cfg.validate(self.short_len)
-              short_step_flops = (flops_per_token(cfg, self.short_len, training=True)
-                                  * self.batch_size * seq_len)
-              short_steps = round(self.short_frac * budget / short_step_flops)
-              rest = budget - short_steps * short_step_flops
-            steps = short_steps + round(rest / step_flops)
-            point = dict(budget=budget, size=size, pattern=pattern, sparsity=sparsity,
-                         seq_len=seq_len, steps=steps)
-            if steps < self.min_steps:
-              skipped.append({**point, "reason": f"needs steps >= {self.min_steps}, budget "
-                              f"{budget:.3g} buys {budget / step_flops:.2f} steps"})
+            cfg = self.config(size, pattern, sparsity, seq_len, budget)
+            if cfg.steps < self.min_steps:
+              skipped.append(dict(budget=budget, size=size, pattern=pattern, sparsity=sparsity,
+                                  seq_len=seq_len, steps=cfg.steps,
+                                  reason=f"needs steps >= {self.min_steps}, budget "
+                                  f"{budget:.3g} buys {budget / cfg.flops_per_step:.2f} steps"))
               continue
-            counts = param_counts(cfg)
-            specs.append(RunSpec(
-                size=size, model=cfg, seq_len=seq_len, batch_size=self.batch_size, steps=steps,
-                budget=float(budget), tasks=tuple(self.tasks), task_weights=tuple(weights),
-                seed=self.seed, optim=self.optim.for_width(cfg.width),
-                compute_dtype=self.compute_dtype,
-                train_sparsity=float(sparsity), short_len=self.short_len,
-                short_steps=short_steps, data_source=self.data_source, flops_per_token=fpt,
-                step_flops=step_flops, short_step_flops=short_step_flops,
-                params=counts.total, nonembed_params=counts.nonembed))
+            specs.append(RunSpec(size=size, budget=float(budget), config=cfg,
+                                 train_sparsity=float(sparsity)))
     ids = [s.run_id for s in specs]
     if len(set(ids)) != len(ids):
       raise ValueError("grid has duplicate points (same config twice): check budgets/sizes/"

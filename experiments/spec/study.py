@@ -12,7 +12,8 @@ from typing import Any
 
 from experiments.spec import settings as settings_lib
 from experiments import tasks as tasks_lib
-from experiments.spec.grid import Grid, RunSpec, config_hash, to_dict
+from experiments.spec.grid import Grid, RunSpec, config_hash, first_optim, to_dict
+from train.config import OptimConfig
 
 PHASES = ("prefill", "decode")
 
@@ -125,8 +126,8 @@ class Study:
     out = []
     for s in specs:
       if any(f in s.label for f in self.failing):
-        s = dataclasses.replace(s, optim=dataclasses.replace(
-            s.optim, lr=s.optim.lr * self.failing_lr, clip_norm=0.0))
+        optim = dataclasses.replace(s.optim, lr=s.optim.lr * self.failing_lr, clip_norm=0.0)
+        s = dataclasses.replace(s, config=dataclasses.replace(s.config, optim=optim))
       out.append(s)
     return out, skipped
 
@@ -147,11 +148,14 @@ def to_json(study: Study) -> dict[str, Any]:
 
 
 def from_json(d: dict[str, Any]) -> Study:
-  """Inverse of `to_json` (study.json → Study)."""
-  from experiments.spec.grid import Optim
+  """Inverse of `to_json` (study.json → Study). The first studies wrote the grid's own
+  optimiser, its two per-run rules inside: they read as the grid's fields."""
   d = dict(d)
   g = dict(d.pop("grid"))
-  g["optim"] = Optim(**g["optim"])
+  if "warmup_steps" not in g["optim"]:  # the first layout
+    g["optim"], g["warmup_frac"], g["lr_ref_width"] = first_optim(g["optim"])
+  g["optim"] = OptimConfig(**g["optim"])
+  g["batch_sizes"] = tuple(tuple(x) for x in g.get("batch_sizes", ()))
   for k in ("budgets", "sizes", "sparsities", "patterns", "seq_lens", "tasks"):
     g[k] = tuple(g[k])
   if g.get("sparse_sizes") is not None:

@@ -14,7 +14,12 @@ from pathlib import Path
 
 from experiments.runs import job
 from experiments.spec import study as study_lib
-from experiments.spec.grid import Grid, Optim, RunSpec, spec_from_dict, to_dict
+from experiments.runs import store
+from experiments.spec.grid import Grid, RunSpec, spec_from_dict, to_dict
+from train import config as train_config
+from train.config import OptimConfig
+
+STUDIES = Path(__file__).resolve().parents[2] / "studies"
 
 
 def _all_preset_specs():
@@ -71,7 +76,7 @@ def test_curriculum_points_spend_their_short_share_and_match_the_budget():
     assert abs(c.flops_residual) <= c.step_flops / 2
     assert c.steps > p.steps  # cheaper short steps buy more updates
     assert c.run_id != p.run_id and c.label == p.label + "c64"
-    assert spec_from_dict(json.loads(json.dumps(to_dict(c)))) == c
+    assert spec_from_dict(json.loads(json.dumps(c.to_dict()))) == c
   with pytest.raises(ValueError, match="grid.short_len=256"):
     Grid(**kw, short_len=256, short_frac=0.5)
   with pytest.raises(ValueError, match="grid.short_frac=0"):
@@ -103,12 +108,17 @@ def test_run_id_hashes_the_result_deciding_fields_only():
   (s,), _ = g.points()
   assert s.run_id == g.points()[0][0].run_id  # stable
   assert len(s.run_id) == 12 and int(s.run_id, 16) >= 0
-  lr = dataclasses.replace(s, optim=dataclasses.replace(s.optim, lr=1e-3))
+  c = s.config
+  lr = dataclasses.replace(s, config=dataclasses.replace(c, optim=dataclasses.replace(
+      c.optim, lr=1e-3)))
   assert lr.run_id != s.run_id
-  seed = dataclasses.replace(s, seed=1)
+  seed = dataclasses.replace(s, config=dataclasses.replace(
+      c, seed=1, data=dataclasses.replace(c.data, seed=1)))
   assert seed.run_id != s.run_id
-  # Derived numbers are not identity: recomputing them cannot orphan a finished run.
-  assert dataclasses.replace(s, params=0, step_flops=1.0).run_id == s.run_id
+  # Derived numbers are not identity: recomputing them cannot orphan a finished run (spec.json
+  # writes them for its readers; reading it back recomputes them).
+  assert not {"params", "step_flops", "flops_per_token"} & set(s.identity())
+  assert spec_from_dict({**s.to_dict(), "params": 0, "step_flops": 1.0}).run_id == s.run_id
   # Renaming the study or changing its evaluation keeps the run ids.
   smoke = study_lib.load_preset("smoke")
   renamed = dataclasses.replace(smoke, name="other", eval=dataclasses.replace(
@@ -129,7 +139,7 @@ def test_run_id_ignores_fields_at_their_default():
 
 def test_spec_round_trips_through_json():
   for _, s in _all_preset_specs():
-    back = spec_from_dict(json.loads(json.dumps(to_dict(s))))
+    back = spec_from_dict(json.loads(json.dumps(s.to_dict())))
     assert back == s and back.run_id == s.run_id
     break
 
@@ -162,7 +172,12 @@ def test_too_small_budget_is_skipped_with_reason():
     (dict(tasks=("niah_multikey(num_needles=4, questions=9)",)), "questions=9"),
     (dict(tasks=("niah_single(questiosn=2)",)), "unknown knob(s) ['questiosn']; valid knobs: ['depth', 'key_len', 'questions',"),
     (dict(data_source="gpu"), "grid.data_source='gpu'"),
-    (dict(optim=Optim(lr_ref_width=-1)), "grid.optim.lr_ref_width=-1"),
+    (dict(lr_ref_width=-1), "grid.lr_ref_width=-1"),
+    (dict(warmup_frac=1.0), "grid.warmup_frac=1.0"),
+    (dict(optim=OptimConfig(warmup_steps=7)), "grid.optim.warmup_steps=7 is unused"),
+    (dict(batch_sizes=(("300k", 8),)), "grid.batch_sizes has ('300k', 8)"),
+    (dict(batch_sizes=(("100k", 0),)), "grid.batch_sizes has ('100k', 0)"),
+    (dict(batch_sizes=(("100k", 8), ("100k", 4))), "names a size twice"),
 ])
 def test_bad_grid_names_the_value(kwargs, needle):
   base = dict(budgets=(1e11,), sizes=("100k",))
@@ -180,7 +195,8 @@ def test_tasks_with_knobs_and_device_batches_reach_the_trainer(tmp_path):
               data_source="device")
   (spec,), _ = grid.points()
   (plain,), _ = Grid(budgets=(1e11,), sizes=("100k",), seq_lens=(128,)).points()
-  assert spec.tasks == tasks and spec.data_source == "device" and spec.run_id != plain.run_id
+  assert spec.tasks == tasks and spec.config.data.source == "device"
+  assert spec.run_id != plain.run_id
   study = study_lib.Study(name="t", grid=grid, eval=study_lib.EvalSpec(tasks=("niah_single",), lengths=(128,)),
                           steps_per_call=7)
   cfg = job.train_config(spec, tmp_path, study, progress=False)
@@ -218,13 +234,124 @@ def test_learning_rate_scales_as_one_over_width_when_asked():
   """lr_ref_width: each size gets lr · ref / width, planned into its own spec (so its run id
   holds the rate it trains at, and the trainer gets that rate); without it, one rate for all."""
   base = dict(budgets=(1e12,), sizes=("100k", "3m"), seq_lens=(64,), vocab_size=128)
-  scaled, _ = Grid(optim=Optim(lr=1e-3, lr_ref_width=192), **base).points()
-  assert [(s.model.width, s.optim.lr, s.optim.lr_ref_width) for s in scaled] == [
-      (64, pytest.approx(3e-3), 0), (192, pytest.approx(1e-3), 0)]
-  plain, _ = Grid(optim=Optim(lr=1e-3), **base).points()
+  scaled, _ = Grid(optim=OptimConfig(lr=1e-3), lr_ref_width=192, **base).points()
+  assert [(s.model.width, s.optim.lr) for s in scaled] == [
+      (64, pytest.approx(3e-3)), (192, pytest.approx(1e-3))]
+  plain, _ = Grid(optim=OptimConfig(lr=1e-3), **base).points()
   assert [s.optim.lr for s in plain] == [1e-3, 1e-3]
   # The 3m run is the same run either way (same rate); the 100k one is not.
   assert scaled[1].run_id == plain[1].run_id and scaled[0].run_id != plain[0].run_id
-  study = study_lib.Study(name="t", grid=Grid(optim=Optim(lr=1e-3, lr_ref_width=192), **base),
+  study = study_lib.Study(name="t", grid=Grid(optim=OptimConfig(lr=1e-3), lr_ref_width=192,
+                                              **base),
                           eval=study_lib.EvalSpec(tasks=("niah_single",), lengths=(64,)))
   assert job.train_config(scaled[0], Path("/tmp/unused"), study).optim.lr == pytest.approx(3e-3)
+
+
+def test_committed_studies_keep_their_run_ids_and_trainer_configs():
+  """The run ids hash the layout the first studies wrote, so the presets plan the committed
+  folders' runs again (smoke's study.json; h100_3m on the h100 folder), and every committed
+  spec.json (written with the grid's own optimiser, `warmup_frac`) reads back to its folder's id
+  and to the trainer config its config.json holds: a rerun resumes those runs, not retrains."""
+  order = json.loads((STUDIES / "smoke" / "study.json").read_text())["run_order"]
+  assert [s.run_id for s in study_lib.load_preset("smoke").runs()[0]] == order
+  assert order[0] == "556673a8c2ce"
+  order = json.loads((STUDIES / "h100" / "study.json").read_text())["run_order"]
+  assert [s.run_id for s in study_lib.load_preset("h100_3m").runs()[0]] == order
+  for name in ("smoke", "h100", "h100_no_curriculum"):  # study.json in the first layout
+    written = json.loads((STUDIES / name / "study.json").read_text())
+    assert "warmup_frac" in written["study"]["grid"]["optim"]
+    st = study_lib.from_json(written["study"])
+    assert [s.run_id for s in st.runs()[0]] == written["run_order"]
+    assert st.grid.warmup_frac == 0.05 and st.grid.optim.weight_decay == (
+        0.0 if name == "smoke" else 0.1)
+  run_dirs = sorted(STUDIES.glob("*/runs/*"))
+  assert len(run_dirs) >= 28
+  trained = 0
+  for d in run_dirs:
+    written = json.loads((d / "spec.json").read_text())
+    assert "warmup_frac" in written["optim"]  # the first layout
+    spec = store.load_spec(d)
+    assert spec.run_id == d.name == written["run_id"] and spec.label == written["label"]
+    short = written.get("short_steps", 0)  # older files: no curriculum fields
+    assert spec.train_flops == pytest.approx(short * written.get("short_step_flops", 0.0)
+                                             + (spec.steps - short) * written["step_flops"],
+                                             rel=1e-12)
+    if (d / "config.json").exists():  # trained (h100_no_curriculum left three runs untrained)
+      trained += 1
+      cfg = job.train_config(spec, d, store.load_study(d.parent.parent))
+      assert train_config.identity_changes(cfg, json.loads((d / "config.json").read_text())) == []
+    # Written again in today's layout (the trainer's optimiser), the same run.
+    again = spec_from_dict(json.loads(json.dumps(spec.to_dict())))
+    assert again == spec and again.run_id == d.name
+  assert trained >= 16
+
+
+def test_the_grid_plans_with_the_trainers_budget_rule():
+  """One budget -> steps rule: a point's steps are what the trainer's own Config buys with the
+  budget (`Config.total_steps`, `train.config.nearest_steps`), curriculum or not."""
+  for kw in (dict(), dict(short_len=64, short_frac=0.6)):
+    g = Grid(budgets=(2e11,), sizes=("100k",), sparsities=(0.0, 0.5), seq_lens=(256,),
+             batch_size=4, vocab_size=128, **kw)
+    for s in g.points()[0]:
+      buys = dataclasses.replace(s.config, steps=0, flop_budget=s.budget)
+      assert buys.total_steps == s.steps and s.train_flops == buys.flops_through(s.steps)
+      if kw:
+        assert s.short_steps == train_config.nearest_steps(0.6 * s.budget, s.short_step_flops)
+
+
+def test_batch_sizes_give_sizes_their_own_batch():
+  """A size may train with its own batch (small models are bound by per-step overhead on a
+  GPU); its budget is matched all the same, and sizes not named keep batch_size and their ids."""
+  base = dict(budgets=(1e12,), sizes=("100k", "300k"), seq_lens=(64,), vocab_size=128,
+              batch_size=4)
+  plain, _ = Grid(**base).points()
+  big, _ = Grid(**base, batch_sizes=(("100k", 16),)).points()
+  assert [s.batch_size for s in big] == [16, 4] and [s.batch_size for s in plain] == [4, 4]
+  assert big[1].run_id == plain[1].run_id and big[0].run_id != plain[0].run_id
+  assert abs(big[0].flops_residual) <= big[0].step_flops / 2
+  assert big[0].steps == pytest.approx(plain[0].steps / 4, abs=1)
+  same, _ = Grid(**base, batch_sizes=(("300k", 4),)).points()
+  assert [s.run_id for s in same] == [s.run_id for s in plain]
+  st = study_lib.Study(name="t", grid=Grid(**base, batch_sizes=(("100k", 16),)),
+                       eval=study_lib.EvalSpec(tasks=("niah_single",), lengths=(64,)))
+  assert study_lib.from_json(json.loads(json.dumps(study_lib.to_json(st)))) == st
+  Grid(**{**base, "batch_size": 3}, short_len=48, short_frac=0.5)  # 3 × 64 = 4 × 48 tokens
+  with pytest.raises(ValueError, match=re.escape("grid.short_len=48 must divide batch × seq_len "
+                                                 "= 256")):  # the 100k batch's 4 × 64
+    Grid(**{**base, "batch_size": 3}, batch_sizes=(("100k", 4),), short_len=48, short_frac=0.5)
+
+
+def test_grid_optimiser_is_the_trainers_with_warmup_and_width_rules():
+  """The grid holds the trainer's OptimConfig; each run warms up for warmup_frac of its own
+  steps, or, with warmup_frac=0, for optim.warmup_steps."""
+  base = dict(budgets=(1e11,), sizes=("100k",), seq_lens=(64,), vocab_size=128, batch_size=4)
+  (s,), _ = Grid(**base, optim=OptimConfig(lr=1e-3, weight_decay=0.0, b2=0.99)).points()
+  assert s.optim == OptimConfig(lr=1e-3, weight_decay=0.0, b2=0.99,
+                                warmup_steps=max(1, round(0.05 * s.steps)))
+  (fixed,), _ = Grid(**base, warmup_frac=0.0, optim=OptimConfig(warmup_steps=7)).points()
+  assert fixed.optim.warmup_steps == 7 and fixed.run_id != s.run_id
+  assert fixed.identity()["optim"]["warmup_steps"] == 7  # not the 5% the layout assumes
+
+
+def test_a_spec_refuses_config_fields_spec_json_does_not_hold():
+  (s,), _ = Grid(budgets=(1e11,), sizes=("100k",), seq_lens=(64,), vocab_size=128).points()
+  with pytest.raises(ValueError, match=re.escape("RunSpec.config sets ['grad_accum: 1 -> 2']")):
+    dataclasses.replace(s, config=dataclasses.replace(s.config, grad_accum=2))
+  with pytest.raises(ValueError, match=re.escape("data.seed: 0 -> 3")):
+    dataclasses.replace(s, config=dataclasses.replace(
+        s.config, data=dataclasses.replace(s.config.data, seed=3)))
+
+
+def test_the_first_optimiser_layout_reads_with_its_own_defaults():
+  """spec.json written with the grid's own optimiser (grid.Optim): its absent fields are that
+  optimiser's defaults (no weight decay, 5% warmup), not the trainer's; a per-width rule left in
+  it is refused (a planned run holds its own rate)."""
+  (s,), _ = Grid(budgets=(1e11,), sizes=("100k",), seq_lens=(64,), vocab_size=128,
+                 optim=OptimConfig(weight_decay=0.0)).points()
+  first = {**s.to_dict(), "optim": {"lr": 3e-3}}
+  assert spec_from_dict(first) == s and "optim" not in s.identity()
+  tenth = spec_from_dict({**first, "optim": {"lr": 1e-3, "warmup_frac": 0.1}})
+  assert tenth.optim == OptimConfig(lr=1e-3, weight_decay=0.0,
+                                    warmup_steps=max(1, round(0.1 * s.steps)))
+  with pytest.raises(ValueError, match=re.escape("has lr_ref_width=192; valid: 0")):
+    spec_from_dict({**first, "optim": {"lr": 1e-3, "lr_ref_width": 192}})

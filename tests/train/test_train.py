@@ -156,8 +156,8 @@ def test_curriculum_resumes_exactly_across_the_switch_and_counts_its_flops(tmp_p
   assert log_lib.read_status(run_dir)["flops"] == pytest.approx(want, rel=1e-12)
   logged = {r["step"]: r["flops"] for r in log_lib.read_metrics(run_dir) if "flops" in r}
   assert logged[6] == pytest.approx(6 * cfg.short_flops_per_step, rel=1e-12)
-  # A budget buys the short steps first, then whole long steps.
-  budget = dataclasses.replace(cfg, steps=0, flop_budget=want + 0.5 * cfg.flops_per_step)
+  # A budget buys the short steps first, then the nearest whole number of long steps.
+  budget = dataclasses.replace(cfg, steps=0, flop_budget=want + 0.4 * cfg.flops_per_step)
   assert budget.total_steps == 12
 
 
@@ -296,7 +296,7 @@ def test_learns_niah_single_at_128_tokens(tmp_path):
                      data=train.DataConfig(tasks=("niah_single",), seq_len=128),
                      eval=train.EvalConfig(examples=64), log=train.LogConfig(every=20))
   steps = 120
-  cfg = dataclasses.replace(cfg, flop_budget=(steps + 0.5) * cfg.flops_per_step)
+  cfg = dataclasses.replace(cfg, flop_budget=(steps + 0.4) * cfg.flops_per_step)
   result = train.run(cfg)
   assert result.status == "finished" and result.step == steps
   scores = result.eval["niah_single"]

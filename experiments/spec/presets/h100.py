@@ -39,8 +39,9 @@ budget. The same README has the numbers.
 """
 
 from experiments import tasks
-from experiments.spec.grid import Grid, Optim
+from experiments.spec.grid import Grid
 from experiments.spec.study import EvalSpec, Study
+from train.config import OptimConfig
 
 ALL_TASKS = tuple(t for names in tasks.CATEGORIES.values() for t in names)
 
@@ -55,7 +56,8 @@ STUDY = Study(
         batch_size=8,
         vocab_size=512,
         tasks=ALL_TASKS,
-        optim=Optim(lr=2e-3, warmup_frac=0.05, weight_decay=0.1),
+        optim=OptimConfig(lr=2e-3, weight_decay=0.1),
+        warmup_frac=0.05,
         compute_dtype="bfloat16",
         block=64,
         sink=64,

@@ -1,8 +1,9 @@
 """The end-to-end path in seconds, for tests: two tiny runs (dense and sparse 100k), a few steps,
 a handful of eval examples. Numbers mean nothing; the mechanics are what it exercises."""
 
-from experiments.spec.grid import Grid, Optim
+from experiments.spec.grid import Grid
 from experiments.spec.study import EvalSpec, Study
+from train.config import OptimConfig
 
 STUDY = Study(
     name="micro",
@@ -15,7 +16,7 @@ STUDY = Study(
         batch_size=4,
         vocab_size=128,
         tasks=("niah_single",),
-        optim=Optim(lr=3e-3),
+        optim=OptimConfig(lr=3e-3, weight_decay=0.0),  # no decay: the runs (and ids) it always had
         implementation="reference",
     ),
     eval=EvalSpec(tasks=("niah_single", "chain_resolve"), lengths=(64,),

@@ -6,8 +6,9 @@ host through jax.distributed; the launcher prints (or ssh-runs) the per-host com
 Edit the hosts here or pass --hosts; the study folder must be on storage every host sees.
 """
 
-from experiments.spec.grid import Grid, Optim
+from experiments.spec.grid import Grid
 from experiments.spec.study import EvalSpec, Study
+from train.config import OptimConfig
 from experiments import tasks
 
 ALL_TASKS = tuple(t for names in tasks.CATEGORIES.values() for t in names)
@@ -23,7 +24,8 @@ STUDY = Study(
         batch_size=256,
         vocab_size=512,
         tasks=ALL_TASKS,
-        optim=Optim(lr=1e-3, warmup_frac=0.02, weight_decay=0.1),
+        optim=OptimConfig(lr=1e-3, weight_decay=0.1),
+        warmup_frac=0.02,
         compute_dtype="bfloat16",
         block=128,
         min_steps=300,

@@ -20,8 +20,9 @@ common_words; 300k 1.000 / 0.916 and 0.520; the 50%-local 300k 0.437 / 0.104; ch
 near chance (0.125–0.208, chance 0.03) for all three.
 """
 
-from experiments.spec.grid import Grid, Optim
+from experiments.spec.grid import Grid
 from experiments.spec.study import EvalSpec, Study
+from train.config import OptimConfig
 
 STUDY = Study(
     name="smoke",
@@ -39,7 +40,8 @@ STUDY = Study(
         # per sequence instead of one), made on the device, and the short convolution.
         tasks=("niah_single(questions=4)", "niah_multikey(questions=4)",
                "chain_resolve(questions=4)", "common_words"),
-        optim=Optim(lr=3e-3, warmup_frac=0.05),
+        optim=OptimConfig(lr=3e-3, weight_decay=0.0),  # no decay: the runs (and ids) it always had
+        warmup_frac=0.05,
         implementation="reference",
         min_steps=50,
         model_overrides=(("conv_kernel", 4),),
