@@ -85,10 +85,17 @@ def default_implementation() -> str:
   return next(n for n in available_implementations() if n != "reference")
 
 
+# Below this query length ``implementation=None`` keeps our kernel for dense layouts too: on one
+# H200 (bf16, causal, 4 heads, D = 64, fwd+bwd) cuDNN was 1.23x slower than pallas_triton at
+# T = 512 and 1.26x faster at T = 4096 (benchmarks/results/attention_h200_6m_T*.md); the
+# threshold sits between the two measured lengths.
+CUDNN_MIN_LEN = 2048
+
+
 def best_implementation(q, k, v, layout: BlockLayout) -> str:
   """What ``implementation=None`` runs for this call: 'cudnn' when the layout is exactly dense
-  causal (T == S) or full and known at trace time, q is bf16/f16 with a head dim and (even)
-  lengths cuDNN takes, and the default backend is an NVIDIA GPU; otherwise
+  causal (T == S) or full and known at trace time, T >= CUDNN_MIN_LEN, q is bf16/f16 with a head
+  dim and (even) lengths cuDNN takes, and the default backend is an NVIDIA GPU; otherwise
   ``default_implementation()`` (``sparse_ops.kernels.cudnn.refusal`` says why not).
 
   Why: dense attention is most of what the study's models run, and cuDNN's dense flash
@@ -100,7 +107,7 @@ def best_implementation(q, k, v, layout: BlockLayout) -> str:
   call, so one model may run cuDNN in its dense layers and Triton in its sparse ones. An explicit
   ``implementation=`` never switches.
   """
-  if (IMPLEMENTATIONS["cudnn"].unavailable() is None
+  if (q.shape[1] >= CUDNN_MIN_LEN and IMPLEMENTATIONS["cudnn"].unavailable() is None
       and cudnn_kernels.refusal(q, k, v, layout) is None):
     return "cudnn"
   return default_implementation()
