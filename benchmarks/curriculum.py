@@ -29,10 +29,11 @@ def run(length: int, short: int, frac: float, budget: float, workdir: pathlib.Pa
   import train
   from experiments.evaluation import evaluate as ev
   from experiments.runs import job
-  from experiments.spec.grid import Grid, Optim
+  from experiments.spec.grid import Grid
+  from train.config import OptimConfig
   from experiments.spec.study import EvalSpec, Study
   kw = dict(budgets=(budget,), sizes=("100k",), sparsities=(0.0,), seq_lens=(length,),
-            batch_size=8, vocab_size=128, tasks=TASKS, optim=Optim(lr=3e-3, warmup_frac=0.05),
+            batch_size=8, vocab_size=128, tasks=TASKS, optim=OptimConfig(lr=3e-3, weight_decay=0.0),
             implementation="xla", min_steps=10)
   if short:
     kw.update(short_len=short, short_frac=frac)

@@ -10,7 +10,6 @@ The estimate is printed and written as JSON; nothing in the study folder is touc
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -40,7 +39,9 @@ def calibrate(preset: str, out: Path, steps: int = 30, log=print) -> dict[str, A
     if key in measured:
       continue
     # The long phase's steps only: a curriculum's short steps are costed below by their FLOPs.
-    trial = dataclasses.replace(spec, steps=steps, short_len=0, short_steps=0)
+    trial = dataclasses.replace(spec, config=dataclasses.replace(
+        spec.config, steps=steps,
+        data=dataclasses.replace(spec.config.data, short_len=0, short_steps=0)))
     run_dir = out / spec.run_id
     cfg = job.train_config(trial, run_dir, study, progress=False)
     cfg = dataclasses.replace(cfg, log=dataclasses.replace(cfg.log, every=max(1, steps // 3)))
@@ -80,12 +81,3 @@ def calibrate(preset: str, out: Path, steps: int = 30, log=print) -> dict[str, A
       f"{summary['device']} (training at measured step times + {eval_s:.0f}s eval per model)")
   return summary
 
-
-def main(argv=None) -> None:
-  p = argparse.ArgumentParser(prog="python -m experiments calibrate", description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--preset", required=True)
-  p.add_argument("--steps", type=int, default=30)
-  p.add_argument("--out", default="/tmp/experiments-calibrate")
-  a = p.parse_args(argv)
-  calibrate(a.preset, Path(a.out), a.steps, log=lambda s: print(s, flush=True))
