@@ -51,9 +51,12 @@ class EvalSpec:
   decode_rows: int = 0
 
   def __post_init__(self):
-    for t in self.tasks:
-      if t not in tasks_lib.TASKS:
-        raise ValueError(f"eval.tasks has {t!r}; valid: {sorted(tasks_lib.TASKS)}")
+    for t in self.tasks:  # a name, or a name with knobs: "niah_multikey(questions=8)"
+      if tasks_lib.spec(t)[0] not in tasks_lib.TASKS:
+        raise ValueError(f"eval.tasks has {t!r}; valid: {sorted(tasks_lib.TASKS)}, optionally "
+                         "with knobs, e.g. 'niah_multikey(questions=8)'")
+      for n in self.lengths:
+        tasks_lib.make(t, length=n, vocab_size=64 << 10)  # bad knobs fail here, not mid-study
     for p in self.phases:
       if p not in PHASES:
         raise ValueError(f"eval.phases has {p!r}; valid: {PHASES}")
@@ -96,6 +99,9 @@ class Study:
   failing: run labels' substrings whose learning rate is multiplied by `failing_lr` (inf: the
   first update makes the loss NaN) — a deliberately diverging run, to show that a failure
   neither stops nor hides in the sweep.
+  extra_grids: more grids whose runs join `grid`'s (after them, in order): a study whose
+    budgets bracket different sizes, or that trains a pattern at one budget only, is a grid per
+    such block. A point two grids share (the same run id, e.g. a dense run) is planned once.
   """
 
   name: str
@@ -111,6 +117,7 @@ class Study:
   executor_options: tuple[tuple[str, Any], ...] = ()
   failing: tuple[str, ...] = ()
   failing_lr: float = float("inf")
+  extra_grids: tuple[Grid, ...] = ()
 
   def __post_init__(self):
     if not self.name or not all(c.isalnum() or c in "-_" for c in self.name):
@@ -122,7 +129,12 @@ class Study:
 
   def runs(self) -> tuple[list[RunSpec], list[dict[str, Any]]]:
     """The grid's run specs (with the deliberate failures applied) and its skipped points."""
-    specs, skipped = self.grid.points()
+    specs, skipped, seen = [], [], set()
+    for grid in (self.grid, *self.extra_grids):
+      g_specs, g_skipped = grid.points()
+      specs += [s for s in g_specs if s.run_id not in seen]
+      seen |= {s.run_id for s in g_specs}
+      skipped += [k for k in g_skipped if k not in skipped]
     out = []
     for s in specs:
       if any(f in s.label for f in self.failing):
@@ -144,14 +156,29 @@ def load_preset(name: str) -> Study:
 
 
 def to_json(study: Study) -> dict[str, Any]:
-  return to_dict(study)
+  d = to_dict(study)
+  if not study.extra_grids:  # added later: studies without them keep their study.json
+    del d["extra_grids"]
+  return d
 
 
 def from_json(d: dict[str, Any]) -> Study:
   """Inverse of `to_json` (study.json → Study). The first studies wrote the grid's own
   optimiser, its two per-run rules inside: they read as the grid's fields."""
   d = dict(d)
-  g = dict(d.pop("grid"))
+  extra = tuple(_grid_from_json(g) for g in d.pop("extra_grids", ()))
+  e = dict(d.pop("eval"))
+  e["settings"] = tuple(settings_lib.setting_from_json(s) for s in e["settings"])
+  for k in ("tasks", "lengths", "phases"):
+    e[k] = tuple(e[k])
+  d["executor_options"] = tuple((k, tuple(v) if isinstance(v, list) else v)
+                                for k, v in d.get("executor_options", ()))
+  d["failing"] = tuple(d.get("failing", ()))
+  return Study(grid=_grid_from_json(d.pop("grid")), eval=EvalSpec(**e), extra_grids=extra, **d)
+
+
+def _grid_from_json(g: dict[str, Any]) -> Grid:
+  g = dict(g)
   if "warmup_steps" not in g["optim"]:  # the first layout
     g["optim"], g["warmup_frac"], g["lr_ref_width"] = first_optim(g["optim"])
   g["optim"] = OptimConfig(**g["optim"])
@@ -163,11 +190,4 @@ def from_json(d: dict[str, Any]) -> Study:
   if g.get("task_weights") is not None:
     g["task_weights"] = tuple(g["task_weights"])
   g["model_overrides"] = tuple(tuple(x) for x in g.get("model_overrides", ()))
-  e = dict(d.pop("eval"))
-  e["settings"] = tuple(settings_lib.setting_from_json(s) for s in e["settings"])
-  for k in ("tasks", "lengths", "phases"):
-    e[k] = tuple(e[k])
-  d["executor_options"] = tuple((k, tuple(v) if isinstance(v, list) else v)
-                                for k, v in d.get("executor_options", ()))
-  d["failing"] = tuple(d.get("failing", ()))
-  return Study(grid=Grid(**g), eval=EvalSpec(**e), **d)
+  return Grid(**g)

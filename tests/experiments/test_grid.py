@@ -355,3 +355,29 @@ def test_the_first_optimiser_layout_reads_with_its_own_defaults():
                                     warmup_steps=max(1, round(0.1 * s.steps)))
   with pytest.raises(ValueError, match=re.escape("has lr_ref_width=192; valid: 0")):
     spec_from_dict({**first, "optim": {"lr": 1e-3, "lr_ref_width": 192}})
+
+
+def test_extra_grids_join_the_study_once_per_run_and_round_trip():
+  """A grid per budget block (its own sizes), and a pattern at one budget only: the runs of
+  every grid, a point two grids share planned once, in order; study.json reads them back."""
+  base = study_lib.load_preset("micro")
+  g = base.grid
+  other = dataclasses.replace(g, sparsities=(0.0, 0.25))  # the dense run again, a new sparse one
+  study = dataclasses.replace(base, extra_grids=(other,))
+  ids = [s.run_id for s in study.runs()[0]]
+  first = [s.run_id for s in g.points()[0]]
+  extra = [s.run_id for s in other.points()[0]]
+  assert ids == first + [i for i in extra if i not in first]
+  assert len(ids) == len(set(ids)) > len(first)
+  back = study_lib.from_json(json.loads(json.dumps(study_lib.to_json(study))))
+  assert back == study
+  assert "extra_grids" not in study_lib.to_json(base)  # studies without them keep their json
+
+
+def test_eval_tasks_take_knobs_and_bad_knobs_fail_at_once():
+  e = study_lib.EvalSpec(tasks=("niah_multikey(num_needles=16, questions=8)",), lengths=(1024,))
+  assert e.tasks[0].startswith("niah_multikey(")
+  with pytest.raises(ValueError, match="eval.tasks has 'nope'"):
+    study_lib.EvalSpec(tasks=("nope",), lengths=(1024,))
+  with pytest.raises(ValueError):
+    study_lib.EvalSpec(tasks=("niah_multikey(no_such_knob=3)",), lengths=(1024,))
