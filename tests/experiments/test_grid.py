@@ -381,3 +381,17 @@ def test_eval_tasks_take_knobs_and_bad_knobs_fail_at_once():
     study_lib.EvalSpec(tasks=("nope",), lengths=(1024,))
   with pytest.raises(ValueError):
     study_lib.EvalSpec(tasks=("niah_multikey(no_such_knob=3)",), lengths=(1024,))
+
+
+def test_h200_quick_is_h200s_first_budget_and_continues_into_it():
+  """`h200_quick`'s folder continues with `--preset h200 --add-to-study`: its runs are h200's
+  (same ids) and it evaluates with h200's settings (same eval key), so nothing retrains."""
+  full, quick = study_lib.load_preset("h200"), study_lib.load_preset("h200_quick")
+  full_ids = [s.run_id for s in full.runs()[0]]
+  quick_ids = [s.run_id for s in quick.runs()[0]]
+  assert set(quick_ids) < set(full_ids) and quick_ids == full_ids[:len(quick_ids)]
+  assert quick.eval.key == full.eval.key
+  budgets = sorted({s.budget for s in full.runs()[0]})
+  assert len(budgets) >= 3 and budgets[-1] / budgets[0] >= 10  # issue 19's grid
+  for b in budgets:
+    assert len({s.size for s in full.runs()[0] if s.budget == b and s.train_sparsity == 0}) >= 4
