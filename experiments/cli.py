@@ -18,60 +18,187 @@ Commands:
   calibrate --preset NAME   measure step times here and estimate the preset's wall time
   demo            a sparse_ops tour (implementations × patterns, with times)
 
-Errors are one or two lines naming the value; --debug (anywhere) shows the traceback.
+`python -m experiments COMMAND --help` lists a command's flags. The flags are the fields of the
+command dataclasses below, parsed by tyro as `python -m train` parses `train.Config`. Errors are
+one or two lines naming the value; --debug (anywhere) shows the traceback.
 """
 
 from __future__ import annotations
 
-import argparse
+import contextlib
 import dataclasses
+import io
 import json
 import os
 import signal
 import sys
 import time
 from pathlib import Path
+from typing import Annotated, Callable, Literal, NoReturn, Union
+
+# NAMES only: the executors package's __init__ is stdlib alone (each executor loads on use).
+from experiments.runs import executors
+
+PROG = "python -m experiments"
+_DESCRIPTION = ("The study of sparse vs dense attention: plan a preset's FLOP-matched grid, "
+                "train, evaluate, report. `python -m experiments COMMAND --help` lists a "
+                "command's flags.")
+WandbMode = Literal["offline", "online", "disabled"]
 
 
-class _Parser(argparse.ArgumentParser):
-  """argparse's errors without the full usage (a dozen wrapped lines for `run`): two lines."""
+# ------------------------------------------------------------------------------ the commands
+# Each command's flags are the fields of its dataclass (docstrings are the --help text). They
+# hold only stdlib types: tyro's markers are applied in _parse, so importing this module stays
+# cheap and `run`/`job` can arm their SIGTERM handler before tyro loads.
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """Plan the preset's FLOP-matched grid, train and evaluate every unfinished run, write
+  results.csv, report.md and plots. Rerunning skips finished runs and resumes partial ones; a
+  study folder remembers its preset and refuses another one unless --add-to-study."""
 
-  def error(self, message: str):
-    self.exit(2, f"{self.prog}: error: {message}\n(see {self.prog} --help)\n")
+  preset: str
+  """the study to run: one of `python -m experiments presets`"""
+  out: str | None = None
+  """study folder (None: runs/<preset>)"""
+  executor: Literal[executors.NAMES] | None = None
+  """where runs train (None: the preset's)"""
+  workers: int | None = None
+  """local: subprocess workers (0: in-process; None: the preset's)"""
+  partition: str | None = None
+  """slurm partition"""
+  hosts: str | None = None
+  """pod: comma-separated hosts, first = coordinator"""
+  launch: Literal["print", "ssh", "local"] | None = None
+  """pod: print the per-host commands, run them over ssh, or as local processes"""
+  retry_failed: bool = False
+  """give runs that used up their attempts another round"""
+  no_report: bool = False
+  """train and evaluate only (`report DIR` writes the report later)"""
+  stop_after: float | None = None
+  """SECONDS: start no run that should not end inside this many seconds (machines lent for a
+  fixed time; the next call continues, here or on another machine given the study folder)"""
+  wandb: WandbMode | None = None
+  """W&B mode for this call (None: the preset's)"""
+  add_to_study: bool = False
+  """run this preset on a folder made by another one, keeping its runs"""
 
 
-def _run(argv: list[str]) -> None:
-  # SIGTERM outside training (evaluating, between runs) used to end the sweep with no record:
-  # now run_job records the run as preempted and the sweep stops (see main).
-  signal.signal(signal.SIGTERM, _terminate)
-  from experiments.runs import executors, sweep
-  from experiments.spec import study as study_lib
-  p = _Parser(prog="python -m experiments run")
-  p.add_argument("--preset", required=True, help=f"one of {study_lib.presets()}")
-  p.add_argument("--out", default=None, help="study folder (default runs/<preset>)")
-  p.add_argument("--executor", default=None, choices=executors.NAMES,
-                 help="default: the preset's")
-  p.add_argument("--workers", type=int, default=None, help="local: subprocess workers (0: "
-                 "in-process)")
-  p.add_argument("--partition", default=None, help="slurm partition")
-  p.add_argument("--hosts", default=None, help="pod: comma-separated hosts, first = coordinator")
-  p.add_argument("--launch", default=None, choices=("print", "ssh", "local"), help="pod launch")
-  p.add_argument("--retry-failed", action="store_true",
-                 help="give runs that used up their attempts another round")
-  p.add_argument("--no-report", action="store_true")
-  p.add_argument("--stop-after", type=float, default=None, metavar="SECONDS",
-                 help="start no run that should not end inside this many seconds")
-  p.add_argument("--wandb", default=None, choices=("offline", "online", "disabled"),
-                 help="W&B mode for this call (default: the preset's)")
-  p.add_argument("--add-to-study", action="store_true",
-                 help="run this preset on a folder made by another one, keeping its runs")
-  a = p.parse_args(argv)
-  if a.stop_after is not None and a.stop_after <= 0:
-    p.error(f"--stop-after {a.stop_after:g}: must be a positive number of seconds")
+@dataclasses.dataclass(frozen=True)
+class Status:
+  """Table of runs: state (done/running/stopped/preempted/failed/pending), steps, FLOPs,
+  attempts, last error."""
+
+  dir: str
+  """a study folder"""
+
+
+@dataclasses.dataclass(frozen=True)
+class Report:
+  """Rewrite results.csv, report.md and plots from the run folders."""
+
+  dir: str
+  """a study folder"""
+  wandb: WandbMode | None = None
+  """W&B mode of the summary run (None: the study's)"""
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+  """Train + evaluate one run folder (what executors run on each machine)."""
+
+  run_dir: str
+  """a run folder, <study>/runs/<run_id>"""
+
+
+@dataclasses.dataclass(frozen=True)
+class Presets:
+  """List the presets."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Calibrate:
+  """Measure step times here and estimate the preset's wall time (nothing in a study folder is
+  touched)."""
+
+  preset: str
+  """one of `python -m experiments presets`"""
+  steps: int = 30
+  """training steps per distinct model"""
+  out: str = "/tmp/experiments-calibrate"
+  """scratch folder, emptied first; calibration.json is written there"""
+
+
+@dataclasses.dataclass(frozen=True)
+class Demo:
+  """A sparse_ops tour: implementations × patterns, with times."""
+
+  length: int = 2048
+  """sequence length T"""
+  heads: int = 4
+  head_dim: int = 64
+
+
+# ---------------------------------------------------------------------------------- parsing
+def _usage_error(command: str, message: str) -> NoReturn:
+  """A bad value: one line naming it and what is valid, then where the flags are; exit 2 (as
+  argparse's errors were, and `python -m train`'s are)."""
+  prog = f"{PROG} {command}"
+  print(f"{prog}: error: {message}\n(see {prog} --help)", file=sys.stderr)
+  raise SystemExit(2)
+
+
+def _parse(argv: list[str]):
+  """`COMMAND [flags]` -> that command's dataclass, by tyro. tyro's boxed error (5-15 lines) is
+  cut to the line that names the value and what is valid; --help passes through unchanged."""
+  import tyro  # here, not at the top: `run` and `job` arm their SIGTERM handler before it
+  variants = []
+  for name, (cls, _) in _COMMANDS.items():
+    markers = [tyro.conf.subcommand(name)]
+    if name in _POSITIONAL:
+      markers += [tyro.conf.PositionalRequiredArgs, tyro.conf.PositionalMetavarFromFieldName]
+    variants.append(Annotated[(cls, *markers)])
+  # Flags as argparse's store_true made them: --no-report alone, not --report/--no-report pairs.
+  # (`--out None` and the like mean "not given": tyro.conf.DisallowNone would refuse them but
+  # still list None among the valid choices of --executor, a worse message.)
+  config = (tyro.conf.FlagCreatePairsOff,)
+  err = io.StringIO()
+  try:
+    with contextlib.redirect_stderr(err):
+      return tyro.cli(Union[tuple(variants)], args=argv, prog=PROG, config=config,
+                      description=_DESCRIPTION)
+  except SystemExit as e:
+    if e.code in (0, None):
+      sys.stderr.write(err.getvalue())
+      raise
+    _usage_error(argv[0], _box_message(err.getvalue()))
+
+
+def _box_message(text: str) -> str:
+  """The first paragraph of a rich error box as one line: '│ a │\\n│ b │\\n│ ─── │' -> 'a b'
+  (train/__main__.py cuts its own alike). A blank line ends it too: what follows one is the
+  detail ("Got errors: - <class 'NoneType'>: ..." after "Error parsing --stop-after: ...")."""
+  lines = []
+  for line in text.splitlines():
+    inner = line.strip().strip("│╭╮╰╯").strip()
+    if inner.startswith("─") or not inner:  # a rule or a blank line: the paragraph ends
+      if lines:
+        break
+      continue
+    lines.append(inner)
+  return " ".join(lines) or text.strip()
+
+
+# --------------------------------------------------------------------------------- commands
+def _run(a: Run) -> None:
+  if a.stop_after is not None and not a.stop_after > 0:  # `not >` also refuses nan
+    _usage_error("run", f"--stop-after {a.stop_after:g}: must be a positive number of seconds")
   if a.workers is not None and a.workers < 0:
-    p.error(f"--workers {a.workers}: must be 0 (in-process) or a positive number of workers")
-  if a.preset not in study_lib.presets():
-    p.error(f"--preset {a.preset!r} is unknown; valid: {', '.join(study_lib.presets())}")
+    _usage_error("run", f"--workers {a.workers}: must be 0 (in-process) or a positive number "
+                 "of workers")
+  with _deferred_sigterm():
+    from experiments.runs import sweep
+    from experiments.spec import study as study_lib
+  _check_preset("run", a.preset, study_lib.presets())
   study = study_lib.load_preset(a.preset)
   if a.wandb:
     study = dataclasses.replace(study, wandb=a.wandb)
@@ -97,6 +224,11 @@ def _run(argv: list[str]) -> None:
   print(f"study {study.name}: {summary}; {time.time() - t0:.0f}s", flush=True)
 
 
+def _check_preset(command: str, preset: str, valid: list[str]) -> None:
+  if preset not in valid:
+    _usage_error(command, f"--preset {preset!r} is unknown; valid: {', '.join(valid)}")
+
+
 def write_report(out: str | Path, *, wall_s: float | None = None,
                  wandb_mode: str | None = None) -> Path:
   """results.csv, report.md and plots/ of a study folder, and its W&B summary run: the run
@@ -112,11 +244,8 @@ def write_report(out: str | Path, *, wall_s: float | None = None,
   return path
 
 
-def _status(argv: list[str]) -> None:
+def _status(a: Status) -> None:
   from experiments.runs import store
-  p = _Parser(prog="python -m experiments status")
-  p.add_argument("dir")
-  a = p.parse_args(argv)
   rows = store.status_rows(a.dir)
   print(f"{'run':12} {'model':34} {'state':9} {'steps':>11} {'train FLOPs':>11} "
         f"{'budget':>9} {'tries':>5}  error")
@@ -131,11 +260,7 @@ def _status(argv: list[str]) -> None:
     print(f"unreadable: {note}")
 
 
-def _report(argv: list[str]) -> None:
-  p = _Parser(prog="python -m experiments report")
-  p.add_argument("dir")
-  p.add_argument("--wandb", default=None, choices=("offline", "online", "disabled"))
-  a = p.parse_args(argv)
+def _report(a: Report) -> None:
   print(f"wrote {write_report(a.dir, wandb_mode=a.wandb)}")
 
 
@@ -158,6 +283,22 @@ def _terminate(signum, frame):
   del frame
   signal.signal(signum, signal.SIG_IGN)  # one is enough; a second must not cut the record
   raise _Terminated(f"signal {signum}")
+
+
+@contextlib.contextmanager
+def _deferred_sigterm():
+  """SIGTERM noted, not raised, while the block imports JAX and the rest: raised inside a C
+  extension's initialisation (numpy's, jaxlib's) a _Terminated comes out as an ImportError (see
+  _termination), or aborts the process (exit 134), or is lost, the job then running to its end
+  with SIGTERM ignored (all three seen). Honoured, as a _Terminated, when the block is done."""
+  noted: list[int] = []
+  signal.signal(signal.SIGTERM, lambda signum, frame: noted.append(signum))
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGTERM, _terminate)
+  if noted:
+    _terminate(noted[0], None)
 
 
 def _die_with_parent() -> None:
@@ -209,34 +350,34 @@ def _alive(pid: int) -> bool:
   return True
 
 
-def _job(argv: list[str]) -> None:
-  # First, before the ~2 s of imports: SIGTERM then ended the process as a bare exit 143 with
-  # no record. Now it is a _Terminated, recorded as preempted, by run_job or below.
-  signal.signal(signal.SIGTERM, _terminate)
-  p = _Parser(prog="python -m experiments job")
-  p.add_argument("run_dir")
-  a = p.parse_args(argv)
+def _job(a: Job) -> None:
   if not (Path(a.run_dir) / "spec.json").exists():
     raise SystemExit(f"error: {a.run_dir}/spec.json not found: RUN_DIR must be a run folder "
                      "(<study>/runs/<run_id>) planned by `python -m experiments run`")
   stop = None
   try:
-    _die_with_parent()
-    from experiments.runs import job
+    with _deferred_sigterm():
+      _die_with_parent()
+      from experiments.runs import job
     rec = job.run_job(a.run_dir)
   except (_Terminated, Exception) as e:  # noqa: BLE001 — re-raised unless a SIGTERM is in it
     if (stop := _termination(e)) is None:
       raise
   if stop is not None:
-    _record_preempted(a.run_dir, str(stop))  # no-op when run_job recorded it already
-    print(f"{a.run_dir}: preempted ({stop})", flush=True)
-    return  # exit 0, as `python -m train` does for a preempted run: the record says what
+    _job_preempted(a.run_dir, stop)
+    return
   print(f"{a.run_dir}: {rec['state']}" + (f" — {rec.get('error')}" if rec.get("error") else ""))
   if rec["state"] == "failed":
     raise SystemExit(1)
 
 
-def _presets(argv: list[str]) -> None:
+def _job_preempted(run_dir: str, stop: _Terminated) -> None:
+  _record_preempted(run_dir, str(stop))  # no-op when run_job recorded it already
+  print(f"{run_dir}: preempted ({stop})", flush=True)
+  # exit 0, as `python -m train` does for a preempted run: the record says what happened
+
+
+def _presets(a: Presets) -> None:
   from experiments.spec import study as study_lib
   for name in study_lib.presets():
     s = study_lib.load_preset(name)
@@ -244,13 +385,40 @@ def _presets(argv: list[str]) -> None:
     print(f"{name:8} {len(specs)} runs, {len(skipped)} skipped, executor {s.executor}")
 
 
-def main(argv=None) -> None:
+def _calibrate(a: Calibrate) -> None:
+  if a.steps < 1:
+    _usage_error("calibrate", f"--steps {a.steps}: must be a positive number of steps")
+  from experiments.spec import study as study_lib
+  from experiments.tools import calibrate
+  _check_preset("calibrate", a.preset, study_lib.presets())  # before --out is emptied
+  calibrate.calibrate(a.preset, Path(a.out), a.steps, log=lambda s: print(s, flush=True))
+
+
+def _demo(a: Demo) -> None:
+  for flag, value in (("--length", a.length), ("--heads", a.heads), ("--head-dim", a.head_dim)):
+    if value < 1:
+      _usage_error("demo", f"{flag} {value}: must be a positive integer")
+  from experiments.tools import demo
+  demo.main(a.length, a.heads, a.head_dim)
+
+
+# name -> (flags, what runs them); the order is the order --help lists them in.
+_COMMANDS: dict[str, tuple[type, Callable]] = {
+    "run": (Run, _run), "status": (Status, _status), "report": (Report, _report),
+    "job": (Job, _job), "presets": (Presets, _presets), "calibrate": (Calibrate, _calibrate),
+    "demo": (Demo, _demo)}
+_POSITIONAL = {"status", "report", "job"}  # their one required argument: DIR / RUN_DIR
+
+
+def main(argv=None, *, noted_sigterm: list[int] | None = None) -> None:
+  """`python -m experiments ARGV`. noted_sigterm: where __main__ notes a SIGTERM that came while
+  this module loaded (None in-process: this process's SIGTERM handling is left as it is)."""
   argv = list(sys.argv[1:] if argv is None else argv)
   debug = "--debug" in argv
   argv = [x for x in argv if x != "--debug"]
   previous = signal.getsignal(signal.SIGTERM)  # run and job install their own
   try:
-    _main(argv)
+    _main(argv, noted_sigterm)
   except (_Terminated, Exception) as e:  # noqa: BLE001 — one line, not a 40-line traceback
     if (stop := _termination(e)) is not None:  # recorded as preempted; the trainer saved
       print(f"stopped ({stop}): rerun the same command to continue", file=sys.stderr)
@@ -267,21 +435,38 @@ def main(argv=None) -> None:
     signal.signal(signal.SIGTERM, previous)  # main() called in-process (tests) leaves none
 
 
-def _main(argv: list[str]) -> None:
-  commands = {"run": _run, "status": _status, "report": _report, "job": _job,
-              "presets": _presets, "calibrate": None, "demo": None}
-  if argv and argv[0] not in commands:
-    raise SystemExit(f"error: unknown command {argv[0]!r}; valid: {', '.join(commands)}\n"
-                     "(python -m experiments alone lists them with their options)")
+def _main(argv: list[str], noted_sigterm: list[int] | None) -> None:
   if not argv:
     print(__doc__, file=sys.stderr)
-    print(f"usage: python -m experiments {{{','.join(commands)}}} [options]", file=sys.stderr)
+    print(f"usage: {PROG} {{{','.join(_COMMANDS)}}} [options]", file=sys.stderr)
     raise SystemExit(2)
-  if argv[0] in ("demo", "calibrate"):
-    import importlib
-    importlib.import_module(f"experiments.tools.{argv[0]}").main(argv[1:])
+  if argv[0] not in _COMMANDS and argv[0] not in ("-h", "--help"):
+    # exit 2 like every other usage error (it was 1)
+    print(f"error: unknown command {argv[0]!r}; valid: {', '.join(_COMMANDS)}\n"
+          f"({PROG} alone lists them with their options)", file=sys.stderr)
+    raise SystemExit(2)
+  try:
+    if argv[0] in ("run", "job"):
+      # SIGTERM outside training (importing, evaluating, between runs) used to end the process
+      # with no record (a bare exit 143): now a _Terminated, recorded as preempted by run_job
+      # or below, and the sweep stops (see main). Armed before tyro's import and the ~2 s of
+      # the job's imports; one that came earlier, while this module loaded, is honoured now.
+      signal.signal(signal.SIGTERM, _terminate)
+      if noted_sigterm:
+        _terminate(noted_sigterm[0], None)
+    elif noted_sigterm is not None:  # the other commands stop on SIGTERM as any process does
+      signal.signal(signal.SIGTERM, signal.SIG_DFL)
+      if noted_sigterm:
+        raise SystemExit(128 + signal.SIGTERM)
+    args = _parse(argv)
+  except (_Terminated, Exception) as e:  # noqa: BLE001 — re-raised unless a SIGTERM is in it
+    stop = _termination(e)  # during the parse: a job not started yet is recorded here
+    if stop is None or not (argv[0] == "job" and len(argv) == 2 and
+                            (Path(argv[1]) / "spec.json").exists()):
+      raise
+    _job_preempted(argv[1], stop)
     return
-  commands[argv[0]](argv[1:])
+  _COMMANDS[argv[0]][1](args)
 
 
 if __name__ == "__main__":

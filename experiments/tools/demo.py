@@ -10,7 +10,6 @@ is the main job once it lands; this is the embedded default until then.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 
@@ -60,23 +59,14 @@ def run(length: int = 2048, heads: int = 4, head_dim: int = 64, batch: int = 1) 
   return rows
 
 
-def main(argv=None) -> None:
-  p = argparse.ArgumentParser(prog="python -m experiments demo", description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--length", type=int, default=2048)
-  p.add_argument("--heads", type=int, default=4)
-  p.add_argument("--head-dim", type=int, default=64)
-  a = p.parse_args(argv)
+def main(length: int, heads: int, head_dim: int) -> None:
+  """The tour's table; `python -m experiments demo` parses the flags (experiments.cli.Demo)."""
   dev = jax.devices()[0]
   print(f"sparse_ops demo on {dev.platform} ({getattr(dev, 'device_kind', dev)}), "
-        f"T={a.length}, H={a.heads}, D={a.head_dim}, f32, forward+backward")
-  rows = run(a.length, a.heads, a.head_dim)
+        f"T={length}, H={heads}, D={head_dim}, f32, forward+backward")
+  rows = run(length, heads, head_dim)
   print(f"{'pattern':26} {'impl':10} {'sparsity':>9} {'block sp.':>9} {'GFLOP':>8} "
         f"{'ms':>9} {'vs dense':>9}")
   for r in rows:
     print(f"{r['pattern']:26} {r['impl']:10} {r['sparsity']:9.3f} {r['block_sparsity']:9.3f} "
           f"{r['gflop']:8.2f} {r['ms']:9.1f} {r['speedup']:8.2f}×")
-
-
-if __name__ == "__main__":
-  main()

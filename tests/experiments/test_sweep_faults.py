@@ -292,6 +292,56 @@ def test_debug_shows_the_traceback():
     cli(["status", "/nonexistent/study", "--debug"])
 
 
+@pytest.mark.parametrize("argv, names", [
+    (["run", "--preset", "smoke", "--stop-after", "abc"], "'abc'"),
+    (["run", "--preset", "smoke", "--workers", "two"], "'two'"),
+    (["run", "--preset", "smoke", "--wandb", "on"], "'on'"),
+    (["run", "--preset", "smoke", "--bogus"], "--bogus"),
+    (["run", "--stop-after", "60"], "--preset"),
+    (["status"], "DIR"),
+])
+def test_tyro_parse_errors_are_one_line_and_exit_2_before_anything_is_written(
+    argv, names, tmp_path, capsys):
+  """tyro's boxed error (5-15 lines) cut to the line naming the value, then where --help is."""
+  out = tmp_path / "study"
+  with pytest.raises(SystemExit) as e:
+    cli(argv + (["--out", str(out)] if argv[0] == "run" else []))
+  err = capsys.readouterr().err.strip().splitlines()
+  assert e.value.code == 2 and len(err) == 2, err
+  assert names in err[0] and err[0].startswith(f"python -m experiments {argv[0]}: error: "), err
+  assert err[1] == f"(see python -m experiments {argv[0]} --help)" and "│" not in err[0], err
+  assert not out.exists()
+
+
+def test_every_documented_command_line_parses_as_before():
+  """The flags argparse took, parsed by tyro into the command dataclasses (nothing runs)."""
+  from experiments import cli as cli_lib
+  a = cli_lib._parse(["run", "--preset", "h100", "--out", "o", "--executor", "slurm",
+                      "--workers", "2", "--partition", "gpu", "--hosts", "h0,h1",
+                      "--launch", "ssh", "--retry-failed", "--no-report", "--stop-after", "540",
+                      "--wandb", "disabled", "--add-to-study"])
+  assert a == cli_lib.Run(preset="h100", out="o", executor="slurm", workers=2, partition="gpu",
+                          hosts="h0,h1", launch="ssh", retry_failed=True, no_report=True,
+                          stop_after=540.0, wandb="disabled", add_to_study=True)
+  assert cli_lib._parse(["run", "--preset", "smoke"]) == cli_lib.Run(preset="smoke")
+  assert cli_lib._parse(["status", "d"]) == cli_lib.Status(dir="d")
+  assert cli_lib._parse(["report", "d", "--wandb", "offline"]) == cli_lib.Report("d", "offline")
+  assert cli_lib._parse(["job", "s/runs/r"]) == cli_lib.Job(run_dir="s/runs/r")
+  assert cli_lib._parse(["presets"]) == cli_lib.Presets()
+  assert cli_lib._parse(["calibrate", "--preset", "h100", "--steps", "5"]) == \
+      cli_lib.Calibrate(preset="h100", steps=5)
+  assert cli_lib._parse(["demo", "--head-dim", "32"]) == cli_lib.Demo(head_dim=32)
+  assert set(cli_lib._COMMANDS) == {"run", "status", "report", "job", "presets", "calibrate",
+                                    "demo"}
+
+
+def test_no_command_prints_the_command_list(capsys):
+  with pytest.raises(SystemExit) as e:
+    cli([])
+  err = capsys.readouterr().err
+  assert e.value.code == 2 and "run --preset NAME" in err and "status DIR" in err
+
+
 def test_sigterm_in_the_first_second_of_a_job_is_recorded_as_preempted(tmp_path):
   (run, *_) = store.plan(_study(), tmp_path)
   proc = subprocess.Popen([sys.executable, "-m", "experiments", "job", str(run)], cwd=REPO,
