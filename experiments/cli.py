@@ -38,6 +38,7 @@ from typing import Annotated, Callable, Literal, NoReturn, Union
 
 # NAMES only: the executors package's __init__ is stdlib alone (each executor loads on use).
 from experiments.runs import executors
+from train import guard
 
 PROG = "python -m experiments"
 _DESCRIPTION = ("The study of sparse vs dense attention: plan a preset's FLOP-matched grid, "
@@ -170,22 +171,7 @@ def _parse(argv: list[str]):
     if e.code in (0, None):
       sys.stderr.write(err.getvalue())
       raise
-    _usage_error(argv[0], _box_message(err.getvalue()))
-
-
-def _box_message(text: str) -> str:
-  """The first paragraph of a rich error box as one line: '│ a │\\n│ b │\\n│ ─── │' -> 'a b'
-  (train/__main__.py cuts its own alike). A blank line ends it too: what follows one is the
-  detail ("Got errors: - <class 'NoneType'>: ..." after "Error parsing --stop-after: ...")."""
-  lines = []
-  for line in text.splitlines():
-    inner = line.strip().strip("│╭╮╰╯").strip()
-    if inner.startswith("─") or not inner:  # a rule or a blank line: the paragraph ends
-      if lines:
-        break
-      continue
-    lines.append(inner)
-  return " ".join(lines) or text.strip()
+    _usage_error(argv[0], guard.box_message(err.getvalue()))
 
 
 # --------------------------------------------------------------------------------- commands

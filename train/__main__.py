@@ -75,21 +75,7 @@ def _parse(argv: list[str], default: Config) -> Config:
     if e.code in (0, None):
       sys.stderr.write(err.getvalue())
       raise
-    raise guard.ConfigError(_box_message(err.getvalue()) + " (--help lists every flag)") from None
-
-
-def _box_message(text: str) -> str:
-  """The first section of a rich error box as one line: '│ a │\n│ b │\n│ ─── │' -> 'a b'."""
-  lines = []
-  for line in text.splitlines():
-    inner = line.strip().strip("│╭╮╰╯").strip()
-    if inner.startswith("─"):  # a rule: the end of the first section (or the box's top)
-      if lines:
-        break
-      continue
-    if inner:
-      lines.append(inner)
-  return " ".join(lines) or text.strip()
+    raise guard.ConfigError(guard.box_message(err.getvalue()) + " (--help lists every flag)") from None
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@
     ConfigError    a config / run-dir problem found before anything was written or compiled
     lock(run_dir)  fcntl.flock on run_dir/.lock for the life of the returned handle
     catch_sigterm_early() / sigterm_received()   SIGTERM before `train.run` installs its own
+    box_message(text)   a tyro error box cut to its first paragraph, one line (both CLIs)
 """
 
 from __future__ import annotations
@@ -65,3 +66,19 @@ def catch_sigterm_early() -> None:
 
 def sigterm_received() -> bool:
   return _early["received"]
+
+
+def box_message(text: str) -> str:
+  """The first paragraph of a rich error box as one line: '│ a │\\n│ b │\\n│ ─── │' -> 'a b'
+  (both CLIs, `python -m train` and `python -m experiments`, cut tyro's errors so). A blank
+  line ends it too: what follows one is the
+  detail ("Got errors: - <class 'NoneType'>: ..." after "Error parsing --stop-after: ...")."""
+  lines = []
+  for line in text.splitlines():
+    inner = line.strip().strip("│╭╮╰╯").strip()
+    if inner.startswith("─") or not inner:  # a rule or a blank line: the paragraph ends
+      if lines:
+        break
+      continue
+    lines.append(inner)
+  return " ".join(lines) or text.strip()
