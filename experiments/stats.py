@@ -249,3 +249,118 @@ def paired_cluster_bootstrap_ci(right_a: Sequence[float], right_b: Sequence[floa
   if np.ptp(d) == 0:
     return (float(d[0]), float(d[0]))
   return _bootstrap((ra, rb, asked), level)
+
+
+# ------------------------------------------------------------ activation sparsity (issue 21)
+# How sparse one hidden-state vector is, the four measures of Jin et al. (2026), each over the
+# last axis of an array of vectors and computed on magnitudes |x|. `xp` is the array module
+# (numpy here; the evaluation passes jax.numpy to compute them inside its compiled forward), so
+# one implementation serves both. Every measure is 0 for a uniform-magnitude vector and rises
+# towards its maximum (1, or k%-share 1) for a one-hot one.
+def hoyer(x, xp=np):
+  """Hoyer sparsity (sqrt(n) - |x|_1 / |x|_2) / (sqrt(n) - 1): 0 uniform, 1 one-hot; 0 for a
+  zero vector."""
+  a = xp.abs(x)
+  n = a.shape[-1]
+  l1, l2 = xp.sum(a, axis=-1), xp.sqrt(xp.sum(a * a, axis=-1))
+  ratio = xp.where(l2 > 0, l1 / xp.where(l2 > 0, l2, 1.0), math.sqrt(n))
+  return (math.sqrt(n) - ratio) / (math.sqrt(n) - 1)
+
+
+def gini(x, xp=np):
+  """Gini index of the magnitudes (Hurley & Rickard 2009): with c sorted ascending,
+  1 - 2 Σ_k (c_k / |c|_1) (n - k + 1/2) / n, k = 1..n: 0 uniform, 1 - 1/n one-hot; 0 for zero."""
+  c = xp.sort(xp.abs(x), axis=-1)
+  n = c.shape[-1]
+  l1 = xp.sum(c, axis=-1)
+  weights = (n - xp.arange(1, n + 1) + 0.5) / n
+  g = 1.0 - 2.0 * xp.sum(c * weights, axis=-1) / xp.where(l1 > 0, l1, 1.0)
+  return xp.where(l1 > 0, g, 0.0)
+
+
+def topk_share(x, fraction: float = 0.05, xp=np):
+  """Share of the L1 mass held by the ceil(fraction · n) largest magnitudes: `fraction`'s
+  ceiling share (k/n) uniform, 1 one-hot; 0 for a zero vector."""
+  if not 0.0 < fraction <= 1.0:
+    raise ValueError(f"fraction={fraction!r} must be in (0, 1]")
+  c = xp.sort(xp.abs(x), axis=-1)
+  n = c.shape[-1]
+  k = max(1, math.ceil(fraction * n - 1e-9))
+  l1 = xp.sum(c, axis=-1)
+  return xp.where(l1 > 0, xp.sum(c[..., n - k:], axis=-1) / xp.where(l1 > 0, l1, 1.0), 0.0)
+
+
+def above_mean_std(x, xp=np):
+  """Fraction of units whose magnitude exceeds mean + std of the vector's magnitudes (population
+  std): 0 uniform, 1/n one-hot."""
+  a = xp.abs(x)
+  thresh = xp.mean(a, axis=-1, keepdims=True) + xp.std(a, axis=-1, keepdims=True)
+  return xp.mean((a > thresh).astype(a.dtype), axis=-1)
+
+
+ACTIVATION_METRICS = ("hoyer", "gini", "top5_share", "above_mean_std")
+
+
+def activation_metrics(x, xp=np):
+  """The four measures of each vector over the last axis, stacked on a new last axis in the
+  order of ACTIVATION_METRICS: [..., d] -> [..., 4]."""
+  return xp.stack([hoyer(x, xp), gini(x, xp), topk_share(x, 0.05, xp), above_mean_std(x, xp)],
+                  axis=-1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Logistic:
+  """Slope of a logistic regression of a 0/1 outcome on one predictor (with per-stratum
+  intercepts), its 95% interval (Wald, cluster-robust sandwich over `clusters`) and two-sided p."""
+  slope: float
+  ci: tuple[float, float]
+  p: float
+  n: int
+
+
+def logistic_slope(y: Sequence[int], x: Sequence[float], strata: Sequence | None = None,
+                   clusters: Sequence | None = None, level: float = 0.95,
+                   iters: int = 50) -> Logistic:
+  """Logit P(y=1) = a_stratum + b·x by Newton-Raphson; strata where y never varies are dropped
+  (they say nothing about b and their intercepts diverge). Standard error: the sandwich with
+  score sums per cluster (the contexts, whose questions are not independent), per observation
+  without `clusters`. NaN slope when nothing is left or x does not vary."""
+  y = np.asarray(y, np.float64).reshape(-1)
+  x = np.asarray(x, np.float64).reshape(-1)
+  s = np.zeros(len(y), int) if strata is None else np.unique(np.asarray(strata, str),
+                                                             return_inverse=True)[1]
+  c = np.arange(len(y)) if clusters is None else np.unique(np.asarray(clusters, str),
+                                                          return_inverse=True)[1]
+  keep = np.zeros(len(y), bool)
+  for k in np.unique(s):
+    m = s == k
+    if 0 < y[m].sum() < m.sum():
+      keep |= m
+  y, x, s, c = y[keep], x[keep], s[keep], c[keep]
+  nan = Logistic(float("nan"), (float("nan"), float("nan")), float("nan"), int(len(y)))
+  if len(y) < 3 or np.ptp(x) == 0:
+    return nan
+  _, s = np.unique(s, return_inverse=True)
+  design = np.column_stack([x, np.eye(s.max() + 1)[s]])
+  beta = np.zeros(design.shape[1])
+  for _ in range(iters):
+    p = 1.0 / (1.0 + np.exp(-(design @ beta)))
+    hess = design.T @ (design * (p * (1 - p))[:, None]) + 1e-9 * np.eye(len(beta))
+    step = np.linalg.solve(hess, design.T @ (y - p))
+    beta += step
+    if np.max(np.abs(step)) < 1e-10:
+      break
+  p = 1.0 / (1.0 + np.exp(-(design @ beta)))
+  hess = design.T @ (design * (p * (1 - p))[:, None])
+  bread = np.linalg.pinv(hess)
+  score = design * (y - p)[:, None]
+  per_cluster = np.zeros((c.max() + 1, design.shape[1]))
+  np.add.at(per_cluster, c, score)
+  g = len(per_cluster)
+  meat = per_cluster.T @ per_cluster * (g / (g - 1) if g > 1 else 1.0)
+  se = float(np.sqrt(max((bread @ meat @ bread)[0, 0], 0.0)))
+  b = float(beta[0])
+  if se == 0 or not np.isfinite(se):
+    return Logistic(b, (b, b), float("nan"), int(len(y)))
+  z = stats.norm.ppf(0.5 + level / 2)
+  return Logistic(b, (b - z * se, b + z * se), float(2 * stats.norm.sf(abs(b) / se)), int(len(y)))

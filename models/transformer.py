@@ -205,7 +205,7 @@ class Transformer(nnx.Module):
   def __call__(self, tokens_bt: jax.Array,
                attention: AttentionConfig | so.masks.Mask | None = None,
                dense_before: jax.Array | int | None = None,
-               decode_rows: int | None = None) -> jax.Array:
+               decode_rows: int | None = None, return_hidden: bool = False):
     """`attention` overrides the config's pattern (e.g. evaluating at another sparsity).
 
     `dense_before` (content-based patterns only; scalar or [B]): queries before this position
@@ -213,6 +213,10 @@ class Transformer(nnx.Module):
     `decode_rows` (with `dense_before`): a static bound on T - dense_before, the rows the sparse
     tail computes; needed to keep that O(R·T) when `dense_before` is traced. A bound before
     T - decode_rows raises, or makes the output NaN if it is traced.
+
+    `return_hidden`: return (logits, hidden [depth + 1, B, T, d]) from the same pass instead of
+    the logits alone: entry i < depth is the residual stream after block i, entry depth the
+    final-normed stream the head reads (the "last layer"). The logits are the same either way.
     """
     t = tokens_bt.shape[1]
     attention = self.cfg.attention if attention is None else attention
@@ -238,9 +242,14 @@ class Transformer(nnx.Module):
     apply = lambda block, x_btd: block(x_btd, layout, impl)
     if self.cfg.remat:  # keeps only each block's input for the backward pass
       apply = nnx.remat(apply)
+    hidden = []
     for block in self.blocks:
       x_btd = apply(block, x_btd)
+      hidden.append(x_btd)
     x_btd = self.final_norm(x_btd)
     head = embed.T if self.head_dv is None else self.head_dv[...]
     # f32 logits: the softmax over V in bf16 loses the small differences the loss needs.
-    return jnp.einsum("btd,dv->btv", x_btd, head, preferred_element_type=jnp.float32)
+    logits = jnp.einsum("btd,dv->btv", x_btd, head, preferred_element_type=jnp.float32)
+    if return_hidden:
+      return logits, jnp.stack(hidden + [x_btd])
+    return logits

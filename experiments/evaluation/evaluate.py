@@ -27,12 +27,12 @@ from experiments.evaluation.accounting import (Selection, decode_attention, deco
                                                dense_prefix, phase_attention, phase_mask,
                                                setting_attention)
 from experiments.spec import settings as settings_lib
-from experiments.stats import proportion_ci
+from experiments.stats import activation_metrics, proportion_ci
 from experiments.tasks import scoring
 from models import ModelConfig
 from train.evaluation import score_batches
 
-__all__ = ["Selection", "chance_exact_match", "decode_attention", "decode_rows", "dense_prefix",
+__all__ = ["Selection", "chance_exact_match", "question_activations", "decode_attention", "decode_rows", "dense_prefix",
            "evaluate", "make_forward", "phase_attention", "phase_mask", "score_phase",
            "score_questions", "setting_attention", "stacked_examples"]
 
@@ -76,6 +76,11 @@ def make_forward(model, compute_dtype: str = "float32") -> Forward:
   mask is static (hashable) and its layout is built at trace time; a Selection's dense_before is
   a traced argument, so decode bounds with the same power-of-two tail (`decode_rows`) share one
   program.
+
+  `forward.with_activations(tokens, phased)` runs the same pass and returns (predictions,
+  sparsity [B, depth + 1, T, 4]): `experiments.stats.activation_metrics` of the hidden state at
+  every layer (`Transformer(return_hidden=True)`; the last entry is the final-normed stream)
+  and position, computed inside the compiled program so only 4 numbers a position leave it.
   """
   from flax import nnx
   graphdef, state = nnx.split(model)
@@ -85,42 +90,96 @@ def make_forward(model, compute_dtype: str = "float32") -> Forward:
 
   cache: dict[Any, Callable] = {}
 
-  def compiled(key, attention, decode: bool, rows: int | None = None) -> Callable:
+  def compiled(key, attention, decode: bool, rows: int | None = None,
+               hidden: bool = False) -> Callable:
+    key = (key, hidden)
     fn = cache.get(key)
     if fn is None:
       def predict(state, tokens, dense_before):
-        logits = nnx.merge(graphdef, cast(state))(
+        out = nnx.merge(graphdef, cast(state))(
             tokens, attention=attention, dense_before=dense_before if decode else None,
-            decode_rows=rows)
-        return logits.argmax(-1).astype(jnp.int32)
+            decode_rows=rows, return_hidden=hidden)
+        if not hidden:
+          return out.argmax(-1).astype(jnp.int32)
+        logits, hidden_lbtd = out
+        sparsity = activation_metrics(hidden_lbtd.astype(jnp.float32), xp=jnp)  # [L, B, T, 4]
+        return logits.argmax(-1).astype(jnp.int32), jnp.moveaxis(sparsity, 0, 1)
       fn = cache[key] = jax.jit(predict)
     return fn
 
-  def forward(tokens: np.ndarray, phased) -> np.ndarray:
+  def run(tokens: np.ndarray, phased, hidden: bool):
     if isinstance(phased, Selection):
       decode = phased.dense_before is not None
       rows = (decode_rows(tokens.shape[1], phased.dense_before, phased.decode_floor) if decode
               else None)
-      fn = compiled((phased.attention, decode, rows), phased.attention, decode, rows)
+      fn = compiled((phased.attention, decode, rows), phased.attention, decode, rows, hidden)
       bound = jnp.int32(phased.dense_before if decode else 0)
     elif isinstance(phased, so.masks.Mask):
-      fn, bound = compiled(phased, phased, False), jnp.int32(0)
+      fn, bound = compiled(phased, phased, False, hidden=hidden), jnp.int32(0)
     else:
       raise ValueError(f"forward takes a sparse_ops mask or a Selection, got {phased!r}")
-    return np.asarray(fn(state, jnp.asarray(tokens), bound))
+    return fn(state, jnp.asarray(tokens), bound)
 
+  def forward(tokens: np.ndarray, phased) -> np.ndarray:
+    return np.asarray(run(tokens, phased, False))
+
+  def with_activations(tokens: np.ndarray, phased) -> tuple[np.ndarray, np.ndarray]:
+    preds, sparsity = run(tokens, phased, True)
+    return np.asarray(preds), np.asarray(sparsity)
+
+  forward.with_activations = with_activations
   return forward
 
 
+def question_activations(sparsity: np.ndarray, weights: np.ndarray) -> dict[str, np.ndarray]:
+  """Per question, in `score_questions`' order (contexts in order, a context's questions in
+  order), from per-position sparsity [B, L, T, M] and the batch's weights [B, T]:
+  "question" [n, L, M], the measures at the question's last position (the one that predicts
+  its first answer token, the first weighted position), and "answer" [n, L, M], their mean over
+  the positions that predict its answer tokens."""
+  ids = scoring.question_ids(weights)
+  n_q = max(int(ids.max(initial=-1)) + 1, 1)
+  question, answer = [], []
+  for b in range(ids.shape[0]):
+    for q in range(n_q):
+      at = np.flatnonzero(ids[b] == q)
+      if at.size:
+        question.append(sparsity[b, :, at[0]])
+        answer.append(sparsity[b][:, at].mean(axis=1))
+  shape = (0,) + sparsity.shape[1:2] + sparsity.shape[3:]
+  stack = lambda xs: np.stack(xs).astype(np.float32) if xs else np.zeros(shape, np.float32)
+  return {"question": stack(question), "answer": stack(answer)}
+
+
 def score_phase(forward: Forward, phased, examples: dict[str, np.ndarray],
-                batch_size: int) -> dict[str, np.ndarray]:
+                batch_size: int, activations: dict[str, list] | None = None
+                ) -> dict[str, np.ndarray]:
   """`score_questions` of `forward` under one phase's mask or Selection over `examples`
   ({"inputs", "targets", "weights"}: [N, T]), `batch_size` rows per call, through the one loop
-  (`train.evaluation.score_batches`)."""
+  (`train.evaluation.score_batches`).
+
+  With `activations` (a dict) the same passes run through `forward.with_activations` and each
+  batch's `question_activations` are appended to its lists "question" and "answer" (one array
+  per batch, questions in the order of the scores): no second forward pass."""
   n = len(examples["inputs"])
   batches = ({k: v[i:i + batch_size] for k, v in examples.items()}
              for i in range(0, n, batch_size))
-  return score_batches(lambda x: forward(x, phased), batches, score_questions)
+  if activations is None:
+    return score_batches(lambda x: forward(x, phased), batches, score_questions)
+  if not hasattr(forward, "with_activations"):
+    raise ValueError("capturing activations needs a forward from make_forward "
+                     "(forward.with_activations)")
+  done = [0]
+
+  def predict(x):
+    preds, sparsity = forward.with_activations(x, phased)
+    weights = examples["weights"][done[0]:done[0] + len(x)]
+    done[0] += len(x)
+    for k, v in question_activations(sparsity, weights).items():
+      activations.setdefault(k, []).append(v)
+    return preds
+
+  return score_batches(predict, batches, score_questions)
 
 
 def stacked_examples(task, split: str, n: int) -> dict[str, np.ndarray]:
@@ -130,12 +189,19 @@ def stacked_examples(task, split: str, n: int) -> dict[str, np.ndarray]:
 
 
 def evaluate(forward: Forward, model: ModelConfig, eval_spec, vocab_size: int,
-             progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+             progress: Callable[[str], None] | None = None,
+             activations: dict | None = None,
+             capture_setting: str = "dense") -> list[dict[str, Any]]:
   """Rows {task, category, length, setting, phase, sparsities, FLOPs, n questions, accuracy per
   question with its interval, correct: [n] 0/1, context: [n] context index, ...}.
 
   Settings whose mask (or selection) is identical (e.g. sparsity 0 in both phases) are computed
   once. All settings are parsed and their configs checked at every length before anything runs.
+
+  `activations` (a dict, filled in place): the pass of setting `capture_setting` (its first
+  phase) also returns the hidden-state sparsity (`score_phase`), and activations[(task, length)]
+  gets {"question", "answer": [n, depth + 1, 4] (`question_activations`), "correct", "context":
+  [n]} in the order of the rows' `correct`. The rows are the same with or without it.
   """
   settings: list[tuple[str, Any]] = []
   if eval_spec.native:
@@ -154,6 +220,17 @@ def evaluate(forward: Forward, model: ModelConfig, eval_spec, vocab_size: int,
       task = tasks_lib.make(task_name, length=length, vocab_size=vocab_size, seed=eval_spec.seed)
       data = stacked_examples(task, eval_spec.split, eval_spec.examples)
       chance = chance_exact_match(task)
+      if activations is not None:
+        if capture_setting not in attentions:
+          raise ValueError(f"capture_setting={capture_setting!r} is not one of the settings "
+                           f"{list(attentions)}")
+        phased = phase_attention(attentions[capture_setting], length, eval_spec.phases[0],
+                                 dense_prefix(task), eval_spec.decode_rows)
+        key, captured = (task_name, length, phased), {}
+        computed[key] = score_phase(forward, phased, data, eval_spec.batch_size, captured)
+        activations[(task_name, length)] = dict(
+            {k: np.concatenate(v) for k, v in captured.items()},
+            correct=computed[key]["correct"], context=computed[key]["context"])
       for name, setting in settings:
         attention = attentions[name]
         for phase in eval_spec.phases:

@@ -1,0 +1,106 @@
+"""Emergent activation sparsity of a trained model on the evaluation's own questions (issue 21).
+
+`probe_model` runs `evaluate` once with the capture on: the dense setting's pass also returns
+the sparsity of every layer's hidden state (`experiments.stats.activation_metrics`, at the
+question position and averaged over the answer positions of each question), and the sparse
+settings score the same questions, so per question we have its correctness dense and under every
+sparsity beside its activation sparsity. Difficulty axes: the eval length against the trained one
+(shorter, trained, longer) and task knobs beyond the trained ones (`shifted_tasks`: more needles,
+hops, distractors than trained). Results go to a folder as probe.json (meta + rows, the
+`evaluate` rows with their per-question `correct`) and probe.npz (the per-question activation
+arrays); `load` reads them back. Loading a run folder's model is `experiments.tools.probe`'s
+(evaluation must not import the run store).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from experiments import tasks as tasks_lib
+from experiments.evaluation.evaluate import evaluate
+from experiments.stats import ACTIVATION_METRICS
+
+PROBE_JSON, PROBE_NPZ = "probe.json", "probe.npz"
+# Knob shifts beyond training: (knob, factor) per task name. A shifted form is kept only where
+# the task can be built with it at every probed length.
+SHIFTS = {"niah_multikey": ("num_needles", 2), "chain_resolve": ("num_hops", 2),
+          "common_words": ("num_uncommon", 2)}
+
+
+def shifted_tasks(trained: Sequence[str], lengths: Sequence[int], vocab_size: int
+                  ) -> list[tuple[str, str, str]]:
+  """(eval task, trained task it shifts, knob shift label) for each trained task (label
+  "trained") and its knob-shifted form where SHIFTS has one: e.g. "chain_resolve(questions=4)"
+  -> "chain_resolve(questions=4, num_hops=8)" labelled "num_hops x2"."""
+  out = []
+  for t in trained:
+    out.append((t, t, "trained"))
+    name, knobs = tasks_lib.spec(t)
+    if name not in SHIFTS:
+      continue
+    knob, factor = SHIFTS[name]
+    base = getattr(tasks_lib.make(t, length=max(lengths), vocab_size=vocab_size), knob)
+    shifted = {**knobs, knob: int(base * factor)}
+    text = f"{name}({', '.join(f'{k}={v!r}' for k, v in shifted.items())})"
+    try:
+      for n in lengths:
+        tasks_lib.make(text, length=n, vocab_size=vocab_size)
+    except (ValueError, AssertionError):
+      continue
+    out.append((text, t, f"{knob} x{factor}"))
+  return out
+
+
+def probe_model(forward, model, eval_spec, vocab_size: int, *, trained_length: int,
+                task_shift: dict[str, tuple[str, str]] | None = None,
+                progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+  """{"rows": `evaluate` rows, "activations": {(task, length): arrays}, "meta": {...}}.
+
+  `forward` from `make_forward`; `eval_spec` must hold a ("dense", 0.0) setting (the captured
+  pass) and the sparse settings whose tolerance is stratified. `task_shift`: eval task ->
+  (trained task, knob shift label), from `shifted_tasks` (default: every task as trained)."""
+  activations: dict = {}
+  rows = evaluate(forward, model, eval_spec, vocab_size, progress, activations=activations)
+  task_shift = task_shift or {t: (t, "trained") for t in eval_spec.tasks}
+  meta = dict(trained_length=int(trained_length), metrics=list(ACTIVATION_METRICS),
+              depth=int(model.depth), layers="0..depth-1: residual stream after each block; "
+              "depth: final-normed (the last layer, what the head reads)",
+              tasks={t: dict(trained_task=task_shift[t][0], knob_shift=task_shift[t][1],
+                             category=tasks_lib.make(t, length=min(eval_spec.lengths),
+                                                     vocab_size=vocab_size).category)
+                     for t in eval_spec.tasks},
+              lengths=list(eval_spec.lengths), examples=int(eval_spec.examples))
+  return {"rows": rows, "activations": activations, "meta": meta}
+
+
+def _key(task: str, length: int, field: str) -> str:
+  return f"{task}|{length}|{field}"
+
+
+def save(folder: Path, result: dict[str, Any], extra_meta: dict[str, Any] | None = None
+         ) -> list[Path]:
+  """Writes probe.json and probe.npz into `folder`; returns their paths."""
+  folder = Path(folder)
+  folder.mkdir(parents=True, exist_ok=True)
+  meta = {**result["meta"], **(extra_meta or {})}
+  arrays = {_key(t, n, f): np.asarray(v) for (t, n), fields in result["activations"].items()
+            for f, v in fields.items()}
+  np.savez_compressed(folder / PROBE_NPZ, **arrays)
+  (folder / PROBE_JSON).write_text(json.dumps({"meta": meta, "rows": result["rows"]}, indent=1))
+  return [folder / PROBE_JSON, folder / PROBE_NPZ]
+
+
+def load(folder: Path) -> dict[str, Any]:
+  """`save`'s files back: {"meta", "rows", "activations": {(task, length): {field: array}}}."""
+  folder = Path(folder)
+  written = json.loads((folder / PROBE_JSON).read_text())
+  acts: dict = {}
+  with np.load(folder / PROBE_NPZ) as z:
+    for k in z.files:
+      task, length, field = k.rsplit("|", 2)
+      acts.setdefault((task, int(length)), {})[field] = z[k]
+  return {"meta": written["meta"], "rows": written["rows"], "activations": acts}

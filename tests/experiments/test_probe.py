@@ -1,0 +1,79 @@
+"""The activation capture: the evaluation rows are the same with and without it (one pass, the
+dense one, also returns the hidden-state sparsity), the per-question arrays line up with the rows'
+questions and equal the metrics of the model's own hidden states at the question positions, and
+probe results round-trip through their files."""
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+import models
+from experiments import stats, tasks
+from experiments.evaluation import evaluate as ev
+from experiments.evaluation import probe as probe_lib
+from experiments.spec.study import EvalSpec
+from experiments.tasks import scoring
+
+
+def _model():
+  cfg = models.ModelConfig(vocab_size=128, width=32, depth=2, num_heads=2, num_kv_heads=1,
+                           attention=models.AttentionConfig(implementation="xla"))
+  return cfg, models.Transformer(cfg, rngs=nnx.Rngs(3))
+
+
+SPEC = EvalSpec(tasks=("niah_single",), lengths=(64,), settings=(("dense", 0.0), ("local", 0.5)),
+                examples=5, batch_size=2)
+
+
+def test_capture_leaves_rows_unchanged_and_matches_hidden_states():
+  cfg, model = _model()
+  name = "niah_multikey(questions=3)"
+  spec = EvalSpec(tasks=("niah_single", name), lengths=(64,),
+                  settings=(("dense", 0.0), ("local", 0.5)), examples=5, batch_size=2)
+  fwd = ev.make_forward(model)
+  plain = ev.evaluate(fwd, cfg, spec, 128)
+  acts = {}
+  captured = ev.evaluate(fwd, cfg, spec, 128, activations=acts)
+  assert captured == plain
+  assert set(acts) == {("niah_single", 64), (name, 64)}
+  a = acts[(name, 64)]
+  (row,) = [r for r in plain if r["task"] == name and r["eval_setting"] == "dense"
+            and r["phase"] == "prefill"]
+  assert a["question"].shape == (len(row["correct"]), cfg.depth + 1, 4) == a["answer"].shape
+  assert a["correct"].tolist() == row["correct"] and a["context"].tolist() == row["context"]
+  # the numbers are the metrics of the model's own hidden states at the question positions
+  data = ev.stacked_examples(tasks.make(name, length=64, vocab_size=128), "test", 5)
+  _, hidden = model(jnp.asarray(data["inputs"]), return_hidden=True)  # [L+1, B, T, d]
+  ids = scoring.question_ids(data["weights"])
+  want = []
+  for b in range(5):
+    for q in range(ids[b].max() + 1):
+      want.append(stats.activation_metrics(np.asarray(hidden[:, b, np.flatnonzero(ids[b] == q)[0]])))
+  np.testing.assert_allclose(a["question"], np.stack(want), atol=1e-5)
+
+
+def test_question_activations_order_and_means():
+  weights = np.array([[0, 1, 1, 0, 1, 0], [0, 0, 0, 1, 0, 0]], float)
+  sparsity = np.arange(2 * 1 * 6 * 1, dtype=float).reshape(2, 1, 6, 1)
+  out = ev.question_activations(sparsity, weights)
+  assert out["question"][:, 0, 0].tolist() == [1, 4, 9]
+  assert out["answer"][:, 0, 0].tolist() == [1.5, 4, 9]
+
+
+def test_probe_model_saves_and_loads(tmp_path):
+  cfg, model = _model()
+  forms = probe_lib.shifted_tasks(["niah_multikey(questions=2)"], (64,), 128)
+  assert [k for _, _, k in forms] == ["trained", "num_needles x2"]
+  assert "num_needles=8" in forms[1][0]
+  spec = EvalSpec(tasks=tuple(t for t, _, _ in forms), lengths=(64,),
+                  settings=(("dense", 0.0),), examples=3, batch_size=3, native=False)
+  result = probe_lib.probe_model(ev.make_forward(model), cfg, spec, 128, trained_length=64,
+                                 task_shift={t: (b, k) for t, b, k in forms})
+  probe_lib.save(tmp_path, result, {"run": "x"})
+  back = probe_lib.load(tmp_path)
+  assert back["meta"]["run"] == "x" and back["meta"]["tasks"][forms[1][0]]["knob_shift"] == \
+      "num_needles x2"
+  assert back["rows"] == result["rows"]
+  for key, fields in result["activations"].items():
+    for f, v in fields.items():
+      np.testing.assert_array_equal(back["activations"][key][f], v)
