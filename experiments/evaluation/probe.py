@@ -5,8 +5,8 @@ the sparsity of every layer's hidden state (`experiments.stats.activation_metric
 question position and averaged over the answer positions of each question), and the sparse
 settings score the same questions, so per question we have its correctness dense and under every
 sparsity beside its activation sparsity. Difficulty axes: the eval length against the trained one
-(shorter, trained, longer) and task knobs beyond the trained ones (`shifted_tasks`: more needles,
-hops, distractors than trained). Results go to a folder as probe.json (meta + rows, the
+(shorter, trained, longer) and task knobs beyond the trained ones at the trained length
+(`shifted_tasks`: more needles, hops, distractors than trained). Results go to a folder as probe.json (meta + rows, the
 `evaluate` rows with their per-question `correct`) and probe.npz (the per-question activation
 arrays); `load` reads them back. Loading a run folder's model is `experiments.tools.probe`'s
 (evaluation must not import the run store).
@@ -14,6 +14,7 @@ arrays); `load` reads them back. Loading a run folder's model is `experiments.to
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -25,54 +26,62 @@ from experiments.evaluation.evaluate import evaluate
 from experiments.stats import ACTIVATION_METRICS
 
 PROBE_JSON, PROBE_NPZ = "probe.json", "probe.npz"
-# Knob shifts beyond training: (knob, factor) per task name. A shifted form is kept only where
-# the task can be built with it at every probed length.
+# Knob shifts beyond training: (knob, most factor) per task name (`shifted_tasks`).
 SHIFTS = {"niah_multikey": ("num_needles", 2), "chain_resolve": ("num_hops", 2),
           "common_words": ("num_uncommon", 2)}
 
 
-def shifted_tasks(trained: Sequence[str], lengths: Sequence[int], vocab_size: int
+def shifted_tasks(trained: Sequence[str], length: int, vocab_size: int
                   ) -> list[tuple[str, str, str]]:
-  """(eval task, trained task it shifts, knob shift label) for each trained task (label
-  "trained") and its knob-shifted form where SHIFTS has one: e.g. "chain_resolve(questions=4)"
-  -> "chain_resolve(questions=4, num_hops=8)" labelled "num_hops x2"."""
+  """(eval task, trained task it shifts, label) for each trained task's knob-shifted form at
+  `length` (the trained length), where SHIFTS has one: the knob raised to the largest value up
+  to its factor times the trained one that the task can hold at this length and vocabulary
+  (a small vocabulary caps hops and distractors), e.g. "chain_resolve(questions=4)" ->
+  "chain_resolve(questions=4, num_hops=5)" labelled "num_hops 4->5". None where it cannot be
+  raised at all."""
   out = []
   for t in trained:
-    out.append((t, t, "trained"))
     name, knobs = tasks_lib.spec(t)
     if name not in SHIFTS:
       continue
     knob, factor = SHIFTS[name]
-    base = getattr(tasks_lib.make(t, length=max(lengths), vocab_size=vocab_size), knob)
-    shifted = {**knobs, knob: int(base * factor)}
-    text = f"{name}({', '.join(f'{k}={v!r}' for k, v in shifted.items())})"
-    try:
-      for n in lengths:
-        tasks_lib.make(text, length=n, vocab_size=vocab_size)
-    except (ValueError, AssertionError):
-      continue
-    out.append((text, t, f"{knob} x{factor}"))
+    base = int(getattr(tasks_lib.make(t, length=length, vocab_size=vocab_size), knob))
+    for v in range(int(base * factor), base, -1):
+      shifted = {**knobs, knob: v}
+      text = f"{name}({', '.join(f'{k}={x!r}' for k, x in shifted.items())})"
+      try:
+        tasks_lib.make(text, length=length, vocab_size=vocab_size)
+      except ValueError:
+        continue
+      out.append((text, t, f"{knob} {base}->{v}"))
+      break
   return out
 
 
 def probe_model(forward, model, eval_spec, vocab_size: int, *, trained_length: int,
-                task_shift: dict[str, tuple[str, str]] | None = None,
+                shifted: Sequence[tuple[str, str, str]] = (),
                 progress: Callable[[str], None] | None = None) -> dict[str, Any]:
   """{"rows": `evaluate` rows, "activations": {(task, length): arrays}, "meta": {...}}.
 
-  `forward` from `make_forward`; `eval_spec` must hold a ("dense", 0.0) setting (the captured
-  pass) and the sparse settings whose tolerance is stratified. `task_shift`: eval task ->
-  (trained task, knob shift label), from `shifted_tasks` (default: every task as trained)."""
+  `forward` from `make_forward`; `eval_spec` (the trained task forms at every probed length)
+  must hold a ("dense", 0.0) setting (the captured pass) and the sparse settings whose
+  tolerance is stratified. `shifted` (from `shifted_tasks`): knob-shifted forms, evaluated the
+  same way at the trained length only (the knob is then the one shift)."""
   activations: dict = {}
   rows = evaluate(forward, model, eval_spec, vocab_size, progress, activations=activations)
-  task_shift = task_shift or {t: (t, "trained") for t in eval_spec.tasks}
+  if shifted:
+    knob_spec = dataclasses.replace(eval_spec, tasks=tuple(t for t, _, _ in shifted),
+                                    lengths=(int(trained_length),))
+    rows += evaluate(forward, model, knob_spec, vocab_size, progress, activations=activations)
+  task_shift = {t: (t, "trained") for t in eval_spec.tasks}
+  task_shift.update({t: (b, k) for t, b, k in shifted})
   meta = dict(trained_length=int(trained_length), metrics=list(ACTIVATION_METRICS),
               depth=int(model.depth), layers="0..depth-1: residual stream after each block; "
               "depth: final-normed (the last layer, what the head reads)",
-              tasks={t: dict(trained_task=task_shift[t][0], knob_shift=task_shift[t][1],
-                             category=tasks_lib.make(t, length=min(eval_spec.lengths),
+              tasks={t: dict(trained_task=b, knob_shift=k,
+                             category=tasks_lib.make(b, length=int(trained_length),
                                                      vocab_size=vocab_size).category)
-                     for t in eval_spec.tasks},
+                     for t, (b, k) in task_shift.items()},
               lengths=list(eval_spec.lengths), examples=int(eval_spec.examples))
   return {"rows": rows, "activations": activations, "meta": meta}
 

@@ -3,8 +3,8 @@
     python -m experiments.tools.probe RUN_DIR [RUN_DIR ...] [--examples 48] [--lengths 64,128,256]
 
 Loads the run's finished model (`experiments.runs.job.trained_model`), evaluates it on its own
-training tasks and their knob-shifted forms (`experiments.evaluation.probe.shifted_tasks`) at
-the study's eval lengths (or --lengths), under dense (captured: hidden-state sparsity of every
+training tasks at the study's eval lengths (or --lengths) and on their knob-shifted forms
+(`experiments.evaluation.probe.shifted_tasks`) at the trained length, under dense (captured: hidden-state sparsity of every
 layer at the question and answer positions, from the same pass) and the study's sparse settings,
 and writes probe.json + probe.npz into the run folder (`experiments.evaluation.probe.save`).
 """
@@ -35,13 +35,12 @@ def probe(run_dir: str | Path, *, examples: int | None = None,
   lengths = tuple(lengths or ev.lengths)
   trained = list(spec.config.data.tasks)
   vocab = spec.model.vocab_size
-  forms = (probe_lib.shifted_tasks(trained, lengths, vocab) if shifted
-           else [(t, t, "trained") for t in trained])
+  forms = probe_lib.shifted_tasks(trained, spec.seq_len, vocab) if shifted else []
   if settings is None:  # a tolerance ladder needs settings that name their sparsity
     settings = tuple(s for s in ev.settings if len(s) == 2)
   if ("dense", 0.0) not in [tuple(s) for s in settings]:
     settings = (("dense", 0.0),) + tuple(settings)
-  spec_eval = dataclasses.replace(ev, tasks=tuple(t for t, _, _ in forms), lengths=lengths,
+  spec_eval = dataclasses.replace(ev, tasks=tuple(trained), lengths=lengths,
                                   settings=tuple(settings), native=False,
                                   examples=examples or ev.examples)
   t0 = time.time()
@@ -49,7 +48,7 @@ def probe(run_dir: str | Path, *, examples: int | None = None,
   forward = eval_lib.make_forward(model, dtype)
   result = probe_lib.probe_model(forward, spec.model, spec_eval, vocab,
                                  trained_length=spec.seq_len,
-                                 task_shift={t: (b, k) for t, b, k in forms})
+                                 shifted=forms)
   extra: dict[str, Any] = dict(run=run_dir.name, label=getattr(spec, "label", run_dir.name),
                                size=spec.size, train_sparsity=spec.train_sparsity,
                                train_pattern=spec.model.attention.pattern,

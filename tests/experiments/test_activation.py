@@ -139,3 +139,25 @@ def test_load_probe_reads_what_probe_save_writes(tmp_path):
   probe_lib.save(tmp_path, p)
   back = act.load_probe(tmp_path)
   assert back["rows"] == p["rows"] and set(back["activations"]) == set(p["activations"])
+
+
+def test_heavier_tails_have_fewer_units_above_mean_std():
+  rng = np.random.default_rng(3)
+  half_normal = np.abs(rng.normal(size=200_000))
+  exponential = rng.exponential(size=200_000)
+  assert stats.above_mean_std(half_normal) == pytest.approx(0.1615, abs=0.005)
+  assert stats.above_mean_std(exponential) == pytest.approx(math.exp(-2), abs=0.005)
+  assert stats.hoyer(exponential) > stats.hoyer(half_normal)
+
+
+def test_untestable_tolerance_is_marked():
+  rng = np.random.default_rng(4)
+  p = _probe(rng, sparser_when_long=False, sparser_wrong=False, hard_drop=False)
+  for a in p["activations"].values():  # one dense-right context only
+    a["correct"][:] = 0
+    a["correct"][0] = 1
+  for r in p["rows"]:
+    r["correct"] = [1] + [0] * (len(r["correct"]) - 1) if r["eval_setting"] == "dense" else \
+        [0] * len(r["correct"])
+  curves = act.tolerance_by_tercile(act.items(p))["curves"]
+  assert curves and not any(c["testable"] for c in curves)

@@ -62,17 +62,22 @@ def test_question_activations_order_and_means():
 
 def test_probe_model_saves_and_loads(tmp_path):
   cfg, model = _model()
-  forms = probe_lib.shifted_tasks(["niah_multikey(questions=2)"], (64,), 128)
-  assert [k for _, _, k in forms] == ["trained", "num_needles x2"]
-  assert "num_needles=8" in forms[1][0]
-  spec = EvalSpec(tasks=tuple(t for t, _, _ in forms), lengths=(64,),
+  shifted = probe_lib.shifted_tasks(["niah_multikey(questions=2)", "niah_single"], 64, 128)
+  assert shifted == [("niah_multikey(questions=2, num_needles=8)", "niah_multikey(questions=2)",
+                      "num_needles 4->8")]
+  # a small vocabulary caps the hops: the largest that fits
+  (hops,) = probe_lib.shifted_tasks(["chain_resolve(questions=4)"], 128, 128)
+  assert hops[2] == "num_hops 4->5"
+  spec = EvalSpec(tasks=("niah_multikey(questions=2)",), lengths=(32, 64),
                   settings=(("dense", 0.0),), examples=3, batch_size=3, native=False)
   result = probe_lib.probe_model(ev.make_forward(model), cfg, spec, 128, trained_length=64,
-                                 task_shift={t: (b, k) for t, b, k in forms})
+                                 shifted=shifted)
+  assert set(result["activations"]) == {("niah_multikey(questions=2)", 32),
+                                        ("niah_multikey(questions=2)", 64), (shifted[0][0], 64)}
   probe_lib.save(tmp_path, result, {"run": "x"})
   back = probe_lib.load(tmp_path)
-  assert back["meta"]["run"] == "x" and back["meta"]["tasks"][forms[1][0]]["knob_shift"] == \
-      "num_needles x2"
+  assert back["meta"]["run"] == "x"
+  assert back["meta"]["tasks"][shifted[0][0]]["knob_shift"] == "num_needles 4->8"
   assert back["rows"] == result["rows"]
   for key, fields in result["activations"].items():
     for f, v in fields.items():
