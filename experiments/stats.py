@@ -174,14 +174,23 @@ def holm(pvalues: Sequence[float]) -> list[float]:
   which tests/experiments/test_stats.py checks it against: its "holm" branch runs
   `gc.collect()` on every call, 0.3 s in a report process, minutes for a study's families."""
   p = np.asarray(pvalues, np.float64).reshape(-1)
-  bad = [float(q) for q in p if not 0.0 <= q <= 1.0]  # nan fails this too
-  if bad:
-    raise ValueError(f"holm needs p-values in [0, 1], got {bad[0]!r}")
-  order = np.argsort(p, kind="stable")
-  adjusted = np.minimum(np.maximum.accumulate(p[order] * np.arange(len(p), 0, -1)), 1.0)
+  return holm_rows(p[None])[0].tolist()
+
+
+def holm_rows(pvalues: np.ndarray) -> np.ndarray:
+  """`holm` of each row of `pvalues` [..., m] at once (a family per row): the tolerance
+  bootstrap adjusts one curve per resample, thousands of families."""
+  p = np.asarray(pvalues, np.float64)
+  bad = p[~((p >= 0.0) & (p <= 1.0))]  # nan fails this too
+  if bad.size:
+    raise ValueError(f"holm needs p-values in [0, 1], got {float(bad[0])!r}")
+  m = p.shape[-1]
+  order = np.argsort(p, axis=-1, kind="stable")
+  step = np.take_along_axis(p, order, -1) * np.arange(m, 0, -1)
+  adjusted = np.minimum(np.maximum.accumulate(step, axis=-1), 1.0)
   out = np.empty_like(p)
-  out[order] = adjusted
-  return out.tolist()
+  np.put_along_axis(out, order, adjusted, -1)
+  return out
 
 
 def per_context(correct: Sequence[int], contexts: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -249,6 +258,72 @@ def paired_cluster_bootstrap_ci(right_a: Sequence[float], right_b: Sequence[floa
   if np.ptp(d) == 0:
     return (float(d[0]), float(d[0]))
   return _bootstrap((ra, rb, asked), level)
+
+
+# ------------------------------------------------------------------ many tests at once
+# The bootstrap of a tolerance recomputes a curve's tests on every resample: the scalar tests
+# above, elementwise over arrays (tests/experiments/test_stats.py checks them against those).
+def sign_test_greater(a_only: np.ndarray, b_only: np.ndarray) -> np.ndarray:
+  """`paired_greater`'s one-sided p ("greater") from its discordant counts, elementwise:
+  P(Binomial(a_only + b_only, 1/2) >= a_only), 1 where nothing is discordant."""
+  a, b = np.asarray(a_only), np.asarray(b_only)
+  n = a + b
+  return np.where(n > 0, stats.binom.sf(a - 1, n, 0.5), 1.0)
+
+
+def welch_greater_many(mean_a, std_a, n_a, mean_b, std_b, n_b) -> np.ndarray:
+  """`welch_greater`'s p, elementwise over broadcast arrays, with its rule for two constant
+  arms (where scipy's formula divides by zero)."""
+  arrays = np.broadcast_arrays(*(np.asarray(x, np.float64)
+                                 for x in (mean_a, std_a, n_a, mean_b, std_b, n_b)))
+  ma, sa, na, mb, sb, nb = arrays
+  if (na < 2).any() or (nb < 2).any():
+    raise ValueError("Welch's test needs n >= 2 in each arm")
+  const = (sa == 0) & (sb == 0)
+  with np.errstate(divide="ignore", invalid="ignore"):
+    p = stats.ttest_ind_from_stats(ma, np.where(const, 1.0, sa), na, mb, np.where(const, 1.0, sb),
+                                   nb, equal_var=False, alternative="greater").pvalue
+  diff = ma - mb
+  rule = np.where(diff == 0, 0.5, np.where(diff < 0, 1.0,
+                                           np.where(np.minimum(na, nb) >= 5, 0.0, 0.5)))
+  return np.where(const, rule, p)
+
+
+# ------------------------------------------------------------ differences across cells
+def sign_test(differences: Sequence[float], alternative: str = "greater") -> Paired:
+  """Exact sign test of a median difference > 0 (`alternative` "greater"; or "less",
+  "two-sided") over independent units (cells of a table: one model at one length, say), ties
+  dropped: `paired_greater` on the signs. The claims compare tolerances that sit on a ladder
+  of a few compressions, so most differences are ties or whole steps: a rank test (Wilcoxon)
+  would rank mostly ties, the sign test needs nothing but the signs."""
+  d = np.asarray(differences, np.float64).reshape(-1)
+  return paired_greater((d > 0).astype(int), (d < 0).astype(int), alternative)
+
+
+def median_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float]:
+  """Distribution-free interval of a median from order statistics (the one that goes with the
+  sign test): [x_(k), x_(n+1-k)] for the largest k whose coverage 1 - 2·P(Bin(n, 1/2) < k)
+  is at least `level`. (-inf, inf) where no k reaches it (n < 6 at 95%): so few cells cannot
+  bound the median at that level."""
+  x = np.sort(np.asarray(values, np.float64).reshape(-1))
+  n = len(x)
+  ks = [k for k in range(1, n // 2 + 1) if 2 * stats.binom.cdf(k - 1, n, 0.5) <= 1 - level]
+  if not ks:
+    return (-math.inf, math.inf)
+  k = ks[-1]
+  return (float(x[k - 1]), float(x[n - k]))
+
+
+def difference_ci(k_a: float, n_a: int, k_b: float, n_b: int,
+                  level: float = 0.95) -> tuple[float, float]:
+  """Interval of p_a - p_b for two independent proportions (k right of n each): Newcombe's
+  hybrid score interval from the two Wilson intervals (sane at 0 and 1, unlike Wald's)."""
+  pa, pb = k_a / n_a, k_b / n_b
+  la, ua = proportion_ci(k_a, n_a, level)
+  lb, ub = proportion_ci(k_b, n_b, level)
+  d = pa - pb
+  return (d - math.sqrt((pa - la) ** 2 + (ub - pb) ** 2),
+          d + math.sqrt((ua - pa) ** 2 + (pb - lb) ** 2))
 
 
 # ------------------------------------------------------------ activation sparsity (issue 21)

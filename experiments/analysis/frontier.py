@@ -8,6 +8,7 @@ import dataclasses
 from typing import Any, Callable, Sequence
 
 import numpy as np
+from scipy import stats
 
 from experiments.stats import Arm, above_chance, holm, welch_greater
 
@@ -56,6 +57,9 @@ class Fit:
   r2_heldout: float | None
   n_train: int
   n_heldout: int
+  # 95% intervals of the coefficients (OLS: t quantile × standard error from the training
+  # residuals, the points taken as independent); None where no residual degree of freedom is left
+  ci: dict[str, tuple[float, float]] | None = None
 
 
 def loglinear_fit(params: Sequence[float], length: Sequence[float], compression: Sequence[float],
@@ -82,8 +86,15 @@ def loglinear_fit(params: Sequence[float], length: Sequence[float], compression:
     return float(1 - (resid ** 2).sum() / tot) if tot > 0 else None
 
   names = ("intercept", "log_params", "log_length", "log_compression")
+  xt, dof = x[~held], int((~held).sum()) - x.shape[1]
+  ci = None
+  if dof > 0:
+    resid = y[~held] - xt @ beta
+    cov = (resid @ resid / dof) * np.linalg.pinv(xt.T @ xt)
+    half = stats.t.ppf(0.975, dof) * np.sqrt(np.maximum(np.diag(cov), 0.0))
+    ci = {k: (float(b - h), float(b + h)) for k, b, h in zip(names, beta, half)}
   return Fit(dict(zip(names, map(float, beta))), r2(~held) or 0.0, r2(held),
-             int((~held).sum()), int(held.sum()))
+             int((~held).sum()), int(held.sum()), ci)
 
 
 def sparse_vs_dense(rows: list[dict[str, Any]], *, alpha: float = 0.05,

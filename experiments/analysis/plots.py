@@ -11,6 +11,7 @@ from typing import Any
 
 from experiments import stats
 from experiments.analysis import frontier as fr
+from experiments.analysis import tolerance as tl
 from experiments.stats import ALPHA
 
 
@@ -203,4 +204,61 @@ def plot_budgets(rows: list[dict[str, Any]], path: Path, alpha: float) -> Path |
     else:
       ax.text(0.5, 0.5, "no model measurably\nabove chance", ha="center", va="center",
               transform=ax.transAxes, fontsize=9, color="grey")
+  return save(fig, path)
+
+
+def plot_tolerance_curves(points, path: Path, models: list[tuple[str, str]]) -> Path | None:
+  """Accuracy vs compression (log2 axis, 1 = dense) in prefill: one row of panels per model
+  of `models` ((run_id, why it is shown): the best dense and best sparse model of each budget),
+  one column per category, one line per eval length (colour) and pattern (line style), on the
+  fixed compression ladders the claims use; lengths past the model's training length are
+  drawn thin. Intervals are the points' own (Wilson, or the bootstrap over contexts)."""
+  pts = [p for p in points if p["phase"] == "prefill" and p["eval_setting"] != "native"
+         and tl.nominal_sparsity(p["eval_setting"]) is not None]
+  cats = sorted({p["category"] for p in pts})
+  models = [(run, why) for run, why in models if any(p["run_id"] == run for p in pts)]
+  if not cats or not models:
+    return None
+  lengths = sorted({p["eval_length"] for p in pts})
+  palette = plt_module().get_cmap("viridis")
+  colour = {t: palette(i / max(1, len(lengths) - 1) * 0.9) for i, t in enumerate(lengths)}
+  patterns = sorted({tl.family(p) for p in pts if p["sparse"]})
+  style = {pat: ("-", "--", ":", "-.")[i % 4] for i, pat in enumerate(patterns)}
+  plt = plt_module()
+  fig, axes = plt.subplots(len(models), len(cats), figsize=(4.5 * len(cats), 3.4 * len(models)),
+                           squeeze=False)
+  ticks = sorted({tl.compression(tl.nominal_sparsity(p["eval_setting"])) for p in pts})
+  for row, (run, why) in zip(axes, models):
+    mine = [p for p in pts if p["run_id"] == run]
+    for ax, cat in zip(row, cats):
+      here = [p for p in mine if p["category"] == cat]
+      top = 0.0
+      for pat in patterns:
+        for t in lengths:
+          ps = sorted((p for p in here if p["eval_length"] == t and
+                       (tl.family(p) == pat or p["eval_setting"] == "dense")),
+                      key=lambda p: tl.nominal_sparsity(p["eval_setting"]))
+          if len(ps) < 2:
+            continue
+          x = [tl.compression(tl.nominal_sparsity(p["eval_setting"])) for p in ps]
+          y = [p["arm"].mean for p in ps]
+          err = [[a - p["ci"][0] for a, p in zip(y, ps)], [p["ci"][1] - a for a, p in zip(y, ps)]]
+          past = t > ps[0]["train_seq_len"]
+          ax.errorbar(x, y, yerr=err, marker="o", ms=3.5, capsize=2, color=colour[t],
+                      ls=style[pat], lw=0.8 if past else 1.6, alpha=0.5 if past else 1.0)
+          top = max(top, max(p["ci"][1] for p in ps))
+      if here:
+        ax.axhline(sum(p["chance"] for p in here) / len(here), color="grey", ls=":", lw=1)
+      ax.set_xscale("log", base=2)
+      ax.set_xticks(ticks, [f"{c:.3g}" for c in ticks])
+      ax.minorticks_off()
+      ax.set(title=f"{cat}: {here[0]['run_label'] if here else run}\n({why})",
+             xlabel="compression 1/(1 − sparsity), prefill", ylabel="exact match",
+             ylim=(-0.01, accuracy_top([top])))
+      ax.title.set_fontsize(8)
+  handles = [plt.Line2D([], [], color=colour[t], marker="o", ms=4, label=f"T={t}")
+             for t in lengths]
+  handles += [plt.Line2D([], [], color="k", ls=style[p], label=p) for p in patterns]
+  fig.legend(handles=handles, fontsize=7, loc="upper center", ncol=len(handles),
+             bbox_to_anchor=(0.5, 0.0))  # below the panels; savefig's "tight" box keeps it
   return save(fig, path)

@@ -1,9 +1,11 @@
 """report.md and PNG plots from results.csv (+ the run folders' states), and the W&B summary.
 
-The report leads with the study's question: does a larger sparse model beat a smaller dense one
-at equal compute (same training budget, inference FLOPs per token no higher), for which task
-categories, from which context length on — each answer with its test and interval, and "too weak
-to tell" where neither model is significantly above chance.
+The report leads with the verdicts on the Sparse Frontier's four claims (`claims`: each with its
+effect, interval, test and "reproduced", "refuted" or "not resolvable here" with the reason),
+then the plots a reader looks at first (tolerance curves per category and length, the frontier
+with its Pareto front, iso-FLOP curves), then the numbers behind them: the claims' comparisons,
+compute-optimal sizes and the iso-FLOP table per budget, the tolerances with their intervals,
+and the older pairwise sections.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from experiments import stats
-from experiments.analysis import budgets, compare, plots
+from experiments.analysis import budgets, claims, compare, isoflop, plots
+from experiments.analysis import tolerance as tl
 from experiments.analysis import frontier as fr
 from experiments.stats import ALPHA
 from experiments.runs import files, results
@@ -38,6 +41,7 @@ def category_points(rows: list[dict[str, Any]], outcomes: dict[tuple, Any] | Non
         run_id=run_id, category=cat, eval_length=length, phase=phase, eval_setting=setting,
         label=f"{first['label']} eval {setting}", run_label=first["label"], size=first["size"],
         params=first["params"], budget=first["budget"], train_pattern=first["train_pattern"],
+        train_tokens=first["train_flops"] / first["train_flops_per_token"],
         train_sparsity=first["train_sparsity_target"], train_seq_len=first["train_seq_len"],
         eval_pattern=first["eval_pattern"], eval_sparsity=first["eval_sparsity_element"],
         # The pattern's own sparsity (its rows): in decode the context rows are dense, so the
@@ -67,55 +71,6 @@ def comparison_points(points: list[dict[str, Any]], match: str) -> list[dict[str
     elif match == "training" and p["train_pattern"] != "dense" and p["eval_setting"] == "native":
       out.append(p)
   return out
-
-
-def tolerances(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
-  """Per model × category × length × phase × eval pattern: largest eval sparsity whose accuracy
-  is not significantly below the same model evaluated dense (one-sided, alpha 0.05, Holm across
-  the curve's sparsities: `frontier.tolerance`), paired where the points hold their questions
-  (`compare.greater`); `tests` names the tests used (none where too weak to tell)."""
-  by_key: dict[tuple, dict[str, Any]] = defaultdict(dict)
-  for p in points:
-    key = (p["run_id"], p["category"], p["eval_length"], p["phase"])
-    by_key[key][p["eval_setting"]] = p
-  out = []
-  for (run_id, cat, length, phase), settings in sorted(by_key.items()):
-    dense = settings.get("dense")
-    if dense is None:
-      continue
-    patterns = sorted({_family(p) for p in settings.values() if p["sparse"]
-                       and p["eval_setting"] != "native"})
-    for pattern in patterns:
-      curve = {p["eval_target"]: p for p in settings.values()
-               if _family(p) == pattern and p["eval_setting"] != "native"}
-      # The gate judges with the curve's own test and correction, or a curve the test cannot
-      # see fall (5 right of 128 against the exact paired test) would read "tolerates all".
-      paired = all(compare.same_questions(dense["sample"], p["sample"]) for p in curve.values())
-      weak = not stats.measurable(dense["arm"], dense["chance"], ALPHA, paired=paired,
-                                  family=len(curve))
-      tol, tests = (None, set()) if weak else _tolerance(dense, curve)
-      out.append(dict(label=dense["run_label"], category=cat, eval_length=length, phase=phase,
-                      pattern=pattern, dense_acc=dense["arm"].mean, n=dense["arm"].n,
-                      tolerance=tol, weak=weak, tests=tests))
-  return out
-
-
-def _tolerance(dense: dict[str, Any], curve: dict[float, dict[str, Any]]
-               ) -> tuple[float, set[str]]:
-  """`frontier.tolerance` of report points on `compare.greater`, and the tests it used."""
-  used = set()
-
-  def greater(a, b):
-    t = compare.greater(a, b)
-    used.add(t.test)
-    return t.p
-  return fr.tolerance(dense, curve, ALPHA, greater), used
-
-
-def _family(p: dict[str, Any]) -> str:
-  """A tolerance curve's pattern: static patterns by name, content ones by name and budget kind
-  (a fixed and an adaptive budget are different curves)."""
-  return f"{p['eval_pattern']} ({p['eval_budget']})" if p["eval_budget"] else p["eval_pattern"]
 
 
 # --------------------------------------------------------------------------------- markdown
@@ -165,6 +120,18 @@ def answer(comparisons: list[dict[str, Any]], categories: list[str], match: str)
       text += f"; too weak to tell at T ∈ {weak}"
     lines.append(f"- **{cat}** (lengths {lengths}, {len(cs)} pairs): {text}.")
   return lines
+
+
+def _length_note(fit: fr.Fit | None) -> str:
+  """(b)'s companion from the log-linear fit: how error scales with length at fixed params and
+  compression (not the tolerance itself: that would be a length × compression term)."""
+  if fit is None or not fit.ci:
+    return "Log-linear fit: not fitted (too few points)."
+  b, (lo, hi) = fit.coef["log_length"], fit.ci["log_length"]
+  sign = ("error grows with length" if lo > 0 else "error falls with length" if hi < 0
+          else "no significant effect of length on error")
+  return (f"Log-linear fit of error: log_length coefficient {b:+.3f} [{lo:+.3f}, {hi:+.3f}] "
+          f"(OLS, points taken as independent): {sign} at fixed params and compression.")
 
 
 def _short(tests: set[str]) -> str:
@@ -223,17 +190,37 @@ def write(out: Path, rows: list[dict[str, Any]], status: list[dict[str, Any]], *
   plot_dir = out / "plots"
   plot_dir.mkdir(exist_ok=True)
   budget_rows = budgets.comparisons(points, ALPHA)
-  figs = [f for f in (plots.plot_tolerance(points, plot_dir / "tolerance.png"),
-                      plots.plot_frontier(points, plot_dir / "frontier.png"),
-                      plots.plot_isoflop(points, plot_dir / "isoflop.png"),
-                      plots.plot_budgets(budget_rows, plot_dir / "budgets.png", ALPHA)) if f]
+  tol = tl.curves(points)
+  fit_pts = [p for p in points if p["phase"] == "prefill"]
+  fit = fr.loglinear_fit([p["params"] for p in fit_pts], [p["eval_length"] for p in fit_pts],
+                         [1 / (1 - min(p["eval_sparsity"], 0.999)) for p in fit_pts],
+                         [1 - p["arm"].mean for p in fit_pts]) if len(fit_pts) >= 8 else None
+  c_train, c_train_comps, c_train_trend = claims.claim_c(points, "training")
+  c_inf, c_inf_comps, c_inf_trend = claims.claim_c(points, "inference")
+  verdicts = [claims.claim_a(tol), claims.claim_b(tol, _length_note(fit)), c_train, c_inf,
+              claims.claim_d(tol)]
+  models = isoflop.models(points)
+  optimal = isoflop.compute_optimal(models, status)
+  first_figs = [f for f in (
+      plots.plot_tolerance_curves(points, plot_dir / "tolerance_curves.png",
+                                  isoflop.leaders(models)[:6]),
+      plots.plot_frontier(points, plot_dir / "frontier.png"),
+      plots.plot_isoflop(points, plot_dir / "isoflop.png")) if f]
+  figs = first_figs + [f for f in (
+      plots.plot_tolerance(points, plot_dir / "tolerance.png"),
+      plots.plot_budgets(budget_rows, plot_dir / "budgets.png", ALPHA)) if f]
   comps = fr.sparse_vs_dense(comparison_points(points, "inference"), alpha=ALPHA)
   train_comps = fr.sparse_vs_dense(comparison_points(points, "training"), alpha=ALPHA,
                                    match_inference=False)
   cats = sorted({p["category"] for p in points})
-  tol = tolerances(points)
 
-  md = [f"# Study `{name}`", ""]
+  md = [f"# Study `{name}`", "", "## The Sparse Frontier's claims: verdicts", "",
+        *claims.verdict_table(verdicts, _table), "",
+        "Each claim's comparisons, tests and families are in \"The claims in detail\" below; "
+        + ("paired tests use the per-question outcomes of `outcomes.npz`." if joined else
+           "**no `outcomes.npz`**: every test here is the unpaired fallback (Welch between "
+           "arms, each arm's questions resampled on their own), which ignores the pairing."),
+        "", *[f"![{f.stem}](plots/{f.name})" for f in first_figs], ""]
   counts = defaultdict(int)
   for s in status:
     counts[s["state"]] += 1
@@ -266,6 +253,9 @@ def write(out: Path, rows: list[dict[str, Any]], status: list[dict[str, Any]], *
         for s in skipped)]
 
   md += ["", *statistics(points, joined, len(rows))]
+  md += ["", *claims.markdown(verdicts, (c_train_comps, c_train_trend),
+                             (c_inf_comps, c_inf_trend), joined > 0, _table)]
+  md += ["", *isoflop.markdown(models, optimal, _table)]
   md += ["", "## Does a larger sparse model beat a smaller dense one at equal compute?", "",
          f"Test: one-sided {compare.WELCH} on per-question exact match (two models: unpaired), "
          f"alpha={ALPHA}, pooled over a category's tasks, both directions; p-values "
@@ -299,7 +289,7 @@ def write(out: Path, rows: list[dict[str, Any]], status: list[dict[str, Any]], *
                  for p in points if p["eval_setting"] == "dense" and p["phase"] == "prefill"
                  and p["eval_length"] == p["train_seq_len"]])]
 
-  tol_tests = set().union(*(t["tests"] for t in tol))
+  tol_tests = set().union(*(t["tests"] for t in tol), set())
   md += ["", "## Sparsity tolerance", "",
          "Largest inference sparsity (element level) whose accuracy is not significantly below "
          f"the same model evaluated dense (one-sided, alpha {ALPHA}, monotone: the first "
@@ -310,11 +300,20 @@ def write(out: Path, rows: list[dict[str, Any]], status: list[dict[str, Any]], *
          "the curve's sparsities (one model, category, length, phase and pattern). \"—\": too "
          "weak to tell — the model evaluated dense is not significantly above chance, or so "
          "little above it that even a fall to chance at every sparsity would not be a "
-         "significant drop (by the curve's test, after its correction).", ""]
+         "significant drop (by the curve's test, after its correction). Compression c = "
+         "1/(1 − sparsity), the setting's nominal one where it names it (blocks and adaptive "
+         "budgets: the achieved one, \"ladder\" no); its 95% interval is a percentile bootstrap "
+         f"({tl.RESAMPLES} resamples, fixed seed) recomputing the tolerance on resampled "
+         + ("contexts of the paired outcomes (dense and every level together)" if joined else
+            "questions, each arm on its own (no outcomes: unpaired)")
+         + ". \"levels\": the compressions tested.", ""]
   md += [_table(["model", "category", "T", "phase", "pattern", "dense acc", "n", "tolerance",
-                 "test"],
+                 "compression [95%]", "levels", "ladder", "test"],
                 [[t["label"], t["category"], t["eval_length"], t["phase"], t["pattern"],
                   t["dense_acc"], t["n"], "—" if t["weak"] else t["tolerance"],
+                  "—" if t["weak"] else
+                  f"{t['compression']:.3g} [{t['ci'][0]:.3g}, {t['ci'][1]:.3g}]",
+                  ", ".join(f"{c:.3g}" for c in t["levels"]), "yes" if t["ladder"] else "no",
                   _short(t["tests"])] for t in tol])]
 
   md += ["", *budgets.markdown(budget_rows, _table)]
@@ -332,15 +331,15 @@ def write(out: Path, rows: list[dict[str, Any]], status: list[dict[str, Any]], *
                 front_rows)]
 
   md += ["", "## Log-linear fit of error", ""]
-  fit_pts = [p for p in points if p["phase"] == "prefill"]
-  if len(fit_pts) >= 8:
-    fit = fr.loglinear_fit([p["params"] for p in fit_pts], [p["eval_length"] for p in fit_pts],
-                           [1 / (1 - min(p["eval_sparsity"], 0.999)) for p in fit_pts],
-                           [1 - p["arm"].mean for p in fit_pts])
+  if fit is not None:
     md.append("log(error) = " + " + ".join(f"{v:.3f}·{k}" for k, v in fit.coef.items())
               + f"; R² {fit.r2_train:.2f} on {fit.n_train} points, held-out R² "
               + (f"{fit.r2_heldout:.2f}" if fit.r2_heldout is not None else "n/a")
               + f" on {fit.n_heldout} (every 4th point held out; compression = 1/(1-sparsity)).")
+    if fit.ci:
+      md.append("95% intervals (OLS, the points taken as independent, which they are not: "
+                "one model's points share it): " + ", ".join(
+                    f"{k} [{lo:.3f}, {hi:.3f}]" for k, (lo, hi) in fit.ci.items()) + ".")
   else:
     md.append(f"Not fitted: {len(fit_pts)} points (needs >= 8).")
 

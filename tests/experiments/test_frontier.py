@@ -253,3 +253,20 @@ def test_budgets_compare_fixed_and_adaptive_on_the_same_questions():
   assert welch["test"] == compare.WELCH and welch["verdict"] == "no significant difference"
   md = "\n".join(budgets.markdown([row], lambda h, b: f"{len(b)} rows"))
   assert compare.PAIRED in md and "Holm" in md
+
+
+def test_loglinear_fit_intervals_cover_the_coefficients():
+  """With noise of known size the OLS intervals cover the true coefficients; without noise
+  they shrink onto them."""
+  rng = np.random.default_rng(8)
+  n = 200
+  params, length = rng.uniform(1e5, 1e8, n), rng.choice([128, 1024, 4096], n)
+  comp = rng.choice([1.0, 4.0, 16.0], n)
+  log_err = -1.0 - 0.3 * np.log(params / 1e5) + 0.2 * np.log(length) + 0.4 * np.log(comp) - 2
+  noisy = fr.loglinear_fit(params, length, comp, np.exp(log_err + rng.normal(0, 0.05, n)),
+                           floor=1e-12)
+  for name, true in (("log_params", -0.3), ("log_length", 0.2), ("log_compression", 0.4)):
+    lo, hi = noisy.ci[name]
+    assert lo < true < hi and hi - lo < 0.05
+  exact = fr.loglinear_fit(params, length, comp, np.exp(log_err), floor=1e-12)
+  assert exact.ci["log_length"] == pytest.approx((0.2, 0.2), abs=1e-9)

@@ -24,6 +24,30 @@ def test_report_on_copied_results_keeps_every_row(tmp_path):
   md = (out / "report.md").read_text()
   assert "frontier" in md.lower()
   assert "no per-question outcomes (`outcomes.npz` absent" in md and "| paired |" not in md
+  _claims_answered(md)
+  assert "**no `outcomes.npz`**: every test here is the unpaired fallback" in md
+  assert (out / "plots" / "tolerance_curves.png").exists()
+
+
+def _claims_answered(md):
+  """The verdict table right under the title, a row per claim, each with a verdict in words
+  and a reason; the first plots right under it."""
+  lines = md.splitlines()
+  assert lines[0].startswith("# Study") and lines[2] == "## The Sparse Frontier's claims: verdicts"
+  rows = [line for line in lines[4:12] if line.startswith("| (")]
+  assert [r.split(")")[0] for r in rows] == ["| (a", "| (b", "| (c", "| (c", "| (d"]
+  for r in rows:
+    verdict = r.split("| **")[1].split("**")[0]
+    assert verdict in ("reproduced", "refuted", "not resolvable here")
+    assert len(r.split("|")[3].strip()) > 10  # the why is never empty
+  top = md.split("## The claims in detail")[0]
+  assert top.index("verdicts") < top.index("plots/tolerance_curves.png") < \
+      top.index("plots/frontier.png") < top.index("plots/isoflop.png")
+  for section in ("## The claims in detail", "## Compute-optimal dense size per budget",
+                  "## Iso-FLOP table"):
+    assert section in md
+  # one budget: the crossover of (c) cannot be fitted, and says so
+  assert "needs >= 3 training budgets" in md
 
 
 def _nested_outcomes(rows):
@@ -45,6 +69,11 @@ def test_report_with_outcomes_pairs_a_models_settings(tmp_path):
   tolerance = md.split("## Sparsity tolerance")[1].split("## Fixed")[0]
   assert "| paired |" in tolerance and "| Welch |" not in tolerance
   assert "paired exact sign test (McNemar)" in md and "Holm" in md
+  _claims_answered(md)
+  # (c): the two models scored the same examples, so they are compared paired by question
+  assert "so the comparison is paired by question" in md
+  detail = md.split("## The claims in detail")[1].split("## Compute-optimal")[0]
+  assert "| (c, training) |" in detail and "| paired exact sign test (McNemar) |" in detail
 
 
 def test_outcomes_round_trip_and_join(tmp_path):

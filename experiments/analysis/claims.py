@@ -1,0 +1,397 @@
+"""The Sparse Frontier's four claims (Nawrot et al. 2025), tested on a study's report points:
+
+(a) retrieval tolerates more sparsity than multi-hop and aggregation;
+(b) longer contexts tolerate more;
+(c) at equal cost, a larger sparse model beats a smaller dense one;
+(d) decoding tolerates more than prefill.
+
+(a), (b), (d) compare tolerances (`tolerance.curves`, in log2 compression: one step is a
+doubling) of cells that differ in one thing only — the category, the length, the phase — and
+test the median difference with the exact sign test across the cells (ties dropped), with the
+distribution-free interval of the median. (c) compares the best sparse and the best dense model
+of each training budget per category (`isoflop.difference`: paired by question, the models
+being scored on the same examples), and fits the gap across budgets (`isoflop.trend`).
+
+Each claim is a family: its comparisons, each tested both ways, Holm-adjusted together. A
+comparison is "reproduced" when the claimed direction is significant, "refuted" when the
+opposite one is, else "not resolvable here" with the reason: no measurable cell (the models sit
+at or near chance), too few cells for the test to ever reach significance, every cell a tie, or
+an interval that spans zero. A claim is reproduced when all its comparisons are, refuted when
+some are refuted and none reproduced, and otherwise not resolvable here, saying why.
+
+Only curves on a fixed compression ladder (static patterns, fixed-density content budgets) and
+lengths within the model's training length enter (a), (b), (d): a length-adaptive budget
+compresses each length differently, and past the training length a model extrapolates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections import Counter, defaultdict
+from typing import Any, Callable
+
+import numpy as np
+
+from experiments import stats
+from experiments.analysis import compare, isoflop
+from experiments.stats import ALPHA
+
+REPRODUCED, REFUTED, UNRESOLVED = "reproduced", "refuted", "not resolvable here"
+SIGN = "exact sign test over cells"
+LOG2 = "Δlog2 compression"
+ACC = "Δ accuracy"
+OTHERS = ("multihop", "aggregation")
+
+
+@dataclasses.dataclass(frozen=True)
+class Finding:
+  """One comparison of a claim. `effect` and `ci` in `unit`; `p_for`/`p_against`: one-sided
+  p-values of the claimed and the opposite direction (Holm-adjusted after `decide`); `untied`:
+  cells that are not ties (sign tests), which bounds the smallest p the test can give."""
+
+  claim: str
+  what: str
+  unit: str
+  test: str = ""
+  effect: float | None = None
+  ci: tuple[float, float] | None = None
+  n: int = 0
+  untied: int | None = None
+  signs: str = ""  # sign tests: "5+ 1− 2=", cells up, down and tied
+  detail: str = ""
+  p_for: float | None = None
+  p_against: float | None = None
+  untestable: str = ""  # why there is nothing to test (set before `decide`)
+  verdict: str = ""
+  why: str = ""    # the verdict's reason (the findings table, beside the numbers)
+  short: str = ""  # the same in a few words (the verdict table)
+
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+  key: str
+  text: str
+  verdict: str
+  why: str
+  findings: tuple[Finding, ...]
+  note: str = ""  # what else the section shows (the log-linear fit, the trend)
+
+
+def _fmt(v: float) -> str:
+  return "−∞" if v == -math.inf else "∞" if v == math.inf else f"{v:+.3g}"
+
+
+def effect_text(f: Finding) -> str:
+  if f.effect is None:
+    return "—"
+  ci = f" [{_fmt(f.ci[0])}, {_fmt(f.ci[1])}]" if f.ci else ""
+  return f"{_fmt(f.effect)}{ci}"
+
+
+def min_untied(family: int, alpha: float = ALPHA) -> int:
+  """Fewest untied cells with which a one-sided sign test can reach alpha / family (Holm's
+  first threshold): all m of one sign gives p = 2**-m."""
+  return math.floor(math.log2(family / alpha)) + 1
+
+
+def decide(findings: list[Finding], alpha: float = ALPHA) -> list[Finding]:
+  """Holm across the family (both directions of every testable comparison), then each
+  comparison's verdict and its reason in words."""
+  tested = [f for f in findings if not f.untestable]
+  adjusted = stats.holm([f.p_for for f in tested] + [f.p_against for f in tested])
+  p_adj = {id(f): (a, b) for f, a, b in zip(tested, adjusted, adjusted[len(tested):])}
+  family = 2 * len(tested)
+  out = []
+  for f in findings:
+    if f.untestable:
+      out.append(dataclasses.replace(f, verdict=UNRESOLVED, why=f.untestable,
+                                     short=f.untestable))
+      continue
+    p_for, p_against = p_adj[id(f)]
+    f = dataclasses.replace(f, p_for=p_for, p_against=p_against)
+    brief = effect_text(f) + (f" ({f.signs})" if f.signs else "")
+    if p_for < alpha:
+      verdict, why = REPRODUCED, "the claimed direction is significant"
+      short = f"{brief}, Holm p {p_for:.2g}"
+    elif p_against < alpha:
+      verdict, why = REFUTED, "the opposite direction is significant"
+      short = f"the opposite holds: {brief}, Holm p {p_against:.2g}"
+    elif f.untied == 0:
+      verdict, why = UNRESOLVED, f"every one of {f.n} cells ties ({f.unit} = 0)"
+      short = f"all {f.n} cells tie"
+    elif f.untied is not None and f.untied < min_untied(family, alpha):
+      verdict, why = UNRESOLVED, (
+          f"too few cells: {f.untied} untied of {f.n}; the sign test needs >= "
+          f"{min_untied(family, alpha)} to reach alpha {alpha} after Holm over {family} tests")
+      short = f"too few cells: {f.untied} untied, needs >= {min_untied(family, alpha)}"
+    elif f.ci is None or f.ci[0] <= 0 <= f.ci[1]:
+      verdict, why = UNRESOLVED, "interval spans zero; neither direction is significant"
+      short = f"interval spans zero: {brief}"
+    else:  # the interval is one comparison's, the test's threshold the family's
+      verdict, why = UNRESOLVED, (
+          f"not significant after Holm over the claim's {family} tests (the 95% interval, "
+          "not corrected for the family, excludes zero)")
+      short = (f"not significant after Holm: {brief}, "
+               f"p {min(p_for, p_against):.2g}")
+    out.append(dataclasses.replace(f, verdict=verdict, why=why, short=short))
+  return out
+
+
+def verdict(key: str, text: str, findings: list[Finding], note: str = "") -> Claim:
+  """A claim's verdict from its decided comparisons (the rule in the module docstring)."""
+  v = Counter(f.verdict for f in findings)
+  tell = lambda fs: "; ".join(f"{f.what}: {f.verdict} ({f.short or f.why})" for f in fs)
+  if findings and v[REPRODUCED] == len(findings):
+    return Claim(key, text, REPRODUCED, tell(findings), tuple(findings), note)
+  if v[REFUTED] and not v[REPRODUCED]:
+    return Claim(key, text, REFUTED, tell(findings), tuple(findings), note)
+  if v[REFUTED]:
+    why = "mixed: " + tell(findings)
+  else:
+    why = tell(findings) or "nothing to compare"
+  return Claim(key, text, UNRESOLVED, why, tuple(findings), note)
+
+
+# ------------------------------------------------------------------- tolerance differences
+def usable(tol: list[dict[str, Any]], phase: str | None = "prefill") -> list[dict[str, Any]]:
+  """The tolerance rows the claims compare: on a fixed compression ladder, within the model's
+  training length, of `phase` (None: both)."""
+  return [t for t in tol if t["ladder"] and t["eval_length"] <= t["train_seq_len"]
+          and (phase is None or t["phase"] == phase)]
+
+
+def log2c(t: dict[str, Any]) -> float:
+  return math.log2(t["compression"])
+
+
+def paired_difference(claim: str, what: str, pairs: list[tuple[dict, dict]],
+                      nothing: str) -> Finding:
+  """Finding of first minus second tolerance over cells; `pairs` holds every cell where both
+  rows exist (weak ones included: the count of cells dropped as too weak is part of the why).
+  `nothing`: the reason when no cell pairs at all."""
+  if not pairs:
+    return Finding(claim, what, LOG2, untestable=nothing)
+  kept = [(a, b) for a, b in pairs if not a["weak"] and not b["weak"]]
+  dropped = len(pairs) - len(kept)
+  if not kept:
+    return Finding(claim, what, LOG2, n=0, untestable=(
+        f"none of {len(pairs)} cells has both tolerances measurable: the dense models are too "
+        "weak to tell (at or near chance)"))
+  d = np.array([log2c(a) - log2c(b) for a, b in kept])
+  pos, neg = int((d > 0).sum()), int((d < 0).sum())
+  # The median of a ladder's differences is often a tie (0) even where the untied cells all
+  # lean one way: the counts and the mean say how far they lean.
+  return Finding(claim, what, LOG2, SIGN, effect=float(np.median(d)),
+                 ci=stats.median_interval(d), n=len(d), untied=pos + neg,
+                 signs=f"{pos}+ {neg}− {len(d) - pos - neg}=",
+                 detail=f"{pos}+ {neg}− {len(d) - pos - neg}= of {len(d)} cells, mean "
+                 f"{d.mean():+.2f}"
+                 + (f", {dropped} more too weak to tell" if dropped else ""),
+                 p_for=stats.sign_test(d, "greater").p, p_against=stats.sign_test(d, "less").p)
+
+
+def _index(rows: list[dict[str, Any]], key: Callable[[dict], tuple]) -> dict[tuple, dict]:
+  return {key(t): t for t in rows}
+
+
+def claim_a(tol: list[dict[str, Any]]) -> Claim:
+  """(a) per (model, length, pattern) cell in prefill: retrieval's tolerance minus each other
+  category's."""
+  rows = usable(tol)
+  cell = lambda t: (t["run_id"], t["eval_length"], t["pattern"])
+  by_cat = {c: _index([t for t in rows if t["category"] == c], cell)
+            for c in ("retrieval", *OTHERS)}
+  findings = []
+  for other in OTHERS:
+    pairs = [(by_cat["retrieval"][k], by_cat[other][k]) for k in sorted(by_cat["retrieval"])
+             if k in by_cat[other]]
+    findings.append(paired_difference(
+        "a", f"retrieval − {other}", pairs,
+        f"no cell with both retrieval and {other} tolerance curves (prefill, fixed-compression "
+        "patterns, within the training length)"))
+  return verdict("a", "retrieval tolerates more sparsity than multi-hop and aggregation",
+                 decide(findings))
+
+
+def claim_b(tol: list[dict[str, Any]], note: str = "") -> Claim:
+  """(b) per category, per (model, pattern) in prefill: tolerance at the model's longest eval
+  length within its training length minus at its shortest."""
+  rows = usable(tol)
+  findings = []
+  for cat in sorted({t["category"] for t in tol}):
+    cells: dict[tuple, dict[int, dict]] = defaultdict(dict)
+    for t in rows:
+      if t["category"] == cat:
+        cells[(t["run_id"], t["pattern"])][t["eval_length"]] = t
+    pairs, spans = [], Counter()
+    for k in sorted(cells):
+      lengths = sorted(cells[k])
+      if len(lengths) >= 2:
+        pairs.append((cells[k][lengths[-1]], cells[k][lengths[0]]))
+        spans[(lengths[-1], lengths[0])] += 1
+    lengths = sorted({t["eval_length"] for t in rows if t["category"] == cat})
+    what = (f"{cat}: T={spans.most_common(1)[0][0][0]} − T={spans.most_common(1)[0][0][1]}"
+            if spans else f"{cat}: longest − shortest T")
+    findings.append(paired_difference(
+        "b", what, pairs, f"too few lengths: evaluated within the training length only at "
+        f"T={lengths}" if lengths else "no prefill curve within the training length"))
+  return verdict("b", "longer contexts tolerate more sparsity", decide(findings), note)
+
+
+def claim_d(tol: list[dict[str, Any]]) -> Claim:
+  """(d) per (model, category, length, pattern): decode tolerance minus prefill tolerance."""
+  rows = usable(tol, None)
+  cell = lambda t: (t["run_id"], t["category"], t["eval_length"], t["pattern"])
+  pre = _index([t for t in rows if t["phase"] == "prefill"], cell)
+  dec = _index([t for t in rows if t["phase"] == "decode"], cell)
+  pairs = [(dec[k], pre[k]) for k in sorted(pre) if k in dec]
+  f = paired_difference("d", "decode − prefill", pairs,
+                        "no cell evaluated in both phases (prefill and decode)")
+  return verdict("d", "decoding tolerates more sparsity than prefill", decide([f]))
+
+
+# ----------------------------------------------------------------------- (c) larger sparse
+def comparisons(points: list[dict[str, Any]], match: str) -> list[dict[str, Any]]:
+  """Per training budget with a dense and a sparse-trained model: the best of each (pooled
+  accuracy, `isoflop.best`) and, per category, the sparse arm against the dense one. `match`
+  "training": the sparse model with its own attention (the grid matched training FLOPs);
+  "inference": at the sparse setting of `isoflop.inference_match` (inference FLOPs per token
+  no higher than the dense model's). Entries without `per_category` say why in `why`."""
+  out = []
+  for budget, ms in isoflop.by_budget(isoflop.models(points)).items():
+    d = isoflop.best([m for m in ms if not m["sparse"]])
+    s = isoflop.best([m for m in ms if m["sparse"]])
+    entry = dict(budget=budget, dense=d, sparse=s, setting=None, per_category=None, why="")
+    if d is None or s is None:
+      entry["why"] = f"no {'dense' if d is None else 'sparse-trained'} model at this budget"
+      out.append(entry)
+      continue
+    if match == "training":
+      setting, arms = "native", s["categories"]
+    else:
+      found = isoflop.inference_match(points, s, d)
+      if found is None:
+        entry["why"] = (f"no sparse setting of {s['label']} is as cheap as {d['label']} "
+                        "(inference FLOPs per token)")
+        out.append(entry)
+        continue
+      setting, arms = found
+    entry["setting"] = setting
+    entry["per_category"] = {c: (arms[c], d["categories"][c])
+                             for c in sorted(arms) if c in d["categories"]}
+    out.append(entry)
+  return out
+
+
+def claim_c(points: list[dict[str, Any]], match: str) -> tuple[Claim, list[dict[str, Any]],
+                                                                   dict[str, Any]]:
+  """(c) at one matching: the claim, the per-budget comparisons and the trend of the gap."""
+  comps = comparisons(points, match)
+  tag = f"c, {match}"
+  findings = []
+  for c in comps:
+    if c["per_category"] is None:
+      findings.append(Finding(tag, f"budget {c['budget']:.2g}", ACC, untestable=c["why"]))
+      continue
+    for cat, (s, d) in c["per_category"].items():
+      what = f"{cat} @ {c['budget']:.2g}"
+      arms = f"{s['run_label']} ({c['setting']}) − {d['run_label']}: "
+      if not (stats.above_chance(s["arm"], s["chance"], ALPHA)
+              or stats.above_chance(d["arm"], d["chance"], ALPHA)):
+        findings.append(Finding(tag, what, ACC, untestable=(
+            "too weak to tell: neither model is significantly above chance")))
+        continue
+      r = isoflop.difference(s, d)
+      larger = "" if c["sparse"]["params"] > c["dense"]["params"] else \
+          "; the best sparse model is not larger than the best dense one"
+      findings.append(Finding(tag, what, ACC, r["test"], effect=r["diff"], ci=r["ci"],
+                              n=min(s["arm"].n, d["arm"].n),
+                              detail=f"{arms}{s['arm'].mean:.3f} vs {d['arm'].mean:.3f}, "
+                              f"n={s['arm'].n}{larger}",
+                              p_for=r["p_greater"], p_against=r["p_less"]))
+  if not comps:
+    findings.append(Finding(tag, "all budgets", ACC,
+                            untestable="no model evaluated natively at its training length"))
+  gaps = [(c["budget"], list(c["per_category"].values())) for c in comps if c["per_category"]]
+  tr = isoflop.trend(gaps)
+  text = ("at equal training FLOPs, the best sparse-trained model beats the best dense one"
+          if match == "training" else
+          "at equal inference FLOPs per token, the best sparse model beats the best dense one")
+  note = f"Trend of the gap over budgets: {tr['why']}."
+  return verdict("c", text, decide(findings), note), comps, tr
+
+
+# ------------------------------------------------------------------------------- markdown
+def verdict_table(claims: list[Claim], table: Callable[..., str]) -> list[str]:
+  """The table under the report's title: one row per claim."""
+  return [table(["claim", "verdict", "why: per comparison, effect [95% interval] (cells up, down, "
+                 "tied) and Holm-adjusted p, or what stops it"],
+                [[f"({c.key}) {c.text}", f"**{c.verdict}**",
+                  c.why + (f" {c.note}" if c.note else "")] for c in claims])]
+
+
+def findings_table(claims: list[Claim], table: Callable[..., str]) -> str:
+  rows = []
+  for c in claims:
+    for f in c.findings:
+      rows.append([f"({f.claim})", f.what, f.unit, effect_text(f), f.test or "—",
+                   f.detail or "—",
+                   "—" if f.p_for is None else f"{f.p_for:.3g}",
+                   "—" if f.p_against is None else f"{f.p_against:.3g}", f.verdict, f.why])
+  return table(["claim", "comparison", "unit", "effect [95% interval]", "test", "cells / arms",
+                "p for (Holm)", "p against (Holm)", "verdict", "why"], rows)
+
+
+def markdown(verdicts: list[Claim], c_train: tuple[list, dict], c_inf: tuple[list, dict],
+             paired: bool, table: Callable[..., str]) -> list[str]:
+  """The claims' comparisons in full, the (c) pairs per budget and the trends."""
+  md = ["## The claims in detail", "",
+        "Tolerance: the largest compression c = 1/(1 − sparsity) whose accuracy is not "
+        "significantly below the same model evaluated dense (section \"Sparsity tolerance\"). "
+        "(a), (b), (d) compare tolerances in log2 compression (+1: one doubling more) between "
+        "cells that differ in one thing — (a) the category, per (model, length, pattern) in "
+        "prefill; (b) the length, longest vs shortest within the training length, per (model, "
+        "pattern) in prefill; (d) the phase, per (model, category, length, pattern) — and only "
+        "on fixed compression ladders within the training length. Effect: the median "
+        f"difference with its distribution-free 95% interval; test: the {SIGN} (ties dropped; "
+        "cells of one model are not independent, so read p as approximate). (c) compares per "
+        "category the best sparse-trained and the best dense model of a budget (best: pooled "
+        "accuracy at the training length, prefill, own attention), by the difference of their "
+        "accuracies: "
+        + (f"{compare_text(True)}." if paired else f"{compare_text(False)}.")
+        + " Family: a claim's comparisons, both directions each, Holm-adjusted together; "
+        "\"p for\" is the claimed direction. Cells where a dense model is too weak to tell "
+        "(at or near chance) have no tolerance and drop out; a claim with nothing left is not "
+        "resolvable here.", ""]
+  md.append(findings_table(verdicts, table))
+  for title, (comps, tr) in (("equal training FLOPs", c_train), ("equal inference FLOPs", c_inf)):
+    md += ["", f"**(c) at {title}**: per budget, the best dense and best sparse model", ""]
+    rows = []
+    for c in comps:
+      d, s = c["dense"], c["sparse"]
+      flops = (f"{next(iter(c['per_category'].values()))[0]['inference_flops_per_token']:.3g} "
+               f"vs {d['inference_flops_per_token']:.3g}") if c["per_category"] else "—"
+      rows.append([f"{c['budget']:.2g}", d["label"] if d else "—",
+                   f"{d['arm'].mean:.3f}" if d else "—", s["label"] if s else "—",
+                   f"{s['arm'].mean:.3f}" if s else "—", c["setting"] or "—", flops,
+                   c["why"] or "compared"])
+    md.append(table(["budget", "best dense", "pooled acc", "best sparse", "pooled acc",
+                     "sparse eval setting", "inference FLOPs/tok sparse vs dense", "note"], rows)
+              if rows else "No budget with models evaluated at their training length.")
+    if tr["gap"] is not None:
+      md += ["", "Gap (sparse − dense, mean over categories) per budget: " + ", ".join(
+          f"{b:.2g}: {g:+.3f}" for b, g in zip(tr["budgets"], tr["gap"]))
+          + f"; slope {tr['slope']:+.3g} per decade [{tr['slope_ci'][0]:+.3g}, "
+          f"{tr['slope_ci'][1]:+.3g}]."]
+    md += ["", f"Where the trend points: {tr['why']}."]
+  return md
+
+
+def compare_text(paired: bool) -> str:
+  if paired:
+    return ("the models are scored on the same test examples (same seed, split and lengths), "
+            f"so the comparison is paired by question: {compare.PAIRED} over contexts, interval "
+            "a paired bootstrap over contexts")
+  return (f"no per-question outcomes, so unpaired: {compare.WELCH} both ways, Newcombe's "
+          "interval of the difference")
