@@ -47,6 +47,14 @@ class DataConfig:
   # then carried to seq_len. 0: no curriculum.
   short_len: int = 0
   short_steps: int = 0
+  # Lengths the long phase (after the short steps; every step without a curriculum) cycles
+  # through instead of training only at seq_len, so a model evaluated at several lengths is
+  # trained at them: each length for a whole call of `steps_per_call` steps (one shape per
+  # compiled scan), in this order, from the first long step on (`Config.phase`, a pure function
+  # of the step). Same tokens per step at every length: batch_size · seq_len / L sequences.
+  # Each L must divide those tokens, lie in [short_len, seq_len], and the largest must be
+  # seq_len. (): train the long phase at seq_len only.
+  long_lens: tuple[int, ...] = ()
   seed: int = 0
   shards: int = 0
   factory: str = "experiments.tasks:make"
@@ -123,12 +131,15 @@ class EvalConfig:
 class Config:
   """A training run. Stops after `steps`, or, if 0, after the steps `flop_budget` buys: the
   curriculum's short steps, then the whole number of full-length steps whose FLOPs come nearest
-  the rest (`nearest_steps`, the rule the study's grid plans with too).
+  the rest (`nearest_steps`, the rule the study's grid plans with too; with `data.long_lens`
+  each step at its own length's cost).
 
   batch_size: sequences per optimizer step (global), split into `grad_accum` microbatches.
   steps_per_call: optimizer steps per jitted dispatch (a `lax.scan`); metrics are read once per
   call. Calls end early at checkpoint, eval and curriculum boundaries, on a grid fixed by the
-  step count, so a resumed run makes the same calls as an uninterrupted one.
+  step count, so a resumed run makes the same calls as an uninterrupted one. With
+  `data.long_lens` it also sets how many steps each length of the cycle runs (so it then makes
+  the run and may not change on resume).
   """
 
   run_dir: str = "runs/default"
@@ -155,7 +166,7 @@ class Config:
 
   @property
   def flops_per_step(self) -> float:
-    """FLOPs of one step at `data.seq_len` (after the curriculum's short steps)."""
+    """FLOPs of one step at `data.seq_len` (the longest; `step_flops` is any given step's)."""
     return models.flops_per_token(self.model, self.data.seq_len) * self.tokens_per_step
 
   @property
@@ -169,24 +180,65 @@ class Config:
   def short_batch_size(self) -> int:
     return self.batch_size * self.data.seq_len // self.data.short_len if self.data.short_len else 0
 
+  @property
+  def short_phase_steps(self) -> int:
+    """Steps of the curriculum's short phase (0 without one): the long phase starts after."""
+    return self.data.short_steps if self.data.short_len else 0
+
+  def rows_at(self, length: int) -> int:
+    """Sequences per step at `length` tokens: the same tokens per step at every length."""
+    return self.batch_size * self.data.seq_len // length
+
+  @property
+  def lengths(self) -> tuple[int, ...]:
+    """Every sequence length a step of this run trains at, distinct, the longest first."""
+    return tuple(sorted({self.data.seq_len, *self.data.long_lens}
+                        | ({self.data.short_len} if self.data.short_len else set()),
+                        reverse=True))
+
   def phase(self, step: int) -> tuple[int, int]:
-    """(sequence length, sequences) of the step that follows `step` completed steps."""
-    if self.data.short_len and step < self.data.short_steps:
+    """(sequence length, sequences) of the step that follows `step` completed steps: the short
+    phase's, then `data.long_lens` in turn, `steps_per_call` steps each, counted from the first
+    long step (or `data.seq_len` throughout). A pure function of the step."""
+    short = self.short_phase_steps
+    if step < short:
       return self.data.short_len, self.short_batch_size
+    if self.data.long_lens:
+      lens = self.data.long_lens
+      length = lens[(step - short) // self.steps_per_call % len(lens)]
+      return length, self.rows_at(length)
     return self.data.seq_len, self.batch_size
 
+  def step_flops(self, step: int) -> float:
+    """FLOPs of the step that follows `step` completed steps, at its own length."""
+    return models.flops_per_token(self.model, self.phase(step)[0]) * self.tokens_per_step
+
+  def _long_flops(self) -> list[float]:
+    """FLOPs of one step at each of `data.long_lens`, in cycle order."""
+    return [models.flops_per_token(self.model, n) * self.tokens_per_step
+            for n in self.data.long_lens]
+
   def flops_through(self, step: int) -> float:
-    """Training FLOPs of the first `step` steps (the curriculum's short steps are cheaper)."""
-    short = min(step, self.data.short_steps) if self.data.short_len else 0
-    return short * self.short_flops_per_step + (step - short) * self.flops_per_step
+    """Training FLOPs of the first `step` steps, each at its own length (`phase`): the
+    curriculum's short steps are cheaper, a `long_lens` cycle mixes step costs."""
+    short = min(step, self.short_phase_steps)
+    if not self.data.long_lens:
+      return short * self.short_flops_per_step + (step - short) * self.flops_per_step
+    costs, per = self._long_flops(), self.steps_per_call
+    calls, rest = divmod(step - short, per)
+    cycles, calls = divmod(calls, len(costs))
+    return (short * self.short_flops_per_step + cycles * per * sum(costs)
+            + per * sum(costs[:calls]) + rest * (costs[calls] if rest else 0.0))
 
   @property
   def total_steps(self) -> int:
     if self.steps > 0:
       return self.steps
-    short = self.data.short_steps if self.data.short_len else 0
-    return short + nearest_steps(self.flop_budget - short * self.short_flops_per_step,
-                                 self.flops_per_step)
+    short = self.short_phase_steps
+    left = self.flop_budget - short * self.short_flops_per_step
+    if not self.data.long_lens:
+      return short + nearest_steps(left, self.flops_per_step)
+    return short + _nearest_cycle_steps(left, self._long_flops(), self.steps_per_call)
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
@@ -197,6 +249,22 @@ def nearest_steps(flops: float, flops_per_step: float) -> int:
   (|steps · flops_per_step - flops| <= flops_per_step / 2; an exact half rounds to even), so
   runs planned at one budget spend it alike, over or under, whatever their step cost."""
   return max(0, round(flops / flops_per_step))
+
+
+def _nearest_cycle_steps(flops: float, costs: list[float], per: int) -> int:
+  """`nearest_steps` for steps whose costs cycle (`per` steps at costs[0], then costs[1], ...):
+  the whole number of steps whose summed FLOPs come nearest `flops` (an exact half rounds to
+  even). With one cost it is `nearest_steps`."""
+  if flops <= 0:
+    return 0
+  cycle = per * sum(costs)
+  cycles = max(0, int(flops // cycle) - 1)  # one cycle short: float division may overshoot
+  steps, spent = cycles * per * len(costs), cycles * cycle
+  while True:
+    cost = costs[steps // per % len(costs)]
+    if spent + cost > flops:  # the next step overshoots: it or none, whichever is nearer
+      return round(steps + (flops - spent) / cost)
+    steps, spent = steps + 1, spent + cost
 
 
 def from_dict(d: dict[str, Any]) -> Config:
@@ -261,8 +329,10 @@ def validate(cfg: Config, num_devices: int, num_processes: int) -> None:
                        f"{cfg.grad_accum} × data.shards={shards}, with a multiple of the "
                        f"{num_devices} devices per microbatch")
     cfg.model.validate(d.short_len)
+  if d.long_lens:
+    _check_long_lens(cfg, shards, num_devices)
   if d.source == "device":
-    for rows in {cfg.batch_size, cfg.short_batch_size} - {0}:
+    for rows in {cfg.rows_at(n) for n in cfg.lengths}:
       per_task = data_lib.rows_per_task(d.weights or [1.0] * len(d.tasks), rows)
       starved = [t for t, n in zip(d.tasks, per_task) if n == 0]
       if starved:
@@ -298,6 +368,40 @@ def validate(cfg: Config, num_devices: int, num_processes: int) -> None:
   check_fits(cfg, num_devices)
 
 
+def _check_long_lens(cfg: Config, shards: int, num_devices: int) -> None:
+  """data.long_lens: ints in [short_len, seq_len], the largest seq_len, each making whole
+  batches (batch_size · seq_len / L sequences, split evenly over microbatches, shards and
+  devices) and a valid model length; the message names the value and the valid lengths."""
+  d = cfg.data
+  lens, low, tokens = d.long_lens, max(d.short_len, 1), cfg.batch_size * d.seq_len
+
+  def fits(n: int) -> bool:
+    rows = tokens // n
+    if tokens % n or rows % (cfg.grad_accum * shards) or (rows // cfg.grad_accum) % num_devices:
+      return False
+    try:
+      cfg.model.validate(n)
+    except ValueError:
+      return False
+    return True
+
+  def valid() -> str:
+    return (f"valid lengths here: {[n for n in range(low, d.seq_len + 1) if fits(n)]} "
+            f"(batch_size × seq_len = {tokens} tokens in whole sequences, a multiple of "
+            f"grad_accum={cfg.grad_accum} × data.shards={shards} of them with a multiple of the "
+            f"{num_devices} devices per microbatch, in [data.short_len={d.short_len}, "
+            f"data.seq_len={d.seq_len}], a length the model takes)")
+
+  if not isinstance(lens, tuple) or not lens:
+    raise ValueError(f"data.long_lens={lens!r} must be a tuple of lengths; {valid()}")
+  for n in lens:
+    if isinstance(n, bool) or not isinstance(n, int) or not low <= n <= d.seq_len or not fits(n):
+      raise ValueError(f"data.long_lens={lens}: {n!r} is not a valid length; {valid()}")
+  if max(lens) != d.seq_len:
+    raise ValueError(f"data.long_lens={lens}: the largest must be data.seq_len={d.seq_len} "
+                     "(the length the model is built and evaluated at)")
+
+
 # ------------------------------------------------------------------------------ memory
 def memory_floor(cfg: Config, num_devices: int) -> tuple[int, str]:
   """A lower bound on one device's bytes for a training step -> (bytes, what it counts).
@@ -311,7 +415,7 @@ def memory_floor(cfg: Config, num_devices: int) -> tuple[int, str]:
   impl = m.attention.implementation or so.default_implementation()
   itemsize = 4 if cfg.compute_dtype == "float32" else 2
   worst, what = 0, ""
-  for length, rows in {cfg.phase(0), cfg.phase(cfg.total_steps)}:
+  for length, rows in {(n, cfg.rows_at(n)) for n in cfg.lengths}:
     tokens = -(-rows // (cfg.grad_accum * num_devices)) * length  # per device, one microbatch
     scores = {"reference": length, "xla": m.attention.blocks(length)[1]}.get(impl, 0)
     parts = {"f32 logits": tokens * m.vocab_size * 4,
@@ -358,7 +462,7 @@ MAY_CHANGE_ON_RESUME = (
     "log.",  # metrics cadence, progress bar, W&B mode/project/group, peak for MFU
     "distributed.",  # the coordinator address and launch differ per attempt
     "checkpoint.",  # save cadence, how many to keep, async or not
-    "steps_per_call",  # dispatch granularity only (bitwise the same losses)
+    "steps_per_call",  # dispatch granularity only (bitwise the same losses); not with long_lens
     "data.num_threads",  # host reader threads; grain's order does not depend on them
 )
 
@@ -377,20 +481,23 @@ def identity_changes(cfg: Config, stored: dict[str, Any]) -> list[str]:
   """Fields (dotted) where `cfg` differs from a stored config.json in what makes the run, e.g.
   ["model.width: 32 -> 64"]. The stored dict goes through `from_dict` first, so fields added
   to the config since it was written compare as their defaults."""
-  old, new = _flat(from_dict(stored).to_dict()), _flat(cfg.to_dict())
+  before = from_dict(stored)
+  old, new = _flat(before.to_dict()), _flat(cfg.to_dict())
+  free = MAY_CHANGE_ON_RESUME
+  if before.data.long_lens or cfg.data.long_lens:  # then it sets which length each step has
+    free = tuple(f for f in free if f != "steps_per_call")
   return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
-          if old.get(k) != new.get(k) and not k.startswith(MAY_CHANGE_ON_RESUME)]
+          if old.get(k) != new.get(k) and not k.startswith(free)]
 
 
 # ------------------------------------------------------------------------------ tasks
 def make_tasks(cfg: Config) -> dict[int, dict[str, Any]]:
-  """{sequence length: {task name: task}} for each curriculum phase (the long phase first), built
+  """{sequence length: {task name: task}} for each length a step trains at (seq_len first), built
   before anything is written so task / vocab errors name the task and touch no run dir."""
   factory = resolve(cfg.data.factory)
   resolve(cfg.data.scorer)  # used only at the end: a bad path fails now, not after training
-  lengths = [cfg.data.seq_len] + ([cfg.data.short_len] if cfg.data.short_len else [])
   out = {}
-  for length in lengths:
+  for length in cfg.lengths:
     out[length] = {}
     for name in cfg.data.tasks:
       try:

@@ -103,14 +103,18 @@ class _DeviceBatches:
 
 def call_end(cfg: Config, step: int) -> int:
   """The step at which the call starting after `step` completed steps ends: the next multiple
-  of `steps_per_call`, or an earlier checkpoint, eval, curriculum or final step. A grid fixed
+  of `steps_per_call`, or an earlier checkpoint, eval, curriculum, `data.long_lens` length
+  change or final step (so each call has one sequence length: `Config.phase`). A grid fixed
   by the step count alone, so a resumed run makes the same calls as an uninterrupted one."""
   ends = [cfg.total_steps, (step // cfg.steps_per_call + 1) * cfg.steps_per_call,
           (step // cfg.checkpoint.every + 1) * cfg.checkpoint.every]
   if cfg.eval.every:
     ends.append((step // cfg.eval.every + 1) * cfg.eval.every)
-  if cfg.data.short_len and step < cfg.data.short_steps:
-    ends.append(cfg.data.short_steps)
+  short = cfg.short_phase_steps
+  if step < short:
+    ends.append(short)
+  elif cfg.data.long_lens:  # each length of the cycle runs whole steps_per_call blocks
+    ends.append(short + ((step - short) // cfg.steps_per_call + 1) * cfg.steps_per_call)
   return min(ends)
 
 
@@ -223,8 +227,7 @@ def _train(cfg: Config, run_dir: Path, phase_tasks: dict[int, dict[str, Any]],
   shardings = mesh_lib.state_shardings(abstract, mesh)
   tasks = phase_tasks[cfg.data.seq_len]
   phase_tasks = {length: list(ts.values()) for length, ts in phase_tasks.items()}
-  phase_rows = {length: (cfg.batch_size if length == cfg.data.seq_len else cfg.short_batch_size)
-                for length in phase_tasks}
+  phase_rows = {length: cfg.rows_at(length) for length in phase_tasks}
   weights = list(cfg.data.weights or [1.0] * len(cfg.data.tasks))
   if cfg.data.source == "device":
     phases = {length: _DeviceBatches() for length in phase_tasks}
@@ -232,6 +235,24 @@ def _train(cfg: Config, run_dir: Path, phase_tasks: dict[int, dict[str, Any]],
     phases = {length: Batches(cfg, [t.source("train") for t in ts], phase_rows[length])
               for length, ts in phase_tasks.items()}
   batches_at = lambda step: phases[cfg.phase(step)[0]]
+
+  def iterator_state(step: int) -> Any:
+    """The data-iterator state a checkpoint at `step` holds: the state of the phase's iterator
+    (with `data.long_lens` and host data, of every length's, which the cycle interleaves)."""
+    if cfg.data.long_lens and cfg.data.source == "host":
+      return {"lengths": {str(length): it.get_state() for length, it in phases.items()}}
+    return batches_at(step).get_state()
+
+  def set_data_state(step: int, state: Any) -> None:
+    if not (cfg.data.long_lens and cfg.data.source == "host"):
+      return batches_at(step).set_state(state)
+    held = state.get("lengths") if isinstance(state, dict) else None
+    if not isinstance(held, dict) or set(held) != {str(n) for n in phases}:
+      raise ValueError(f"checkpoint holds data-iterator state {str(state)[:80]}; this run needs "
+                       f"one per length {sorted(phases)}: resume with the config it was saved "
+                       "with")
+    for length, it in phases.items():
+      it.set_state(held[str(length)])
 
   if cfg.resume and checkpoints.latest_step() is not None:
     try:  # verified; a damaged newest step is set aside for the previous kept one
@@ -241,7 +262,7 @@ def _train(cfg: Config, run_dir: Path, phase_tasks: dict[int, dict[str, Any]],
       checkpoints.close()
       log_lib.write_status(run_dir, "failed", step=latest, message=str(e))
       return Result(run_dir, "failed", latest, None, {}, str(e))
-    batches_at(int(state["step"])).set_state(data_state)
+    set_data_state(int(state["step"]), data_state)
   else:
     state = step_lib.place(init_state(key), shardings)
   start = int(state["step"])
@@ -296,7 +317,9 @@ def _train(cfg: Config, run_dir: Path, phase_tasks: dict[int, dict[str, Any]],
                  f"{cfg.flops_per_step:.3g} FLOPs/step, {jax.device_count()} devices "
                  f"(mesh data×fsdp={tuple(mesh.shape.values())}), from step {start}"
                  + (f"; the first {cfg.data.short_steps} steps at {cfg.data.short_len} tokens "
-                    f"({cfg.short_flops_per_step:.3g} FLOPs/step)" if cfg.data.short_len else ""))
+                    f"({cfg.short_flops_per_step:.3g} FLOPs/step)" if cfg.data.short_len else "")
+                 + (f"; the long steps cycle through {cfg.data.long_lens} tokens, "
+                    f"{cfg.steps_per_call} steps each" if cfg.data.long_lens else ""))
 
   step, loss, scores, status, message = start, None, {}, "finished", ""
   saved = start
@@ -352,7 +375,7 @@ def _train(cfg: Config, run_dir: Path, phase_tasks: dict[int, dict[str, Any]],
           scores = evaluator(state["params"])
           logger.log(step, {f"eval/{t}/{m}": v for t, s in scores.items() for m, v in s.items()})
         if save and saved != step:
-          checkpoints.save(step, state, batches_at(step).get_state())
+          checkpoints.save(step, state, iterator_state(step))
           saved = step
         if stopping:
           status, message = "preempted", f"SIGTERM: saved step {step} and stopped"

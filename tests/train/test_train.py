@@ -211,6 +211,101 @@ def test_device_batches_on_two_processes_reach_the_losses_of_one(tmp_path, devic
                              rtol=2e-5)
 
 
+# data.long_lens: the long steps cycle through 16 and 32 tokens (16 × 16 / 8 × 32 sequences), a
+# call of 2 steps each: steps 0-1 at 16, 2-3 at 32, 4-5 at 16, ...
+LONG = ["--data.long-lens", "16", "32", "--steps-per-call", "2"]
+
+
+def step_flops_by_hand(cfg, lengths):
+  import models
+  return [models.flops_per_token(cfg.model, n) * cfg.tokens_per_step for n in lengths]
+
+
+def test_long_lens_resume_exactly_after_sigkill_and_count_each_steps_flops(tmp_path, launch,
+                                                                           capsys):
+  """Host batches at both lengths (two input pipelines interleaved per call): killed mid run, the
+  resumed run reproduces the uninterrupted one bitwise; the FLOPs it logs are each step's at its
+  own length."""
+  from train.config import from_dict
+  ref_dir, run_dir = tmp_path / "ref", tmp_path / "run"
+  assert finish(launch(ref_dir, *LONG)) == 0, Path(f"{ref_dir}.log").read_text()
+  ref = losses(ref_dir)
+  assert sorted(ref) == list(range(1, 13)) and len(set(ref.values())) > 1
+  proc = launch(run_dir, *LONG, delay=0.03)
+  wait_for(lambda: committed(run_dir, 4) and max(losses(run_dir), default=0) >= 6, proc)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert log_lib.read_status(run_dir)["status"] == "running"
+  assert finish(launch(run_dir, *LONG, "--resume")) == 0
+  assert log_lib.read_status(run_dir)["status"] == "finished"
+  assert losses(run_dir) == ref
+  cfg = from_dict(json.loads((run_dir / "config.json").read_text()))
+  assert cfg.data.long_lens == (16, 32) and [cfg.phase(s) for s in (0, 1, 2, 3, 4)] == [
+      (16, 16), (16, 16), (32, 8), (32, 8), (16, 16)]
+  costs = step_flops_by_hand(cfg, ([16] * 2 + [32] * 2) * 3)
+  logged = {r["step"]: r["flops"] for r in log_lib.read_metrics(run_dir) if "flops" in r}
+  assert [logged[s] for s in range(1, 13)] == pytest.approx(
+      [sum(costs[:s]) for s in range(1, 13)], rel=1e-12)
+  assert log_lib.read_status(run_dir)["flops"] == pytest.approx(sum(costs), rel=1e-12)
+  # Changing steps_per_call would move the lengths: refused on resume with long_lens.
+  with pytest.raises(SystemExit):
+    main(["--run-dir", str(run_dir), *TOY, *LONG, "--steps-per-call", "3", "--resume"])
+  assert "steps_per_call: 2 -> 3" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("source", ["host", "device"])
+def test_long_lens_batches_have_each_steps_scheduled_length(tmp_path, monkeypatch, source):
+  """Every step trains on batches of `Config.phase(step)`'s length and rows (after a 16-token
+  short phase of 2 steps, the cycle 16, 32 from step 2); the in-training eval stays at 32."""
+  import train
+  from train import loop
+  from train.config import from_dict
+  monkeypatch.syspath_prepend(str(HERE))
+  seen = []  # (first step of the call or step, rows, length)
+  if source == "host":
+    real_global = loop.mesh_lib.global_batch
+    count = [0]
+
+    def global_batch(local, mesh, calls=False):
+      k, _, _, t = local["inputs"].shape
+      rows = local["inputs"].shape[1] * local["inputs"].shape[2]
+      seen.extend((count[0] + i, rows, t) for i in range(k))
+      count[0] += k
+      return real_global(local, mesh, calls)
+    monkeypatch.setattr(loop.mesh_lib, "global_batch", global_batch)
+  else:
+    real_device = loop.data_lib.device_batches
+
+    def device_batches(tasks, weights, *, batch_size, accum, seed):
+      make = real_device(tasks, weights, batch_size=batch_size, accum=accum, seed=seed)
+
+      def batch(step):
+        out = make(step)
+        t, rows = out["inputs"].shape[-1], out["inputs"].shape[0] * out["inputs"].shape[1]
+        jax.debug.callback(lambda s: seen.append((int(s), rows, t)), step)
+        return out
+      return batch
+    monkeypatch.setattr(loop.data_lib, "device_batches", device_batches)
+  evaluated = []
+  real_eval_sets = loop._Evaluator._eval_sets
+  monkeypatch.setattr(loop._Evaluator, "_eval_sets", lambda self: evaluated.append(
+      {n: t.length for n, t in self.tasks.items()}) or real_eval_sets(self))
+  run_dir = tmp_path / "run"
+  assert main(["--run-dir", str(run_dir), *TOY, *LONG, "--data.source", source,
+               "--data.short-len", "16", "--data.short-steps", "2", "--steps", "9",
+               "--eval.every", "4"]) == 0
+  cfg = from_dict(json.loads((run_dir / "config.json").read_text()))
+  assert sorted(seen) == [(s, *reversed(cfg.phase(s))) for s in range(9)]
+  assert [cfg.phase(s)[0] for s in range(9)] == [16, 16, 16, 16, 32, 32, 16, 16, 32]
+  assert evaluated == [{"toy": 32}]  # built once, at data.seq_len
+  status = log_lib.read_status(run_dir)
+  assert status["status"] == "finished" and status["step"] == 9 and "toy" in status["eval"]
+  got = losses(run_dir)
+  assert sorted(got) == list(range(1, 10)) and all(np.isfinite(list(got.values())))
+  assert [r["step"] for r in log_lib.read_metrics(run_dir) if "eval/toy/token_accuracy" in r] == [
+      4, 8, 9]
+
+
 @pytest.mark.parametrize("source", ["host", "device"])
 def test_non_finite_loss_stops_naming_the_step_and_marks_the_run_failed(tmp_path, capsys,
                                                                         source):
