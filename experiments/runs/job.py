@@ -38,7 +38,9 @@ def train_config(spec: RunSpec, run_dir: Path, study: study_lib.Study, *, progre
       log=LogConfig(every=study.log_every, progress=progress, wandb=study.wandb,
                     project=study.wandb_project, group=study.name),
       distributed=distributed, eval=EvalConfig(examples=0),
-      steps_per_call=study.steps_per_call, resume=True)
+      # With data.long_lens the planned dispatch sets each step's length (the run's FLOPs).
+      steps_per_call=(spec.config.steps_per_call if spec.config.data.long_lens
+                      else study.steps_per_call), resume=True)
 
 
 def trained_model(run_dir: Path):

@@ -42,7 +42,7 @@ def warmup_steps(frac: float, steps: int) -> int:
 # this layout's default is left out of the hash, so a knob added later with a default that keeps
 # the old behaviour changes no id.
 _DEFAULTS = dict(seed=0, compute_dtype="float32", train_sparsity=0.0, short_len=0,
-                 short_steps=0, data_source="host")
+                 short_steps=0, data_source="host", long_lens=[], long_every=1)
 # The first grid's optimiser (grid.Optim) at its defaults: no weight decay, warmup for 5% of the
 # steps, one rate for every width; b1, b2 and eps it left at the trainer's.
 _FIRST_OPTIM = dict(lr=3e-3, warmup_frac=0.05, min_lr_ratio=0.1, weight_decay=0.0,
@@ -139,7 +139,9 @@ class RunSpec:
                 tasks=list(d.tasks), task_weights=to_dict(d.weights), seed=c.seed,
                 optim=to_dict(c.optim), compute_dtype=c.compute_dtype,
                 train_sparsity=self.train_sparsity, short_len=d.short_len,
-                short_steps=d.short_steps, data_source=d.source)
+                short_steps=d.short_steps, data_source=d.source, long_lens=list(d.long_lens),
+                # With long_lens the dispatch sets each step's length: part of the run.
+                long_every=c.steps_per_call if d.long_lens else 1)
 
   def to_dict(self) -> dict[str, Any]:
     """spec.json's contents (less run_id and label): the layout `identity` hashes, plus the
@@ -217,10 +219,10 @@ def _config_of(d: dict[str, Any]) -> Config:
     optim["warmup_steps"] = warmup_steps(frac, d["steps"])
   return from_dict(dict(
       model=d["model"], optim=optim, batch_size=d["batch_size"], steps=d["steps"],
-      seed=d["seed"], compute_dtype=d["compute_dtype"],
+      seed=d["seed"], compute_dtype=d["compute_dtype"], steps_per_call=d["long_every"],
       data=dict(tasks=d["tasks"], weights=d["task_weights"], seq_len=d["seq_len"],
                 short_len=d["short_len"], short_steps=d["short_steps"], seed=d["seed"],
-                source=d["data_source"])))
+                source=d["data_source"], long_lens=tuple(d["long_lens"]))))
 
 
 def spec_from_dict(d: dict[str, Any]) -> RunSpec:
@@ -278,6 +280,12 @@ class Grid:
   # sequence (same tokens per step), the rest at the grid's seq_len. 0: none.
   short_len: int = 0
   short_frac: float = 0.0
+  # After the curriculum, train at each of these lengths in turn (`long_every` steps each, the
+  # same tokens per step; the trainer's data.long_lens), so the models know the lengths they are
+  # evaluated at: trained at 512 and 4096 only, models scored clearly lower at 1024 and 2048
+  # (benchmarks/results/recipe_h200_budget.md). (): seq_len only.
+  long_lens: tuple[int, ...] = ()
+  long_every: int = 50
   # Where training batches are made (the trainer's data.source): "host" (numpy + grain) or
   # "device" (each task's jitted generator; another random stream of the same tasks).
   data_source: str = "host"
@@ -332,6 +340,15 @@ class Grid:
         raise ValueError(f"grid.sparse_sizes has {s!r}, which is not in grid.sizes={self.sizes}")
     if not isinstance(self.min_steps, int) or self.min_steps < 1:
       raise ValueError(f"grid.min_steps={self.min_steps!r} must be an int >= 1")
+    if self.long_lens:
+      low = self.short_len or 1
+      if (len(self.seq_lens) != 1 or max(self.long_lens) != self.seq_lens[0]
+          or any(not isinstance(n, int) or not low <= n <= self.seq_lens[0]
+                 for n in self.long_lens)):
+        raise ValueError(f"grid.long_lens={self.long_lens!r}: lengths in [{low}, seq_len], the "
+                         f"largest the grid's one seq_len (seq_lens={self.seq_lens})")
+      if not isinstance(self.long_every, int) or self.long_every < 1:
+        raise ValueError(f"grid.long_every={self.long_every!r} must be an int >= 1")
     if self.short_len or self.short_frac:
       if not (isinstance(self.short_len, int) and 0 < self.short_len < min(self.seq_lens)):
         raise ValueError(f"grid.short_len={self.short_len!r} must be an int in [1, "
@@ -374,9 +391,13 @@ class Grid:
     model.validate(seq_len)
     weights = self.task_weights or tuple(1.0 for _ in self.tasks)
     data = DataConfig(tasks=tuple(self.tasks), weights=tuple(weights), seq_len=seq_len,
-                      short_len=self.short_len, seed=self.seed, source=self.data_source)
+                      short_len=self.short_len, seed=self.seed, source=self.data_source,
+                      long_lens=tuple(self.long_lens))
     cfg = Config(model=model, data=data, batch_size=self.batch_for(size), seed=self.seed,
-                 compute_dtype=self.compute_dtype, flop_budget=float(budget))
+                 compute_dtype=self.compute_dtype, flop_budget=float(budget),
+                 steps_per_call=self.long_every if self.long_lens else 1)
+    for n in self.long_lens:
+      model.validate(n)
     if self.short_len:
       model.validate(self.short_len)
       short = nearest_steps(self.short_frac * budget, cfg.short_flops_per_step)

@@ -185,6 +185,7 @@ def _grid_from_json(g: dict[str, Any]) -> Grid:
   g["batch_sizes"] = tuple(tuple(x) for x in g.get("batch_sizes", ()))
   for k in ("budgets", "sizes", "sparsities", "patterns", "seq_lens", "tasks"):
     g[k] = tuple(g[k])
+  g["long_lens"] = tuple(g.get("long_lens", ()))  # added later
   if g.get("sparse_sizes") is not None:
     g["sparse_sizes"] = tuple(g["sparse_sizes"])
   if g.get("task_weights") is not None:

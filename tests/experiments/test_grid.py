@@ -395,3 +395,24 @@ def test_h200_quick_is_h200s_first_budget_and_continues_into_it():
   assert len(budgets) >= 3 and budgets[-1] / budgets[0] >= 10  # issue 19's grid
   for b in budgets:
     assert len({s.size for s in full.runs()[0] if s.budget == b and s.train_sparsity == 0}) >= 4
+
+
+def test_long_lens_reach_the_trainer_with_their_dispatch_and_keep_old_ids():
+  """grid.long_lens: the trainer's data.long_lens with the grid's long_every as its dispatch (it
+  sets each step's length, so the run's FLOPs); spec.json holds both; without them the ids are
+  as before."""
+  base = study_lib.load_preset("micro")
+  g = dataclasses.replace(base.grid, seq_lens=(64,), long_lens=(32, 64), long_every=5,
+                          budgets=(4e10,))
+  spec = g.points()[0][0]
+  assert spec.config.data.long_lens == (32, 64) and spec.config.steps_per_call == 5
+  assert spec.train_flops == pytest.approx(sum(spec.config.step_flops(i)
+                                               for i in range(spec.steps)), rel=1e-12)
+  back = spec_from_dict(json.loads(json.dumps(spec.to_dict())))
+  assert back == spec and back.run_id == spec.run_id
+  plain = dataclasses.replace(g, long_lens=()).points()[0][0]
+  assert plain.run_id != spec.run_id and "long_lens" not in plain.identity()
+  cfg = job.train_config(spec, Path("/tmp/x"), dataclasses.replace(base, steps_per_call=25))
+  assert cfg.steps_per_call == 5  # the planned dispatch, not the study's
+  with pytest.raises(ValueError, match="grid.long_lens"):
+    dataclasses.replace(g, long_lens=(32, 48))
