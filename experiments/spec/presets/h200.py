@@ -9,6 +9,10 @@ Designed from measurements (benchmarks/results/recipe_h200_learn.md, recipe_h200
   conv 4, multi-question forms with chain_resolve's path answer, half the steps at 512 × 64 then
   4096 × 8, AdamW without decay, lr = 1e-3 · 192 / width. The grid's `short_frac` is a share of
   the FLOPs: 0.3 puts about half of each size's steps at 512 (0.25 of 300k's, 0.37 of 20m's).
+- After the 512 phase the models train at 1024, 2048 and 4096 in turn (50 steps each, the same
+  tokens per step): trained at 512 and 4096 alone they scored clearly lower at the shorter eval
+  lengths (800k retrieval 0.85 / 0.90 / 0.94 at 1024 / 2048 / 4096), which would confound the
+  comparison of tolerance across lengths. Not yet measured on the GPU.
 - 7.4e15 FLOPs is the smallest budget at which a dense model was measured to reach that issue's
   bars at 4096 (800k, 18 000 steps: 0.967 / 0.973 / 0.827); at it 300k ≈ 800k > 3m, so its grid
   brackets 300k–6m.
@@ -23,10 +27,10 @@ multi-question forms: retrieval 3456, multi-hop 1152, aggregation 1008 questions
 `local` stops at compression 8: with the models' 64-token sink, 16× and 20× are out of its reach
 at 1024 tokens (`AttentionConfig.validate`), so only content selection goes to 20×.
 
-Time, predicted (not yet run): training about 52 minutes (7.4e15 ≈ 14, 2.3e16 ≈ 12, 7.4e16 ≈ 26),
+Time, predicted (not yet run): training about 59 minutes (7.4e15 ≈ 16, 2.3e16 ≈ 14, 7.4e16 ≈ 29),
 from the new loop's step times measured on one H200 at batch 8 (800k 8.6, 3m 11, 6m 15.5 ms;
 300k, 20m and 50m guessed at 7, 35 and 80 ms) and 2.1× that at batch 32 (800k, measured), sparse
-runs at 0.8×. Evaluation is the unknown: 21 programs per length and model size (compiled once per
+runs at 0.8× (an upper bound: the 1024 and 2048 steps of the cycle are cheaper). Evaluation is the unknown: 21 programs per length and model size (compiled once per
 size through the study's compilation cache) over 144 contexts × 8 tasks × 3 lengths;
 `python -m experiments calibrate --preset h200` on the GPU measures it before a piece is
 planned. With it the issue's 60-minute target is expected to be missed. `h200_quick` is this
@@ -53,8 +57,8 @@ FIRST = Grid(
     sparsities=(0.0, 0.75, 0.9), patterns=("topk_blocks",), seq_lens=(4096,), batch_size=8,
     vocab_size=512, tasks=TASKS, optim=OptimConfig(lr=1e-3, weight_decay=0.0),
     warmup_frac=0.05, lr_ref_width=192, compute_dtype="bfloat16", block=64, sink=64,
-    min_steps=500, short_len=512, short_frac=0.3, model_overrides=(("conv_kernel", 4),),
-    data_source="device")
+    min_steps=500, short_len=512, short_frac=0.3, long_lens=(1024, 2048, 4096), long_every=50,
+    model_overrides=(("conv_kernel", 4),), data_source="device")
 STATIC = dataclasses.replace(FIRST, sizes=("3m",), sparse_sizes=None, sparsities=(0.75,),
                              patterns=("local",))
 # 4x the tokens per step and twice the learning rate (recipe_h200_budget.md).
