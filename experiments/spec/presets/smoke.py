@@ -39,7 +39,7 @@ STUDY = Study(
         # multi-question forms (every question followed by its answer: 4-8 supervised answers
         # per sequence instead of one), made on the device, and the short convolution.
         tasks=("niah_single(questions=4)", "niah_multikey(questions=4)",
-               "chain_resolve(questions=4)", "common_words"),
+               "chain_resolve(path=True, questions=4)", "common_words"),
         optim=OptimConfig(lr=3e-3, weight_decay=0.0),  # no decay: the runs (and ids) it always had
         warmup_frac=0.05,
         implementation="reference",
@@ -48,7 +48,10 @@ STUDY = Study(
         data_source="device",
     ),
     eval=EvalSpec(
-        tasks=("niah_single", "niah_multikey", "chain_resolve", "common_words"),
+        # Multi-question contexts: each question scored on its own (4 per context; 2 walks of
+        # chain_resolve, the most a 64-token context holds), intervals over contexts.
+        tasks=("niah_single(questions=4)", "niah_multikey(questions=4)",
+               "chain_resolve(path=True, questions=2)", "common_words"),
         lengths=(64, 128, 256),
         # Content-based selection (8-token blocks): a fixed budget keeping 25% of each row's
         # blocks, and a length-adaptive one, 0.81·sqrt(n) of n blocks, with the same average
