@@ -313,6 +313,11 @@ def tolerance_by_tercile(all_items: list[dict[str, Any]], alpha: float = ALPHA
 
 
 # ------------------------------------------------------------------------------ the figures
+def _short(model: str) -> str:
+  """"300k/local@0.5/4e+12/T128" -> "300k/local@0.5": size and training attention."""
+  return "/".join(model.split("/")[:2])
+
+
 def _plots(diff, tol, out_dir: Path, stem: str) -> list[Path]:
   import matplotlib
   matplotlib.use("Agg")
@@ -334,7 +339,7 @@ def _plots(diff, tol, out_dir: Path, stem: str) -> list[Path]:
           err = [[max(c["mean"] - c["low"], 0) if np.isfinite(c["low"]) else 0 for c in pts],
                  [max(c["high"] - c["mean"], 0) if np.isfinite(c["high"]) else 0 for c in pts]]
           ax.errorbar(x, y, yerr=err, fmt=marker, capsize=3, ms=4,
-                      label=f"{m}" + ("" if knob else " (knob-shifted)"))
+                      label=_short(m) + ("" if knob else " (knob-shifted)"))
       ax.axvline(1.0, color="grey", lw=0.8, ls=":")
       ax.set_xscale("log", base=2)
       ax.set_title(cat)
@@ -347,13 +352,14 @@ def _plots(diff, tol, out_dir: Path, stem: str) -> list[Path]:
     plt.close(fig)
     paths.append(p)
   if tol["tests"]:
-    fig, ax = plt.subplots(figsize=(max(4, 1.3 * len(tol["tests"])), 3.3))
+    fig, ax = plt.subplots(figsize=(max(4, 1.6 * len(tol["tests"])), 3.5))
     for j, t in enumerate(tol["tests"]):
       ax.bar([j - 0.25, j, j + 0.25], t["survival"], width=0.25,
              color=["#4c72b0", "#dd8452", "#c44e52"],
              label=["densest third", "middle third", "sparsest third"] if j == 0 else None)
     ax.set_xticks(range(len(tol["tests"])))
-    ax.set_xticklabels([f"{t['model']}\n{t['category']}" for t in tol["tests"]], fontsize=7)
+    ax.set_xticklabels([f"{_short(t['model'])}\n{t['category']}" for t in tol["tests"]],
+                       fontsize=7)
     ax.set_ylabel("right under sparse attention\n(among items right dense)")
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -418,12 +424,13 @@ def section(probes: Sequence[dict[str, Any]], out_dir: Path | None = None,
             "(z-scored within task × length, per-cell intercepts; 95% Wald CI, context clusters); "
             "cells where every item is right or every item wrong carry no information and drop "
             "out. Mann-Whitney p (wrong sparser than right, z-scored) as a check.", "",
-            "| model | category | acc | wrong/right | slope (95% CI) | p (Holm) | MW p | verdict |",
-            "|---|---|---|---|---|---|---|---|"]
+            "| model | category | acc | wrong/right | slope (95% CI) | p (< 0, Holm) | p (> 0, Holm) "
+            "| MW p | verdict |", "|---|---|---|---|---|---|---|---|---|"]
   for t in corr:
     lines.append(f"| {t['model']} | {t['category']} | {t['accuracy']:.2f} | {t['n_wrong']}/"
                  f"{t['n_right']} | {_f(t['slope'])} [{_f(t['ci'][0])}, {_f(t['ci'][1])}] | "
-                 f"{_f(t['p_adj'], '.3g')} | {_f(t['mw_p_wrong_sparser'], '.3g')} | "
+                 f"{_f(t['p_adj'], '.3g')} | {_f(t['p_adj_other'], '.3g')} | "
+                 f"{_f(t['mw_p_wrong_sparser'], '.3g')} | "
                  f"{t['verdict']} |")
   lines += ["", "### Attention-sparsity tolerance by the items' own activation sparsity", "",
             "Items in terciles of Hoyer within each task × length (T1 densest, T3 sparsest). "
@@ -444,13 +451,13 @@ def section(probes: Sequence[dict[str, Any]], out_dir: Path | None = None,
             "slope of survival (right under a sparse setting, among items right dense) on the "
             "tercile index, strata task × length × phase × setting, context clusters; H3 holds "
             "when the slope is < 0.", "",
-            "| model | category | survival T1 / T2 / T3 | slope (95% CI) | p (Holm) | pairs | "
-            "verdict |", "|---|---|---|---|---|---|---|"]
+            "| model | category | survival T1 / T2 / T3 | slope (95% CI) | p (< 0, Holm) | "
+            "p (> 0, Holm) | pairs | verdict |", "|---|---|---|---|---|---|---|---|"]
   for t in tol["tests"]:
     s = " / ".join(_f(v, ".2f") for v in t["survival"])
     lines.append(f"| {t['model']} | {t['category']} | {s} | {_f(t['slope'])} "
                  f"[{_f(t['ci'][0])}, {_f(t['ci'][1])}] | {_f(t['p_adj'], '.3g')} | "
-                 f"{t['n_pairs']} | {t['verdict']} |")
+                 f"{_f(t['p_adj_other'], '.3g')} | {t['n_pairs']} | {t['verdict']} |")
   counts = lambda fam: ", ".join(f"{sum(t['verdict'] == v for t in fam)} {v}" for v in VERDICTS)
   lines += ["", "### Across layers and measures", "",
             "Mean Hoyer by layer (question positions, trained task forms; layer i < depth is the "
@@ -464,7 +471,9 @@ def section(probes: Sequence[dict[str, Any]], out_dir: Path | None = None,
       [f"block {i}" for i in range(depth - 1)] + ["final norm"]) + " |",
             "|---|---|" + "---|" * depth]
   for (m, n), ls in sorted(by_ml.items()):
-    lines.append(f"| {m} | {n} | " + " | ".join(f"{x:.3f}" for x in np.mean(ls, 0)) + " |")
+    mean = [f"{x:.3f}" for x in np.mean(ls, 0)]
+    mean = mean[:-1] + ["–"] * (depth - len(mean)) + mean[-1:]  # shallower model: final aligned
+    lines.append(f"| {m} | {n} | " + " | ".join(mean) + " |")
   lines += ["", "The same tests on each of the four measures (last layer), verdict counts "
             "(reproduced / refuted / not resolvable); for frac > mean+std \"sparser\" is fewer "
             "units above mean+std (heavier tail), so its tests run on the negated value:", "",
@@ -493,10 +502,21 @@ def section_from_dirs(run_dirs: Sequence[Path], out_dir: Path | None = None, **k
   return section(probes, out_dir, **kw)
 
 
+def analyse(probes: Sequence[dict[str, Any]]) -> dict[str, Any]:
+  """Every number of the section (last-layer Hoyer): {"difficulty", "correctness",
+  "tolerance"} as `difficulty`, `correctness` and `tolerance_by_tercile` return them."""
+  its = [it for p in probes for it in items(p)]
+  return {"difficulty": difficulty(its), "correctness": correctness(its),
+          "tolerance": tolerance_by_tercile(its)}
+
+
 def write(md_path: Path, run_dirs: Sequence[Path], preamble: Sequence[str] = ()) -> list[Path]:
   """A standalone markdown file: `preamble` lines, then the section of `run_dirs`' probes, its
-  figures beside it (named after the file)."""
+  figures beside it (named after the file), and every number of it in a .json beside them."""
   md_path = Path(md_path)
-  lines, plots = section_from_dirs(run_dirs, md_path.parent, stem=md_path.stem, heading="#")
+  probes = [load_probe(d) for d in run_dirs if (Path(d) / "probe.json").exists()]
+  lines, plots = section(probes, md_path.parent, stem=md_path.stem, heading="#")
   md_path.write_text("\n".join([lines[0], "", *preamble, *lines[1:]]) + "\n")
-  return [md_path, *plots]
+  js = md_path.with_suffix(".json")
+  js.write_text(json.dumps(analyse(probes), indent=1, default=float))
+  return [md_path, *plots, js]

@@ -60,15 +60,22 @@ def shifted_tasks(trained: Sequence[str], length: int, vocab_size: int
 
 def probe_model(forward, model, eval_spec, vocab_size: int, *, trained_length: int,
                 shifted: Sequence[tuple[str, str, str]] = (),
+                lengths: Sequence[int] | None = None,
                 progress: Callable[[str], None] | None = None) -> dict[str, Any]:
   """{"rows": `evaluate` rows, "activations": {(task, length): arrays}, "meta": {...}}.
 
-  `forward` from `make_forward`; `eval_spec` (the trained task forms at every probed length)
+  `forward` from `make_forward`; `eval_spec`: the trained task forms, probed at `lengths`
+  (default its own) where each fits (`_fitting`; an EvalSpec itself wants every task to fit
+  every length, so a caller with forms that do not can give `lengths` here)
   must hold a ("dense", 0.0) setting (the captured pass) and the sparse settings whose
   tolerance is stratified. `shifted` (from `shifted_tasks`): knob-shifted forms, evaluated the
   same way at the trained length only (the knob is then the one shift)."""
   activations: dict = {}
-  rows = evaluate(forward, model, eval_spec, vocab_size, progress, activations=activations)
+  rows = []
+  lengths = tuple(lengths or eval_spec.lengths)
+  for tasks, fit in _fitting(eval_spec.tasks, lengths, vocab_size):
+    rows += evaluate(forward, model, dataclasses.replace(eval_spec, tasks=tasks, lengths=fit),
+                     vocab_size, progress, activations=activations)
   if shifted:
     knob_spec = dataclasses.replace(eval_spec, tasks=tuple(t for t, _, _ in shifted),
                                     lengths=(int(trained_length),))
@@ -82,8 +89,27 @@ def probe_model(forward, model, eval_spec, vocab_size: int, *, trained_length: i
                              category=tasks_lib.make(b, length=int(trained_length),
                                                      vocab_size=vocab_size).category)
                      for t, (b, k) in task_shift.items()},
-              lengths=list(eval_spec.lengths), examples=int(eval_spec.examples))
+              lengths=list(lengths), examples=int(eval_spec.examples))
   return {"rows": rows, "activations": activations, "meta": meta}
+
+
+def _fitting(tasks: Sequence[str], lengths: Sequence[int], vocab_size: int
+             ) -> list[tuple[tuple[str, ...], tuple[int, ...]]]:
+  """The tasks grouped by the lengths each can be built at (a short length cannot hold every
+  form: "chain_resolve(questions=4)" needs 66 tokens), one evaluate call per group; a task
+  that fits nowhere is left out."""
+  groups: dict = {}
+  for t in tasks:
+    fits = []
+    for n in lengths:
+      try:
+        tasks_lib.make(t, length=n, vocab_size=vocab_size)
+        fits.append(n)
+      except ValueError:
+        pass
+    if fits:
+      groups.setdefault(tuple(fits), []).append(t)
+  return [(tuple(ts), ls) for ls, ts in groups.items()]
 
 
 def _key(task: str, length: int, field: str) -> str:

@@ -40,7 +40,7 @@ def probe(run_dir: str | Path, *, examples: int | None = None,
     settings = tuple(s for s in ev.settings if len(s) == 2)
   if ("dense", 0.0) not in [tuple(s) for s in settings]:
     settings = (("dense", 0.0),) + tuple(settings)
-  spec_eval = dataclasses.replace(ev, tasks=tuple(trained), lengths=lengths,
+  spec_eval = dataclasses.replace(ev, tasks=tuple(trained), lengths=(spec.seq_len,),
                                   settings=tuple(settings), native=False,
                                   examples=examples or ev.examples)
   t0 = time.time()
@@ -48,7 +48,7 @@ def probe(run_dir: str | Path, *, examples: int | None = None,
   forward = eval_lib.make_forward(model, dtype)
   result = probe_lib.probe_model(forward, spec.model, spec_eval, vocab,
                                  trained_length=spec.seq_len,
-                                 shifted=forms)
+                                 shifted=forms, lengths=lengths)
   extra: dict[str, Any] = dict(run=run_dir.name, label=getattr(spec, "label", run_dir.name),
                                size=spec.size, train_sparsity=spec.train_sparsity,
                                train_pattern=spec.model.attention.pattern,

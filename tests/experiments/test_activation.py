@@ -161,3 +161,18 @@ def test_untestable_tolerance_is_marked():
         [0] * len(r["correct"])
   curves = act.tolerance_by_tercile(act.items(p))["curves"]
   assert curves and not any(c["testable"] for c in curves)
+
+
+def test_write_puts_markdown_figures_and_numbers_beside_each_other(tmp_path):
+  import json
+  from experiments.evaluation import probe as probe_lib
+  p = _probe(np.random.default_rng(5), sparser_when_long=True, sparser_wrong=True,
+             hard_drop=True)
+  probe_lib.save(tmp_path / "run", p)
+  paths = act.write(tmp_path / "out.md", [tmp_path / "run", tmp_path / "missing"], ["preamble"])
+  assert [x.name for x in paths] == ["out.md", "out_difficulty.png", "out_tolerance_terciles.png",
+                                     "out.json"]
+  text = paths[0].read_text()
+  assert text.startswith("# Emergent activation sparsity") and "\npreamble\n" in text
+  numbers = json.loads(paths[-1].read_text())
+  assert numbers["difficulty"]["length"][0]["verdict"] == "reproduced"

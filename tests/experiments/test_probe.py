@@ -68,6 +68,9 @@ def test_probe_model_saves_and_loads(tmp_path):
   # a small vocabulary caps the hops: the largest that fits
   (hops,) = probe_lib.shifted_tasks(["chain_resolve(questions=4)"], 128, 128)
   assert hops[2] == "num_hops 4->5"
+  # chain_resolve(questions=4) cannot be built at 32 tokens: it is probed at 64 only
+  assert ("chain_resolve(questions=4)" not in
+          [t for ts, ls in probe_lib._fitting(["chain_resolve(questions=4)"], (32,), 128) for t in ts])
   spec = EvalSpec(tasks=("niah_multikey(questions=2)",), lengths=(32, 64),
                   settings=(("dense", 0.0),), examples=3, batch_size=3, native=False)
   result = probe_lib.probe_model(ev.make_forward(model), cfg, spec, 128, trained_length=64,
