@@ -85,3 +85,29 @@ def test_probe_model_saves_and_loads(tmp_path):
   for key, fields in result["activations"].items():
     for f, v in fields.items():
       np.testing.assert_array_equal(back["activations"][key][f], v)
+
+
+def test_capture_replaces_the_dense_pass_rather_than_adding_one():
+  """With the capture on, the dense setting's batches go through with_activations only: the
+  plain forward runs for the sparse settings alone, exactly as often as without it minus the
+  dense batches."""
+  cfg, model = _model()
+  fwd = ev.make_forward(model)
+  calls = []
+
+  def counting(tokens, phased):
+    calls.append(("plain", phased))
+    return fwd(tokens, phased)
+
+  def counting_capture(tokens, phased):
+    calls.append(("capture", phased))
+    return fwd.with_activations(tokens, phased)
+
+  counting.with_activations = counting_capture
+  ev.evaluate(counting, cfg, SPEC, 128)
+  plain = list(calls)
+  calls.clear()
+  ev.evaluate(counting, cfg, SPEC, 128, activations={})
+  batches = -(-SPEC.examples // SPEC.batch_size)
+  assert [c for c, _ in calls].count("capture") == batches
+  assert len(calls) == len(plain)  # one pass per batch and phase either way
