@@ -16,6 +16,7 @@ Commands:
   job RUN_DIR     train + evaluate one run folder (what executors run on each machine)
   presets         list the presets
   calibrate --preset NAME   measure step times here and estimate the preset's wall time
+  probe RUN_DIR...  activation-sparsity probe of finished runs (probe.json, probe.npz)
   demo            a sparse_ops tour (implementations × patterns, with times)
 
 `python -m experiments COMMAND --help` lists a command's flags. The flags are the fields of the
@@ -130,6 +131,19 @@ class Calibrate:
 
 
 @dataclasses.dataclass(frozen=True)
+class Probe:
+  """Activation-sparsity probe of finished run folders: probe.json + probe.npz in each (the
+  study's report then has its section)."""
+
+  run_dirs: tuple[str, ...]
+  """run folders, <study>/runs/<run_id>"""
+  examples: int | None = None
+  """contexts per task and length (None: the study's)"""
+  lengths: tuple[int, ...] = ()
+  """eval lengths (empty: the study's)"""
+
+
+@dataclasses.dataclass(frozen=True)
 class Demo:
   """A sparse_ops tour: implementations × patterns, with times."""
 
@@ -203,6 +217,8 @@ def _run(a: Run) -> None:
   by_state = sweep.run_sweep(study, out, executors.make(name, **options),
                              retry_failed=a.retry_failed, stop_after=a.stop_after,
                              add_to_study=a.add_to_study, log=lambda s: print(s, flush=True))
+  if study.probe:
+    _probe_done_runs(out)
   if not a.no_report:
     path = write_report(out, wall_s=time.time() - t0)
     print(f"wrote {out}/results.csv, {path} and {out}/plots/")
@@ -380,6 +396,29 @@ def _calibrate(a: Calibrate) -> None:
   calibrate.calibrate(a.preset, Path(a.out), a.steps, log=lambda s: print(s, flush=True))
 
 
+def _probe(a: Probe) -> None:
+  for d in a.run_dirs:
+    if not (Path(d) / "spec.json").exists():
+      _usage_error("probe", f"{d}: no spec.json; RUN_DIRS must be run folders "
+                   "(<study>/runs/<run_id>)")
+  if a.examples is not None and a.examples < 2:
+    _usage_error("probe", f"--examples {a.examples}: must be >= 2")
+  from experiments.tools import probe
+  for d in a.run_dirs:
+    probe.probe(d, examples=a.examples, lengths=a.lengths or None)
+
+
+def _probe_done_runs(out: str) -> None:
+  """A study with `probe=True`: every done run without probe files is probed (on this host,
+  after the sweep)."""
+  from experiments.runs import store
+  from experiments.tools import probe
+  study = store.load_study(Path(out))
+  for d in store.run_dirs(Path(out)):
+    if store.state(d, study.eval.key) == "done" and not (d / "probe.json").exists():
+      probe.probe(d)
+
+
 def _demo(a: Demo) -> None:
   for flag, value in (("--length", a.length), ("--heads", a.heads), ("--head-dim", a.head_dim)):
     if value < 1:
@@ -392,8 +431,9 @@ def _demo(a: Demo) -> None:
 _COMMANDS: dict[str, tuple[type, Callable]] = {
     "run": (Run, _run), "status": (Status, _status), "report": (Report, _report),
     "job": (Job, _job), "presets": (Presets, _presets), "calibrate": (Calibrate, _calibrate),
-    "demo": (Demo, _demo)}
-_POSITIONAL = {"status", "report", "job"}  # their one required argument: DIR / RUN_DIR
+    "probe": (Probe, _probe), "demo": (Demo, _demo)}
+# their required arguments: DIR / RUN_DIR / RUN_DIRS
+_POSITIONAL = {"status", "report", "job", "probe"}
 
 
 def main(argv=None, *, noted_sigterm: list[int] | None = None) -> None:

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from experiments import stats
-from experiments.analysis import budgets, claims, compare, isoflop, plots
+from experiments.analysis import activation, budgets, claims, compare, isoflop, plots
 from experiments.analysis import tolerance as tl
 from experiments.analysis import frontier as fr
 from experiments.stats import ALPHA
@@ -177,8 +177,8 @@ def statistics(points: list[dict[str, Any]], outcomes_rows: int, rows: int) -> l
 
 def write(out: Path, rows: list[dict[str, Any]], status: list[dict[str, Any]], *, name: str,
           skipped: list[dict[str, Any]] = (), damaged: list[str] = (),
-          wall_s: float | None = None, outcomes: dict[tuple, Any] | None = None
-          ) -> tuple[Path, list[Path]]:
+          wall_s: float | None = None, outcomes: dict[tuple, Any] | None = None,
+          probe_dirs: Sequence[Path] = ()) -> tuple[Path, list[Path]]:
   """Writes out/report.md and out/plots/*.png from results rows (`runs.results.read`), their
   per-question outcomes (`runs.results.read_outcomes`; None: unpaired tests, and the report
   says so) and the runs' status rows; returns (report path, plot paths). Reads nothing else:
@@ -349,6 +349,10 @@ def write(out: Path, rows: list[dict[str, Any]], status: list[dict[str, Any]], *
                 [[f"`{s['run_id']}`", s["label"], s["state"], f"{s['step']}/{s['steps']}",
                   s["train_flops"], s["budget"], (s["train_flops"] - s["budget"]) / s["budget"],
                   s["attempts"]] for s in status])]
+  if probe_dirs:  # runs probed for their own activation sparsity (issue 21)
+    lines, probe_figs = activation.section_from_dirs(probe_dirs, plot_dir, link="plots/")
+    md += ["", *lines]
+    figs += probe_figs
   md += ["", "## Plots", ""] + [f"![{f.stem}](plots/{f.name})" for f in figs]
   md += ["", f"Data: `results.csv` ({len(rows)} rows: run × eval setting × task × length × "
          "phase)."]

@@ -196,7 +196,9 @@ def report_inputs(out: Path) -> dict[str, Any]:
     damaged = [*damaged, f"{e} (the report uses unpaired tests)"]
   return dict(rows=rows, name=study.name, outcomes=outcomes,
               status=store.status_rows(out) if runs_here else _status_from_results(rows),
-              skipped=read_json(out / "study.json")["skipped"], damaged=damaged)
+              skipped=read_json(out / "study.json")["skipped"], damaged=damaged,
+              # the activation-sparsity probes' folders (`python -m experiments probe`)
+              probe_dirs=[d for d in store.run_dirs(out) if (d / "probe.json").exists()])
 
 
 def _status_from_results(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

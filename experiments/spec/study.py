@@ -118,6 +118,7 @@ class Study:
   failing: tuple[str, ...] = ()
   failing_lr: float = float("inf")
   extra_grids: tuple[Grid, ...] = ()
+  probe: bool = False  # activation-sparsity probe of every done run after the sweep (issue 21)
 
   def __post_init__(self):
     if not self.name or not all(c.isalnum() or c in "-_" for c in self.name):
@@ -157,8 +158,9 @@ def load_preset(name: str) -> Study:
 
 def to_json(study: Study) -> dict[str, Any]:
   d = to_dict(study)
-  if not study.extra_grids:  # added later: studies without them keep their study.json
-    del d["extra_grids"]
+  for added_later in ("extra_grids", "probe"):  # at their default: study.json as it was
+    if not d[added_later]:
+      del d[added_later]
   return d
 
 

@@ -5,6 +5,7 @@ probe results round-trip through their files."""
 
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 import models
@@ -111,3 +112,13 @@ def test_capture_replaces_the_dense_pass_rather_than_adding_one():
   batches = -(-SPEC.examples // SPEC.batch_size)
   assert [c for c, _ in calls].count("capture") == batches
   assert len(calls) == len(plain)  # one pass per batch and phase either way
+
+
+def test_probe_command_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
+  from experiments.cli import main
+  with pytest.raises(SystemExit) as e:
+    main(["probe", str(tmp_path)])
+  assert e.value.code == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert err[0].endswith(f"{tmp_path}: no spec.json; RUN_DIRS must be run folders "
+                         "(<study>/runs/<run_id>)") and len(err) == 2
