@@ -261,16 +261,15 @@ def test_committed_studies_keep_their_run_ids_and_trainer_configs():
   and to the trainer config its config.json holds: a rerun resumes those runs, not retrains."""
   order = json.loads((STUDIES / "smoke" / "study.json").read_text())["run_order"]
   assert [s.run_id for s in study_lib.load_preset("smoke").runs()[0]] == order
-  assert order[0] == "556673a8c2ce"
+  assert order[0] == "9bf01bdc513a"  # session 8's smoke (path-form chain_resolve)
   order = json.loads((STUDIES / "h100" / "study.json").read_text())["run_order"]
   assert [s.run_id for s in study_lib.load_preset("h100_3m").runs()[0]] == order
-  for name in ("smoke", "h100", "h100_no_curriculum"):  # study.json in the first layout
+  for name in ("h100", "h100_no_curriculum"):  # study.json in the first layout
     written = json.loads((STUDIES / name / "study.json").read_text())
     assert "warmup_frac" in written["study"]["grid"]["optim"]
     st = study_lib.from_json(written["study"])
     assert [s.run_id for s in st.runs()[0]] == written["run_order"]
-    assert st.grid.warmup_frac == 0.05 and st.grid.optim.weight_decay == (
-        0.0 if name == "smoke" else 0.1)
+    assert st.grid.warmup_frac == 0.05 and st.grid.optim.weight_decay == 0.1
   run_dirs = sorted(STUDIES.glob("*/runs/*"))
   assert len(run_dirs) >= 28
   trained = 0

@@ -19,10 +19,16 @@ def test_report_on_copied_results_keeps_every_row(tmp_path):
   shutil.copytree(SMOKE, out)
   before = (out / "results.csv").read_text()
   (out / "report.md").unlink()
-  write_report(out, wandb_mode="disabled")
+  write_report(out, wandb_mode="disabled")  # with the committed outcomes.npz: paired tests
   assert (out / "results.csv").read_text() == before
   md = (out / "report.md").read_text()
   assert "frontier" in md.lower()
+  assert "Data: per-question outcomes of all" in md and "| paired |" in md
+  _claims_answered(md)
+  (out / "outcomes.npz").unlink()  # a copied folder without them: the unpaired fallback
+  write_report(out, wandb_mode="disabled")
+  md = (out / "report.md").read_text()
+  assert (out / "results.csv").read_text() == before
   assert "no per-question outcomes (`outcomes.npz` absent" in md and "| paired |" not in md
   _claims_answered(md)
   assert "**no `outcomes.npz`**: every test here is the unpaired fallback" in md

@@ -14,10 +14,10 @@ a time, one per core. Training uses the `reference` attention: at T=128 on a CPU
 softmax is the fastest implementation, and FLOPs are counted from the masks whatever runs (model
 FLOPs, DESIGN.md).
 
-Measured on the shared 2-core CPU (2026-12-01, studies/smoke/README.md): 519 s for
-the study; dense at T=128: 100k 1.000 / 1.000 on niah_single / niah_multikey, 0.979 on
-common_words; 300k 1.000 / 0.916 and 0.520; the 50%-local 300k 0.437 / 0.104; chain_resolve stays
-near chance (0.125–0.208, chance 0.03) for all three.
+Measured on the shared 2-core CPU (2026-12-01, session 8, studies/smoke/README.md): 756 s for the
+study with other processes on the cores (519 s on idle cores before this version); dense at T=128,
+per question: 100k 1.000 on all four tasks (chain_resolve's path form included); 300k 0.995 /
+0.979 / 0.010 / 0.417; the 50%-local 300k 0.177 / 0.198 / 0.000 / 0.000.
 """
 
 from experiments.spec.grid import Grid
