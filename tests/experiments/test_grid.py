@@ -45,10 +45,11 @@ def test_every_preset_point_matches_its_budget_within_one_step(preset):
     lens = s.config.data.long_lens
     if lens:  # the long phase cycles through lens, long_every steps each (written out here)
       every = s.config.steps_per_call
-      at = lambda n: models.flops_per_token(s.model, n, training=True) * s.batch_size * s.seq_len
-      total = s.short_steps * short + sum(at(lens[(i // every) % len(lens)])
+      at = {n: models.flops_per_token(s.model, n, training=True) * s.batch_size * s.seq_len
+            for n in lens}
+      total = s.short_steps * short + sum(at[lens[(i // every) % len(lens)]]
                                           for i in range(s.steps - s.short_steps))
-      step = max(at(n) for n in lens)
+      step = max(at.values())
     assert abs(total - s.budget) <= step / 2 * (1 + 1e-9), (s.label, total, s.budget, step)
     assert s.flops_residual == pytest.approx(total - s.budget, rel=1e-9, abs=1.0)
     # The trainer's own count of the same run agrees.

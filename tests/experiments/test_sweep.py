@@ -241,4 +241,5 @@ def test_wandb_offline_summary_holds_the_results_table_and_plots(tmp_path, monke
   data = json.loads(table.read_text())
   rows = results.read(tmp_path / "results.csv")
   assert "inference_flops_per_token" in data["columns"] and len(data["data"]) == len(rows) == 6
-  assert len(list((summary / "files" / "media" / "images" / "plots").glob("*.png"))) == 3
+  logged = list((summary / "files" / "media" / "images" / "plots").glob("*.png"))
+  assert len(logged) == len(list((tmp_path / "plots").glob("*.png"))) >= 3  # every report plot

@@ -331,8 +331,10 @@ def test_every_documented_command_line_parses_as_before():
   assert cli_lib._parse(["calibrate", "--preset", "h100", "--steps", "5"]) == \
       cli_lib.Calibrate(preset="h100", steps=5)
   assert cli_lib._parse(["demo", "--head-dim", "32"]) == cli_lib.Demo(head_dim=32)
+  assert cli_lib._parse(["probe", "s/runs/a", "s/runs/b", "--examples", "8"]) == \
+      cli_lib.Probe(run_dirs=("s/runs/a", "s/runs/b"), examples=8)
   assert set(cli_lib._COMMANDS) == {"run", "status", "report", "job", "presets", "calibrate",
-                                    "demo"}
+                                    "probe", "demo"}
 
 
 def test_no_command_prints_the_command_list(capsys):
