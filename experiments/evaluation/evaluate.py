@@ -23,18 +23,17 @@ import numpy as np
 import sparse_ops as so
 from experiments import tasks as tasks_lib
 from experiments.evaluation import accounting
-from experiments.evaluation.accounting import (Selection, decode_attention, decode_rows,
-                                               dense_prefix, phase_attention, phase_mask,
-                                               setting_attention)
+from experiments.evaluation.accounting import (Selection, decode_rows, dense_prefix,
+                                               phase_attention, setting_attention)
 from experiments.spec import settings as settings_lib
 from experiments.stats import activation_metrics, proportion_ci
 from experiments.tasks import scoring
 from models import ModelConfig
 from train.evaluation import score_batches
 
-__all__ = ["Selection", "chance_exact_match", "question_activations", "decode_attention", "decode_rows", "dense_prefix",
-           "evaluate", "make_forward", "phase_attention", "phase_mask", "score_phase",
-           "score_questions", "setting_attention", "stacked_examples"]
+# What a setting runs and costs lives in `accounting` (imported from there, not through here).
+__all__ = ["chance_exact_match", "question_activations", "evaluate", "make_forward",
+           "score_phase", "score_questions", "stacked_examples"]
 
 
 def score_questions(predictions, targets, weights) -> dict[str, np.ndarray]:

@@ -134,7 +134,7 @@ def stats(model: ModelConfig, phased, blocks: tuple[int, int] | None,
   dense's `blocks`), and the block sparsity of the sparse rows alone (decode: the q-blocks from
   the question on; the context rows keep every causal block)."""
   s = accounting.stats(model, phased, LENGTH, blocks)
-  if isinstance(phased, ev.Selection):
+  if isinstance(phased, accounting.Selection):
     blocks = phased.attention.blocks(LENGTH)
   bq, bk = blocks
   last = np.minimum((np.arange(LENGTH // bq) + 1) * bq, LENGTH) - 1
@@ -155,12 +155,12 @@ def evaluate(model, cfg: ModelConfig, compute_dtype: str, *, examples: int, batc
   for task_name in TASKS:
     task = tasks_lib.make(task_name, length=LENGTH, vocab_size=cfg.vocab_size, seed=0)
     data = ev.stacked_examples(task, "test", examples)
-    prefix = ev.dense_prefix(task)
+    prefix = accounting.dense_prefix(task)
     for phase in ("prefill", "decode"):
       runs = [("dense", so.masks.Causal(), (BLOCK, BLOCK))]
       for pattern in SCORINGS:
         att = content(pattern, density, impl)
-        runs.append((pattern, ev.phase_attention(att, LENGTH, phase, prefix), None))
+        runs.append((pattern, accounting.phase_attention(att, LENGTH, phase, prefix), None))
       sel = runs[-1][1]  # the twin copies the content selection's blocks and per-row counts
       twin = recency_twin(sel.attention, LENGTH, sel.dense_before)
       runs.append(("block_local", twin, (twin.block_q, twin.block_kv)))

@@ -14,6 +14,7 @@ import sparse_ops as so
 from experiments import stats
 from experiments.analysis import budgets
 from experiments.tools import oracle
+from experiments.evaluation import accounting as acc
 from experiments.evaluation import evaluate as ev
 from experiments.spec import settings as settings_lib
 from experiments.spec import study as study_lib
@@ -94,7 +95,7 @@ def test_decode_rows_floor_compiles_one_decode_program_and_changes_no_answer():
     forward = ev.make_forward(model)
     seen = programs.setdefault(floor, set())
     def fwd(tokens, phased):
-      seen.add(ev.decode_rows(tokens.shape[1], phased.dense_before, phased.decode_floor))
+      seen.add(acc.decode_rows(tokens.shape[1], phased.dense_before, phased.decode_floor))
       return forward(tokens, phased)
     return fwd
   plain = ev.evaluate(counting(0), cfg, spec, VOCAB)
@@ -149,10 +150,10 @@ def test_content_settings_evaluate_end_to_end_with_exact_flops(monkeypatch):
       raise AssertionError(r)
     if (r["eval_pattern"], r["phase"]) not in (("topk_blocks", "prefill"), ("quest", "decode")):
       continue  # each budget and phase once: counting the layers' pairs compiles the model
-    att = ev.setting_attention(cfg, settings_lib.parse(
+    att = acc.setting_attention(cfg, settings_lib.parse(
         ("topk_blocks", 0.75) if r["eval_pattern"] == "topk_blocks" else
         ("quest", "adaptive", 0.8)), 8)
-    sel = ev.phase_attention(att, T, r["phase"], ev.dense_prefix(task))
+    sel = acc.phase_attention(att, T, r["phase"], acc.dense_prefix(task))
 
     def layer_pairs(x):  # the pairs of each layer's selected layout, [B, Hkv] per layer
       seen.clear()
@@ -178,9 +179,9 @@ def test_decode_selection_leaves_the_context_dense():
   cfg, model = _model(seed=np.random.randint(1 << 30))
   task = tasks.make("common_words", length=T, vocab_size=VOCAB)
   x = np.stack([task.example("test", i)["inputs"] for i in range(3)])
-  prefix = ev.dense_prefix(task)
-  att = ev.setting_attention(cfg, ("topk_blocks", 0.9), 8)
-  sel = ev.phase_attention(att, T, "decode", prefix)
+  prefix = acc.dense_prefix(task)
+  att = acc.setting_attention(cfg, ("topk_blocks", 0.9), 8)
+  sel = acc.phase_attention(att, T, "decode", prefix)
   assert sel.dense_before == prefix and sel.attention.block_q == 1
   run = jax.jit(lambda x, b: model(x, attention=sel.attention, dense_before=b))
   got = np.asarray(run(x, prefix))

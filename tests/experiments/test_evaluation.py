@@ -46,18 +46,18 @@ def test_query_prefix_nnz_and_layout_match_brute_force(n):
 def test_decode_mask_is_dense_before_the_question_and_sparse_after():
   t = 128
   task = tasks.make("niah_multikey", length=t, vocab_size=128)
-  prefix = ev.dense_prefix(task)
+  prefix = accounting.dense_prefix(task)
   ex = task.example("test", 0)
   assert ex["inputs"][prefix] == task.vocab.SEP  # the first sparse query is the SEP
   att = models.AttentionConfig("local", sparsity=0.75)
   sparse = M.dense(att.mask(t), t, t)
-  decode = M.dense(ev.phase_mask(att, t, "decode", prefix), t, t)
+  decode = M.dense(accounting.phase_mask(att, t, "decode", prefix), t, t)
   causal = np.tril(np.ones((t, t), bool))
   np.testing.assert_array_equal(decode[:prefix], causal[:prefix])
   np.testing.assert_array_equal(decode[prefix:], sparse[prefix:])
-  np.testing.assert_array_equal(M.dense(ev.phase_mask(att, t, "prefill", prefix), t, t), sparse)
+  np.testing.assert_array_equal(M.dense(accounting.phase_mask(att, t, "prefill", prefix), t, t), sparse)
   with pytest.raises(ValueError, match="phase='train'"):
-    ev.phase_mask(att, t, "train", prefix)
+    accounting.phase_mask(att, t, "train", prefix)
 
 
 @pytest.mark.parametrize("pattern, sparsity", [("local", 0.5), ("strided", 0.75),
@@ -67,9 +67,9 @@ def test_sparsity_and_flops_columns_agree_with_sparse_ops(pattern, sparsity, pha
   t = 256
   cfg = models.family("100k", vocab_size=128, attention=models.AttentionConfig(block_q=32,
                                                                                block_kv=32))
-  att = ev.setting_attention(cfg, (pattern, sparsity))
+  att = accounting.setting_attention(cfg, (pattern, sparsity))
   assert att.block_q == 32 and att.pattern == pattern
-  mask = ev.phase_mask(att, t, phase, 200)
+  mask = accounting.phase_mask(att, t, phase, 200)
   stats = accounting.phase_stats(cfg, att, mask, t)
   dense = M.dense(mask, t, t)
   assert stats["element"] == pytest.approx(1 - dense.sum() / (t * (t + 1) / 2), abs=1e-12)
@@ -107,7 +107,7 @@ def test_inference_sparsity_zero_reproduces_dense_exactly(trained):
   x = np.stack([task.example("test", i)["inputs"] for i in range(6)])
   dense_cfg = dataclasses.replace(att, pattern="dense", sparsity=None)
   want = np.asarray(jax.jit(lambda t: model(t, attention=dense_cfg))(x)).argmax(-1)
-  np.testing.assert_array_equal(fwd(x, ev.setting_attention(cfg, ("dense", 0.0)).mask(64)), want)
+  np.testing.assert_array_equal(fwd(x, accounting.setting_attention(cfg, ("dense", 0.0)).mask(64)), want)
   if trained == "dense":  # for a dense model, the native evaluation is the same numbers
     native = [r for r in rows if r["eval_setting"] == "native"]
     for a, b in zip(native, dense_rows):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import sparse_ops as so
 from experiments.cli import write_report
-from experiments.evaluation import evaluate as ev
+from experiments.evaluation import accounting as acc
 from experiments.runs import executors, files, results, store, sweep
 from experiments.spec import study as study_lib
 from experiments.spec import settings as settings_lib
@@ -79,10 +79,10 @@ def _check_sparsity_columns(out):
   for r in results.read(out / "results.csv"):
     spec = specs[r["run_id"]]
     t = r["eval_length"]
-    att = ev.setting_attention(spec.model, settings[r["eval_setting"]], study.eval.selection_block)
+    att = acc.setting_attention(spec.model, settings[r["eval_setting"]], study.eval.selection_block)
     task = tasks.make(r["task"], length=t, vocab_size=spec.model.vocab_size)
     if att.is_content:
-      sel = ev.phase_attention(att, t, r["phase"], ev.dense_prefix(task))
+      sel = acc.phase_attention(att, t, r["phase"], acc.dense_prefix(task))
       bq, bk = sel.attention.blocks(t)
       pairs, visited = so.selected_pairs(t, t, block_q=bq, block_kv=bk,
                                          budget=att.selection_budget(), sink_blocks=0,
@@ -90,7 +90,7 @@ def _check_sparsity_columns(out):
       assert r["eval_sparsity_element"] == 1 - pairs / (t * (t + 1) // 2)
       assert r["eval_sparsity_block"] == 1 - visited / so.flops.causal_blocks(t, t, bq, bk)
       continue
-    mask = ev.phase_mask(att, t, r["phase"], ev.dense_prefix(task))
+    mask = acc.phase_mask(att, t, r["phase"], acc.dense_prefix(task))
     assert r["eval_sparsity_element"] == so.flops.sparsity(mask, t)
     bq, bk = att.blocks(t)
     layout = so.BlockLayout.from_mask(mask, t, t, block_q=bq, block_kv=bk)
