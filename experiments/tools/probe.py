@@ -1,6 +1,6 @@
 """Activation-sparsity probe of a trained run folder (issue 21):
 
-    python -m experiments.tools.probe RUN_DIR [RUN_DIR ...] [--examples 48] [--lengths 64,128,256]
+    python -m experiments probe RUN_DIR [RUN_DIR ...] [--examples 48] [--lengths 64 128 256]
 
 Loads the run's finished model (`experiments.runs.job.trained_model`), evaluates it on its own
 training tasks at the study's eval lengths (or --lengths) and on their knob-shifted forms
@@ -11,7 +11,6 @@ and writes probe.json + probe.npz into the run folder (`experiments.evaluation.p
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import time
 from pathlib import Path
@@ -62,19 +61,3 @@ def probe(run_dir: str | Path, *, examples: int | None = None,
 def _params(model) -> int:
   import models
   return int(models.param_counts(model).nonembed)
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-  ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  ap.add_argument("run_dirs", nargs="+")
-  ap.add_argument("--examples", type=int)
-  ap.add_argument("--lengths", help="comma-separated, e.g. 64,128,256")
-  ap.add_argument("--no-shifted", action="store_true", help="only the trained task forms")
-  a = ap.parse_args(argv)
-  lengths = [int(x) for x in a.lengths.split(",")] if a.lengths else None
-  for d in a.run_dirs:
-    probe(d, examples=a.examples, lengths=lengths, shifted=not a.no_shifted)
-
-
-if __name__ == "__main__":
-  main()
