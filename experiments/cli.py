@@ -3,13 +3,14 @@
 
 Commands:
   run --preset NAME [--out DIR] [--executor local|slurm|pod] [--retry-failed] [--no-report]
-      [--stop-after SECONDS] [--wandb offline|online|disabled] [--add-to-study]
+      [--stop-after SECONDS] [--wandb offline|online|disabled] [--add-to-study] [--only RUN...]
       plan the preset's FLOP-matched grid, train and evaluate every unfinished run, write
       results.csv, report.md and plots. Rerunning skips finished runs and resumes partial ones.
       --stop-after starts only runs expected to end inside the limit (machines lent for a fixed
       time): the next call continues, on this machine or on another given the study folder.
       A study folder remembers its preset: another preset on it is refused unless
       --add-to-study (its runs join the folder's; the earlier ones stay in the results).
+      --only trains/evaluates just the named runs (ids, labels or label prefixes) this call.
   status DIR      table of runs: state (done/running/stopped/preempted/failed/pending), steps,
                   FLOPs, attempts, last error
   report DIR      rewrite results.csv, report.md and plots from the run folders
@@ -83,6 +84,9 @@ class Run:
   """W&B mode for this call (None: the preset's)"""
   add_to_study: bool = False
   """run this preset on a folder made by another one, keeping its runs"""
+  only: tuple[str, ...] = ()
+  """RUN...: this call trains/evaluates only these runs (run ids, labels, or label prefixes
+  such as `300k/`); the others stay pending"""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -216,7 +220,8 @@ def _run(a: Run) -> None:
   t0 = time.time()
   by_state = sweep.run_sweep(study, out, executors.make(name, **options),
                              retry_failed=a.retry_failed, stop_after=a.stop_after,
-                             add_to_study=a.add_to_study, log=lambda s: print(s, flush=True))
+                             add_to_study=a.add_to_study, only=a.only,
+                             log=lambda s: print(s, flush=True))
   if study.probe:
     _probe_done_runs(out)
   if not a.no_report:

@@ -135,8 +135,11 @@ def rows_per_task(weights: Sequence[float], batch_size: int) -> list[int]:
 
 
 def device_batches(tasks: Sequence[Any], weights: Sequence[float], *, batch_size: int,
-                   accum: int, seed: int) -> Any:
-  """-> batch(step) for use inside jit: {"inputs", "targets", "weights"} [accum, B/accum, T].
+                   accum: int, seed: int, steps: int | None = None) -> Any:
+  """-> batch(step) for use inside jit: {"inputs", "targets", "weights"} [accum, B/accum, T];
+  with `steps`, batches(first) -> [steps, accum, B/accum, T]: those of steps first, first + 1, ...
+  (the trainer's device path: one program per length that depends on the tasks alone, not the
+  model, so the study's compilation cache shares it between runs).
 
   Row r of task k at step s is `tasks[k].device_example(key)` with key a pure function of
   (seed, s, k, r): any step's batch can be made anywhere, in any order, so resuming needs only
@@ -157,4 +160,6 @@ def device_batches(tasks: Sequence[Any], weights: Sequence[float], *, batch_size
     out = {key: jnp.concatenate([p[key] for p in parts]) for key in KEYS}
     return {key: x.reshape(accum, batch_size // accum, *x.shape[1:]) for key, x in out.items()}
 
-  return batch
+  if steps is None:
+    return batch
+  return lambda first: jax.vmap(batch)(first + jnp.arange(steps))

@@ -16,6 +16,7 @@ data order, so on CPU every later loss is bitwise what an uninterrupted run logs
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
 import json
@@ -184,6 +185,46 @@ def run(cfg: Config) -> Result:
       guard.unlock(fd)
 
 
+def _compiled_calls(cfg: Config, mesh, abstract, shardings, one_step, phase_tasks, phase_rows,
+                    weights, start: int) -> dict[int, tuple[Any, Any]]:
+  """{length: (multi-step call, device batch maker or None)} for the lengths the run has left
+  to train, compiled ahead and side by side: each program is lowered here (under the mesh, in
+  this thread) and the XLA compilations, which dominate a small model's start on a GPU (~20 s
+  each), run in a thread pool. The device path's batch maker is its own program, the same for
+  every model of a study (the compilation cache shares it between runs)."""
+  k = cfg.steps_per_call
+  batch_sharding = mesh_lib.batch_sharding(mesh, calls=True)
+  multi = jax.jit(step_lib.make_multi_step(one_step), out_shardings=(shardings, None),
+                  donate_argnums=0)
+  ahead, step = [], start
+  while step < cfg.total_steps:
+    length = cfg.phase(step)[0]
+    if length not in ahead:
+      ahead.append(length)
+    step = call_end(cfg, step)
+  if cfg.data.source != "device":  # host batches: compiled at their first call
+    return {length: (multi, None) for length in ahead}
+  state_spec = jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
+                            abstract, shardings)
+  lowered = {}
+  with jax.set_mesh(mesh):
+    for length in ahead:
+      make = jax.jit(data_lib.device_batches(
+          phase_tasks[length], weights, batch_size=phase_rows[length], accum=cfg.grad_accum,
+          seed=cfg.data.seed, steps=k), out_shardings=batch_sharding)
+      first = jax.ShapeDtypeStruct((), jnp.int32)
+      batch_spec = jax.tree.map(
+          lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=batch_sharding),
+          jax.eval_shape(make, first))
+      make_low = make.lower(first)
+      lowered[length] = (multi.lower(state_spec, batch_spec, jax.ShapeDtypeStruct((), jnp.int32)),
+                         make_low)
+  with concurrent.futures.ThreadPoolExecutor(max(1, min(8, 2 * len(lowered)))) as pool:
+    futures = {length: (pool.submit(m.compile), pool.submit(g.compile))
+               for length, (m, g) in lowered.items()}
+    return {length: (m.result(), g.result()) for length, (m, g) in futures.items()}
+
+
 def _check_identity(cfg: Config, run_dir: Path) -> bool:
   """Raises ConfigError if a resumed run's config differs from its config.json in a field that
   makes the run (`config.MAY_CHANGE_ON_RESUME` lists the others); -> whether config.json must
@@ -276,27 +317,22 @@ def _train(cfg: Config, run_dir: Path, phase_tasks: dict[int, dict[str, Any]],
                   previous.get("message", ""))
 
   one_step = step_lib.make_train_step(cfg, codec, tx)
-  if cfg.data.source == "device":
-    calls = {length: jax.jit(
-        step_lib.make_multi_step(one_step, data_lib.device_batches(
-            ts, weights, batch_size=phase_rows[length], accum=cfg.grad_accum,
-            seed=cfg.data.seed), mesh_lib.batch_sharding(mesh)),
-        in_shardings=(shardings,), out_shardings=(shardings, None), static_argnums=1,
-        donate_argnums=0) for length, ts in phase_tasks.items()}
-  else:
-    host_call = jax.jit(step_lib.make_multi_step(one_step),
-                        in_shardings=(shardings, mesh_lib.batch_sharding(mesh, calls=True)),
-                        out_shardings=(shardings, None), donate_argnums=0)
-    calls = {length: host_call for length in phase_tasks}
+  calls = _compiled_calls(cfg, mesh, abstract, shardings, one_step, phase_tasks, phase_rows,
+                          weights, start)
+  k = cfg.steps_per_call
 
   def dispatch(state, step: int, n: int):
-    """Runs steps step..step+n-1 as one call -> (state, metrics [n])."""
+    """Runs steps step..step+n-1 as one call -> (state, metrics [steps_per_call], n valid)."""
     length = cfg.phase(step)[0]
-    if cfg.data.source == "device":
-      return calls[length](state, n)
-    host = [next(phases[length]) for _ in range(n)]
-    stacked = {k: np.stack([b[k] for b in host]) for k in data_lib.KEYS}
-    return calls[length](state, mesh_lib.global_batch(stacked, mesh, calls=True))
+    multi, make = calls[length]
+    if make is not None:
+      batches = make(np.int32(step))
+    else:  # padded to steps_per_call with copies of the last batch, which the call skips
+      host = [next(phases[length]) for _ in range(n)]
+      host += host[-1:] * (k - n)
+      batches = mesh_lib.global_batch({key: np.stack([b[key] for b in host])
+                                       for key in data_lib.KEYS}, mesh, calls=True)
+    return multi(state, batches, np.int32(n))
 
   evaluator = _Evaluator(cfg, codec, tasks, mesh, shardings["params"])
   logger = log_lib.Logger(
@@ -326,16 +362,16 @@ def _train(cfg: Config, run_dir: Path, phase_tasks: dict[int, dict[str, Any]],
   # Metrics are read one call late: while the device runs a call the host reads the previous
   # call's metrics (and loads the next host batches). Calls that save, evaluate or stop read
   # their own metrics first, so nothing is saved or scored after a non-finite loss.
-  pending: list[tuple[int, Any]] = []  # (first step of the call, its metrics [n])
+  pending: list[tuple[int, Any, int]] = []  # (first step of a call, its metrics, n steps)
 
   def read(upto: int) -> int | None:
     """Reads the pending calls ending at or before `upto`; returns the first step with a bad
     loss."""
     nonlocal loss
-    while pending and pending[0][0] + len(pending[0][1]["loss"]) - 1 <= upto:
-      first, m = pending.pop(0)
-      m = jax.device_get(m)
-      last = first + len(m["loss"]) - 1
+    while pending and pending[0][0] + pending[0][2] - 1 <= upto:
+      first, m, n = pending.pop(0)
+      m = {key: v[:n] for key, v in jax.device_get(m).items()}
+      last = first + n - 1
       speed = None
       for i, value in enumerate(np.asarray(m["loss"], np.float64)):
         s = first + i
@@ -360,7 +396,7 @@ def _train(cfg: Config, run_dir: Path, phase_tasks: dict[int, dict[str, Any]],
         checkpoints.seal_finished()
         end = call_end(cfg, step)
         state, metrics = dispatch(state, step, end - step)
-        pending.append((step + 1, metrics))
+        pending.append((step + 1, metrics, end - step))
         step = end
         stopping = stop.agreed()
         evaluate = (cfg.eval.every and step % cfg.eval.every == 0) or step == total

@@ -14,6 +14,8 @@ What the pass runs in each phase and every sparsity and FLOP number come from
 
 from __future__ import annotations
 
+import concurrent.futures
+import os
 from typing import Any, Callable
 
 import jax
@@ -106,18 +108,38 @@ def make_forward(model, compute_dtype: str = "float32") -> Forward:
       fn = cache[key] = jax.jit(predict)
     return fn
 
-  def run(tokens: np.ndarray, phased, hidden: bool):
+  def program(length: int, phased, hidden: bool) -> tuple[Any, Callable, Any]:
+    """(cache key, jitted program, its bound argument) of a pass over `length` tokens."""
     if isinstance(phased, Selection):
       decode = phased.dense_before is not None
-      rows = (decode_rows(tokens.shape[1], phased.dense_before, phased.decode_floor) if decode
-              else None)
-      fn = compiled((phased.attention, decode, rows), phased.attention, decode, rows, hidden)
-      bound = jnp.int32(phased.dense_before if decode else 0)
-    elif isinstance(phased, so.masks.Mask):
-      fn, bound = compiled(phased, phased, False, hidden=hidden), jnp.int32(0)
-    else:
-      raise ValueError(f"forward takes a sparse_ops mask or a Selection, got {phased!r}")
-    return fn(state, jnp.asarray(tokens), bound)
+      rows = decode_rows(length, phased.dense_before, phased.decode_floor) if decode else None
+      key = (phased.attention, decode, rows)
+      return ((key, hidden), compiled(key, phased.attention, decode, rows, hidden),
+              jnp.int32(phased.dense_before if decode else 0))
+    if isinstance(phased, so.masks.Mask):
+      return (phased, hidden), compiled(phased, phased, False, hidden=hidden), jnp.int32(0)
+    raise ValueError(f"forward takes a sparse_ops mask or a Selection, got {phased!r}")
+
+  ready: dict[Any, Any] = {}  # (cache key, tokens shape) -> compiled ahead by `prepare`
+
+  def run(tokens: np.ndarray, phased, hidden: bool):
+    key, fn, bound = program(tokens.shape[1], phased, hidden)
+    return ready.get((key, tokens.shape), fn)(state, jnp.asarray(tokens, jnp.int32), bound)
+
+  def prepare(passes) -> None:
+    """Compiles the programs of `passes` [(tokens shape (B, T), mask or Selection)] ahead, side
+    by side: each is lowered here and the XLA compilations, which are nearly all of an
+    evaluation's time for the study's small models on a GPU (~1 s each, ~50 per length), run
+    in a thread pool."""
+    lowered = {}
+    for shape, phased in passes:
+      key, fn, bound = program(shape[1], phased, False)
+      if (key, tuple(shape)) not in ready:
+        lowered.setdefault((key, tuple(shape)), (fn, bound))
+    lowered = {k: fn.lower(state, jax.ShapeDtypeStruct(k[1], jnp.int32), bound)
+               for k, (fn, bound) in lowered.items()}
+    with concurrent.futures.ThreadPoolExecutor(min(16, os.cpu_count() or 1)) as pool:
+      ready.update(zip(lowered, pool.map(lambda low: low.compile(), lowered.values())))
 
   def forward(tokens: np.ndarray, phased) -> np.ndarray:
     return np.asarray(run(tokens, phased, False))
@@ -127,6 +149,7 @@ def make_forward(model, compute_dtype: str = "float32") -> Forward:
     return np.asarray(preds), np.asarray(sparsity)
 
   forward.with_activations = with_activations
+  forward.prepare = prepare
   return forward
 
 
@@ -187,6 +210,22 @@ def stacked_examples(task, split: str, n: int) -> dict[str, np.ndarray]:
   return {k: np.stack([e[k] for e in rows]) for k in ("inputs", "targets", "weights")}
 
 
+def _passes(eval_spec, attentions: dict[str, Any], vocab_size: int) -> list[tuple[tuple, Any]]:
+  """(tokens shape, mask or Selection) of every forward pass `evaluate` runs."""
+  passes = []
+  for length in eval_spec.lengths:
+    n, b = eval_spec.examples, eval_spec.batch_size
+    shapes = [(min(b, n - i), length) for i in range(0, n, b)]
+    for task_name in eval_spec.tasks:
+      task = tasks_lib.make(task_name, length=length, vocab_size=vocab_size, seed=eval_spec.seed)
+      for attention in attentions.values():
+        for phase in eval_spec.phases:
+          phased = phase_attention(attention, length, phase, dense_prefix(task),
+                                   eval_spec.decode_rows)
+          passes += [(shape, phased) for shape in shapes]
+  return passes
+
+
 def evaluate(forward: Forward, model: ModelConfig, eval_spec, vocab_size: int,
              progress: Callable[[str], None] | None = None,
              activations: dict | None = None,
@@ -213,6 +252,8 @@ def evaluate(forward: Forward, model: ModelConfig, eval_spec, vocab_size: int,
   for length in eval_spec.lengths:  # bad blocks or unreachable sparsities fail here, not mid-way
     for att in attentions.values():
       att.validate(length)
+  if hasattr(forward, "prepare"):  # make_forward's: every pass's program compiled ahead
+    forward.prepare(_passes(eval_spec, attentions, vocab_size))
   rows, computed = [], {}
   for length in eval_spec.lengths:
     for task_name in eval_spec.tasks:

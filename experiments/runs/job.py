@@ -78,6 +78,9 @@ def _compilation_cache(out: Path) -> None:
   import jax
   if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
     jax.config.update("jax_compilation_cache_dir", str(out / ".jax_cache"))
+  # Every program, not only those over 1 s (the default): an evaluation's ~150 programs take
+  # ~1 s each on a GPU, and every later run of the same size needs the same ones.
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
 def run_job(run_dir: str | Path, trainer: Trainer | None = None,

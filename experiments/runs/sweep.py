@@ -46,23 +46,44 @@ NEW_SIZE_MARGIN = 1.5
 
 def expected_wall(out: Path, run_dir: Path) -> float:
   """Seconds a run should take, from the finished runs of this study folder (training +
-  evaluation as job.json recorded them), each scaled by training FLOPs (`budget`) to this run's:
-  the longest of the same size, else the longest of other sizes times `NEW_SIZE_MARGIN`;
-  0 before any finishes."""
+  evaluation as job.json recorded them): the longest of the same size scaled by training FLOPs
+  (`budget`) or by steps, whichever says longer (a sparse run of a size has more, cheaper steps
+  than its dense run, and a small model's step costs more than its FLOPs say), else the longest
+  of other sizes scaled by FLOPs, times `NEW_SIZE_MARGIN`; 0 before any finishes."""
   spec = read_json(Path(run_dir) / "spec.json")
   same, other_sizes = [], []
   for d in store.run_dirs(out):
     rec, other = store.job_record(d), read_json(d / "spec.json") or {}
     if rec["state"] != "done" or "train_wall_s" not in rec:
       continue
-    wall = (rec["train_wall_s"] + rec.get("eval_wall_s", 0.0)) * spec["budget"] / other["budget"]
-    (same if other.get("size") == spec["size"] else other_sizes).append(wall)
+    wall = rec["train_wall_s"] + rec.get("eval_wall_s", 0.0)
+    flops = spec["budget"] / other["budget"]
+    if other.get("size") == spec["size"]:
+      steps = spec.get("steps", 0) / other["steps"] if other.get("steps") else 0.0
+      same.append(wall * max(flops, steps))
+    else:
+      other_sizes.append(wall * flops)
   return max(same, default=0.0) or NEW_SIZE_MARGIN * max(other_sizes, default=0.0)
+
+
+def select(study: study_lib.Study, only: tuple[str, ...]) -> set[str]:
+  """Run ids of the study's runs named in `only`: a run id, a label, or a label's prefix
+  ("300k/" picks every 300k run). A name that picks nothing is an error naming the labels."""
+  specs, _ = study.runs()
+  chosen = set()
+  for name in only:
+    hits = {s.run_id for s in specs if name in (s.run_id, s.label) or s.label.startswith(name)}
+    if not hits:
+      raise ValueError(f"--only {name!r} names none of study {study.name}'s runs; they are "
+                       + ", ".join(f"{s.run_id} ({s.label})" for s in specs))
+    chosen |= hits
+  return chosen
 
 
 def run_sweep(study: study_lib.Study, out: Path, executor, *, retry_failed: bool = False,
               stop_after: float | None = None, add_to_study: bool = False,
-              log: Callable[[str], None] = print) -> dict[str, list[str]]:
+              only: tuple[str, ...] = (), log: Callable[[str], None] = print
+              ) -> dict[str, list[str]]:
   """Plans, runs every unfinished run (with retries), collects results.csv. Returns run ids
   by final state.
 
@@ -74,7 +95,11 @@ def run_sweep(study: study_lib.Study, out: Path, executor, *, retry_failed: bool
 
   add_to_study: run this study on a folder made by another preset, keeping that one's runs
   (`plan`); without it such a folder is refused.
+
+  only: train/evaluate just these of the study's runs this call (`select`), to plan pieces by
+  hand; the others stay as they are.
   """
+  chosen = select(study, only) if only else None  # bad names fail before anything is written
   out = Path(out)
   t_start = time.time()
   store.forget()
@@ -92,7 +117,8 @@ def run_sweep(study: study_lib.Study, out: Path, executor, *, retry_failed: bool
         if store.job_record(d).get("state") == "failed":
           store.update(d, attempts=0)
     for attempt in range(study.max_attempts):
-      pending = todo(out, dirs, study, retry_failed=False)
+      pending = [d for d in todo(out, dirs, study, retry_failed=False)
+                 if chosen is None or d.name in chosen]
       if not pending:
         break
       log(f"round {attempt + 1}: {len(pending)} run(s) to train/evaluate with {executor.name}")

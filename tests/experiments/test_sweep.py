@@ -132,12 +132,36 @@ def test_stop_after_leaves_runs_that_would_overrun_for_the_next_call(tmp_path):
     cli(["run", "--preset", "smoke", "--stop-after", "0", "--out", str(tmp_path / "x")])
 
 
+def test_only_runs_the_named_runs_and_refuses_a_name_that_picks_none(tmp_path, capsys):
+  """--only plans a piece by hand: the named runs (by label, label prefix or id) are trained,
+  the others stay pending; a name that picks no run fails before the folder exists."""
+  fake = FakeTrainer()
+  study = _study()
+  ex = executors.make("local", trainer=fake, loader=loader)
+  specs = study.runs()[0]
+  with pytest.raises(ValueError, match="'100k/topk' names none of study t's runs"):
+    sweep.run_sweep(study, tmp_path / "s", ex, only=("100k/topk",), log=lambda s: None)
+  assert not (tmp_path / "s").exists()
+  by_state = sweep.run_sweep(study, tmp_path / "s", ex, only=("100k/local@0.5", specs[0].run_id),
+                             log=lambda s: None)
+  assert sorted(fake.calls) == sorted([specs[0].label, "100k/local@0.5/1e+10/T32"])
+  assert len(by_state["done"]) == 2 and len(by_state["pending"]) == 1
+  sweep.run_sweep(study, tmp_path / "s", ex, only=("100k/",), log=lambda s: None)
+  assert sorted(fake.calls.values()) == [1, 1, 1]
+  with pytest.raises(SystemExit):
+    cli(["run", "--preset", "smoke", "--only", "nope", "--out", str(tmp_path / "x")])
+  assert "error: --only 'nope' names none of study smoke's runs" in capsys.readouterr().err
+  assert not (tmp_path / "x").exists()
+
+
 def test_expected_wall_uses_the_same_size_else_other_sizes_with_a_margin(tmp_path):
-  runs = {"a": ("6m", 1e15, 100.0), "b": ("6m", 1e15, 140.0), "c": ("20m", 1e15, None),
-          "d": ("6m", 2e15, None)}
-  for rid, (size, budget, wall) in runs.items():
+  runs = {"a": ("6m", 1e15, 100.0, 1000), "b": ("6m", 1e15, 140.0, 1000),
+          "c": ("20m", 1e15, None, 300), "d": ("6m", 2e15, None, 2000),
+          "e": ("6m", 1e15, None, 1500)}
+  for rid, (size, budget, wall, steps) in runs.items():
     (tmp_path / "runs" / rid).mkdir(parents=True)
-    files.write_json(tmp_path / "runs" / rid / "spec.json", {"size": size, "budget": budget})
+    files.write_json(tmp_path / "runs" / rid / "spec.json",
+                     {"size": size, "budget": budget, "steps": steps})
     if wall is not None:
       files.write_json(tmp_path / "runs" / rid / "job.json",
                        {"state": "done", "train_wall_s": wall - 40, "eval_wall_s": 40.0})
@@ -148,6 +172,8 @@ def test_expected_wall_uses_the_same_size_else_other_sizes_with_a_margin(tmp_pat
       140.0 * sweep.NEW_SIZE_MARGIN)
   # the same size at twice the budget: twice the time
   assert sweep.expected_wall(tmp_path, tmp_path / "runs" / "d") == pytest.approx(280.0)
+  # the same size and budget in 1.5x the steps (a sparse run): 1.5x the time
+  assert sweep.expected_wall(tmp_path, tmp_path / "runs" / "e") == pytest.approx(210.0)
 
 
 def test_results_are_deterministic_and_eval_changes_only_reevaluate(tmp_path):

@@ -261,30 +261,29 @@ def test_long_lens_batches_have_each_steps_scheduled_length(tmp_path, monkeypatc
   from train import loop
   from train.config import from_dict
   monkeypatch.syspath_prepend(str(HERE))
-  seen = []  # (first step of the call or step, rows, length)
+  seen = []  # host: (rows, length, batches) per call; device: (step, rows, length) per batch made
   if source == "host":
     real_global = loop.mesh_lib.global_batch
-    count = [0]
 
     def global_batch(local, mesh, calls=False):
       k, _, _, t = local["inputs"].shape
-      rows = local["inputs"].shape[1] * local["inputs"].shape[2]
-      seen.extend((count[0] + i, rows, t) for i in range(k))
-      count[0] += k
+      seen.append((local["inputs"].shape[1] * local["inputs"].shape[2], t, k))
       return real_global(local, mesh, calls)
     monkeypatch.setattr(loop.mesh_lib, "global_batch", global_batch)
   else:
     real_device = loop.data_lib.device_batches
 
-    def device_batches(tasks, weights, *, batch_size, accum, seed):
-      make = real_device(tasks, weights, batch_size=batch_size, accum=accum, seed=seed)
+    def device_batches(tasks, weights, *, batch_size, accum, seed, steps):
+      make = real_device(tasks, weights, batch_size=batch_size, accum=accum, seed=seed,
+                         steps=steps)
 
-      def batch(step):
-        out = make(step)
-        t, rows = out["inputs"].shape[-1], out["inputs"].shape[0] * out["inputs"].shape[1]
-        jax.debug.callback(lambda s: seen.append((int(s), rows, t)), step)
+      def batches(first):
+        out = make(first)
+        t, rows = out["inputs"].shape[-1], out["inputs"].shape[1] * out["inputs"].shape[2]
+        jax.debug.callback(lambda f: seen.extend((int(f) + i, rows, t) for i in range(steps)),
+                           first)
         return out
-      return batch
+      return batches
     monkeypatch.setattr(loop.data_lib, "device_batches", device_batches)
   evaluated = []
   real_eval_sets = loop._Evaluator._eval_sets
@@ -295,8 +294,18 @@ def test_long_lens_batches_have_each_steps_scheduled_length(tmp_path, monkeypatc
                "--data.short-len", "16", "--data.short-steps", "2", "--steps", "9",
                "--eval.every", "4"]) == 0
   cfg = from_dict(json.loads((run_dir / "config.json").read_text()))
-  assert sorted(seen) == [(s, *reversed(cfg.phase(s))) for s in range(9)]
   assert [cfg.phase(s)[0] for s in range(9)] == [16, 16, 16, 16, 32, 32, 16, 16, 32]
+  starts = [0]
+  while (end := loop.call_end(cfg, starts[-1])) < 9:
+    starts.append(end)
+  assert all(cfg.phase(s) == cfg.phase(a) for a, b in zip(starts, starts[1:] + [9])
+             for s in range(a, b))  # each call has one length
+  if source == "host":  # every call gets steps_per_call batches (a short call's padded)
+    assert seen == [(*reversed(cfg.phase(a)), 2) for a in starts]
+  else:  # a call makes steps_per_call batches from its first step; the last made for a step
+    made = {s: (rows, t) for s, rows, t in seen}  # is the one its call consumed
+    assert sorted(made) == list(range(10)) and all(
+        made[s] == tuple(reversed(cfg.phase(s))) for s in range(9))
   assert evaluated == [{"toy": 32}]  # built once, at data.seq_len
   status = log_lib.read_status(run_dir)
   assert status["status"] == "finished" and status["step"] == 9 and "toy" in status["eval"]
