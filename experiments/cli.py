@@ -247,6 +247,7 @@ def write_report(out: str | Path, *, wall_s: float | None = None,
   study = store.load_study(Path(out))
   mode = study.wandb if wandb_mode is None else wandb_mode
   if mode != "disabled" and inputs["rows"]:
+    tracking.backfill(study, Path(out), mode)  # runs trained with W&B off join the group
     tracking.summary(study, Path(out), inputs["rows"], figs, mode)
   return path
 

@@ -194,8 +194,10 @@ def _compiled_calls(cfg: Config, mesh, abstract, shardings, one_step, phase_task
   every model of a study (the compilation cache shares it between runs)."""
   k = cfg.steps_per_call
   batch_sharding = mesh_lib.batch_sharding(mesh, calls=True)
-  multi = jax.jit(step_lib.make_multi_step(one_step), out_shardings=(shardings, None),
-                  donate_argnums=0)
+  multi = jax.jit(step_lib.make_multi_step(one_step), in_shardings=(
+      shardings, batch_sharding, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())),
+      out_shardings=(shardings, None),
+      donate_argnums=0)
   ahead, step = [], start
   while step < cfg.total_steps:
     length = cfg.phase(step)[0]

@@ -139,6 +139,7 @@ def _run_job(run_dir: Path, trainer: Trainer | None, loader: Loader | None,
       log(f"  evaluated {spec.label} in {time.time() - t1:.0f}s")
       if study.wandb != "disabled":
         tracking.model_run(study, spec, run_dir, rows)
+        store.update(run_dir, wandb=study.wandb)  # tracking.backfill skips it
     return store.update(run_dir, state="done", train_wall_s=t1 - t0, eval_wall_s=time.time() - t1,
                    finished=time.time())
   except KeyboardInterrupt:

@@ -15,8 +15,10 @@ def _flat_config(study, spec) -> dict[str, Any]:
               width=spec.model.width, depth=spec.model.depth, run_id=spec.run_id)
 
 
-def model_run(study, spec, run_dir: Path, rows: list[dict[str, Any]]) -> None:
-  """A W&B run per model: flat config + accuracy per category × length × setting × phase."""
+def model_run(study, spec, run_dir: Path, rows: list[dict[str, Any]], mode: str | None = None,
+              history: list[dict[str, Any]] = ()) -> None:
+  """A W&B run per model: flat config + accuracy per category × length × setting × phase, and
+  `history` (the trainer's metrics records, for a run trained with W&B off) as its curves."""
   import wandb
   summary = defaultdict(list)
   for r in rows:
@@ -24,10 +26,33 @@ def model_run(study, spec, run_dir: Path, rows: list[dict[str, Any]]) -> None:
         r["correct"]
   run = wandb.init(project=study.wandb_project, group=study.name, job_type="eval",
                    name=spec.label, id=f"{spec.run_id}-eval", dir=str(run_dir), resume="allow",
-                   mode=study.wandb, config=_flat_config(study, spec),
+                   mode=mode or study.wandb, config=_flat_config(study, spec),
                    settings=wandb.Settings(silent=True, console="off"))
+  for record in history:
+    if "step" in record:
+      run.log({f"train/{k}": v for k, v in record.items() if k != "step"
+               and isinstance(v, (int, float))}, step=record["step"])
   run.summary.update({k: sum(v) / len(v) for k, v in summary.items()})
   run.finish()
+
+
+def backfill(study, out: Path, mode: str) -> list[str]:
+  """W&B runs for the done runs of a study folder that have none yet (trained and evaluated
+  with W&B off, e.g. on a machine without wandb): each gets its eval summary and its training
+  curve from metrics.jsonl, then job.json notes it (so a later report does not log it twice).
+  Returns the run ids logged."""
+  from experiments.runs import store
+  from experiments.runs.files import read_json
+  from train.log import read_metrics
+  logged = []
+  for d in store.run_dirs(out):
+    if store.state(d, study.eval.key) != "done" or store.job_record(d).get("wandb"):
+      continue
+    model_run(study, store.load_spec(d), d, read_json(d / "eval.json")["rows"], mode=mode,
+              history=read_metrics(d))
+    store.update(d, wandb=mode)
+    logged.append(d.name)
+  return logged
 
 
 def summary(study, out: Path, rows: list[dict[str, Any]], figs: list[Path],

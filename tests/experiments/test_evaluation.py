@@ -173,3 +173,38 @@ def test_study_and_oracle_score_through_the_trainers_loop(monkeypatch):
   ev.evaluate(ev.make_forward(model), cfg, spec, 128)
   assert calls == [ev.score_questions]  # prefill and decode of dense are one pass
   assert oracle.ev is ev and "score_phase" in oracle.evaluate.__code__.co_names
+
+
+def test_every_pass_is_compiled_ahead_and_scores_as_without(monkeypatch):
+  """evaluate hands make_forward's `prepare` every pass it will run (each task, length, setting,
+  phase and batch shape, the last batch short): nothing compiles while scoring, and the rows
+  are those of the same forward compiled lazily, pass by pass."""
+  cfg, model = _random_model(models.AttentionConfig(implementation="xla"))
+  spec = EvalSpec(tasks=("niah_single",), lengths=(64, 128),
+                  settings=(("local", 0.5), ("topk_blocks", 0.75)),
+                  examples=5, batch_size=3, selection_block=16)
+  fwd = ev.make_forward(model)
+  prepared, late = [], []
+  real_prepare = fwd.prepare
+
+  def prepare(passes):
+    real_prepare(passes)
+    prepared.append(len(passes))  # from here on, any compile is a late one
+  fwd.prepare = prepare
+
+  def listener(event, seconds, fun_name="", **kw):
+    if event == "/jax/core/compile/backend_compile_duration" and fun_name == "jit(predict)" \
+        and prepared:
+      late.append(fun_name)
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    rows = ev.evaluate(fwd, cfg, spec, 128)
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  # 2 lengths x (native + 2 settings) x 2 phases x 2 batch shapes (3 and 2 rows)
+  assert prepared == [2 * 3 * 2 * 2] and late == []
+  lazy = ev.make_forward(model)
+  again = ev.evaluate(lambda tokens, phased: lazy(tokens, phased), cfg, spec, 128)
+  assert [r["correct"] for r in rows] == [r["correct"] for r in again]
+  assert [(r["task"], r["eval_setting"], r["phase"]) for r in rows] == [
+      (r["task"], r["eval_setting"], r["phase"]) for r in again]

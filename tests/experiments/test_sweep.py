@@ -269,3 +269,25 @@ def test_wandb_offline_summary_holds_the_results_table_and_plots(tmp_path, monke
   assert "inference_flops_per_token" in data["columns"] and len(data["data"]) == len(rows) == 6
   logged = list((summary / "files" / "media" / "images" / "plots").glob("*.png"))
   assert len(logged) == len(list((tmp_path / "plots").glob("*.png"))) >= 3  # every report plot
+
+
+def test_report_logs_runs_trained_without_wandb_once_with_their_curves(tmp_path, monkeypatch):
+  """A study trained with W&B off (a GPU machine without wandb) joins its W&B group when its
+  report is written with a mode: every done run gets its eval summary and its training curve
+  from metrics.jsonl, once (a second report logs none again)."""
+  monkeypatch.setenv("WANDB_SILENT", "true")
+  sweep.run_sweep(_study(), tmp_path, executors.make("local", trainer=FakeTrainer(),
+                                                     loader=loader), log=lambda s: None)
+  for d in store.run_dirs(tmp_path):
+    assert not (d / "wandb").exists() and "wandb" not in store.job_record(d)
+    (d / "metrics.jsonl").write_text("".join(
+        json.dumps({"step": s, "loss": 5.0 / s, "tokens": 64 * s}) + "\n" for s in (1, 2, 3)))
+  write_report(tmp_path, wandb_mode="offline")
+  for d in store.run_dirs(tmp_path):
+    (run,) = (d / "wandb").glob("offline-run-*-eval/*.wandb")
+    blob = run.read_bytes()
+    assert b"train/loss" in blob and b"acc/retrieval" in blob
+    assert store.job_record(d)["wandb"] == "offline"
+  write_report(tmp_path, wandb_mode="offline")
+  assert all(len(list((d / "wandb").glob("offline-run-*-eval"))) == 1
+             for d in store.run_dirs(tmp_path))

@@ -289,10 +289,20 @@ def test_long_lens_batches_have_each_steps_scheduled_length(tmp_path, monkeypatc
   real_eval_sets = loop._Evaluator._eval_sets
   monkeypatch.setattr(loop._Evaluator, "_eval_sets", lambda self: evaluated.append(
       {n: t.length for n, t in self.tasks.items()}) or real_eval_sets(self))
+  compiled = []  # the multi-step programs compiled: one per length, whatever the call lengths
+
+  def listener(event, seconds, fun_name="", **kw):
+    if event == "/jax/core/compile/backend_compile_duration" and fun_name == "jit(multi)":
+      compiled.append(fun_name)
+  jax.monitoring.register_event_duration_secs_listener(listener)
   run_dir = tmp_path / "run"
-  assert main(["--run-dir", str(run_dir), *TOY, *LONG, "--data.source", source,
-               "--data.short-len", "16", "--data.short-steps", "2", "--steps", "9",
-               "--eval.every", "4"]) == 0
+  try:
+    assert main(["--run-dir", str(run_dir), *TOY, *LONG, "--data.source", source,
+                 "--data.short-len", "16", "--data.short-steps", "2", "--steps", "9",
+                 "--eval.every", "4"]) == 0
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  assert len(compiled) == 2, compiled  # lengths 16 and 32, through calls of 2 and 1 steps
   cfg = from_dict(json.loads((run_dir / "config.json").read_text()))
   assert [cfg.phase(s)[0] for s in range(9)] == [16, 16, 16, 16, 32, 32, 16, 16, 32]
   starts = [0]
