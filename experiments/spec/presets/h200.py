@@ -27,15 +27,17 @@ multi-question forms: retrieval 3456, multi-hop 1152, aggregation 1008 questions
 `local` stops at compression 8: with the models' 64-token sink, 16× and 20× are out of its reach
 at 1024 tokens (`AttentionConfig.validate`), so only content selection goes to 20×.
 
-Time, predicted (not yet run): training about 59 minutes (7.4e15 ≈ 16, 2.3e16 ≈ 14, 7.4e16 ≈ 29),
-from the new loop's step times measured on one H200 at batch 8 (800k 8.6, 3m 11, 6m 15.5 ms;
-300k, 20m and 50m guessed at 7, 35 and 80 ms) and 2.1× that at batch 32 (800k, measured), sparse
-runs at 0.8× (an upper bound: the 1024 and 2048 steps of the cycle are cheaper). Evaluation is the unknown: 21 programs per length and model size (compiled once per
-size through the study's compilation cache) over 144 contexts × 8 tasks × 3 lengths;
-`python -m experiments calibrate --preset h200` on the GPU measures it before a piece is
-planned. With it the issue's 60-minute target is expected to be missed. `h200_quick` is this
-study's first budget alone: its runs and eval settings are this study's, so a folder started
-with it continues with `--preset h200 --add-to-study`.
+Time, predicted (not yet run whole): training about 59 minutes (7.4e15 ≈ 16, 2.3e16 ≈ 14,
+7.4e16 ≈ 29), from the new loop's step times measured on one H200 at batch 8 (800k 8.6, 3m 11,
+6m 15.5 ms; 300k measured in session 9's first piece: 3.06 ms a step at 64 × 512 and 4.6 ms in
+the 1024/2048/4096 cycle, 178 s of arithmetic for its 45 882 steps; 20m and 50m guessed at 35
+and 80 ms) and 2.1× that at batch 32 (800k, measured), sparse runs at 0.8× (an upper bound: the
+1024 and 2048 steps of the cycle are cheaper). Per run on top (benchmarks/results/
+study_costs_h200.md, measured before the one-program-per-length fix): ~200 s of training
+compiles and ~185 s of evaluation compiles and lowering; after it, predicted ~30 s and ~60 s
+(not yet measured). With that the issue's 60-minute target is expected to be missed.
+`h200_quick` is this study's first budget alone: its runs and eval settings are this study's,
+so a folder started with it continues with `--preset h200 --add-to-study`.
 """
 
 import dataclasses
