@@ -67,6 +67,8 @@ class Run:
   """where runs train (None: the preset's)"""
   workers: int | None = None
   """local: subprocess workers (0: in-process; None: the preset's)"""
+  runs_per_device: int | None = None
+  """local, with --workers N >= 2: runs side by side on each accelerator (None: 1)"""
   partition: str | None = None
   """slurm partition"""
   hosts: str | None = None
@@ -211,6 +213,8 @@ def _run(a: Run) -> None:
   options = dict(study.executor_options) if name == study.executor else {}
   if a.workers is not None:
     options["workers"] = a.workers
+  if a.runs_per_device is not None:
+    options["runs_per_device"] = a.runs_per_device
   if a.partition:
     options["partition"] = a.partition
   if a.hosts:

@@ -291,3 +291,32 @@ def test_report_logs_runs_trained_without_wandb_once_with_their_curves(tmp_path,
   write_report(tmp_path, wandb_mode="offline")
   assert all(len(list((d / "wandb").glob("offline-run-*-eval"))) == 1
              for d in store.run_dirs(tmp_path))
+
+
+@pytest.mark.parametrize("per_device, visible, fraction", [(1, ["0", "1", "0"], None),
+                                                           (2, ["0", "0", "0"], "0.450")])
+def test_local_workers_share_an_accelerator_with_a_share_of_its_memory(
+    tmp_path, monkeypatch, per_device, visible, fraction):
+  """runs_per_device=2: both workers on accelerator 0, each allowed 0.45 of its memory; the
+  default pins worker i to accelerator i and leaves the memory setting alone."""
+  from experiments.runs.executors import local
+  envs = []
+
+  class Done:
+    returncode = 0
+
+    def __init__(self, argv, env):
+      envs.append(env)
+
+    def poll(self):
+      return 0
+  monkeypatch.setattr(local.subprocess, "Popen", Done)
+  monkeypatch.delenv("XLA_PYTHON_CLIENT_MEM_FRACTION", raising=False)
+  ex = executors.make("local", workers=2, runs_per_device=per_device)
+  study = _study()
+  dirs = store.plan(study, tmp_path)
+  ex.run(dirs, log=lambda s: None)
+  assert [e["CUDA_VISIBLE_DEVICES"] for e in envs] == visible
+  assert {e.get("XLA_PYTHON_CLIENT_MEM_FRACTION") for e in envs} == {fraction}
+  with pytest.raises(ValueError, match="runs_per_device=2 must be .* only with workers >= 2"):
+    executors.make("local", workers=1, runs_per_device=2)

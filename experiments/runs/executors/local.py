@@ -17,9 +17,15 @@ from experiments.runs import files, job, store
 class LocalExecutor:
   """workers=0: runs in this process (compiled programs and imports are shared between runs,
   which matters on a small CPU). workers=N: N subprocesses `python -m experiments job DIR`, worker
-  i pinned to accelerator i through `visible_env` (e.g. CUDA_VISIBLE_DEVICES)."""
+  i pinned to accelerator i // runs_per_device through `visible_env` (e.g. CUDA_VISIBLE_DEVICES).
+
+  runs_per_device=R > 1 puts R runs side by side on each accelerator, each allowed 0.9 / R of its
+  memory (XLA_PYTHON_CLIENT_MEM_FRACTION): a small model leaves the GPU idle while it compiles
+  and evaluates (about a third of an h200 run's wall, benchmarks/results/study_costs_h200.md),
+  which a second run's steps can fill."""
 
   workers: int = 0
+  runs_per_device: int = 1
   visible_env: str = "CUDA_VISIBLE_DEVICES"
   name: str = "local"
   trainer: Callable | None = None  # in-process only: replaces train.run (tests, dry runs)
@@ -29,6 +35,10 @@ class LocalExecutor:
     if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 0:
       raise ValueError(f"local workers={self.workers!r} must be 0 (in-process) or a positive "
                        "number of subprocesses")
+    if isinstance(self.runs_per_device, bool) or not isinstance(self.runs_per_device, int) \
+        or self.runs_per_device < 1 or (self.runs_per_device > 1 and self.workers < 2):
+      raise ValueError(f"local runs_per_device={self.runs_per_device!r} must be a positive "
+                       "number of runs, above 1 only with workers >= 2")
 
   def run(self, run_dirs: list[Path], log: Callable[[str], None] = print) -> None:
     if self.workers <= 0:
@@ -52,8 +62,10 @@ class LocalExecutor:
           d = queue.pop(0)
           # EXPERIMENTS_PARENT_PID: the worker asks to be SIGTERMed when this process dies
           # (prctl PDEATHSIG in `experiments job`), so a killed sweep leaves no orphan training.
-          env = {**os.environ, self.visible_env: str(slot), "EXPERIMENTS_PROGRESS": "0",
-                 "EXPERIMENTS_PARENT_PID": str(os.getpid())}
+          env = {**os.environ, self.visible_env: str(slot // self.runs_per_device),
+                 "EXPERIMENTS_PROGRESS": "0", "EXPERIMENTS_PARENT_PID": str(os.getpid())}
+          if self.runs_per_device > 1:
+            env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{0.9 / self.runs_per_device:.3f}"
           proc = subprocess.Popen([sys.executable, "-m", "experiments", "job", str(d)], env=env)
           running[slot] = (proc, Path(d))
           log(f"worker {slot}: started {Path(d).name}")
