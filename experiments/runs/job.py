@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -100,6 +101,28 @@ def run_job(run_dir: str | Path, trainer: Trainer | None = None,
     return store.remember_failed(run_dir, store.job_record(run_dir), f"cannot write in {run_dir}: {e}")
 
 
+class _Compiles:
+  """XLA compilations while open: how many and their summed seconds (compiled side by side they
+  overlap, so the sum can exceed the wall time). job.json keeps them per phase, so a study's
+  pieces show what compiling cost without a separate measurement."""
+  EVENT = "/jax/core/compile/backend_compile_duration"
+
+  def __enter__(self):
+    import jax
+    self.count, self.seconds, self._lock = 0, 0.0, threading.Lock()
+    jax.monitoring.register_event_duration_secs_listener(self._on)
+    return self
+
+  def _on(self, event: str, seconds: float, **_) -> None:
+    if event == self.EVENT:
+      with self._lock:  # compile threads report from their own threads
+        self.count, self.seconds = self.count + 1, self.seconds + seconds
+
+  def __exit__(self, *exc):
+    import jax
+    jax.monitoring.unregister_event_duration_listener(self._on)
+
+
 def _run_job(run_dir: Path, trainer: Trainer | None, loader: Loader | None,
              log: Callable[[str], None]) -> dict[str, Any]:
   out = run_dir.parent.parent
@@ -117,7 +140,8 @@ def _run_job(run_dir: Path, trainer: Trainer | None, loader: Loader | None,
     return rec
   t0 = time.time()
   try:
-    result = trainer(spec, run_dir, study)
+    with _Compiles() as train_compiles:
+      result = trainer(spec, run_dir, study)
     if result["status"] == "locked":  # not a failed attempt: put the record back as it was
       log(f"  {run_dir}: {result.get('message')}: left to it")
       with contextlib.suppress(OSError):
@@ -133,7 +157,8 @@ def _run_job(run_dir: Path, trainer: Trainer | None, loader: Loader | None,
     t1 = time.time()
     model, compute_dtype = loader(run_dir)
     forward = eval_lib.make_forward(model, compute_dtype)
-    rows = eval_lib.evaluate(forward, spec.model, study.eval, spec.model.vocab_size)
+    with _Compiles() as eval_compiles:
+      rows = eval_lib.evaluate(forward, spec.model, study.eval, spec.model.vocab_size)
     if store.is_primary():
       write_json(run_dir / "eval.json", {"eval_key": study.eval.key, "rows": rows})
       log(f"  evaluated {spec.label} in {time.time() - t1:.0f}s")
@@ -141,7 +166,10 @@ def _run_job(run_dir: Path, trainer: Trainer | None, loader: Loader | None,
         tracking.model_run(study, spec, run_dir, rows)
         store.update(run_dir, wandb=study.wandb)  # tracking.backfill skips it
     return store.update(run_dir, state="done", train_wall_s=t1 - t0, eval_wall_s=time.time() - t1,
-                   finished=time.time())
+                   finished=time.time(), train_compiles=train_compiles.count,
+                   train_compile_s=round(train_compiles.seconds, 1),
+                   eval_compiles=eval_compiles.count,
+                   eval_compile_s=round(eval_compiles.seconds, 1))
   except KeyboardInterrupt:
     store.update(run_dir, state="preempted", error="interrupted", attempts=rec["attempts"] - 1,
             preempted_wall_s=_lost(rec, t0))
