@@ -216,6 +216,25 @@ PRESETS: dict[str, dict[str, Any]] = {
                             "eval_every": 518, "final_examples": 96, "limit_s": 215},
         },
     },
+    # Does training through the eval lengths close the gap between them? The h200 study cycles
+    # its long steps through 1024, 2048 and 4096 because models trained at 512 and 4096 alone
+    # scored lower at 1024 than at 4096 (recipe_h200_budget.md); here the same question at the
+    # smoke's scale (100k, its four tasks, a 64-token short phase, 256 tokens trained).
+    "cpu_cycle": {
+        "base": {"task": ["niah_single(questions=4)", "niah_multikey(questions=4)",
+                          "chain_resolve(path=True, questions=2)", "common_words"],
+                 "model.size": "100k", "model.vocab_size": 128, "model.conv_kernel": 4,
+                 "data.seq_len": 256, "data.short_len": 64, "data.short_frac": 0.5,
+                 "batch_size": 16, "steps": 1200, "optim.lr": 3e-3, "optim.weight_decay": 0.0,
+                 "optim.warmup_frac": 0.05, "compute_dtype": "float32",
+                 "model.attention.implementation": "reference", "eval_every": 200,
+                 "eval_examples": 32, "final_examples": 96, "final_lengths": [64, 128, 256],
+                 "steps_per_call": 25, "limit_s": 1200},
+        "variants": {
+            "64_then_256": {},
+            "64_then_cycle": {"data.long_lens": (128, 256)},
+        },
+    },
 }
 
 
