@@ -12,7 +12,9 @@ Designed from measurements (benchmarks/results/recipe_h200_learn.md, recipe_h200
 - After the 512 phase the models train at 1024, 2048 and 4096 in turn (50 steps each, the same
   tokens per step): trained at 512 and 4096 alone they scored clearly lower at the shorter eval
   lengths (800k retrieval 0.85 / 0.90 / 0.94 at 1024 / 2048 / 4096), which would confound the
-  comparison of tolerance across lengths. Not yet measured on the GPU.
+  comparison of tolerance across lengths. Not yet measured on the GPU; on a CPU at the smoke's
+  scale (100k, 64 then 256 tokens) the cycle closed most of the same gap: aggregation 0.60 /
+  0.81 / 0.88 at 64 / 128 / 256 without it, 0.87 / 0.95 / 0.91 with it (recipe_cpu_cycle.md).
 - 7.4e15 FLOPs is the smallest budget at which a dense model was measured to reach that issue's
   bars at 4096 (800k, 18 000 steps: 0.967 / 0.973 / 0.827); at it 300k ≈ 800k > 3m, so its grid
   brackets 300k–6m.
