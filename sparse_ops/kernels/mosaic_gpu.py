@@ -18,7 +18,6 @@ and the full ones (unmasked). One program per (64-row q tile, batch, q-head), tw
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 
 import jax
@@ -80,7 +79,7 @@ def forward(q, k, v, layout: BlockLayout, scale: float, *, stages: int = 2,
   """q [B, T, Hq, D], k/v [B, S, Hkv, D] (bf16 or f16) -> (out [B, T, Hq, D], lse [B, Hq, T]
   in the log2 domain, +inf on rows with no allowed key)."""
   b, t, hq, d = q.shape
-  s, hkv = k.shape[1], k.shape[2]
+  hkv = k.shape[2]
   bq, bk = layout.block_q, layout.block_kv
   if bq % TQ or bk % 64 or d % 64:
     raise ValueError(f"pallas_mosaic_gpu needs block_q a multiple of {TQ}, block_kv and D "
