@@ -107,7 +107,8 @@ def main(argv=None) -> dict:
   summary = dict(
       preset=a.preset, size=a.size, steps=a.steps, short=a.short,
       checkpoint_every=a.checkpoint_every, steps_per_call=cfg.steps_per_call,
-      status=result.status, eval_interrupted=interrupted, train_wall_s=round(train_s, 1), eval_wall_s=round(eval_s, 1),
+      status=result.status, eval_interrupted=interrupted, train_wall_s=round(train_s, 1),
+      eval_wall_s=round(eval_s, 1),
       eval_host_examples_s=round(host_s[0], 1), eval_cells=len(cells), rows=len(rows),
       compile_totals={f"{k[0]}/{k[1]}": dict(count=v[0], seconds=round(v[1], 1))
                       for k, v in sorted(by.items())},
@@ -116,7 +117,8 @@ def main(argv=None) -> dict:
       events=events, cells=cells)
   (out / "costs.json").write_text(json.dumps(summary, indent=1))
   print(f"{a.preset} {a.size}: train {train_s:.0f}s ({a.steps} steps), eval {eval_s:.0f}s "
-        f"({'interrupted, ' if interrupted else ''}{len(cells)} cells, host examples {host_s[0]:.0f}s)")
+        f"({'interrupted, ' if interrupted else ''}{len(cells)} cells, "
+        f"host examples {host_s[0]:.0f}s)")
   print(f"{'phase/event':40s} {'count':>6s} {'seconds':>8s}")
   for k, v in summary["compile_totals"].items():
     print(f"{k:40s} {v['count']:6d} {v['seconds']:8.1f}")
