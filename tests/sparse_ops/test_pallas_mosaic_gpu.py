@@ -1,6 +1,6 @@
-"""The Mosaic GPU forward kernel (work in progress) against ``reference``, in Mosaic GPU interpret
-mode on CPU: outputs and the log2 log-sum-exp on fresh random inputs. The kernel has not been
-lowered on a GPU yet (no `gpu` cases), and its backward is not written."""
+"""The Mosaic GPU forward kernel (work in progress) against ``reference``: outputs and the log2
+log-sum-exp on fresh random inputs, in Mosaic GPU interpret mode on CPU, and with the real
+lowering under ``-m gpu`` on a Hopper GPU (not yet run there). Its backward is not written."""
 
 from __future__ import annotations
 
@@ -26,16 +26,32 @@ CASES = {
 }
 
 
+# Larger shapes for the real lowering: the study's D=64, and D=128 at 128-blocks.
+GPU_CASES = {**CASES,
+             "gpu_causal_d64_t2048": (masks.Causal(), 2048, 8, 2, 64, 128, 128),
+             "gpu_local_d128_t1536": (masks.Local(300), 1536, 4, 4, 128, 128, 64)}
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_forward_interpret_matches_reference(name):
-  mask, t, hq, hkv, d, bq, bk = CASES[name]
+  _check(CASES[name], interpret=True, name=name)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", list(GPU_CASES))
+def test_forward_gpu_matches_reference(name):
+  _check(GPU_CASES[name], interpret=False, name=name)
+
+
+def _check(case, interpret: bool, name: str):
+  mask, t, hq, hkv, d, bq, bk = case
   key = jax.random.key(int.from_bytes(os.urandom(4), "little"))
   kq, kk, kv = jax.random.split(key, 3)
   q, k, v = (jax.random.normal(kx, (1, t, h, d), jnp.float32).astype(jnp.bfloat16)
              for kx, h in ((kq, hq), (kk, hkv), (kv, hkv)))
   layout = so.BlockLayout.from_mask(mask, t, t, block_q=bq, block_kv=bk)
   scale = d ** -0.5
-  out, lse = mg.forward(q, k, v, layout, scale, interpret=True)
+  out, lse = mg.forward(q, k, v, layout, scale, interpret=interpret)
   f32 = lambda x: x.astype(jnp.float32)
   want = reference.attention(f32(q), f32(k), f32(v), layout, scale)
   np.testing.assert_allclose(f32(out), want, atol=2e-2, rtol=2e-2)
