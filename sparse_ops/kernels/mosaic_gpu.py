@@ -1,7 +1,8 @@
 """Block-sparse flash attention in Pallas with the Mosaic GPU lowering (Hopper): WORK IN PROGRESS.
 
-Forward only so far, checked in Mosaic GPU interpret mode on CPU (`plgpu.InterpretGPUParams`);
-never lowered on a GPU yet. Not registered with `sparse_ops.attention`.
+The forward and the dQ pass so far (dK/dV is not written), checked in Mosaic GPU interpret mode
+on CPU (`plgpu.InterpretGPUParams`); never lowered on a GPU yet. Not registered with
+`sparse_ops.attention`.
 
 Same contract as ``sparse_ops.kernels.triton``: a ``BlockLayout`` lists, per (batch or 1, head or
 1, q-block), the partial kv-blocks (masked elementwise by ``layout.mask`` and the key length)
@@ -74,6 +75,33 @@ def list_rows(layout: BlockLayout, num_q_heads: int, batch: int) -> jax.Array:
   return rows.astype(jnp.int32).reshape(batch * num_q_heads * nq, width)
 
 
+def _produce_kv(row_src, row_smem, row_bar, gmem, smem, ready, done, bi, kvh, bk: int,
+                stages: int) -> None:
+  """The memory warpgroup: the program's list row into shared memory, then each listed kv-block
+  of K and V (`gmem`) into a ring of `stages` slots (`smem`), signalling `ready` per slot and
+  reusing a slot once the compute warpgroup has arrived on its `done` barriers."""
+  plgpu.copy_gmem_to_smem(row_src, row_smem, row_bar.at[0])
+  plgpu.barrier_wait(row_bar.at[0])
+  n = row_smem[0, 0] + row_smem[0, 1]
+
+  def load(j, _):
+    slot = lax.rem(j, stages)
+
+    @pl.when(j >= stages)
+    def _():  # the slot's previous block must be consumed first
+      for bar in done:
+        plgpu.barrier_wait(bar.at[slot])
+    src = (bi, pl.ds(row_smem[0, _HEAD + j] * bk, bk), kvh)
+    for ref, buf, bar in zip(gmem, smem, ready):
+      plgpu.copy_gmem_to_smem(ref.at[src], buf.at[slot], bar.at[slot])
+  lax.fori_loop(0, n, load, None)
+
+  def drain(j, _):  # observe the last blocks' "consumed" phases too
+    for bar in done:
+      plgpu.barrier_wait(bar.at[lax.rem(j, stages)])
+  lax.fori_loop(jnp.maximum(n - stages, 0), n, drain, None)
+
+
 def forward(q, k, v, layout: BlockLayout, scale: float, *, stages: int = 2,
             interpret: bool = False):
   """q [B, T, Hq, D], k/v [B, S, Hkv, D] (bf16 or f16) -> (out [B, T, Hq, D], lse [B, Hq, T]
@@ -81,12 +109,9 @@ def forward(q, k, v, layout: BlockLayout, scale: float, *, stages: int = 2,
   b, t, hq, d = q.shape
   hkv = k.shape[2]
   bq, bk = layout.block_q, layout.block_kv
-  if bq % TQ or bk % 64 or d % 64:
-    raise ValueError(f"pallas_mosaic_gpu needs block_q a multiple of {TQ}, block_kv and D "
-                     f"multiples of 64; got block_q={bq}, block_kv={bk}, D={d}")
+  _check_blocks(bq, bk, d)
   tp, sp = layout.num_q_blocks * bq, layout.num_kv_blocks * bk
-  pad = lambda x, n: jnp.pad(x, ((0, 0), (0, n - x.shape[1]), (0, 0), (0, 0)))
-  qp, kp, vp = pad(q, tp), pad(k, sp), pad(v, sp)
+  qp, kp, vp = _pad(q, tp), _pad(k, sp), _pad(v, sp)
   rows = list_rows(layout, hq, b)
   geo = _Geo(b=b, t=tp, s=sp, hq=hq, group=hq // hkv, bq=bq, bk=bk, d=d, kv_len=layout.kv_len,
              stages=stages, slots=rows.shape[1])
@@ -104,28 +129,8 @@ def forward(q, k, v, layout: BlockLayout, scale: float, *, stages: int = 2,
 
     @pl.when(wg == 1)
     def _memory():
-      plgpu.copy_gmem_to_smem(rows_ref.at[pl.ds(flat, 1)], row_smem, row_bar.at[0])
-      plgpu.barrier_wait(row_bar.at[0])
-      n = row_smem[0, 0] + row_smem[0, 1]
-      kvh = lax.div(h, geo.group)
-
-      def load(j, _):
-        slot = lax.rem(j, stages)
-
-        @pl.when(j >= stages)
-        def _():  # the slot's previous block must be consumed first
-          plgpu.barrier_wait(k_done.at[slot])
-          plgpu.barrier_wait(v_done.at[slot])
-        blk = row_smem[0, _HEAD + j]
-        src = (bi, pl.ds(blk * bk, bk), kvh)
-        plgpu.copy_gmem_to_smem(k_ref.at[src], k_smem.at[slot], k_bar.at[slot])
-        plgpu.copy_gmem_to_smem(v_ref.at[src], v_smem.at[slot], v_bar.at[slot])
-      lax.fori_loop(0, n, load, None)
-
-      def drain(j, _):  # observe the last blocks' "consumed" phases too
-        plgpu.barrier_wait(k_done.at[lax.rem(j, stages)])
-        plgpu.barrier_wait(v_done.at[lax.rem(j, stages)])
-      lax.fori_loop(jnp.maximum(n - stages, 0), n, drain, None)
+      _produce_kv(rows_ref.at[pl.ds(flat, 1)], row_smem, row_bar, (k_ref, v_ref), (k_smem, v_smem),
+                  (k_bar, v_bar), (k_done, v_done), bi, lax.div(h, geo.group), bk, stages)
 
     @pl.when(wg == 0)
     def _compute():
@@ -209,3 +214,114 @@ def forward(q, k, v, layout: BlockLayout, scale: float, *, stages: int = 2,
       interpret=plgpu.InterpretGPUParams() if interpret else False,
   )(qp, kp, vp, rows)
   return out[:, :t], lse
+
+
+def dq(q, k, v, do, lse, delta, layout: BlockLayout, scale: float, *, stages: int = 2,
+       interpret: bool = False):
+  """The dQ pass over the forward lists: q, do [B, T, Hq, D]; k, v [B, S, Hkv, D]; lse, delta
+  [B, Hq, T_pad] f32 (the forward's log2 log-sum-exp; rowsum(out * do)) -> dq [B, T, Hq, D].
+  Per listed block: P = exp2(S·c − lse) (0 where masked, and on empty rows where lse = +inf),
+  dS = P ⊙ (dO·Vᵀ − delta), dQ += dS·K; K is held until the last of its products."""
+  b, t, hq, d = q.shape
+  hkv = k.shape[2]
+  bq, bk = layout.block_q, layout.block_kv
+  _check_blocks(bq, bk, d)
+  tp, sp = layout.num_q_blocks * bq, layout.num_kv_blocks * bk
+  qp, dop, kp, vp = _pad(q, tp), _pad(do, tp), _pad(k, sp), _pad(v, sp)
+  rows = list_rows(layout, hq, b)
+  group, mask_fn, c, dtype = hq // hkv, partial_block_mask(layout, hq), scale * _LOG2E, q.dtype
+
+  def kernel(q_ref, do_ref, k_ref, v_ref, lse_ref, delta_ref, rows_ref, dq_ref, scratch):
+    (q_smem, do_smem, k_smem, v_smem, ds_smem, row_smem, lse_smem, delta_smem), \
+        (row_bar, q_bar, k_bar, v_bar), (k_done, v_done) = scratch
+    tile, bi, h = lax.axis_index("q"), lax.axis_index("b"), lax.axis_index("h")
+    flat = (bi * hq + h) * layout.num_q_blocks + lax.div(tile, bq // TQ)
+
+    @pl.when(lax.axis_index("wg") == 1)
+    def _memory():
+      _produce_kv(rows_ref.at[pl.ds(flat, 1)], row_smem, row_bar, (k_ref, v_ref), (k_smem, v_smem),
+                  (k_bar, v_bar), (k_done, v_done), bi, lax.div(h, group), bk, stages)
+
+    @pl.when(lax.axis_index("wg") == 0)
+    def _compute():
+      q0 = tile * TQ
+      rows_q = pl.ds(q0, TQ)
+      copies = ((q_ref.at[bi, rows_q, h], q_smem), (do_ref.at[bi, rows_q, h], do_smem),
+                (lse_ref.at[bi, h, rows_q], lse_smem), (delta_ref.at[bi, h, rows_q], delta_smem))
+      for i, (src, dst) in enumerate(copies):
+        plgpu.copy_gmem_to_smem(src, dst, q_bar.at[i])
+      plgpu.barrier_wait(row_bar.at[0])
+      for i in range(len(copies)):
+        plgpu.barrier_wait(q_bar.at[i])
+      lse = plgpu.load(lse_smem, (), layout=plgpu.Layout.WGMMA.reduce(1))
+      delta = plgpu.load(delta_smem, (), layout=plgpu.Layout.WGMMA.reduce(1))
+      pc, fc = row_smem[0, 0], row_smem[0, 1]
+      q_pos = q0 + plgpu.broadcasted_iota(jnp.int32, (TQ, bk), 0, layout=plgpu.Layout.WGMMA)
+      k_off = plgpu.broadcasted_iota(jnp.int32, (TQ, bk), 1, layout=plgpu.Layout.WGMMA)
+      rows_of = lambda x: lax.broadcast_in_dim(x, (TQ, bk), [0])
+
+      def step(masked: bool):
+        def fn(j, acc):
+          slot = lax.rem(j, stages)
+          plgpu.barrier_wait(k_bar.at[slot])
+          sc = _matmul(q_smem, k_smem.at[slot].T, (TQ, bk))
+          p = jnp.exp2(sc * c - rows_of(lse))
+          if masked:
+            p = jnp.where(mask_fn(q_pos, row_smem[0, _HEAD + j] * bk + k_off, h), p, 0.0)
+          plgpu.barrier_wait(v_bar.at[slot])
+          dp = _matmul(do_smem, v_smem.at[slot].T, (TQ, bk))
+          plgpu.barrier_arrive(v_done.at[slot])
+          ds_smem[...] = (p * (dp - rows_of(delta))).astype(dtype)
+          plgpu.commit_smem()
+          acc = acc + _matmul(ds_smem, k_smem.at[slot], (TQ, d))
+          plgpu.barrier_arrive(k_done.at[slot])
+          return acc
+        return fn
+
+      acc = plgpu.layout_cast(jnp.zeros((TQ, d), jnp.float32), plgpu.Layout.WGMMA)
+      acc = lax.fori_loop(0, pc, step(True), acc)
+      acc = lax.fori_loop(pc, pc + fc, step(False), acc)
+      q_smem[...] = (acc * scale).astype(dtype)
+      plgpu.commit_smem()
+      plgpu.copy_smem_to_gmem(q_smem, dq_ref.at[bi, rows_q, h])
+      plgpu.wait_smem_to_gmem(0)
+
+  def entry(*refs):
+    tiled = (plgpu.TilingTransform((8, 64)), plgpu.SwizzleTransform(128))
+    pl.run_scoped(
+        lambda *scratch: kernel(*refs, scratch),
+        (plgpu.SMEM((TQ, d), dtype, transforms=tiled), plgpu.SMEM((TQ, d), dtype, transforms=tiled),
+         plgpu.SMEM((stages, bk, d), dtype, transforms=tiled),
+         plgpu.SMEM((stages, bk, d), dtype, transforms=tiled),
+         plgpu.SMEM((TQ, bk), dtype, transforms=tiled),
+         plgpu.SMEM((1, rows.shape[1]), jnp.int32),
+         plgpu.SMEM((TQ,), jnp.float32), plgpu.SMEM((TQ,), jnp.float32)),
+        (plgpu.Barrier(num_barriers=1), plgpu.Barrier(num_barriers=4),
+         plgpu.Barrier(num_barriers=stages), plgpu.Barrier(num_barriers=stages)),
+        (plgpu.Barrier(num_barriers=stages), plgpu.Barrier(num_barriers=stages)),
+        collective_axes="wg")
+
+  out = plgpu.kernel(
+      entry, out_type=jax.ShapeDtypeStruct((b, tp, hq, d), dtype),
+      grid=(tp // TQ, b, hq), grid_names=("q", "b", "h"), num_threads=2, thread_name="wg",
+      interpret=plgpu.InterpretGPUParams() if interpret else False,
+  )(qp, dop, kp, vp, lse, delta, rows)
+  return out[:, :t]
+
+
+def _matmul(a_smem, b_smem, shape):
+  """a @ b by wgmma from shared memory into a fresh f32 accumulator of `shape`."""
+  def mm(acc_ref):
+    plgpu.wgmma(acc_ref, a_smem, b_smem)
+    return acc_ref[...]
+  return pl.run_scoped(mm, plgpu.ACC(shape, jnp.float32))
+
+
+def _pad(x, n: int):
+  return jnp.pad(x, ((0, 0), (0, n - x.shape[1]), (0, 0), (0, 0)))
+
+
+def _check_blocks(bq: int, bk: int, d: int) -> None:
+  if bq % TQ or bk % 64 or d % 64:
+    raise ValueError(f"pallas_mosaic_gpu needs block_q a multiple of {TQ}, block_kv and D "
+                     f"multiples of 64; got block_q={bq}, block_kv={bk}, D={d}")

@@ -71,3 +71,23 @@ def test_bad_blocks_are_refused_before_compiling():
   x = jnp.zeros((1, 64, 1, 64), jnp.bfloat16)
   with pytest.raises(ValueError, match="block_q a multiple of 64.*got block_q=32"):
     mg.forward(x, x, x, layout, 0.125, interpret=True)
+
+
+@pytest.mark.parametrize("name", ["causal_gqa2", "blockrandom_empty_rows"])
+def test_dq_interpret_matches_reference_gradient(name):
+  """The dQ pass, fed the forward's lse and rowsum(out * dO), against jax.grad of `reference`."""
+  mask, t, hq, hkv, d, bq, bk = CASES[name]
+  key = jax.random.key(int.from_bytes(os.urandom(4), "little"))
+  kq, kk, kv, kg = jax.random.split(key, 4)
+  q, k, v, do = (jax.random.normal(kx, (1, t, h, d), jnp.float32).astype(jnp.bfloat16)
+                 for kx, h in ((kq, hq), (kk, hkv), (kv, hkv), (kg, hq)))
+  layout = so.BlockLayout.from_mask(mask, t, t, block_q=bq, block_kv=bk)
+  scale = d ** -0.5
+  f32 = lambda x: x.astype(jnp.float32)
+  out, lse = mg.forward(q, k, v, layout, scale, interpret=True)
+  delta = jnp.einsum("bthd,bthd->bht", f32(out), f32(do))
+  delta = jnp.pad(delta, ((0, 0), (0, 0), (0, lse.shape[-1] - t)))
+  got = mg.dq(q, k, v, do, lse, delta, layout, scale, interpret=True)
+  want = jax.grad(lambda x: jnp.sum(reference.attention(x, f32(k), f32(v), layout, scale)
+                                    * f32(do)))(f32(q))
+  np.testing.assert_allclose(f32(got), want, atol=3e-2, rtol=3e-2)
