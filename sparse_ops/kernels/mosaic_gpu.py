@@ -1,7 +1,7 @@
 """Block-sparse flash attention in Pallas with the Mosaic GPU lowering (Hopper): WORK IN PROGRESS.
 
-The forward and the dQ pass so far (dK/dV is not written), checked in Mosaic GPU interpret mode
-on CPU (`plgpu.InterpretGPUParams`); never lowered on a GPU yet. Not registered with
+Forward, dQ and dK/dV passes with their custom VJP (`attention`), checked in Mosaic GPU interpret
+mode on CPU (`plgpu.InterpretGPUParams`); never lowered on a GPU yet, so not registered with
 `sparse_ops.attention`.
 
 Same contract as ``sparse_ops.kernels.triton``: a ``BlockLayout`` lists, per (batch or 1, head or
@@ -28,7 +28,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
-from sparse_ops.kernels.common import partial_block_mask
+from sparse_ops.kernels.common import check_call, partial_block_mask, with_kernel_vjp
 from sparse_ops.layout import BlockLayout
 
 _LOG2E = math.log2(math.e)
@@ -52,12 +52,18 @@ class _Geo:
   slots: int  # index slots per list row (partial + full, padded)
 
 
-def list_rows(layout: BlockLayout, num_q_heads: int, batch: int) -> jax.Array:
-  """The forward lists as one int32 row per (batch, q-head, q-block): [pc, fc, 0, 0, partial
-  indices..., full indices..., 0...] (partial first, so the kernel masks a prefix of its steps),
-  padded to a multiple of 4 ints (TMA copies whole 16-byte units)."""
-  pc, pi = layout.kv_num_blocks, layout.kv_indices
-  fc, fi = layout.full_kv_num_blocks, layout.full_kv_indices
+def list_rows(layout: BlockLayout, num_q_heads: int, batch: int, *,
+              transposed: bool = False) -> jax.Array:
+  """The forward lists (or with `transposed` the q-block lists of each kv-block) as one int32
+  row per (batch, q-head, block): [partial count, full count, 0, 0, partial indices..., full
+  indices..., 0...] (partial first, so the kernel masks a prefix of its steps), padded to a
+  multiple of 4 ints (TMA copies whole 16-byte units)."""
+  if transposed:
+    pc, pi = layout.q_num_blocks, layout.q_indices
+    fc, fi = layout.full_q_num_blocks, layout.full_q_indices
+  else:
+    pc, pi = layout.kv_num_blocks, layout.kv_indices
+    fc, fi = layout.full_kv_num_blocks, layout.full_kv_indices
   bl, hl, nq, ps = pi.shape
   fs = fi.shape[-1]
   j = jnp.broadcast_to(jnp.arange(ps + fs), (bl, hl, nq, ps + fs))
@@ -325,3 +331,177 @@ def _check_blocks(bq: int, bk: int, d: int) -> None:
   if bq % TQ or bk % 64 or d % 64:
     raise ValueError(f"pallas_mosaic_gpu needs block_q a multiple of {TQ}, block_kv and D "
                      f"multiples of 64; got block_q={bq}, block_kv={bk}, D={d}")
+
+
+def dkv(q, k, v, do, lse, delta, layout: BlockLayout, scale: float, *, stages: int = 2,
+        interpret: bool = False):
+  """The dK/dV pass over the transposed lists (the q-blocks of each kv-block), one program per
+  (64-row kv tile, batch, kv-head) summing its GQA group's q-heads inside the program: per
+  listed q-block, Pᵀ = exp2(K·Qᵀ·c − lse), dV += Pᵀ·dO, dSᵀ = Pᵀ ⊙ (V·dOᵀ − delta),
+  dK += dSᵀ·Q. -> (dk, dv) [B, S, Hkv, D]."""
+  b, t, hq, d = q.shape
+  s, hkv = k.shape[1], k.shape[2]
+  bq, bk = layout.block_q, layout.block_kv
+  _check_blocks(bq, bk, d)
+  tp, sp = layout.num_q_blocks * bq, layout.num_kv_blocks * bk
+  qp, dop, kp, vp = _pad(q, tp), _pad(do, tp), _pad(k, sp), _pad(v, sp)
+  rows = list_rows(layout, hq, b, transposed=True)
+  group, mask_fn, c, dtype = hq // hkv, partial_block_mask(layout, hq), scale * _LOG2E, q.dtype
+  nk = layout.num_kv_blocks
+  tk = TQ  # kv rows per program
+
+  def kernel(q_ref, do_ref, k_ref, v_ref, lse_ref, delta_ref, rows_ref, dk_ref, dv_ref, scratch):
+    (k_smem, v_smem, q_smem, do_smem, lse_smem, delta_smem, p_smem, row_smem), \
+        (row_bar, kv_bar, ready), (done,) = scratch
+    tile, bi, kvh = lax.axis_index("k"), lax.axis_index("b"), lax.axis_index("h")
+    r = lax.div(tile, bk // tk)
+    flat = lambda g: (bi * hq + kvh * group + g) * nk + r
+    count = lambda g: row_smem[g, 0] + row_smem[g, 1]
+
+    @pl.when(lax.axis_index("wg") == 1)
+    def _memory():
+      for g in range(group):  # the group's list rows (the compute warpgroup waits for them too)
+        plgpu.copy_gmem_to_smem(rows_ref.at[pl.ds(flat(g), 1)], row_smem.at[pl.ds(g, 1)],
+                                row_bar.at[g])
+      for g in range(group):
+        plgpu.barrier_wait(row_bar.at[g])
+      base = 0
+      for g in range(group):
+        h = kvh * group + g
+
+        def load(j, _, g=g, h=h, base=base):
+          step = base + j
+          slot = lax.rem(step, stages)
+
+          @pl.when(step >= stages)
+          def _():
+            plgpu.barrier_wait(done.at[slot])
+          rows_q = pl.ds(row_smem[g, _HEAD + j] * bq, bq)
+          for i, (ref, buf) in enumerate(((q_ref.at[bi, rows_q, h], q_smem),
+                                          (do_ref.at[bi, rows_q, h], do_smem),
+                                          (lse_ref.at[bi, h, rows_q], lse_smem),
+                                          (delta_ref.at[bi, h, rows_q], delta_smem))):
+            plgpu.copy_gmem_to_smem(ref, buf.at[slot], ready.at[slot * 4 + i])
+        lax.fori_loop(0, count(g), load, None)
+        base = base + count(g)
+
+      def drain(j, _):
+        plgpu.barrier_wait(done.at[lax.rem(j, stages)])
+      lax.fori_loop(jnp.maximum(base - stages, 0), base, drain, None)
+
+    @pl.when(lax.axis_index("wg") == 0)
+    def _compute():
+      k0 = tile * tk
+      plgpu.copy_gmem_to_smem(k_ref.at[bi, pl.ds(k0, tk), kvh], k_smem, kv_bar.at[0])
+      plgpu.copy_gmem_to_smem(v_ref.at[bi, pl.ds(k0, tk), kvh], v_smem, kv_bar.at[1])
+      for g in range(group):
+        plgpu.barrier_wait(row_bar.at[g])
+      plgpu.barrier_wait(kv_bar.at[0])
+      plgpu.barrier_wait(kv_bar.at[1])
+      k_pos = k0 + plgpu.broadcasted_iota(jnp.int32, (tk, bq), 0, layout=plgpu.Layout.WGMMA)
+      q_off = plgpu.broadcasted_iota(jnp.int32, (tk, bq), 1, layout=plgpu.Layout.WGMMA)
+      cols_of = lambda x: lax.broadcast_in_dim(x, (tk, bq), [1])
+      zeros = lambda: plgpu.layout_cast(jnp.zeros((tk, d), jnp.float32), plgpu.Layout.WGMMA)
+      acc, base = (zeros(), zeros()), 0
+      for g in range(group):
+        h = kvh * group + g
+
+        def step(masked: bool, g=g, h=h, base=base):
+          def fn(j, acc):
+            dk, dv = acc
+            slot = lax.rem(base + j, stages)
+            for i in range(4):
+              plgpu.barrier_wait(ready.at[slot * 4 + i])
+            lse = plgpu.load(lse_smem.at[slot], (), layout=plgpu.Layout.WGMMA.reduce(0))
+            delta = plgpu.load(delta_smem.at[slot], (), layout=plgpu.Layout.WGMMA.reduce(0))
+            st = _matmul(k_smem, q_smem.at[slot].T, (tk, bq))
+            pt = jnp.exp2(st * c - cols_of(lse))
+            if masked:
+              q_pos = row_smem[g, _HEAD + j] * bq + q_off
+              pt = jnp.where(mask_fn(q_pos, k_pos, h), pt, 0.0)
+            p_smem[...] = pt.astype(dtype)
+            plgpu.commit_smem()
+            dv = dv + _matmul(p_smem, do_smem.at[slot], (tk, d))
+            dpt = _matmul(v_smem, do_smem.at[slot].T, (tk, bq))
+            p_smem[...] = (pt * (dpt - cols_of(delta))).astype(dtype)
+            plgpu.commit_smem()
+            dk = dk + _matmul(p_smem, q_smem.at[slot], (tk, d))
+            plgpu.barrier_arrive(done.at[slot])
+            return dk, dv
+          return fn
+        pc, n = row_smem[g, 0], count(g)
+        acc = lax.fori_loop(0, pc, step(True), acc)
+        acc = lax.fori_loop(pc, n, step(False), acc)
+        base = base + n
+      dk, dv = acc
+      k_smem[...] = (dk * scale).astype(dtype)
+      v_smem[...] = dv.astype(dtype)
+      plgpu.commit_smem()
+      plgpu.copy_smem_to_gmem(k_smem, dk_ref.at[bi, pl.ds(k0, tk), kvh])
+      plgpu.copy_smem_to_gmem(v_smem, dv_ref.at[bi, pl.ds(k0, tk), kvh])
+      plgpu.wait_smem_to_gmem(0)
+
+  def entry(*refs):
+    tiled = (plgpu.TilingTransform((8, 64)), plgpu.SwizzleTransform(128))
+    pl.run_scoped(
+        lambda *scratch: kernel(*refs, scratch),
+        (plgpu.SMEM((tk, d), dtype, transforms=tiled), plgpu.SMEM((tk, d), dtype, transforms=tiled),
+         plgpu.SMEM((stages, bq, d), dtype, transforms=tiled),
+         plgpu.SMEM((stages, bq, d), dtype, transforms=tiled),
+         plgpu.SMEM((stages, bq), jnp.float32), plgpu.SMEM((stages, bq), jnp.float32),
+         plgpu.SMEM((tk, bq), dtype, transforms=tiled),
+         plgpu.SMEM((group, rows.shape[1]), jnp.int32)),
+        (plgpu.Barrier(num_barriers=group), plgpu.Barrier(num_barriers=2),
+         plgpu.Barrier(num_barriers=4 * stages)),
+        (plgpu.Barrier(num_barriers=stages),),
+        collective_axes="wg")
+
+  dk, dv = plgpu.kernel(
+      entry, out_type=(jax.ShapeDtypeStruct((b, sp, hkv, d), dtype),) * 2,
+      grid=(sp // tk, b, hkv), grid_names=("k", "b", "h"), num_threads=2, thread_name="wg",
+      interpret=plgpu.InterpretGPUParams() if interpret else False,
+  )(qp, dop, kp, vp, lse, delta, rows)
+  return dk[:, :s], dv[:, :s]
+
+
+# ------------------------------------------------------------------------------- the VJP'd op
+
+
+def unavailable() -> str | None:
+  """None if the Mosaic GPU kernels can run on the default backend (Hopper), else why not."""
+  hint = "; on CPU, tests call sparse_ops.kernels.mosaic_gpu.attention(..., interpret=True)"
+  dev = jax.devices()[0]
+  cc = getattr(dev, "compute_capability", None)
+  if dev.platform != "gpu" or cc is None or not 9.0 <= float(cc) < 10.0:
+    return (f"the Mosaic GPU kernels need a Hopper GPU (compute capability 9.x); the default "
+            f"device here is {dev.device_kind!r}{hint}")
+  return None
+
+
+def attention(q, k, v, layout: BlockLayout, scale: float | None = None, *,
+              interpret: bool = False) -> jax.Array:
+  """q [B, T, Hq, D], k/v [B, S, Hkv, D] (bf16 or f16) -> [B, T, Hq, D], with the custom VJP
+  of the dQ and dK/dV passes. `interpret=True`: Mosaic GPU interpret mode on any backend."""
+  check_call(q, k, layout, unavailable=unavailable, interpret=interpret,
+             block_ok=lambda n: n % 64 == 0,
+             block_rule="a multiple of 64 for the Mosaic GPU kernels (wgmma tiles)")
+  if q.dtype not in (jnp.bfloat16, jnp.float16) or v.shape[3] != q.shape[3]:
+    raise ValueError(f"the Mosaic GPU kernels take bf16 or f16 with Dv = D; got {q.dtype}, "
+                     f"D={q.shape[3]}, Dv={v.shape[3]}")
+  scale = q.shape[3] ** -0.5 if scale is None else float(scale)
+  return _attention(q, k, v, layout, scale, bool(interpret))
+
+
+def _fwd(q, k, v, layout, scale, interpret):
+  return forward(q, k, v, layout, scale, interpret=interpret)
+
+
+def _bwd(q, k, v, layout, scale, interpret, out, lse, dout):
+  delta = jnp.einsum("bthd,bthd->bht", out.astype(jnp.float32), dout.astype(jnp.float32))
+  delta = jnp.pad(delta, ((0, 0), (0, 0), (0, lse.shape[-1] - q.shape[1])))
+  dq_ = dq(q, k, v, dout, lse, delta, layout, scale, interpret=interpret)
+  dk, dv = dkv(q, k, v, dout, lse, delta, layout, scale, interpret=interpret)
+  return dq_, dk, dv
+
+
+_attention = with_kernel_vjp(_fwd, _bwd)
