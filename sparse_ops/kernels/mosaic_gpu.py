@@ -197,28 +197,16 @@ def forward(q, k, v, layout: BlockLayout, scale: float, *, stages: int = 2,
       plgpu.copy_smem_to_gmem(lse_smem, lse_ref.at[bi, h, pl.ds(q0, TQ)])
       plgpu.wait_smem_to_gmem(0)
 
-  def entry(q_ref, k_ref, v_ref, rows_ref, out_ref, lse_ref):
-    tiled = (plgpu.TilingTransform((8, 64)), plgpu.SwizzleTransform(128))
-    pl.run_scoped(
-        lambda *scratch: kernel(q_ref, k_ref, v_ref, rows_ref, out_ref, lse_ref, scratch),
-        (plgpu.SMEM((TQ, d), dtype, transforms=tiled),
-         plgpu.SMEM((stages, bk, d), dtype, transforms=tiled),
-         plgpu.SMEM((stages, bk, d), dtype, transforms=tiled),
-         plgpu.SMEM((TQ, bk), dtype, transforms=tiled),
-         plgpu.SMEM((1, geo.slots), jnp.int32),
-         plgpu.SMEM((TQ,), jnp.float32)),
-        (plgpu.Barrier(num_barriers=1), plgpu.Barrier(num_barriers=1),
-         plgpu.Barrier(num_barriers=stages), plgpu.Barrier(num_barriers=stages)),
-        (plgpu.Barrier(num_barriers=stages), plgpu.Barrier(num_barriers=stages)),
-        collective_axes="wg")
-
-  out, lse = plgpu.kernel(
-      entry,
-      out_type=(jax.ShapeDtypeStruct((b, tp, hq, d), dtype),
-                jax.ShapeDtypeStruct((b, hq, tp), jnp.float32)),
-      grid=(tp // TQ, b, hq), grid_names=("q", "b", "h"), num_threads=2, thread_name="wg",
-      interpret=plgpu.InterpretGPUParams() if interpret else False,
-  )(qp, kp, vp, rows)
+  out, lse = _launch(
+      kernel,
+      ((_smem((TQ, d), dtype), _smem((stages, bk, d), dtype), _smem((stages, bk, d), dtype),
+        _smem((TQ, bk), dtype), plgpu.SMEM((1, geo.slots), jnp.int32),
+        plgpu.SMEM((TQ,), jnp.float32)),
+       (plgpu.Barrier(num_barriers=1), plgpu.Barrier(num_barriers=1),
+        plgpu.Barrier(num_barriers=stages), plgpu.Barrier(num_barriers=stages)),
+       (plgpu.Barrier(num_barriers=stages), plgpu.Barrier(num_barriers=stages))),
+      (jax.ShapeDtypeStruct((b, tp, hq, d), dtype), jax.ShapeDtypeStruct((b, hq, tp), jnp.float32)),
+      (tp // TQ, b, hq), ("q", "b", "h"), interpret)(qp, kp, vp, rows)
   return out[:, :t], lse
 
 
@@ -292,27 +280,34 @@ def dq(q, k, v, do, lse, delta, layout: BlockLayout, scale: float, *, stages: in
       plgpu.copy_smem_to_gmem(q_smem, dq_ref.at[bi, rows_q, h])
       plgpu.wait_smem_to_gmem(0)
 
-  def entry(*refs):
-    tiled = (plgpu.TilingTransform((8, 64)), plgpu.SwizzleTransform(128))
-    pl.run_scoped(
-        lambda *scratch: kernel(*refs, scratch),
-        (plgpu.SMEM((TQ, d), dtype, transforms=tiled), plgpu.SMEM((TQ, d), dtype, transforms=tiled),
-         plgpu.SMEM((stages, bk, d), dtype, transforms=tiled),
-         plgpu.SMEM((stages, bk, d), dtype, transforms=tiled),
-         plgpu.SMEM((TQ, bk), dtype, transforms=tiled),
-         plgpu.SMEM((1, rows.shape[1]), jnp.int32),
-         plgpu.SMEM((TQ,), jnp.float32), plgpu.SMEM((TQ,), jnp.float32)),
-        (plgpu.Barrier(num_barriers=1), plgpu.Barrier(num_barriers=4),
-         plgpu.Barrier(num_barriers=stages), plgpu.Barrier(num_barriers=stages)),
-        (plgpu.Barrier(num_barriers=stages), plgpu.Barrier(num_barriers=stages)),
-        collective_axes="wg")
-
-  out = plgpu.kernel(
-      entry, out_type=jax.ShapeDtypeStruct((b, tp, hq, d), dtype),
-      grid=(tp // TQ, b, hq), grid_names=("q", "b", "h"), num_threads=2, thread_name="wg",
-      interpret=plgpu.InterpretGPUParams() if interpret else False,
-  )(qp, dop, kp, vp, lse, delta, rows)
+  out = _launch(
+      kernel,
+      ((_smem((TQ, d), dtype), _smem((TQ, d), dtype), _smem((stages, bk, d), dtype),
+        _smem((stages, bk, d), dtype), _smem((TQ, bk), dtype),
+        plgpu.SMEM((1, rows.shape[1]), jnp.int32), plgpu.SMEM((TQ,), jnp.float32),
+        plgpu.SMEM((TQ,), jnp.float32)),
+       (plgpu.Barrier(num_barriers=1), plgpu.Barrier(num_barriers=4),
+        plgpu.Barrier(num_barriers=stages), plgpu.Barrier(num_barriers=stages)),
+       (plgpu.Barrier(num_barriers=stages), plgpu.Barrier(num_barriers=stages))),
+      jax.ShapeDtypeStruct((b, tp, hq, d), dtype), (tp // TQ, b, hq), ("q", "b", "h"),
+      interpret)(qp, dop, kp, vp, lse, delta, rows)
   return out[:, :t]
+
+
+def _launch(kernel, scratch, out_type, grid, grid_names, interpret: bool):
+  """plgpu.kernel over `grid` with two warpgroups ("wg": 0 computes, 1 moves memory), calling
+  kernel(*refs, scratch) with the `scratch` buffers and barriers allocated for both."""
+  def entry(*refs):
+    pl.run_scoped(lambda *allocated: kernel(*refs, allocated), *scratch, collective_axes="wg")
+  return plgpu.kernel(entry, out_type=out_type, grid=grid, grid_names=grid_names, num_threads=2,
+                      thread_name="wg",
+                      interpret=plgpu.InterpretGPUParams() if interpret else False)
+
+
+def _smem(shape, dtype):
+  """A wgmma operand buffer: 8 × 64 tiles, 128-byte swizzle (64 two-byte elements a row)."""
+  return plgpu.SMEM(shape, dtype, transforms=(plgpu.TilingTransform((8, 64)),
+                                              plgpu.SwizzleTransform(128)))
 
 
 def _matmul(a_smem, b_smem, shape):
@@ -441,26 +436,17 @@ def dkv(q, k, v, do, lse, delta, layout: BlockLayout, scale: float, *, stages: i
       plgpu.copy_smem_to_gmem(v_smem, dv_ref.at[bi, pl.ds(k0, tk), kvh])
       plgpu.wait_smem_to_gmem(0)
 
-  def entry(*refs):
-    tiled = (plgpu.TilingTransform((8, 64)), plgpu.SwizzleTransform(128))
-    pl.run_scoped(
-        lambda *scratch: kernel(*refs, scratch),
-        (plgpu.SMEM((tk, d), dtype, transforms=tiled), plgpu.SMEM((tk, d), dtype, transforms=tiled),
-         plgpu.SMEM((stages, bq, d), dtype, transforms=tiled),
-         plgpu.SMEM((stages, bq, d), dtype, transforms=tiled),
-         plgpu.SMEM((stages, bq), jnp.float32), plgpu.SMEM((stages, bq), jnp.float32),
-         plgpu.SMEM((tk, bq), dtype, transforms=tiled),
-         plgpu.SMEM((group, rows.shape[1]), jnp.int32)),
-        (plgpu.Barrier(num_barriers=group), plgpu.Barrier(num_barriers=2),
-         plgpu.Barrier(num_barriers=4 * stages)),
-        (plgpu.Barrier(num_barriers=stages),),
-        collective_axes="wg")
-
-  dk, dv = plgpu.kernel(
-      entry, out_type=(jax.ShapeDtypeStruct((b, sp, hkv, d), dtype),) * 2,
-      grid=(sp // tk, b, hkv), grid_names=("k", "b", "h"), num_threads=2, thread_name="wg",
-      interpret=plgpu.InterpretGPUParams() if interpret else False,
-  )(qp, dop, kp, vp, lse, delta, rows)
+  dk, dv = _launch(
+      kernel,
+      ((_smem((tk, d), dtype), _smem((tk, d), dtype), _smem((stages, bq, d), dtype),
+        _smem((stages, bq, d), dtype), plgpu.SMEM((stages, bq), jnp.float32),
+        plgpu.SMEM((stages, bq), jnp.float32), _smem((tk, bq), dtype),
+        plgpu.SMEM((group, rows.shape[1]), jnp.int32)),
+       (plgpu.Barrier(num_barriers=group), plgpu.Barrier(num_barriers=2),
+        plgpu.Barrier(num_barriers=4 * stages)),
+       (plgpu.Barrier(num_barriers=stages),)),
+      (jax.ShapeDtypeStruct((b, sp, hkv, d), dtype),) * 2, (sp // tk, b, hkv), ("k", "b", "h"),
+      interpret)(qp, dop, kp, vp, lse, delta, rows)
   return dk[:, :s], dv[:, :s]
 
 
