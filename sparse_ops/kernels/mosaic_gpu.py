@@ -14,6 +14,10 @@ and the full ones (unmasked). One program per (64-row q tile, batch, q-head), tw
   compute wg  Q·Kᵀ by wgmma, online softmax in the log2 domain, P·V by wgmma; the partial
               blocks first (masked), then the full ones; out and the log-sum-exp (+inf on rows
               with no allowed key, which are written as zeros) through shared memory.
+
+The backward: dQ over the forward lists with the same split of work (K held until dS·K), and
+dK/dV per (64-row kv tile, batch, kv-head) over the transposed lists, the GQA group's q-heads
+summed inside the program (deterministic, no atomics), Pᵀ computed as exp2(K·Qᵀ·c − lse).
 """
 
 from __future__ import annotations
