@@ -22,7 +22,6 @@ summed inside the program (deterministic, no atomics), Pᵀ computed as exp2(K·
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import jax
@@ -39,21 +38,6 @@ _LOG2E = math.log2(math.e)
 _NEG = -0.7 * float(np.finfo(np.float32).max)  # finite "-inf", as in the Triton kernel
 TQ = 64  # q rows per program: one wgmma M tile per compute warpgroup
 _HEAD = 4  # list row: [partial count, full count, pad, pad, indices...] (16-byte TMA rows)
-
-
-@dataclasses.dataclass(frozen=True)
-class _Geo:
-  b: int
-  t: int  # padded q length
-  s: int  # padded kv length
-  hq: int
-  group: int
-  bq: int
-  bk: int
-  d: int
-  kv_len: int
-  stages: int
-  slots: int  # index slots per list row (partial + full, padded)
 
 
 def list_rows(layout: BlockLayout, num_q_heads: int, batch: int, *,
@@ -123,8 +107,7 @@ def forward(q, k, v, layout: BlockLayout, scale: float, *, stages: int = 2,
   tp, sp = layout.num_q_blocks * bq, layout.num_kv_blocks * bk
   qp, kp, vp = _pad(q, tp), _pad(k, sp), _pad(v, sp)
   rows = list_rows(layout, hq, b)
-  geo = _Geo(b=b, t=tp, s=sp, hq=hq, group=hq // hkv, bq=bq, bk=bk, d=d, kv_len=layout.kv_len,
-             stages=stages, slots=rows.shape[1])
+  group = hq // hkv
   mask_fn = partial_block_mask(layout, hq)
   c = float(scale) * _LOG2E
   dtype = q.dtype
@@ -140,7 +123,7 @@ def forward(q, k, v, layout: BlockLayout, scale: float, *, stages: int = 2,
     @pl.when(wg == 1)
     def _memory():
       _produce_kv(rows_ref.at[pl.ds(flat, 1)], row_smem, row_bar, (k_ref, v_ref), (k_smem, v_smem),
-                  (k_bar, v_bar), (k_done, v_done), bi, lax.div(h, geo.group), bk, stages)
+                  (k_bar, v_bar), (k_done, v_done), bi, lax.div(h, group), bk, stages)
 
     @pl.when(wg == 0)
     def _compute():
@@ -204,7 +187,7 @@ def forward(q, k, v, layout: BlockLayout, scale: float, *, stages: int = 2,
   out, lse = _launch(
       kernel,
       ((_smem((TQ, d), dtype), _smem((stages, bk, d), dtype), _smem((stages, bk, d), dtype),
-        _smem((TQ, bk), dtype), plgpu.SMEM((1, geo.slots), jnp.int32),
+        _smem((TQ, bk), dtype), plgpu.SMEM((1, rows.shape[1]), jnp.int32),
         plgpu.SMEM((TQ,), jnp.float32)),
        (plgpu.Barrier(num_barriers=1), plgpu.Barrier(num_barriers=1),
         plgpu.Barrier(num_barriers=stages), plgpu.Barrier(num_barriers=stages)),
