@@ -1,7 +1,9 @@
 """Block-sparse flash attention in Pallas with the Mosaic GPU lowering (Hopper): WORK IN PROGRESS.
 
 Forward, dQ and dK/dV passes with their custom VJP (`attention`), checked in Mosaic GPU interpret
-mode on CPU (`plgpu.InterpretGPUParams`); never lowered on a GPU yet, so not registered with
+mode on CPU (`plgpu.InterpretGPUParams`). The first real lowering (one H200, session 10) died
+with CUDA_ERROR_MISALIGNED_ADDRESS on its first check, not yet traced to a pass
+(`benchmarks/mosaic_gpu_cases.py` isolates each check), so not registered with
 `sparse_ops.attention`.
 
 Same contract as ``sparse_ops.kernels.triton``: a ``BlockLayout`` lists, per (batch or 1, head or

@@ -1,6 +1,7 @@
 """The Mosaic GPU forward kernel (work in progress) against ``reference``: outputs and the log2
 log-sum-exp on fresh random inputs, in Mosaic GPU interpret mode on CPU, and with the real
-lowering under ``-m gpu`` on a Hopper GPU (not yet run there); gradients through the kernels' VJP
+lowering under ``-m gpu`` on a Hopper GPU (first run there: CUDA_ERROR_MISALIGNED_ADDRESS, not yet
+traced; ``benchmarks/mosaic_gpu_cases.py``); gradients through the kernels' VJP
 in interpret mode."""
 
 from __future__ import annotations
