@@ -36,8 +36,10 @@ the 1024/2048/4096 cycle, 178 s of arithmetic for its 45 882 steps; 20m and 50m 
 and 80 ms) and 2.1× that at batch 32 (800k, measured), sparse runs at 0.8× (an upper bound: the
 1024 and 2048 steps of the cycle are cheaper). Per run on top (benchmarks/results/
 study_costs_h200.md, measured before the one-program-per-length fix): ~200 s of training
-compiles and ~185 s of evaluation compiles and lowering; after it, predicted ~30 s and ~60 s
-(not yet measured). With that the issue's 60-minute target is expected to be missed.
+compiles and ~185 s of evaluation compiles and lowering. After it (studies/h200/README.md, the
+800k run): ~53 s of training overhead and 99–137 s of evaluation (16 settings with Quest), before
+the blocks shared one trace (lowering 83 -> 33 s on a CPU; not yet measured on the GPU). With
+that the issue's 60-minute target is expected to be missed.
 `h200_quick` is this study's first budget alone: its runs and eval settings are this study's,
 so a folder started with it continues with `--preset h200 --add-to-study`.
 """
