@@ -246,7 +246,7 @@ class Transformer(nnx.Module):
     # One trace for all `depth` blocks: they share structure and shapes, so the jit traces and
     # lowers the first and reuses it for the rest (XLA inlines the calls: the same program).
     # Tracing and lowering were most of an evaluation's host time: the h200 study's 187
-    # programs of an 800k model took 83 s on a 2-core CPU with every layer traced anew, 32 s so.
+    # programs of an 800k model took 83 s on a 2-core CPU with every layer traced anew, 33 s so.
     apply = jax.jit(apply, static_argnums=0)
     hidden = []
     for block in self.blocks:
