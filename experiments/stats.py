@@ -289,6 +289,25 @@ def welch_greater_many(mean_a, std_a, n_a, mean_b, std_b, n_b) -> np.ndarray:
   return np.where(const, rule, p)
 
 
+def drop_beyond(diff: np.ndarray, asked: np.ndarray, margin: float) -> np.ndarray:
+  """One-sided p of "a's accuracy exceeds b's by more than `margin`" for paired arms, from the
+  per-context differences diff [..., C] (questions a got right minus b, per context) and asked
+  [C] (questions per context): the t-test over contexts (`scipy.stats.ttest_1samp`, alternative
+  "greater") of diff − margin · asked, whose mean is above 0 exactly when the pooled drop is
+  above the margin. Elementwise over leading axes (the tolerance bootstrap passes resamples).
+  The exact sign test cannot take a margin (a context's sign says nothing of its size), so this
+  is the paired test where a tolerance has one. Constant differences: p 0 if above the margin,
+  else 1."""
+  e = np.asarray(diff, np.float64) - margin * np.asarray(asked, np.float64)
+  n = e.shape[-1]
+  if n < 2:
+    raise ValueError(f"the margin test needs >= 2 contexts, got {n}")
+  mean, sd = e.mean(-1), e.std(-1, ddof=1)
+  with np.errstate(divide="ignore", invalid="ignore"):  # ttest_1samp's statistic, vectorised
+    p = stats.t.sf(mean / (sd / math.sqrt(n)), n - 1)
+  return np.where(sd == 0, np.where(mean > 0, 0.0, 1.0), p)
+
+
 # ------------------------------------------------------------ differences across cells
 def sign_test(differences: Sequence[float], alternative: str = "greater") -> Paired:
   """Exact sign test of a median difference > 0 (`alternative` "greater"; or "less",

@@ -19,6 +19,7 @@ from experiments import stats
 from experiments.runs.results import Outcomes
 
 PAIRED = "paired exact sign test (McNemar)"
+PAIRED_MARGIN = "paired t over contexts, drop beyond the margin"
 WELCH = "Welch t"
 
 
@@ -72,15 +73,19 @@ class Test:
   test: str  # PAIRED or WELCH
 
 
-def greater(a: dict[str, Any], b: dict[str, Any]) -> Test:
-  """One-sided test of accuracy(a) > accuracy(b) for two points ({"arm", "sample"?}): paired
-  where they hold the same questions (the sign test over contexts where questions share them),
-  else Welch."""
+def greater(a: dict[str, Any], b: dict[str, Any], margin: float = 0.0) -> Test:
+  """One-sided test of accuracy(a) > accuracy(b) + margin for two points ({"arm", "sample"?}):
+  paired where they hold the same questions (margin 0: the sign test over contexts where
+  questions share them; a margin: `stats.drop_beyond`), else Welch (a's mean less the margin)."""
   sa, sb = a.get("sample"), b.get("sample")
   if same_questions(sa, sb):
+    if margin:
+      (right_a, asked), (right_b, _) = (stats.per_context(s.correct, s.cluster) for s in (sa, sb))
+      return Test(float(stats.drop_beyond(right_a - right_b, asked, margin)), PAIRED_MARGIN)
     contexts = sa.cluster if sa.clustered else None
     return Test(stats.paired_greater(sa.correct, sb.correct, "greater", contexts).p, PAIRED)
-  return Test(stats.welch_greater(a["arm"], b["arm"]).p, WELCH)
+  shifted = dataclasses.replace(a["arm"], mean=a["arm"].mean - margin)
+  return Test(stats.welch_greater(shifted, b["arm"]).p, WELCH)
 
 
 def interval(arm: stats.Arm, s: Sample | None) -> tuple[float, float]:
@@ -93,8 +98,8 @@ def interval(arm: stats.Arm, s: Sample | None) -> tuple[float, float]:
 
 def named(tests: set[str]) -> str:
   """The tests a table used, for its text: one name, or both with "where paired"."""
-  if tests == {PAIRED}:
-    return PAIRED
-  if PAIRED in tests:
-    return f"{PAIRED} where the arms share questions, else {WELCH}"
-  return WELCH
+  paired = sorted(tests - {WELCH})
+  if not paired:
+    return WELCH
+  name = " / ".join(paired)
+  return name if WELCH not in tests else f"{name} where the arms share questions, else {WELCH}"

@@ -137,6 +137,7 @@ def _length_note(fit: fr.Fit | None) -> str:
 def _short(tests: set[str]) -> str:
   """A tolerance row's test, in a word."""
   return {frozenset(): "—", frozenset({compare.PAIRED}): "paired",
+          frozenset({compare.PAIRED_MARGIN}): "paired t",
           frozenset({compare.WELCH}): "Welch"}.get(frozenset(tests), "mixed")
 
 
@@ -178,10 +179,11 @@ def statistics(points: list[dict[str, Any]], outcomes_rows: int, rows: int) -> l
 def write(out: Path, rows: list[dict[str, Any]], status: list[dict[str, Any]], *, name: str,
           skipped: list[dict[str, Any]] = (), damaged: list[str] = (),
           wall_s: float | None = None, outcomes: dict[tuple, Any] | None = None,
-          probe_dirs: Sequence[Path] = ()) -> tuple[Path, list[Path]]:
+          probe_dirs: Sequence[Path] = (), margin: float = 0.0) -> tuple[Path, list[Path]]:
   """Writes out/report.md and out/plots/*.png from results rows (`runs.results.read`), their
   per-question outcomes (`runs.results.read_outcomes`; None: unpaired tests, and the report
-  says so) and the runs' status rows; returns (report path, plot paths). Reads nothing else:
+  says so) and the runs' status rows, and the study's tolerance margin (`tolerance.curves`);
+  returns (report path, plot paths). Reads nothing else:
   the run store (`runs.sweep.report_inputs`) gathers these, so the analysis never needs the
   model stack."""
   out = Path(out)
@@ -190,7 +192,7 @@ def write(out: Path, rows: list[dict[str, Any]], status: list[dict[str, Any]], *
   plot_dir = out / "plots"
   plot_dir.mkdir(exist_ok=True)
   budget_rows = budgets.comparisons(points, ALPHA)
-  tol = tl.curves(points)
+  tol = tl.curves(points, margin=margin)
   fit_pts = [p for p in points if p["phase"] == "prefill"]
   fit = fr.loglinear_fit([p["params"] for p in fit_pts], [p["eval_length"] for p in fit_pts],
                          [1 / (1 - min(p["eval_sparsity"], 0.999)) for p in fit_pts],
@@ -292,8 +294,10 @@ def write(out: Path, rows: list[dict[str, Any]], status: list[dict[str, Any]], *
   tol_tests = set().union(*(t["tests"] for t in tol), set())
   md += ["", "## Sparsity tolerance", "",
          "Largest inference sparsity (element level) whose accuracy is not significantly below "
-         f"the same model evaluated dense (one-sided, alpha {ALPHA}, monotone: the first "
-         "significant drop ends it). Test: "
+         "the same model evaluated dense"
+         + (f" by more than the study's margin of {margin:g} (accuracy per question: a smaller "
+            "drop is tolerated however many questions show it)" if margin else "")
+         + f" (one-sided, alpha {ALPHA}, monotone: the first significant drop ends it). Test: "
          + (f"{compare.named(tol_tests)} (column \"test\")" if tol_tests else
             "none run (every curve is too weak to tell)")
          + "; a tolerance is one verdict, so its p-values are Holm-adjusted across its family: "

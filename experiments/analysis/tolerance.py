@@ -65,11 +65,18 @@ def _level(p: dict[str, Any]) -> tuple[float, bool]:
   return (s, True) if s is not None else (p["eval_target"], False)
 
 
-def curves(points: list[dict[str, Any]], resamples: int = RESAMPLES) -> list[dict[str, Any]]:
+def curves(points: list[dict[str, Any]], resamples: int = RESAMPLES,
+           margin: float = 0.0) -> list[dict[str, Any]]:
   """One row per model × category × length × phase × eval pattern (report points): the
   tolerance in sparsity and compression, its bootstrap interval (compression), the tests used,
   and what the claims pair on. `weak`: the dense model is too weak to tell (`stats.measurable`
-  by the curve's own test and correction), and the row has no tolerance."""
+  by the curve's own test and correction), and the row has no tolerance.
+
+  `margin` (accuracy, per question): a level is tolerated while its drop below dense is not
+  significantly larger than this (`compare.greater` with the margin). At 0 any significant drop
+  ends the curve, which with many questions calls a drop of a point or two a failure: the more
+  a study scores, the less its models would "tolerate". A margin makes the tolerance converge,
+  as questions grow, to the compression where the drop reaches the margin."""
   by_key: dict[tuple, dict[str, Any]] = defaultdict(dict)
   for p in points:
     by_key[(p["run_id"], p["category"], p["eval_length"], p["phase"])][p["eval_setting"]] = p
@@ -86,8 +93,10 @@ def curves(points: list[dict[str, Any]], resamples: int = RESAMPLES) -> list[dic
       # The gate judges with the curve's own test and correction, or a curve the test cannot
       # see fall (5 right of 128 against the exact paired test) would read "tolerates all".
       paired = all(compare.same_questions(dense["sample"], p["sample"]) for p in curve.values())
-      weak = not stats.measurable(dense["arm"], dense["chance"], ALPHA, paired=paired,
-                                  family=len(curve))
+      # With a margin, a model within it of chance could fall to chance "tolerated": weak too.
+      weak = (not stats.measurable(dense["arm"], dense["chance"], ALPHA, paired=paired,
+                                   family=len(curve))
+              or dense["arm"].mean - dense["chance"] <= margin)
       row = dict(run_id=run_id, label=dense["run_label"], size=dense["size"],
                  params=dense["params"], budget=dense["budget"],
                  train_pattern=dense["train_pattern"], train_sparsity=dense["train_sparsity"],
@@ -95,10 +104,10 @@ def curves(points: list[dict[str, Any]], resamples: int = RESAMPLES) -> list[dic
                  phase=phase, pattern=pattern, ladder=all(nom for _, nom in levels.values()),
                  levels=sorted(compression(s) for s in curve), dense_acc=dense["arm"].mean,
                  n=dense["arm"].n, weak=weak, paired=paired, tolerance=None, compression=None,
-                 ci=None, tests=set())
+                 ci=None, tests=set(), margin=margin)
       if not weak:
-        tol, tests = _tolerance(dense, curve)
-        boot = bootstrap(dense, curve, resamples)
+        tol, tests = _tolerance(dense, curve, margin)
+        boot = bootstrap(dense, curve, resamples, margin=margin)
         c = np.array([compression(s) for s in boot])
         row.update(tolerance=tol, compression=compression(tol), tests=tests,
                    ci=(float(np.quantile(c, ALPHA / 2, method="inverted_cdf")),
@@ -107,13 +116,14 @@ def curves(points: list[dict[str, Any]], resamples: int = RESAMPLES) -> list[dic
   return out
 
 
-def _tolerance(dense: dict[str, Any], curve: dict[float, dict[str, Any]]
+def _tolerance(dense: dict[str, Any], curve: dict[float, dict[str, Any]], margin: float = 0.0
                ) -> tuple[float, set[str]]:
-  """`frontier.tolerance` of report points on `compare.greater`, and the tests it used."""
+  """`frontier.tolerance` of report points on `compare.greater` (with `margin`), and the tests
+  it used."""
   used = set()
 
   def greater(a, b):
-    t = compare.greater(a, b)
+    t = compare.greater(a, b, margin)
     used.add(t.test)
     return t.p
   return fr.tolerance(dense, curve, ALPHA, greater), used
@@ -128,27 +138,32 @@ def first_rejected(adjusted: np.ndarray, alpha: float = ALPHA) -> np.ndarray:
 
 
 def bootstrap(dense: dict[str, Any], curve: dict[float, dict[str, Any]],
-              resamples: int = RESAMPLES, seed: int = SEED) -> np.ndarray:
+              resamples: int = RESAMPLES, seed: int = SEED, margin: float = 0.0) -> np.ndarray:
   """The tolerance (sparsity; 0 for dense only) of `resamples` bootstrap resamples of a curve:
   contexts resampled jointly where every level holds the dense arm's questions (the sign test
-  over contexts, McNemar's where each question is its own), else each arm's questions on their
-  own (Welch). Fixed seed: a report is reproducible."""
+  over contexts, McNemar's where each question is its own; with a margin `stats.drop_beyond`),
+  else each arm's questions on their own (Welch, dense's mean less the margin). Fixed seed: a
+  report is reproducible."""
   levels = sorted(curve)
   rng = np.random.default_rng(seed)
   if all(compare.same_questions(dense["sample"], curve[s]["sample"]) for s in levels):
     cluster = dense["sample"].cluster
-    right_d, _ = stats.per_context(dense["sample"].correct, cluster)
+    right_d, asked = stats.per_context(dense["sample"].correct, cluster)
     diff = np.stack([right_d - stats.per_context(curve[s]["sample"].correct, cluster)[0]
                      for s in levels])  # [L, C]: dense right minus level right, per context
     idx = rng.integers(0, diff.shape[1], (resamples, diff.shape[1]))
-    a_only = (diff > 0)[:, idx].sum(-1).T  # [B, L] contexts where dense did better
-    b_only = (diff < 0)[:, idx].sum(-1).T
-    p = stats.sign_test_greater(a_only, b_only)
+    if margin:
+      p = stats.drop_beyond(diff[:, idx], asked[idx], margin).T  # [B, L]
+    else:
+      a_only = (diff > 0)[:, idx].sum(-1).T  # [B, L] contexts where dense did better
+      b_only = (diff < 0)[:, idx].sum(-1).T
+      p = stats.sign_test_greater(a_only, b_only)
   else:
     def draw(arm, shape):
       k = rng.binomial(arm.n, min(max(arm.mean, 0.0), 1.0), shape).astype(np.float64)
       return k / arm.n, np.sqrt(k * (arm.n - k) / (arm.n * (arm.n - 1))), arm.n
     md, sd, nd = draw(dense["arm"], (resamples, 1))
+    md = md - margin
     cols = [draw(curve[s]["arm"], (resamples,)) for s in levels]
     ml, sl = np.stack([c[0] for c in cols], 1), np.stack([c[1] for c in cols], 1)
     nl = np.array([c[2] for c in cols], np.float64)

@@ -220,7 +220,7 @@ def report_inputs(out: Path) -> dict[str, Any]:
   except DamagedFile as e:
     outcomes = None
     damaged = [*damaged, f"{e} (the report uses unpaired tests)"]
-  return dict(rows=rows, name=study.name, outcomes=outcomes,
+  return dict(rows=rows, name=study.name, outcomes=outcomes, margin=study.tolerance_margin,
               status=store.status_rows(out) if runs_here else _status_from_results(rows),
               skipped=read_json(out / "study.json")["skipped"], damaged=damaged,
               # the activation-sparsity probes' folders (`python -m experiments probe`)

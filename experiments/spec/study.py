@@ -119,6 +119,9 @@ class Study:
   failing_lr: float = float("inf")
   extra_grids: tuple[Grid, ...] = ()
   probe: bool = False  # activation-sparsity probe of every done run after the sweep (issue 21)
+  # The report's tolerance: a drop below dense up to this (accuracy per question) is tolerated
+  # unless significantly larger (`analysis.tolerance.curves`); 0: any significant drop ends it.
+  tolerance_margin: float = 0.0
 
   def __post_init__(self):
     if not self.name or not all(c.isalnum() or c in "-_" for c in self.name):
@@ -127,6 +130,10 @@ class Study:
       raise ValueError(f"study.max_attempts={self.max_attempts} must be >= 1")
     if self.wandb not in ("offline", "online", "disabled"):
       raise ValueError(f"study.wandb={self.wandb!r} must be offline, online or disabled")
+    margin = self.tolerance_margin
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 <= margin < 1:
+      raise ValueError(f"study.tolerance_margin={self.tolerance_margin!r} must be a number in "
+                       "[0, 1) (accuracy per question)")
 
   def runs(self) -> tuple[list[RunSpec], list[dict[str, Any]]]:
     """The grid's run specs (with the deliberate failures applied) and its skipped points."""
@@ -158,7 +165,8 @@ def load_preset(name: str) -> Study:
 
 def to_json(study: Study) -> dict[str, Any]:
   d = to_dict(study)
-  for added_later in ("extra_grids", "probe"):  # at their default: study.json as it was
+  # Fields added later, left out at their default: study.json as it was.
+  for added_later in ("extra_grids", "probe", "tolerance_margin"):
     if not d[added_later]:
       del d[added_later]
   return d

@@ -96,6 +96,34 @@ def test_tolerance_and_its_interval_where_the_answer_is_sharp():
   assert t["tests"] == {compare.PAIRED}
 
 
+def test_a_margin_makes_the_tolerance_measure_the_drop_not_the_power():
+  """2000 questions, 90% right dense; 1 and 2 points lost at compression 2 and 4, 10 and 30 at 8
+  and 16. Without a margin the 20 questions lost at 2 are significant (p = 2**-20): tolerance 1,
+  and it would fall further with more questions. With a 3-point margin 2 and 4 are tolerated and
+  8 is not, paired (t over contexts) and unpaired (Welch, dense's mean less the margin) alike."""
+  dense = _dense_right(1800, 2000)
+  rows = _curve_rows(dense, {0.5: _losing(dense, 20), 0.75: _losing(dense, 40),
+                             0.875: _losing(dense, 200), 0.9375: _losing(dense, 600)})
+  (strict,) = tl.curves(_points(rows), resamples=200)
+  assert strict["compression"] == 1 and strict["ci"] == (1, 1) and strict["margin"] == 0
+  for paired, test in ((True, compare.PAIRED_MARGIN), (False, compare.WELCH)):
+    (t,) = tl.curves(_points(rows, paired=paired), resamples=200, margin=0.03)
+    assert t["compression"] == 4 and t["ci"] == (4, 4) and t["tests"] == {test}, (paired, t)
+  # 3.5 points lost at 4: not significantly beyond 3 here (p about 0.1), but beyond it in some
+  # resamples, where the tolerance is 2: the interval says so.
+  rows = _curve_rows(dense, {0.5: _losing(dense, 20), 0.75: _losing(dense, 70),
+                             0.875: _losing(dense, 200)})
+  (t,) = tl.curves(_points(rows), resamples=400, margin=0.03)
+  assert t["compression"] == 4 and t["ci"] == (2, 4)
+  # 3% right where chance is 1%: measurable without a margin, but a fall to chance is inside a
+  # 3-point one, so no level could be rejected: too weak to tell.
+  low = _dense_right(60, 2000)
+  rows = _curve_rows(low, {0.5: _losing(low, 40)})
+  assert not tl.curves(_points(rows), resamples=50)[0]["weak"]
+  (w,) = tl.curves(_points(rows), resamples=50, margin=0.03)
+  assert w["weak"] and w["tolerance"] is None
+
+
 def test_tolerance_interval_spans_the_ladder_where_the_drop_is_borderline():
   """8 of dense's 180 right answers lost at compression 2 (p = 2**-8, rejected after Holm
   over 2 levels): tolerance 1, but a resample of the questions often holds fewer than 7 of

@@ -156,6 +156,13 @@ def test_study_round_trips_through_json():
   for name in study_lib.presets():
     st = study_lib.load_preset(name)
     assert study_lib.from_json(json.loads(json.dumps(study_lib.to_json(st)))) == st
+  # h200 carries its tolerance margin; a study at the default writes study.json as before
+  assert study_lib.to_json(study_lib.load_preset("h200"))["tolerance_margin"] == 0.03
+  assert "tolerance_margin" not in study_lib.to_json(study_lib.load_preset("smoke"))
+  smoke = study_lib.load_preset("smoke")
+  for bad in (-0.1, 1.0, True, "0.03"):
+    with pytest.raises(ValueError, match=re.escape(f"study.tolerance_margin={bad!r} must be")):
+      dataclasses.replace(smoke, tolerance_margin=bad)
 
 
 def test_too_small_budget_is_skipped_with_reason():

@@ -217,6 +217,25 @@ def test_the_array_forms_are_the_scalar_tests():
     stats.holm_rows(np.array([[0.5, np.nan]]))
 
 
+def test_drop_beyond_a_margin_is_the_t_test_over_contexts():
+  """drop_beyond's p is scipy's one-sample t (alternative "greater") of the per-context
+  differences less margin × questions asked, element by element over leading axes; its mean
+  is above 0 exactly when the pooled drop is above the margin; constant differences give 0 or 1."""
+  rng = np.random.default_rng(3)
+  asked = rng.integers(1, 5, 60).astype(float)
+  diff = np.stack([rng.binomial(asked.astype(int), q) - rng.binomial(asked.astype(int), 0.1)
+                   for q in (0.1, 0.2, 0.5)]).astype(float)  # [3, 60]
+  got = stats.drop_beyond(diff, asked, 0.05)
+  for row, p in zip(diff, got):
+    assert p == pytest.approx(sps.ttest_1samp(row - 0.05 * asked, 0.0,
+                                              alternative="greater").pvalue, rel=1e-10)
+  assert got[0] > 0.5 > 0.05 > got[2]  # no drop: large p; a 40-point drop: tiny
+  assert stats.drop_beyond(np.ones(5), np.ones(5), 0.5) == 0.0  # every context drops 1 of 1
+  assert stats.drop_beyond(np.ones(5), np.full(5, 4.0), 0.5) == 1.0  # 1 of 4: under the margin
+  with pytest.raises(ValueError, match="needs >= 2 contexts"):
+    stats.drop_beyond(np.ones(1), np.ones(1), 0.1)
+
+
 def test_sign_test_across_cells_drops_ties():
   d = [1.0, 2.0, 0.0, 0.0, 1.0, -1.0, 3.0, 0.5]  # 5 up, 1 down, 2 ties
   t = stats.sign_test(d)

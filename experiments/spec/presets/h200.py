@@ -90,6 +90,10 @@ EVAL = EvalSpec(
               ("topk_blocks", "adaptive", 1.204, 0.5), ("topk_blocks", "adaptive", 0.539, 0.5)),
     examples=144, batch_size=48, selection_block=64, decode_rows=64)
 
+# Tolerance margin 0.03: the half-width of a cell's 95% interval at the >= 1000 questions the
+# eval was sized for. Without one the first 800k model "tolerated" 1x in almost every cell: the
+# paired test called a 1.4-point drop a failure (studies/h200/README.md).
 STUDY = Study(
     name="h200", grid=FIRST, extra_grids=(STATIC, SECOND, THIRD), eval=EVAL, max_attempts=2,
-    checkpoint_every=2000, steps_per_call=50, log_every=500, wandb="offline")
+    checkpoint_every=2000, steps_per_call=50, log_every=500, wandb="offline",
+    tolerance_margin=0.03)
