@@ -31,8 +31,11 @@ def write_text(path: Path, text: str) -> None:
     tmp.unlink(missing_ok=True)
 
 
-def write_json(path: Path, obj: Any) -> None:
-  write_text(path, json.dumps(obj, indent=1))
+def write_json(path: Path, obj: Any, *, compact: bool = False) -> None:
+  """Indented, or with `compact` on one line: a run's eval.json holds every question's outcome
+  (9.3 MB indented for an h200 run, 3.5 MB compact), and study folders travel to GPU machines."""
+  write_text(path, json.dumps(obj, separators=(",", ":")) if compact else
+             json.dumps(obj, indent=1))
 
 
 def read_json(path: Path, default: Any = None, *, need: tuple[str, ...] = ()) -> Any:

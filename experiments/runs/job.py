@@ -160,7 +160,7 @@ def _run_job(run_dir: Path, trainer: Trainer | None, loader: Loader | None,
     with _Compiles() as eval_compiles:
       rows = eval_lib.evaluate(forward, spec.model, study.eval, spec.model.vocab_size)
     if store.is_primary():
-      write_json(run_dir / "eval.json", {"eval_key": study.eval.key, "rows": rows})
+      write_json(run_dir / "eval.json", {"eval_key": study.eval.key, "rows": rows}, compact=True)
       log(f"  evaluated {spec.label} in {time.time() - t1:.0f}s")
       if study.wandb != "disabled":
         tracking.model_run(study, spec, run_dir, rows)
