@@ -235,6 +235,47 @@ PRESETS: dict[str, dict[str, Any]] = {
             "64_then_cycle": {"data.long_lens": (128, 256)},
         },
     },
+    # Can a model trained sparse from step 0 learn retrieval, and does a dense warm-up (the
+    # curriculum's short phase dense, train.Config.short_dense) fix it? The h200_quick study's
+    # 3m top-k runs (sparse throughout) stayed at a loss of 3.4-3.8 where its dense 3m reached
+    # 0.74. Here at the canary's scale: 16-token blocks, so 8 kv-blocks a row at the 128-token
+    # short phase and 16 at 256; 75% sparse keeps a quarter of each row's causal blocks plus
+    # the sink block and the diagonal. Scored with each model's own attention (prefill).
+    "cpu_sparse": {
+        "base": {"task": "niah_multikey(num_needles=8, questions=8)", "model.size": "100k",
+                 "model.vocab_size": 128, "model.conv_kernel": 4, "data.seq_len": 256,
+                 "data.short_len": 128, "data.short_frac": 0.5, "batch_size": 16,
+                 "steps": 600, "optim.lr": 3e-3, "optim.weight_decay": 0.0,
+                 "optim.warmup_frac": 0.05, "compute_dtype": "float32",
+                 "model.attention.implementation": "reference", "model.attention.sink": 16,
+                 "model.attention.block_q": 16, "model.attention.block_kv": 16,
+                 "eval_every": 100, "eval_examples": 32, "final_examples": 96,
+                 "final_lengths": [256], "steps_per_call": 25, "limit_s": 600},
+        "variants": {
+            "dense": {},
+            "topk75": {"model.attention.pattern": "topk_blocks",
+                       "model.attention.sparsity": 0.75},
+            "topk75_warm": {"model.attention.pattern": "topk_blocks",
+                            "model.attention.sparsity": 0.75, "short_dense": True},
+            "quest75": {"model.attention.pattern": "quest", "model.attention.sparsity": 0.75},
+            "quest75_warm": {"model.attention.pattern": "quest",
+                             "model.attention.sparsity": 0.75, "short_dense": True},
+            # From quest75_warm, one change each: selection per 4 queries instead of 16 (a
+            # q-block of the question part holds several questions, each wanting its own
+            # needle's block); 3x the steps; 80% of the steps dense; half the sparsity.
+            "quest75_warm_bq4": {"model.attention.pattern": "quest",
+                                 "model.attention.sparsity": 0.75, "short_dense": True,
+                                 "model.attention.block_q": 4},
+            "quest75_warm_3x": {"model.attention.pattern": "quest",
+                                "model.attention.sparsity": 0.75, "short_dense": True,
+                                "steps": 1800, "eval_every": 300},
+            "quest75_warm_dense0.8": {"model.attention.pattern": "quest",
+                                      "model.attention.sparsity": 0.75, "short_dense": True,
+                                      "data.short_frac": 0.8},
+            "quest50_warm": {"model.attention.pattern": "quest",
+                             "model.attention.sparsity": 0.5, "short_dense": True},
+        },
+    },
 }
 
 
@@ -280,11 +321,10 @@ def final_scores(run_dir: str, tasks: tuple[str, ...], lengths: list[int], examp
                  batch: int = 64) -> dict[str, dict[str, Any]]:
   """{length: {task: per-question exact match}} of the run's final model on `examples` test
   contexts of each task, with a 95% bootstrap interval over contexts. The model is loaded once
-  and run as the study evaluates (`experiments.evaluation.evaluate.make_forward`, the run's compute dtype,
-  dense causal: the recipe's runs are dense)."""
-  import sparse_ops as so
+  and run as the study evaluates (`experiments.evaluation.evaluate.make_forward`, the run's
+  compute dtype, the model's own attention in prefill: dense causal for a dense model)."""
   import train
-  from experiments.evaluation import evaluate
+  from experiments.evaluation import accounting, evaluate
   from experiments.tasks import scoring
   model, cfg, _ = train.load(run_dir)
   forward = evaluate.make_forward(model, cfg.compute_dtype)
@@ -297,7 +337,8 @@ def final_scores(run_dir: str, tasks: tuple[str, ...], lengths: list[int], examp
       for start in range(0, examples, batch):
         rows = [task.example("test", i) for i in range(start, min(start + batch, examples))]
         b = {k: np.stack([r[k] for r in rows]) for k in ("inputs", "targets", "weights")}
-        right, asked = scoring.question_scores(forward(b["inputs"], so.masks.Causal()),
+        own = accounting.phase_attention(cfg.model.attention, length, "prefill", 0)
+        right, asked = scoring.question_scores(forward(b["inputs"], own),
                                                b["targets"], b["weights"])
         right_n.extend(right.sum(1).tolist())
         asked_n.extend(asked.sum(1).tolist())

@@ -159,6 +159,18 @@ class Config:
   seed: int = 0
   compute_dtype: Literal["bfloat16", "float32"] = "bfloat16"
   resume: bool = False
+  # The curriculum's short phase trains with dense attention, the rest with model.attention (a
+  # sparse pattern): a dense warm-up. Content-based selection (top-k, Quest) picks blocks by the
+  # model's own q·k, and it gets no gradient for blocks it did not pick, so a model sparse from
+  # step 0 has nothing to select with; benchmarks/recipe.py (preset cpu_sparse) measures it.
+  short_dense: bool = False
+
+  def model_at(self, length: int) -> ModelConfig:
+    """The model config a step at `length` tokens trains with (dense in a dense short phase)."""
+    if self.short_dense and length == self.data.short_len:
+      dense = models.AttentionConfig(implementation=self.model.attention.implementation)
+      return dataclasses.replace(self.model, attention=dense)
+    return self.model
 
   @property
   def tokens_per_step(self) -> int:
@@ -174,7 +186,8 @@ class Config:
     """FLOPs of one of the curriculum's short steps (same tokens, shorter attention)."""
     if not self.data.short_len:
       return 0.0
-    return models.flops_per_token(self.model, self.data.short_len) * self.tokens_per_step
+    short = self.data.short_len
+    return models.flops_per_token(self.model_at(short), short) * self.tokens_per_step
 
   @property
   def short_batch_size(self) -> int:
@@ -211,7 +224,8 @@ class Config:
 
   def step_flops(self, step: int) -> float:
     """FLOPs of the step that follows `step` completed steps, at its own length."""
-    return models.flops_per_token(self.model, self.phase(step)[0]) * self.tokens_per_step
+    length = self.phase(step)[0]
+    return models.flops_per_token(self.model_at(length), length) * self.tokens_per_step
 
   def _long_flops(self) -> list[float]:
     """FLOPs of one step at each of `data.long_lens`, in cycle order."""
@@ -328,7 +342,16 @@ def validate(cfg: Config, num_devices: int, num_processes: int) -> None:
                        f"must make whole sequences of {d.short_len}, a multiple of grad_accum="
                        f"{cfg.grad_accum} × data.shards={shards}, with a multiple of the "
                        f"{num_devices} devices per microbatch")
-    cfg.model.validate(d.short_len)
+    cfg.model_at(d.short_len).validate(d.short_len)
+  if cfg.short_dense and not d.short_len:
+    raise ValueError("short_dense=True needs a curriculum short phase (data.short_len, "
+                     "data.short_steps): it is the phase that trains dense")
+  if cfg.short_dense and cfg.model.attention.pattern == "dense":
+    raise ValueError("short_dense=True with model.attention.pattern='dense': the run is dense "
+                     "throughout; give a sparse pattern or drop short_dense")
+  if cfg.short_dense and d.short_len in d.long_lens:
+    raise ValueError(f"short_dense=True: data.short_len={d.short_len} is also in data.long_lens="
+                     f"{d.long_lens}, where it trains sparse; one length trains one way")
   if d.long_lens:
     _check_long_lens(cfg, shards, num_devices)
   if d.source == "device":

@@ -185,7 +185,7 @@ def run(cfg: Config) -> Result:
       guard.unlock(fd)
 
 
-def _compiled_calls(cfg: Config, mesh, abstract, shardings, one_step, phase_tasks, phase_rows,
+def _compiled_calls(cfg: Config, mesh, abstract, shardings, step_at, phase_tasks, phase_rows,
                     weights, start: int) -> dict[int, tuple[Any, Any]]:
   """{length: (multi-step call, device batch maker or None)} for the lengths the run has left
   to train, compiled ahead and side by side: each program is lowered here (under the mesh, in
@@ -194,7 +194,7 @@ def _compiled_calls(cfg: Config, mesh, abstract, shardings, one_step, phase_task
   every model of a study (the compilation cache shares it between runs)."""
   k = cfg.steps_per_call
   batch_sharding = mesh_lib.batch_sharding(mesh, calls=True)
-  multi = jax.jit(step_lib.make_multi_step(one_step), in_shardings=(
+  multi_at = lambda length: jax.jit(step_lib.make_multi_step(step_at(length)), in_shardings=(
       shardings, batch_sharding, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())),
       out_shardings=(shardings, None),
       donate_argnums=0)
@@ -205,7 +205,7 @@ def _compiled_calls(cfg: Config, mesh, abstract, shardings, one_step, phase_task
       ahead.append(length)
     step = call_end(cfg, step)
   if cfg.data.source != "device":  # host batches: compiled at their first call
-    return {length: (multi, None) for length in ahead}
+    return {length: (multi_at(length), None) for length in ahead}
   state_spec = jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
                             abstract, shardings)
   lowered = {}
@@ -219,7 +219,7 @@ def _compiled_calls(cfg: Config, mesh, abstract, shardings, one_step, phase_task
           lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=batch_sharding),
           jax.eval_shape(make, first))
       make_low = make.lower(first)
-      lowered[length] = (multi.lower(state_spec, batch_spec, jax.ShapeDtypeStruct((), jnp.int32)),
+      lowered[length] = (multi_at(length).lower(state_spec, batch_spec, jax.ShapeDtypeStruct((), jnp.int32)),
                          make_low)
   with concurrent.futures.ThreadPoolExecutor(max(1, min(8, 2 * len(lowered)))) as pool:
     futures = {length: (pool.submit(m.compile), pool.submit(g.compile))
@@ -318,8 +318,10 @@ def _train(cfg: Config, run_dir: Path, phase_tasks: dict[int, dict[str, Any]],
     return Result(run_dir, "finished", start, previous.get("loss"), previous.get("eval", {}),
                   previous.get("message", ""))
 
-  one_step = step_lib.make_train_step(cfg, codec, tx)
-  calls = _compiled_calls(cfg, mesh, abstract, shardings, one_step, phase_tasks, phase_rows,
+  # One train step per model config (cfg.model_at: a dense short phase has its own).
+  step_at = functools.cache(lambda length: step_lib.make_train_step(
+      cfg, step_lib.Params(cfg.model_at(length)), tx))
+  calls = _compiled_calls(cfg, mesh, abstract, shardings, step_at, phase_tasks, phase_rows,
                           weights, start)
   k = cfg.steps_per_call
 

@@ -42,7 +42,7 @@ def warmup_steps(frac: float, steps: int) -> int:
 # this layout's default is left out of the hash, so a knob added later with a default that keeps
 # the old behaviour changes no id.
 _DEFAULTS = dict(seed=0, compute_dtype="float32", train_sparsity=0.0, short_len=0,
-                 short_steps=0, data_source="host", long_lens=[], long_every=1)
+                 short_steps=0, data_source="host", long_lens=[], long_every=1, short_dense=False)
 # The first grid's optimiser (grid.Optim) at its defaults: no weight decay, warmup for 5% of the
 # steps, one rate for every width; b1, b2 and eps it left at the trainer's.
 _FIRST_OPTIM = dict(lr=3e-3, warmup_frac=0.05, min_lr_ratio=0.1, weight_decay=0.0,
@@ -141,7 +141,7 @@ class RunSpec:
                 train_sparsity=self.train_sparsity, short_len=d.short_len,
                 short_steps=d.short_steps, data_source=d.source, long_lens=list(d.long_lens),
                 # With long_lens the dispatch sets each step's length: part of the run.
-                long_every=c.steps_per_call if d.long_lens else 1)
+                long_every=c.steps_per_call if d.long_lens else 1, short_dense=c.short_dense)
 
   def to_dict(self) -> dict[str, Any]:
     """spec.json's contents (less run_id and label): the layout `identity` hashes, plus the
@@ -166,7 +166,8 @@ class RunSpec:
   def label(self) -> str:
     """Readable name for tables and plots: size, pattern@sparsity, budget."""
     sp = "dense" if self.pattern == "dense" else f"{self.pattern}@{self.train_sparsity:g}"
-    curriculum = f"c{self.short_len}" if self.short_len else ""
+    curriculum = (f"c{self.short_len}" + ("d" if self.config.short_dense else "")
+                  if self.short_len else "")  # d: the short phase trained dense
     return f"{self.size}/{sp}/{self.budget:.2g}/T{self.seq_len}{curriculum}"
 
   def train_attention_stats(self) -> dict[str, float]:
@@ -220,6 +221,7 @@ def _config_of(d: dict[str, Any]) -> Config:
   return from_dict(dict(
       model=d["model"], optim=optim, batch_size=d["batch_size"], steps=d["steps"],
       seed=d["seed"], compute_dtype=d["compute_dtype"], steps_per_call=d["long_every"],
+      short_dense=d["short_dense"],
       data=dict(tasks=d["tasks"], weights=d["task_weights"], seq_len=d["seq_len"],
                 short_len=d["short_len"], short_steps=d["short_steps"], seed=d["seed"],
                 source=d["data_source"], long_lens=tuple(d["long_lens"]))))
@@ -280,6 +282,11 @@ class Grid:
   # sequence (same tokens per step), the rest at the grid's seq_len. 0: none.
   short_len: int = 0
   short_frac: float = 0.0
+  # Sparse-trained runs spend the curriculum's short phase dense (train.Config.short_dense), a
+  # dense warm-up before their sparse attention: sparse from step 0, the h200_quick study's 3m
+  # top-k runs stayed at a loss of 3.4-3.8 where the dense 3m reached 0.74, and scored 0 on
+  # multi-hop.
+  short_dense: bool = False
   # After the curriculum, train at each of these lengths in turn (`long_every` steps each, the
   # same tokens per step; the trainer's data.long_lens), so the models know the lengths they are
   # evaluated at: trained at 512 and 4096 only, models scored clearly lower at 1024 and 2048
@@ -349,6 +356,9 @@ class Grid:
                          f"largest the grid's one seq_len (seq_lens={self.seq_lens})")
       if not isinstance(self.long_every, int) or self.long_every < 1:
         raise ValueError(f"grid.long_every={self.long_every!r} must be an int >= 1")
+    if self.short_dense and not self.short_len:
+      raise ValueError("grid.short_dense=True needs a curriculum (grid.short_len, "
+                       "grid.short_frac): its short phase is what trains dense")
     if self.short_len or self.short_frac:
       if not (isinstance(self.short_len, int) and 0 < self.short_len < min(self.seq_lens)):
         raise ValueError(f"grid.short_len={self.short_len!r} must be an int in [1, "
@@ -395,7 +405,8 @@ class Grid:
                       long_lens=tuple(self.long_lens))
     cfg = Config(model=model, data=data, batch_size=self.batch_for(size), seed=self.seed,
                  compute_dtype=self.compute_dtype, flop_budget=float(budget),
-                 steps_per_call=self.long_every if self.long_lens else 1)
+                 steps_per_call=self.long_every if self.long_lens else 1,
+                 short_dense=self.short_dense and sparsity > 0)
     for n in self.long_lens:
       model.validate(n)
     if self.short_len:

@@ -362,7 +362,24 @@ def test_claim_c_at_equal_inference_flops_picks_the_richest_setting_that_fits():
   assert claim.findings[0].effect == pytest.approx(0.2)
   cheap = [r for r in rows if r["eval_setting"] in ("native", "local@0.9") or r["run_id"] == "1m"]
   claim, comps, _ = claims.claim_c(_points(cheap), "inference")
-  assert claim.verdict == claims.UNRESOLVED and "no sparse setting of 4m" in claim.why
+  assert claim.verdict == claims.UNRESOLVED and "no model larger than 1m" in claim.why
+
+
+def test_claim_c_at_equal_inference_flops_takes_a_larger_dense_trained_model_run_sparse():
+  """The paper's (c) is training-free: a larger dense-trained model run sparse within the best
+  dense model's FLOPs per token is an arm. Of the larger models the best by its own accuracy
+  (4m: 90 right against 2m's 80) is compared, at its fitting setting, whatever its sparse score
+  (60 right, where 2m's would have been 130): chosen before a sparse score is looked at."""
+  base = _dense_right(100, 200)
+  rows = _model_rows("1m", 1e6, 1e15, {"retrieval": base})
+  rows += _model_rows("2m", 2e6, 1e15, {"retrieval": _shifted(base, -20)},
+                      settings={"local@0.9": (1.5e6, {"retrieval": _shifted(base, 30)})})
+  rows += _model_rows("4m", 4e6, 1e15, {"retrieval": _shifted(base, -10)},
+                      settings={"local@0.95": (1.9e6, {"retrieval": _shifted(base, -40)})})
+  claim, comps, _ = claims.claim_c(_points(rows), "inference")
+  assert comps[0]["dense"]["run_id"] == "1m" and comps[0]["sparse"]["run_id"] == "4m"
+  assert comps[0]["setting"] == "local@0.95"
+  assert claim.findings[0].effect == pytest.approx(-0.2) and claim.verdict == claims.REFUTED
 
 
 def test_claim_c_with_both_models_at_chance():

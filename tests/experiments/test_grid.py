@@ -39,8 +39,10 @@ def test_every_preset_point_matches_its_budget_within_one_step(preset):
     step = fpt * s.batch_size * s.seq_len
     assert step == pytest.approx(s.step_flops, rel=1e-12)
     short = 0.0
-    if s.short_len:  # curriculum steps: the same tokens at the short length
-      short = models.flops_per_token(s.model, s.short_len, training=True) * s.batch_size * s.seq_len
+    if s.short_len:  # curriculum steps: the same tokens at the short length (dense if asked)
+      at_short = dataclasses.replace(s.model, attention=models.AttentionConfig()) \
+          if s.config.short_dense else s.model
+      short = models.flops_per_token(at_short, s.short_len, training=True) * s.batch_size * s.seq_len
     total = s.short_steps * short + (s.steps - s.short_steps) * step
     lens = s.config.data.long_lens
     if lens:  # the long phase cycles through lens, long_every steps each (written out here)
@@ -193,6 +195,7 @@ def test_too_small_budget_is_skipped_with_reason():
     (dict(batch_sizes=(("300k", 8),)), "grid.batch_sizes has ('300k', 8)"),
     (dict(batch_sizes=(("100k", 0),)), "grid.batch_sizes has ('100k', 0)"),
     (dict(batch_sizes=(("100k", 8), ("100k", 4))), "names a size twice"),
+    (dict(short_dense=True), "grid.short_dense=True needs a curriculum"),
 ])
 def test_bad_grid_names_the_value(kwargs, needle):
   base = dict(budgets=(1e11,), sizes=("100k",))
@@ -438,3 +441,22 @@ def test_long_lens_reach_the_trainer_with_their_dispatch_and_keep_old_ids():
   assert cfg.steps_per_call == 5  # the planned dispatch, not the study's
   with pytest.raises(ValueError, match="grid.long_lens"):
     dataclasses.replace(g, long_lens=(32, 48))
+
+
+def test_short_dense_reaches_the_sparse_runs_only_with_their_dense_short_flops():
+  """grid.short_dense: sparse points train the curriculum's short phase dense (the trainer's
+  short_dense, in spec.json and the run id, `d` in the label); dense points keep their ids; the
+  short steps cost what a dense model's do, and the budget is still met within one step."""
+  base = study_lib.load_preset("micro").grid
+  g = dataclasses.replace(base, seq_lens=(64,), short_len=32, short_frac=0.5, budgets=(4e10,),
+                          sparsities=(0.0, 0.75), patterns=("topk_blocks",), block=16)
+  warm = dataclasses.replace(g, short_dense=True)
+  (d0, s0), (d1, s1) = g.points()[0][:2], warm.points()[0][:2]
+  assert d0.pattern == "dense" and d1.run_id == d0.run_id and not d1.config.short_dense
+  assert s1.config.short_dense and s1.run_id != s0.run_id and s1.label == s0.label + "d"
+  assert s1.short_step_flops == d1.short_step_flops > s0.short_step_flops
+  assert abs(s1.flops_residual) <= s1.step_flops / 2
+  assert s1.train_flops == pytest.approx(sum(s1.config.step_flops(i) for i in range(s1.steps)),
+                                         rel=1e-12)
+  back = spec_from_dict(json.loads(json.dumps(s1.to_dict())))
+  assert back == s1 and back.run_id == s1.run_id and "short_dense" not in s0.identity()

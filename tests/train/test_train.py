@@ -161,6 +161,31 @@ def test_curriculum_resumes_exactly_across_the_switch_and_counts_its_flops(tmp_p
   assert budget.total_steps == 12
 
 
+def test_short_dense_trains_the_short_phase_dense_then_the_sparse_pattern(tmp_path, monkeypatch):
+  """A sparse model with short_dense: its short-phase losses are the dense model's bitwise (same
+  init, same batches, dense attention), its long-phase losses are not, and a model sparse from
+  step 0 differs from the first loss on; the FLOPs are the dense short steps' plus the sparse
+  long steps'."""
+  from train.config import from_dict
+  monkeypatch.syspath_prepend(str(HERE))
+  common = [*TOY, "--data.short-len", "16", "--data.short-steps", "2", "--steps", "4",
+            "--eval.examples", "0"]
+  local = ["--model.attention.pattern", "local", "--model.attention.window", "4"]
+  runs = {"dense": [], "warm": [*local, "--short-dense"], "sparse": local}
+  for name, args in runs.items():
+    assert main(["--run-dir", str(tmp_path / name), *common, *args]) == 0, name
+  got = {name: losses(tmp_path / name) for name in runs}
+  assert [got["warm"][s] for s in (1, 2)] == [got["dense"][s] for s in (1, 2)]
+  assert all(got["warm"][s] != got["dense"][s] for s in (3, 4))
+  assert got["sparse"][1] != got["dense"][1]
+  cfg = from_dict(json.loads((tmp_path / "warm" / "config.json").read_text()))
+  dense = from_dict(json.loads((tmp_path / "dense" / "config.json").read_text()))
+  assert cfg.short_dense and cfg.short_flops_per_step == dense.short_flops_per_step
+  assert cfg.flops_per_step < dense.flops_per_step  # the long steps are sparse
+  want = 2 * dense.short_flops_per_step + 2 * cfg.flops_per_step
+  assert log_lib.read_status(tmp_path / "warm")["flops"] == pytest.approx(want, rel=1e-12)
+
+
 def test_several_steps_per_call_give_the_single_steps_losses_bitwise(tmp_path, reference, launch):
   run_dir = tmp_path / "run"
   assert finish(launch(run_dir, "--steps-per-call", "5")) == 0
@@ -381,6 +406,10 @@ def test_fsdp_on_8_host_devices_reaches_the_losses_of_one(tmp_path, reference, l
     (["--data.short-len", "16", "--data.short-steps", "6", "--steps", "0", "--flop-budget", "1e3"],
      "data.short_steps"),
     (["--steps-per-call", "0"], "steps_per_call"),
+    (["--short-dense", "--model.attention.pattern", "local", "--model.attention.window", "4"],
+     "short_dense=True needs a curriculum"),
+    (["--short-dense", "--data.short-len", "16", "--data.short-steps", "2"],
+     "short_dense=True with model.attention.pattern='dense'"),
     (["--data.tasks", "toy", "toy", "toy", "--batch-size", "2", "--data.source", "device",
       "--data.shards", "1"], "batch_size=2 leaves task(s)"),
 ])
