@@ -16,30 +16,33 @@ Designed from measurements (benchmarks/results/recipe_h200_learn.md, recipe_h200
   scale (100k, 64 then 256 tokens) the cycle closed most of the same gap: aggregation 0.60 /
   0.81 / 0.88 at 64 / 128 / 256 without it, 0.87 / 0.95 / 0.91 with it (recipe_cpu_cycle.md).
 - 7.4e15 FLOPs is the smallest budget at which a dense model was measured to reach that issue's
-  bars at 4096 (800k, 18 000 steps: 0.967 / 0.973 / 0.827); at it 300k ≈ 800k > 3m, so its grid
-  brackets 300k–6m.
+  bars at 4096 (800k, 18 000 steps: 0.967 / 0.973 / 0.827). Its first grid (300k-6m, run as
+  `h200_quick`, studies/h200) measured the optimum at the grid's small edge: pooled 0.949 /
+  0.929 / 0.746 / 0.662 for 300k / 800k / 3m / 6m, so 100k joins that budget (FIRST_WARM) and
+  the larger budgets' grids are shifted down from the ~sqrt(budget) guess they had (800k-20m,
+  3m-50m): 300k-6m at 2.3e16 and 800k-20m at 7.4e16, the optimum expected near 800k and
+  800k-3m.
+- Trained sparse: `h200_quick`'s 3m runs with mean-pooled top-k from step 0 never learnt (loss
+  3.4-3.8, multi-hop 0); the later grids' sparse arms select by Quest and train the 512-token
+  phase dense (WARM below; benchmarks/results/recipe_cpu_sparse.md), one size above the dense
+  optimum.
 - At the larger budgets 4× the tokens per step (32 × 4096 / 256 × 512) with √4 the learning rate:
   at 7.4e15 that matched the 1× recipe in 10% less wall (0.936 / 0.982 / 0.849), and it is the
-  small models' way past their per-step overhead. The optimum above 7.4e15 is not measured yet
-  (the calibration call at 2.3e16 timed out), so those grids bracket by the usual ~√budget
-  growth: 800k–20m at 2.3e16, 3m–50m at 7.4e16.
+  small models' way past their per-step overhead.
 
 Evaluation: ≥ 1000 scored questions per category per setting (144 contexts per task of the
 multi-question forms: retrieval 3456, multi-hop 1152, aggregation 1008 questions). Static
 `local` stops at compression 8: with the models' 64-token sink, 16× and 20× are out of its reach
 at 1024 tokens (`AttentionConfig.validate`), so only content selection goes to 20×.
 
-Time, predicted (not yet run whole): training about 59 minutes (7.4e15 ≈ 16, 2.3e16 ≈ 14,
-7.4e16 ≈ 29), from the new loop's step times measured on one H200 at batch 8 (800k 8.6, 3m 11,
-6m 15.5 ms; 300k measured in session 9's first piece: 3.06 ms a step at 64 × 512 and 4.6 ms in
-the 1024/2048/4096 cycle, 178 s of arithmetic for its 45 882 steps; 20m and 50m guessed at 35
-and 80 ms) and 2.1× that at batch 32 (800k, measured), sparse runs at 0.8× (an upper bound: the
-1024 and 2048 steps of the cycle are cheaper). Per run on top (benchmarks/results/
-study_costs_h200.md, measured before the one-program-per-length fix): ~200 s of training
-compiles and ~185 s of evaluation compiles and lowering. After it (studies/h200/README.md, the
-800k run): ~53 s of training overhead and 99–137 s of evaluation (16 settings with Quest), before
-the blocks shared one trace (lowering 83 -> 33 s on a CPU; not yet measured on the GPU). With
-that the issue's 60-minute target is expected to be missed.
+Time. Measured for the first grid (`h200_quick`, 7 runs): ~28 minutes, evaluation ~80-200 s a
+run (3m 83 s, 800k 99 s, 300k 130 s, 6m 202 s with 16 settings × 3 lengths × 2 phases). Predicted
+for the other 15 runs from those step times (batch 8: 300k 4.6, 800k 6.8, 3m ~14, 6m ~29 ms a
+step with overheads; batch 32 taken as 2.1× that, measured for 800k; 20m guessed at 110 ms):
+7.4e15's three new runs ~19 minutes (100k alone 113 954 steps, ~6 minutes), 2.3e16 ~34, 7.4e16
+~67 (800k's 54 579 steps ~11). About 2.4 hours for the whole preset: **the issue's 60-minute
+target is missed by far**, by the evaluation (~2 minutes a run, 22 runs) and the small models'
+step overhead (they run thousands of steps at a few ms each, far from the GPU's arithmetic).
 `h200_quick` is this study's first budget alone: its runs and eval settings are this study's,
 so a folder started with it continues with `--preset h200 --add-to-study`.
 """

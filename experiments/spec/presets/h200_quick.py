@@ -1,10 +1,11 @@
 """`h200`'s first budget alone (7.4e15 FLOPs): 300k, 800k, 3m, 6m dense, 3m with trained top-k at
-75% and 90% and with static local at 75%, evaluated as `h200` evaluates. Predicted from measured
-step times: about 16 minutes of training arithmetic plus ~1.5 minutes of compiles and
-evaluation per run (~11 minutes for the seven; `h200.py` says where the numbers come from):
-~27 minutes, over its 25-minute target, in three pieces of ≤ 10 minutes on one H200. Its runs
-and eval settings are `h200`'s, so `--preset h200 --add-to-study` on its folder adds the other
-budgets without retraining these.
+75% and 90% and with static local at 75%, evaluated as `h200` evaluates. Measured on one H200
+(studies/h200, sessions 10-11): about 28 minutes of runs, over its 25-minute target: the job
+records hold 671 s of training and 738 s of evaluation (compiles included); 800k's training
+(149 s) and 3m's (~115 s: 72.8 s of steps) ran in attempts cut at a piece's end (3m's 438 s
+attempt also lost a part-done evaluation). Each fresh machine adds ~60-130 s of start-up. Its
+runs and eval settings are `h200`'s, so `--preset h200 --add-to-study` on its folder adds the
+rest of `h200` without retraining these.
 """
 
 import dataclasses
