@@ -369,8 +369,12 @@ def markdown(verdicts: list[Claim], c_train: tuple[list, dict], c_inf: tuple[lis
         "(at or near chance) have no tolerance and drop out; a claim with nothing left is not "
         "resolvable here.", ""]
   md.append(findings_table(verdicts, table))
+  arms = {"equal training FLOPs": ("the best sparse-trained model", "best sparse-trained"),
+          "equal inference FLOPs": ("the best larger model run sparse (its own accuracy "
+                                    "picks it)", "larger model run sparse")}
   for title, (comps, tr) in (("equal training FLOPs", c_train), ("equal inference FLOPs", c_inf)):
-    md += ["", f"**(c) at {title}**: per budget, the best dense and best sparse model", ""]
+    what, column = arms[title]
+    md += ["", f"**(c) at {title}**: per budget, the best dense model and {what}", ""]
     rows = []
     for c in comps:
       d, s = c["dense"], c["sparse"]
@@ -380,7 +384,7 @@ def markdown(verdicts: list[Claim], c_train: tuple[list, dict], c_inf: tuple[lis
                    f"{d['arm'].mean:.3f}" if d else "—", s["label"] if s else "—",
                    f"{s['arm'].mean:.3f}" if s else "—", c["setting"] or "—", flops,
                    c["why"] or "compared"])
-    md.append(table(["budget", "best dense", "pooled acc", "best sparse", "pooled acc",
+    md.append(table(["budget", "best dense", "pooled acc", column, "pooled acc",
                      "sparse eval setting", "inference FLOPs/tok sparse vs dense", "note"], rows)
               if rows else "No budget with models evaluated at their training length.")
     if tr["gap"] is not None:

@@ -126,18 +126,21 @@ def compute_optimal(ms: list[dict[str, Any]], status: list[dict[str, Any]] = ()
 def inference_match(points: list[dict[str, Any]], sparse: dict[str, Any],
                     dense: dict[str, Any]) -> tuple[str, dict[str, dict[str, Any]]] | None:
   """The sparse model's eval setting at inference FLOPs per token no higher than the dense
-  model's (prefill, training length), and its points per category. Of the settings that fit,
-  the one with the most FLOPs (the most compute the match allows: chosen before looking at any
-  accuracy), "native" on a tie; None when no sparse setting is that cheap."""
+  model's (prefill, training length), and its points per category. A setting's cost is its
+  attention and the rest of the model plus its content selection's own arithmetic (pooling and
+  block scores), so Quest, whose min/max bound costs more than a mean, is not tied with mean
+  top-k at one density. Of the settings that fit, the one with the most FLOPs (the most compute
+  the match allows: chosen before looking at any accuracy), "native" on a tie; None when no
+  sparse setting is that cheap."""
   settings: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
   for p in points:
     if p["run_id"] == sparse["run_id"] and p["sparse"] and p["phase"] == "prefill" and \
         p["eval_length"] == sparse["train_seq_len"]:
       settings[p["eval_setting"]][p["category"]] = p
-  limit = dense["inference_flops_per_token"] * (1 + 1e-9)
-  fits = [(next(iter(cats.values()))["inference_flops_per_token"], s == "native", s)
-          for s, cats in settings.items()
-          if next(iter(cats.values()))["inference_flops_per_token"] <= limit]
+  cost = lambda p: p["inference_flops_per_token"] + p.get("selection_flops_per_token", 0.0)
+  limit = cost(dense) * (1 + 1e-9)
+  fits = [(cost(next(iter(cats.values()))), s == "native", s) for s, cats in settings.items()
+          if cost(next(iter(cats.values()))) <= limit]
   if not fits:
     return None
   _, _, name = max(fits)
