@@ -45,6 +45,21 @@ def test_forward_gpu_matches_reference(name):
   _check(GPU_CASES[name], interpret=False, name=name)
 
 
+@pytest.mark.gpu
+def test_control_jax_own_mosaic_gpu_attention_runs_here():
+  """A control for the misaligned-address crash: JAX's own Mosaic GPU flash attention
+  (jax.experimental.pallas.ops.gpu.attention_mgpu, the kernel ours departs from) on the same
+  machine and jax. If this crashes too, the fault is the toolchain or the device, not our kernel."""
+  from jax.experimental.pallas.ops.gpu import attention_mgpu as ref_mgpu
+  key = jax.random.key(int.from_bytes(os.urandom(4), "little"))
+  q, k, v = (jax.random.normal(kx, (1, 512, 2, 64), jnp.float16)
+             for kx in jax.random.split(key, 3))
+  config = ref_mgpu.TuningConfig(block_q=64, block_kv=64, max_concurrent_steps=2, causal=True)
+  out = ref_mgpu.attention(q, k, v, config)
+  want = ref_mgpu.attention_reference(q, k, v, causal=True)
+  np.testing.assert_allclose(np.asarray(out, np.float32), np.asarray(want), atol=2e-3, rtol=1e-3)
+
+
 def _check(case, interpret: bool, name: str):
   mask, t, hq, hkv, d, bq, bk = case
   key = jax.random.key(int.from_bytes(os.urandom(4), "little"))
