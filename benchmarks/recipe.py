@@ -276,6 +276,25 @@ PRESETS: dict[str, dict[str, Any]] = {
                              "model.attention.sparsity": 0.5, "short_dense": True},
         },
     },
+    # The same at 512 tokens (32 kv-blocks a row instead of 16, as the h200 study's 4096 has 64
+    # against 1024's 16): does selection at 75% get closer to dense when a row has more blocks?
+    "cpu_sparse_512": {
+        "base": {"task": "niah_multikey(num_needles=8, questions=8)", "model.size": "100k",
+                 "model.vocab_size": 128, "model.conv_kernel": 4, "data.seq_len": 512,
+                 "data.short_len": 128, "data.short_frac": 0.5, "batch_size": 8,
+                 "steps": 600, "optim.lr": 3e-3, "optim.weight_decay": 0.0,
+                 "optim.warmup_frac": 0.05, "compute_dtype": "float32",
+                 "model.attention.implementation": "reference", "model.attention.sink": 16,
+                 "model.attention.block_q": 16, "model.attention.block_kv": 16,
+                 "eval_every": 100, "eval_examples": 32, "final_examples": 96,
+                 "final_lengths": [512], "steps_per_call": 25, "limit_s": 900},
+        "variants": {
+            "dense": {},
+            "quest75": {"model.attention.pattern": "quest", "model.attention.sparsity": 0.75},
+            "quest75_warm": {"model.attention.pattern": "quest",
+                             "model.attention.sparsity": 0.75, "short_dense": True},
+        },
+    },
 }
 
 

@@ -74,8 +74,9 @@ STATIC = dataclasses.replace(FIRST, sizes=("3m",), sparse_sizes=None, sparsities
 # never learnt (loss 3.4-3.8 against the dense 3m's 0.74; multi-hop 0 at every length). On the
 # CPU pilot (benchmarks/results/recipe_cpu_sparse.md) a dense short phase and Quest's bound each
 # helped: 75% sparse, 0.20 (mean, from step 0) -> 0.34 (mean, warm) / 0.34 (Quest, from step 0)
-# -> 0.47 (Quest, warm), dense 1.00. So the sparse arms select by Quest and train the 512-token
-# phase dense; one size above each budget's dense optimum (300k measured at 7.4e15).
+# -> 0.47 (Quest, warm), dense 1.00; at 512 tokens (twice the blocks a row) Quest 0.36 -> 0.60
+# warm. So the sparse arms select by Quest and train the 512-token phase dense; one size above
+# each budget's dense optimum (300k measured at 7.4e15).
 WARM = dict(patterns=("quest",), short_dense=True)
 FIRST_WARM = dataclasses.replace(FIRST, sizes=("100k", "800k"), sparse_sizes=("800k",), **WARM)
 # 4x the tokens per step and twice the learning rate (recipe_h200_budget.md).
