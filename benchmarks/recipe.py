@@ -50,6 +50,18 @@ MQAR_512 = "niah_multikey(num_needles=24, questions=16)"
 CANARY = {"task": "niah_multikey(num_needles=8, questions=8)", "model.size": "100k",
           "model.vocab_size": 128, "data.seq_len": 128, "batch_size": 32, "steps": 400,
           "optim.lr": 3e-3, "eval_every": 100}
+# The sparse-training pilots' problem (presets cpu_sparse, cpu_sparse_512) and their two arms.
+SPARSE_BASE = {"task": "niah_multikey(num_needles=8, questions=8)", "model.size": "100k",
+               "model.vocab_size": 128, "model.conv_kernel": 4, "data.seq_len": 256,
+               "data.short_len": 128, "data.short_frac": 0.5, "batch_size": 16, "steps": 600,
+               "optim.lr": 3e-3, "optim.weight_decay": 0.0, "optim.warmup_frac": 0.05,
+               "compute_dtype": "float32", "model.attention.implementation": "reference",
+               "model.attention.sink": 16, "model.attention.block_q": 16,
+               "model.attention.block_kv": 16, "eval_every": 100, "eval_examples": 32,
+               "final_examples": 96, "final_lengths": [256], "steps_per_call": 25,
+               "limit_s": 600}
+QUEST75 = {"model.attention.pattern": "quest", "model.attention.sparsity": 0.75}
+QUEST75_WARM = {**QUEST75, "short_dense": True}
 PRESETS: dict[str, dict[str, Any]] = {
     "cpu": {
         "base": {"task": "niah_multikey(num_needles=8, questions=8)", "model.size": "100k",
@@ -242,58 +254,30 @@ PRESETS: dict[str, dict[str, Any]] = {
     # short phase and 16 at 256; 75% sparse keeps a quarter of each row's causal blocks plus
     # the sink block and the diagonal. Scored with each model's own attention (prefill).
     "cpu_sparse": {
-        "base": {"task": "niah_multikey(num_needles=8, questions=8)", "model.size": "100k",
-                 "model.vocab_size": 128, "model.conv_kernel": 4, "data.seq_len": 256,
-                 "data.short_len": 128, "data.short_frac": 0.5, "batch_size": 16,
-                 "steps": 600, "optim.lr": 3e-3, "optim.weight_decay": 0.0,
-                 "optim.warmup_frac": 0.05, "compute_dtype": "float32",
-                 "model.attention.implementation": "reference", "model.attention.sink": 16,
-                 "model.attention.block_q": 16, "model.attention.block_kv": 16,
-                 "eval_every": 100, "eval_examples": 32, "final_examples": 96,
-                 "final_lengths": [256], "steps_per_call": 25, "limit_s": 600},
+        "base": SPARSE_BASE,
         "variants": {
             "dense": {},
             "topk75": {"model.attention.pattern": "topk_blocks",
                        "model.attention.sparsity": 0.75},
             "topk75_warm": {"model.attention.pattern": "topk_blocks",
                             "model.attention.sparsity": 0.75, "short_dense": True},
-            "quest75": {"model.attention.pattern": "quest", "model.attention.sparsity": 0.75},
-            "quest75_warm": {"model.attention.pattern": "quest",
-                             "model.attention.sparsity": 0.75, "short_dense": True},
+            "quest75": QUEST75,
+            "quest75_warm": QUEST75_WARM,
             # From quest75_warm, one change each: selection per 4 queries instead of 16 (a
             # q-block of the question part holds several questions, each wanting its own
             # needle's block); 3x the steps; 80% of the steps dense; half the sparsity.
-            "quest75_warm_bq4": {"model.attention.pattern": "quest",
-                                 "model.attention.sparsity": 0.75, "short_dense": True,
-                                 "model.attention.block_q": 4},
-            "quest75_warm_3x": {"model.attention.pattern": "quest",
-                                "model.attention.sparsity": 0.75, "short_dense": True,
-                                "steps": 1800, "eval_every": 300},
-            "quest75_warm_dense0.8": {"model.attention.pattern": "quest",
-                                      "model.attention.sparsity": 0.75, "short_dense": True,
-                                      "data.short_frac": 0.8},
-            "quest50_warm": {"model.attention.pattern": "quest",
-                             "model.attention.sparsity": 0.5, "short_dense": True},
+            "quest75_warm_bq4": {**QUEST75_WARM, "model.attention.block_q": 4},
+            "quest75_warm_3x": {**QUEST75_WARM, "steps": 1800, "eval_every": 300},
+            "quest75_warm_dense0.8": {**QUEST75_WARM, "data.short_frac": 0.8},
+            "quest50_warm": {**QUEST75_WARM, "model.attention.sparsity": 0.5},
         },
     },
     # The same at 512 tokens (32 kv-blocks a row instead of 16, as the h200 study's 4096 has 64
     # against 1024's 16): does selection at 75% get closer to dense when a row has more blocks?
     "cpu_sparse_512": {
-        "base": {"task": "niah_multikey(num_needles=8, questions=8)", "model.size": "100k",
-                 "model.vocab_size": 128, "model.conv_kernel": 4, "data.seq_len": 512,
-                 "data.short_len": 128, "data.short_frac": 0.5, "batch_size": 8,
-                 "steps": 600, "optim.lr": 3e-3, "optim.weight_decay": 0.0,
-                 "optim.warmup_frac": 0.05, "compute_dtype": "float32",
-                 "model.attention.implementation": "reference", "model.attention.sink": 16,
-                 "model.attention.block_q": 16, "model.attention.block_kv": 16,
-                 "eval_every": 100, "eval_examples": 32, "final_examples": 96,
-                 "final_lengths": [512], "steps_per_call": 25, "limit_s": 900},
-        "variants": {
-            "dense": {},
-            "quest75": {"model.attention.pattern": "quest", "model.attention.sparsity": 0.75},
-            "quest75_warm": {"model.attention.pattern": "quest",
-                             "model.attention.sparsity": 0.75, "short_dense": True},
-        },
+        "base": {**SPARSE_BASE, "data.seq_len": 512, "batch_size": 8, "final_lengths": [512],
+                 "limit_s": 900},
+        "variants": {"dense": {}, "quest75": QUEST75, "quest75_warm": QUEST75_WARM},
     },
 }
 
