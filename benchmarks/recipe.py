@@ -270,6 +270,10 @@ PRESETS: dict[str, dict[str, Any]] = {
             "quest75_warm_3x": {**QUEST75_WARM, "steps": 1800, "eval_every": 300},
             "quest75_warm_dense0.8": {**QUEST75_WARM, "data.short_frac": 0.8},
             "quest50_warm": {**QUEST75_WARM, "model.attention.sparsity": 0.5},
+            # 8-token blocks: 32 kv-blocks a row at 256, as 16-token blocks give at 512 (0.60
+            # there): is it the blocks a row has, or the length?
+            "quest75_warm_b8": {**QUEST75_WARM, "model.attention.block_q": 8,
+                                "model.attention.block_kv": 8},
         },
     },
     # The same at 512 tokens (32 kv-blocks a row instead of 16, as the h200 study's 4096 has 64
