@@ -219,8 +219,8 @@ def _compiled_calls(cfg: Config, mesh, abstract, shardings, step_at, phase_tasks
           lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=batch_sharding),
           jax.eval_shape(make, first))
       make_low = make.lower(first)
-      lowered[length] = (multi_at(length).lower(state_spec, batch_spec, jax.ShapeDtypeStruct((), jnp.int32)),
-                         make_low)
+      lowered[length] = (multi_at(length).lower(state_spec, batch_spec,
+                                                jax.ShapeDtypeStruct((), jnp.int32)), make_low)
   with concurrent.futures.ThreadPoolExecutor(max(1, min(8, 2 * len(lowered)))) as pool:
     futures = {length: (pool.submit(m.compile), pool.submit(g.compile))
                for length, (m, g) in lowered.items()}
