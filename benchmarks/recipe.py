@@ -281,7 +281,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "cpu_sparse_512": {
         "base": {**SPARSE_BASE, "data.seq_len": 512, "batch_size": 8, "final_lengths": [512],
                  "limit_s": 900},
-        "variants": {"dense": {}, "quest75": QUEST75, "quest75_warm": QUEST75_WARM},
+        "variants": {"dense": {}, "quest75": QUEST75, "quest75_warm": QUEST75_WARM,
+                     # h200's second training sparsity
+                     "quest90_warm": {**QUEST75_WARM, "model.attention.sparsity": 0.9}},
     },
 }
 
