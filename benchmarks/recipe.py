@@ -340,13 +340,13 @@ def final_scores(run_dir: str, tasks: tuple[str, ...], lengths: list[int], examp
   out = {}
   for length in lengths:
     out[str(length)] = {}
+    own = accounting.phase_attention(cfg.model.attention, length, "prefill", 0)
     for spec in tasks:
       task = _task(spec, length, cfg.model.vocab_size)
       right_n, asked_n = [], []
       for start in range(0, examples, batch):
         rows = [task.example("test", i) for i in range(start, min(start + batch, examples))]
         b = {k: np.stack([r[k] for r in rows]) for k in ("inputs", "targets", "weights")}
-        own = accounting.phase_attention(cfg.model.attention, length, "prefill", 0)
         right, asked = scoring.question_scores(forward(b["inputs"], own),
                                                b["targets"], b["weights"])
         right_n.extend(right.sum(1).tolist())

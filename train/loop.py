@@ -319,8 +319,9 @@ def _train(cfg: Config, run_dir: Path, phase_tasks: dict[int, dict[str, Any]],
                   previous.get("message", ""))
 
   # One train step per model config (cfg.model_at: a dense short phase has its own).
-  step_at = functools.cache(lambda length: step_lib.make_train_step(
-      cfg, step_lib.Params(cfg.model_at(length)), tx))
+  by_model = functools.cache(lambda model: step_lib.make_train_step(
+      cfg, codec if model == cfg.model else step_lib.Params(model), tx))
+  step_at = lambda length: by_model(cfg.model_at(length))
   calls = _compiled_calls(cfg, mesh, abstract, shardings, step_at, phase_tasks, phase_rows,
                           weights, start)
   k = cfg.steps_per_call

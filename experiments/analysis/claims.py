@@ -263,11 +263,14 @@ def comparisons(points: list[dict[str, Any]], match: str) -> list[dict[str, Any]
   out = []
   for budget, ms in isoflop.by_budget(isoflop.models(points)).items():
     d = isoflop.best([m for m in ms if not m["sparse"]])
+    found = {}  # run_id -> the inference match of a larger model
     if match == "training" or d is None:
       s = isoflop.best([m for m in ms if m["sparse"]])
     else:
-      s = isoflop.best([m for m in ms if m["params"] > d["params"]
-                        and isoflop.inference_match(points, m, d) is not None])
+      for m in ms:
+        if m["params"] > d["params"] and (hit := isoflop.inference_match(points, m, d)):
+          found[m["run_id"]] = hit
+      s = isoflop.best([m for m in ms if m["run_id"] in found])
     entry = dict(budget=budget, dense=d, sparse=s, setting=None, per_category=None, why="")
     if d is None or s is None:
       entry["why"] = ("no dense model at this budget" if d is None else
@@ -279,7 +282,7 @@ def comparisons(points: list[dict[str, Any]], match: str) -> list[dict[str, Any]
     if match == "training":
       setting, arms = "native", s["categories"]
     else:
-      setting, arms = isoflop.inference_match(points, s, d)
+      setting, arms = found[s["run_id"]]
     entry["setting"] = setting
     entry["per_category"] = {c: (arms[c], d["categories"][c])
                              for c in sorted(arms) if c in d["categories"]}

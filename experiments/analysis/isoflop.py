@@ -139,8 +139,8 @@ def inference_match(points: list[dict[str, Any]], sparse: dict[str, Any],
       settings[p["eval_setting"]][p["category"]] = p
   cost = lambda p: p["inference_flops_per_token"] + p.get("selection_flops_per_token", 0.0)
   limit = cost(dense) * (1 + 1e-9)
-  fits = [(cost(next(iter(cats.values()))), s == "native", s) for s, cats in settings.items()
-          if cost(next(iter(cats.values()))) <= limit]
+  costs = {s: cost(next(iter(cats.values()))) for s, cats in settings.items()}
+  fits = [(c, s == "native", s) for s, c in costs.items() if c <= limit]
   if not fits:
     return None
   _, _, name = max(fits)
