@@ -10,7 +10,9 @@ study's eight tasks (equal weights):
 - the phases of the old loop, timed apart: one host batch from the grain pipeline
   (`train.loop.Batches`, `data.num_threads` threads), its transfer to the device, and the
   compiled train step alone on a batch already there (`benchmarks.timing.time_calls`);
-- the new loop's own part: one batch made on the device (`train.data.device_batches`);
+- the new loop's own part: batches made on the device (`train.data.device_batches`), one
+  alone and the `steps_per_call` of one call made together in one program (as the trainer
+  does: that program runs before the call's steps, so its time per step adds to the step);
 - both loops end to end, as a run uses them (`train.run`): the old one (`data.source="host"`,
   one step per call) and the new one (`data.source="device"`, `steps_per_call` steps per call),
   step time as the median of the logged `step_time_s` after the first record.
@@ -125,6 +127,12 @@ def phases(size: str, seq_len: int, batch: int, *, steps_per_call: int, threads:
     make = data_lib.device_batches(tasks, [1.0] * len(tasks), batch_size=batch, accum=1, seed=0)
     gen = jax.jit(make)
     out["device_batch_ms"] = 1e3 * time_calls(lambda: gen(7), 20).median
+    per_call = jax.jit(data_lib.device_batches(tasks, [1.0] * len(tasks), batch_size=batch,
+                                               accum=1, seed=0, steps=steps_per_call))
+    out["device_batch_per_call_ms"] = (1e3 * time_calls(lambda: per_call(7), 10).median
+                                       / steps_per_call)
+    _phase(f"  device batch {out['device_batch_ms']:.2f} ms alone, "
+           f"{out['device_batch_per_call_ms']:.3f} ms a step in calls of {steps_per_call}")
   shutil.rmtree(tmp, ignore_errors=True)
   return out
 
@@ -236,19 +244,20 @@ def main(argv=None) -> None:
 
 def table(result: dict) -> str:
   head = ("| size | T | batch | host batch ms | transfer ms | compiled step ms | device batch ms "
-          "| old loop ms | new loop ms | old tok/s | new tok/s | speedup | old MFU | new MFU "
-          "| attention |")
-  lines = [head, "|" + "---|" * 15]
+          "| device batches of a call, ms/step | old loop ms | new loop ms | old tok/s "
+          "| new tok/s | speedup | old MFU | new MFU | attention |")
+  lines = [head, "|" + "---|" * 16]
   for r in result["rows"]:
     if "error" in r:
       lines.append(f"| {r['size']} | {r['seq_len']} | {r['batch']} | error: "
-                   f"{r['error'][-100:]!r} |" + " |" * 13)
+                   f"{r['error'][-100:]!r} |" + " |" * 14)
       continue
     mfu = lambda x: f"{100 * x:.1f}%" if x else ""
+    per_call = r.get("device_batch_per_call_ms")  # rows measured before it existed lack it
     lines.append(
         f"| {r['size']} | {r['seq_len']} | {r['batch']} | {r['host_batch_ms']:.2f} | "
         f"{r['transfer_ms']:.2f} | {r['compiled_step_ms']:.2f} | {r['device_batch_ms']:.2f} | "
-        f"{1e3 * r['old_loop_step_s']:.2f} | "
+        f"{'' if per_call is None else f'{per_call:.3f}'} | {1e3 * r['old_loop_step_s']:.2f} | "
         f"{1e3 * r['new_loop_step_s']:.2f} | {r['old_tokens_per_s']:.3g} | "
         f"{r['new_tokens_per_s']:.3g} | {r['speedup_tokens_per_s']:.2f}× | "
         f"{mfu(r['old_mfu'])} | {mfu(r['new_mfu'])} | {r.get('attention_impl', '')} |")
