@@ -276,6 +276,23 @@ PRESETS: dict[str, dict[str, Any]] = {
                                 "model.attention.block_kv": 8},
         },
     },
+    # Selection per query (block_q=1) from quest75_warm: a q-block is represented by the
+    # queries ending at its first position (causal selection), so with 16-token q-blocks the
+    # question's own query hardly takes part in choosing its blocks, and with 4 it does only
+    # when it opens the block (quest75_warm_bq4: 0.465, no gain). With one-query blocks every
+    # query picks its blocks from itself, as the decode phase and MoBA/NSA do.
+    "cpu_sparse_q1": {
+        "base": SPARSE_BASE,
+        "variants": {
+            "quest75_bq1": {**QUEST75, "model.attention.block_q": 1},
+            "quest75_warm_bq1": {**QUEST75_WARM, "model.attention.block_q": 1},
+            "quest90_warm_bq1": {**QUEST75_WARM, "model.attention.sparsity": 0.9,
+                                 "model.attention.block_q": 1},
+            "topk75_warm_bq1": {"model.attention.pattern": "topk_blocks",
+                                "model.attention.sparsity": 0.75, "short_dense": True,
+                                "model.attention.block_q": 1},
+        },
+    },
     # The same at 512 tokens (32 kv-blocks a row instead of 16, as the h200 study's 4096 has 64
     # against 1024's 16): does selection at 75% get closer to dense when a row has more blocks?
     "cpu_sparse_512": {
@@ -283,7 +300,11 @@ PRESETS: dict[str, dict[str, Any]] = {
                  "limit_s": 900},
         "variants": {"dense": {}, "quest75": QUEST75, "quest75_warm": QUEST75_WARM,
                      # h200's second training sparsity
-                     "quest90_warm": {**QUEST75_WARM, "model.attention.sparsity": 0.9}},
+                     "quest90_warm": {**QUEST75_WARM, "model.attention.sparsity": 0.9},
+                     # selection per query (preset cpu_sparse_q1 says why)
+                     "quest75_warm_bq1": {**QUEST75_WARM, "model.attention.block_q": 1},
+                     "quest90_warm_bq1": {**QUEST75_WARM, "model.attention.sparsity": 0.9,
+                                          "model.attention.block_q": 1}},
     },
 }
 
