@@ -104,13 +104,17 @@ def best_implementation(q, k, v, layout: BlockLayout) -> str:
   1.23x slower than Triton in isolation, while the 6m training step with it was not slower than
   an earlier session's Triton run (an open question, not settled: see
   ``sparse_ops.kernels.cudnn`` and ``benchmarks/results/train_loop_h200.md``). The choice is per
-  call, so one model may run cuDNN in its dense layers and Triton in its sparse ones. An explicit
-  ``implementation=`` never switches.
+  call, so one model may run cuDNN in its dense layers and Triton in its sparse ones. Layouts
+  whose blocks the Triton kernel cannot tile (one-query blocks of a per-query selection) run on
+  'xla' where Triton is the default. An explicit ``implementation=`` never switches.
   """
   if (q.shape[1] >= CUDNN_MIN_LEN and IMPLEMENTATIONS["cudnn"].unavailable() is None
       and cudnn_kernels.refusal(q, k, v, layout) is None):
     return "cudnn"
-  return default_implementation()
+  general = default_implementation()
+  if general == "pallas_triton" and not triton_kernels.takes_blocks(layout):
+    return "xla"
+  return general
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, mask: masks_lib.Mask | None = None,

@@ -107,6 +107,16 @@ def default_blocks(t: int, s: int, d: int) -> tuple[int, int]:
 # -------------------------------------------------------------------------------- availability
 
 
+def _block_ok(n: int) -> bool:
+  return n >= _MIN_BLOCK and not n & (n - 1)
+
+
+def takes_blocks(layout: BlockLayout) -> bool:
+  """Whether the kernel can tile this layout's blocks (powers of two >= 16: a per-query
+  selection's one-row q-blocks cannot be)."""
+  return _block_ok(layout.block_q) and _block_ok(layout.block_kv)
+
+
 def unavailable() -> str | None:
   """None if the Triton kernels can run on the default backend, else why not."""
   hint = ("; on CPU, tests call sparse_ops.kernels.triton.attention(..., interpret=True); "
@@ -139,7 +149,7 @@ def attention(q, k, v, layout: BlockLayout, scale: float | None = None, *,
   Without it, raises on anything but an NVIDIA GPU: there is no silent fallback.
   """
   check_call(q, k, layout, unavailable=unavailable, interpret=interpret,
-             block_ok=lambda n: n >= _MIN_BLOCK and not n & (n - 1),
+             block_ok=_block_ok,
              block_rule=f"a power of two >= {_MIN_BLOCK} for implementation='pallas_triton' "
                         "(Triton tiles); build the layout with e.g. block_q=block_kv=128")
   d = q.shape[3]

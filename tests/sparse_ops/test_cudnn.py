@@ -308,3 +308,14 @@ def test_gpu_matches_reference(mask, b, t, s, hq, hkv, d, monkeypatch):
   assert so.best_implementation(q, k, v, layout) == "cudnn"
   assert so.best_implementation(q.astype(jnp.float32), k.astype(jnp.float32),
                                 v.astype(jnp.float32), layout) == so.default_implementation()
+
+
+def test_none_runs_untileable_blocks_on_xla_where_triton_is_the_default(monkeypatch):
+  """One-query q-blocks (per-query selection) cannot be Triton tiles: None takes 'xla' there,
+  and keeps Triton for blocks it tiles."""
+  monkeypatch.setattr(ATTENTION, "default_implementation", lambda: "pallas_triton")
+  q, k, v, _ = _qkv(t=64)
+  tiled = so.BlockLayout.from_mask(M.Causal(), 64, 64, block_q=16, block_kv=16)
+  per_query = so.BlockLayout.from_mask(M.Causal(), 64, 64, block_q=1, block_kv=16)
+  assert so.best_implementation(q, k, v, tiled) == "pallas_triton"
+  assert so.best_implementation(q, k, v, per_query) == "xla"
