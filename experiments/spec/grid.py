@@ -23,6 +23,7 @@ from typing import Any
 import sparse_ops as so
 from experiments import tasks as tasks_lib
 from models import AttentionConfig, SIZES, family, flops_per_token, param_counts
+from models.config import CONTENT_PATTERNS
 from train.config import (Config, DataConfig, OptimConfig, from_dict, identity_changes,
                           nearest_steps)
 
@@ -166,6 +167,9 @@ class RunSpec:
   def label(self) -> str:
     """Readable name for tables and plots: size, pattern@sparsity, budget."""
     sp = "dense" if self.pattern == "dense" else f"{self.pattern}@{self.train_sparsity:g}"
+    att = self.model.attention
+    if att.is_content and att.block_q and att.block_q != att.block_kv:
+      sp += f"/q{att.block_q}"  # kv-blocks chosen per block_q queries (q1: per query)
     curriculum = (f"c{self.short_len}" + ("d" if self.config.short_dense else "")
                   if self.short_len else "")  # d: the short phase trained dense
     return f"{self.size}/{sp}/{self.budget:.2g}/T{self.seq_len}{curriculum}"
@@ -275,6 +279,13 @@ class Grid:
   sink: int = 0
   implementation: str | None = None
   block: int | None = None  # attention block size (None: the implementation's default)
+  # Content patterns choose their kv-blocks per this many queries (1: every query from itself,
+  # as decoding does); None: per `block`. A q-block is represented by the queries ending at its
+  # first position (causal selection), so 64-query blocks choose a question's blocks from the
+  # queries before it: on the CPU pilot Quest 75% with the dense warm-up reached 0.47 per
+  # question with 16-query blocks and 0.88 per query, dense 1.00
+  # (benchmarks/results/recipe_cpu_sparse_q1.md).
+  select_block_q: int | None = None
   model_overrides: tuple[tuple[str, Any], ...] = ()
   min_steps: int = 1
   sparse_sizes: tuple[str, ...] | None = None
@@ -356,6 +367,16 @@ class Grid:
                          f"largest the grid's one seq_len (seq_lens={self.seq_lens})")
       if not isinstance(self.long_every, int) or self.long_every < 1:
         raise ValueError(f"grid.long_every={self.long_every!r} must be an int >= 1")
+    if self.select_block_q is not None:
+      if not self.block or not any(p in CONTENT_PATTERNS for p in self.patterns):
+        raise ValueError(f"grid.select_block_q={self.select_block_q!r} needs grid.block (the "
+                         "kv-block size) and a content pattern in grid.patterns "
+                         f"{self.patterns}; valid: {tuple(CONTENT_PATTERNS)}")
+      lengths = self.seq_lens + self.long_lens + ((self.short_len,) if self.short_len else ())
+      if (isinstance(self.select_block_q, bool) or not isinstance(self.select_block_q, int)
+          or self.select_block_q < 1 or any(n % self.select_block_q for n in lengths)):
+        raise ValueError(f"grid.select_block_q={self.select_block_q!r} must be an int >= 1 "
+                         f"dividing every training length {sorted(set(lengths))}")
     if self.short_dense and not self.short_len:
       raise ValueError("grid.short_dense=True needs a curriculum (grid.short_len, "
                        "grid.short_frac): its short phase is what trains dense")
@@ -389,6 +410,8 @@ class Grid:
     block = dict(block_q=self.block, block_kv=self.block) if self.block else {}
     if sparsity == 0.0:
       return AttentionConfig("dense", sink=self.sink, implementation=self.implementation, **block)
+    if self.select_block_q and pattern in CONTENT_PATTERNS:
+      block["block_q"] = self.select_block_q
     return AttentionConfig(pattern, sparsity=sparsity, sink=self.sink,
                            implementation=self.implementation, **block)
 
