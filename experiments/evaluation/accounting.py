@@ -29,7 +29,8 @@ from models import AttentionConfig, ModelConfig, flops_per_token
 from models.config import CONTENT_PATTERNS
 
 
-def setting_attention(model: ModelConfig, setting, block: int | None = None) -> AttentionConfig:
+def setting_attention(model: ModelConfig, setting, block: int | None = None,
+                      queries: int | None = None) -> AttentionConfig:
   """The inference AttentionConfig of a setting; "native" is the model's training attention.
 
   Static patterns keep the model's blocks, sink and implementation, so only the pattern changes;
@@ -44,7 +45,7 @@ def setting_attention(model: ModelConfig, setting, block: int | None = None) -> 
       att = dataclasses.replace(att, sparsity=None,
                                 budget_value=att.selection_budget().value)
     return att
-  return settings_lib.parse(setting).attention(model, block)
+  return settings_lib.parse(setting).attention(model, block, queries)
 
 
 # ------------------------------------------------------------------------- what the pass runs

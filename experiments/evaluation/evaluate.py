@@ -247,8 +247,9 @@ def evaluate(forward: Forward, model: ModelConfig, eval_spec, vocab_size: int,
   for s in eval_spec.settings:
     parsed = settings_lib.parse(s)
     settings.append((parsed.name, parsed))
-  block = eval_spec.selection_block
-  attentions = {name: setting_attention(model, setting, block) for name, setting in settings}
+  block, queries = eval_spec.selection_block, eval_spec.selection_queries
+  attentions = {name: setting_attention(model, setting, block, queries)
+                for name, setting in settings}
   for length in eval_spec.lengths:  # bad blocks or unreachable sparsities fail here, not mid-way
     for att in attentions.values():
       att.validate(length)

@@ -49,12 +49,14 @@ class Setting:
   def is_content(self) -> bool:
     return self.budget is not None
 
-  def attention(self, model: ModelConfig, block: int | None = None) -> AttentionConfig:
+  def attention(self, model: ModelConfig, block: int | None = None,
+                queries: int | None = None) -> AttentionConfig:
     """The AttentionConfig of this setting for `model` (its sink and implementation).
 
     Static patterns keep the model's blocks (they change how the mask is tiled, not what it
-    means); content patterns select at `block` (None: the model's blocks), since their blocks
-    are the unit of selection.
+    means); content patterns select kv-blocks of `block` keys (None: the model's blocks), since
+    their blocks are the unit of selection, once per `queries` queries (None: per `block`;
+    1: every query from itself).
     """
     base = model.attention
     common = dict(implementation=base.implementation)
@@ -63,7 +65,7 @@ class Setting:
     if not self.is_content:
       return AttentionConfig(self.pattern, sparsity=self.sparsity, sink=base.sink,
                              block_q=base.block_q, block_kv=base.block_kv, **common)
-    return AttentionConfig(self.pattern, sink=base.sink, block_q=block or base.block_q,
+    return AttentionConfig(self.pattern, sink=base.sink, block_q=queries or block or base.block_q,
                            block_kv=block or base.block_kv, budget=self.budget,
                            budget_value=self.value, budget_alpha=self.alpha, **common)
 

@@ -30,6 +30,12 @@ class EvalSpec:
     is also evaluated with its own training attention ("native").
   selection_block: block size (q and kv) at which content settings select; None: the model's.
     Static settings keep the model's blocks (their meaning does not depend on them).
+  selection_queries: content settings choose their kv-blocks once per this many queries in
+    prefill (1: every query from itself); None: per `selection_block`. A q-block is represented
+    by the queries ending at its first position (causal), so with 64-query blocks a question's
+    blocks are chosen from the queries before it: on the CPU pilot a dense model scored 0.617
+    per question under Quest 75% with 16-query blocks and 1.000 per query, as in decode
+    (benchmarks/results/selection_eval_cpu_512.md). Decode always selects per query.
   lengths: context lengths; may exceed the training length (RoPE extrapolation is measured).
   examples: per task × length, from `split`, the same examples for every model and setting.
   decode_rows: the fewest question/answer rows a decode forward computes as its sparse tail
@@ -49,6 +55,7 @@ class EvalSpec:
   seed: int = 0  # task seed of the eval examples (the training mixture uses the grid's)
   selection_block: int | None = None
   decode_rows: int = 0
+  selection_queries: int | None = None
 
   def __post_init__(self):
     for t in self.tasks:  # a name, or a name with knobs: "niah_multikey(questions=8)"
@@ -71,6 +78,11 @@ class EvalSpec:
       if t % b:
         raise ValueError(f"eval.selection_block={b} must divide every eval length "
                          f"(lengths={self.lengths})")
+    sq = self.selection_queries
+    if sq is not None and (isinstance(sq, bool) or not isinstance(sq, int) or sq <= 0
+                           or any(t % sq for t in self.lengths)):
+      raise ValueError(f"eval.selection_queries={sq!r} must be a positive int dividing every "
+                       f"eval length (lengths={self.lengths}), or None")
     if self.examples < 2 or self.batch_size < 1:
       raise ValueError(f"eval.examples={self.examples} must be >= 2 (intervals need n >= 2) and "
                        f"eval.batch_size={self.batch_size} >= 1")
@@ -89,6 +101,8 @@ class EvalSpec:
       del d["selection_block"]
     if d["decode_rows"] == 0:  # likewise
       del d["decode_rows"]
+    if d["selection_queries"] is None:  # likewise
+      del d["selection_queries"]
     return config_hash(d)
 
 

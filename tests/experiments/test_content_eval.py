@@ -79,7 +79,7 @@ def test_settings_round_trip_json_and_old_studies_keep_their_eval_key():
   old = dataclasses.replace(micro.eval, settings=(("dense", 0.0), ("local", 0.5)),
                             selection_block=None)
   d = to_dict(old)
-  del d["selection_block"], d["decode_rows"]  # a study.json written before these fields
+  del d["selection_block"], d["decode_rows"], d["selection_queries"]  # a study.json before them
   loaded = study_lib.from_json({**study_lib.to_json(micro), "eval": d}).eval
   assert loaded == old and loaded.key == config_hash(d)
 
@@ -192,6 +192,39 @@ def test_decode_selection_leaves_the_context_dense():
   # the evaluation's compiled forward gives the same predictions on the context
   preds = ev.make_forward(model)(x, sel)
   np.testing.assert_array_equal(preds[:, :prefix], want[:, :prefix].argmax(-1))
+
+
+def test_prefill_per_query_selection_matches_decode_on_the_question_rows():
+  """eval.selection_queries=1: prefill content settings choose kv-blocks per query (block_q=1,
+  kv-blocks of selection_block); a question row then sees what it sees in decode (where the
+  context is dense, so only question rows are compared), the context rows are sparse too, the
+  FLOPs are the per-query selection's, and a spec without it keeps its eval key."""
+  cfg, model = _model(seed=np.random.randint(1 << 30))
+  spec = _spec(settings=(("quest", 0.75),), selection_block=8, selection_queries=1,
+               native=False)
+  att = acc.setting_attention(cfg, ("quest", 0.75), 8, 1)
+  assert (att.block_q, att.block_kv) == (1, 8)
+  assert spec.key != dataclasses.replace(spec, selection_queries=None).key
+  task = tasks.make("niah_single", length=T, vocab_size=VOCAB)
+  x = np.stack([task.example("test", i)["inputs"] for i in range(3)])
+  prefix = acc.dense_prefix(task)
+  pre = acc.phase_attention(att, T, "prefill", prefix)
+  dec = acc.phase_attention(att, T, "decode", prefix)
+  assert pre.attention == dec.attention and pre.dense_before is None
+  # Causal selection: row i's blocks depend on rows <= i only, so a question row's selection
+  # is the same in both phases; its output differs only through the context's own (sparse or
+  # dense) representations, which layer 0 does not have yet: compare one-layer logits.
+  one = dataclasses.replace(cfg, depth=1)
+  m1 = models.Transformer(one, rngs=nnx.Rngs(3))
+  got = np.asarray(m1(x, attention=pre.attention))
+  want = np.asarray(m1(x, attention=dec.attention, dense_before=prefix))
+  np.testing.assert_allclose(got[:, prefix:], want[:, prefix:], rtol=2e-5, atol=2e-5)
+  rows = ev.evaluate(ev.make_forward(model), cfg, spec, VOCAB)
+  by = {r["phase"]: r for r in rows}
+  assert by["prefill"]["inference_flops_per_token"] == pytest.approx(
+      models.flops_per_token(cfg, T, training=False, attention=att), rel=1e-12)
+  with pytest.raises(ValueError, match=r"eval.selection_queries=3 must be a positive int"):
+    _spec(selection_queries=3)
 
 
 def test_smoke_presets_fixed_and_adaptive_budgets_spend_equal_average_flops():
