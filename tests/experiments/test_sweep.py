@@ -324,3 +324,29 @@ def test_local_workers_share_an_accelerator_with_a_share_of_its_memory(
   assert {e.get("XLA_PYTHON_CLIENT_MEM_FRACTION") for e in envs} == {fraction}
   with pytest.raises(ValueError, match="runs_per_device=2 must be .* only with workers >= 2"):
     executors.make("local", workers=1, runs_per_device=2)
+
+
+def test_per_query_sparse_arm_trains_and_evaluates_end_to_end(tmp_path):
+  """The h200 preset's sparse arm on a tiny scale, with the real trainer: Quest 75% chosen per
+  query (grid.select_block_q=1) after a dense short phase, evaluated with prefill content
+  settings chosen per query (eval.selection_queries=1). Its native rows are its own per-query
+  selection, and they equal the fixed setting of its density."""
+  grid = Grid(budgets=(2e10,), sizes=("100k",), sparsities=(0.75,), patterns=("quest",),
+              seq_lens=(64,), batch_size=4, vocab_size=128, tasks=("niah_single",),
+              implementation="reference", block=16, select_block_q=1, short_len=32,
+              short_frac=0.3, short_dense=True, data_source="device")
+  ev = EvalSpec(tasks=("niah_single",), lengths=(64,), settings=(("quest", 0.75),),
+                selection_block=16, selection_queries=1, examples=4, batch_size=4)
+  study = Study(name="q1", grid=grid, eval=ev, wandb="disabled", checkpoint_every=50,
+                steps_per_call=5)
+  by_state = sweep.run_sweep(study, tmp_path, executors.make("local", workers=1),
+                             log=lambda s: None)
+  assert len(by_state["done"]) == 1 and not by_state["failed"]
+  (spec,), _ = study.runs()
+  assert spec.model.attention.block_q == 1 and "/q1/" in spec.label
+  rows = results.read(tmp_path / "results.csv")
+  by = {(r["eval_setting"], r["phase"]): r for r in rows}
+  for phase in ("prefill", "decode"):
+    assert by[("native", phase)]["accuracy"] == by[("quest@0.75", phase)]["accuracy"]
+    assert by[("native", phase)]["inference_flops_per_token"] == \
+        by[("quest@0.75", phase)]["inference_flops_per_token"]

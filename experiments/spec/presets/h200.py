@@ -77,7 +77,14 @@ STATIC = dataclasses.replace(FIRST, sizes=("3m",), sparse_sizes=None, sparsities
 # -> 0.47 (Quest, warm), dense 1.00; at 512 tokens (twice the blocks a row) Quest 0.36 -> 0.60
 # warm. So the sparse arms select by Quest and train the 512-token phase dense; one size above
 # each budget's dense optimum (300k measured at 7.4e15).
-WARM = dict(patterns=("quest",), short_dense=True)
+#
+# Then per query (select_block_q=1): selection represents a q-block by the queries ending at its
+# first position, so 64-query blocks choose a question's kv-blocks from the queries before it.
+# On the CPU pilot at 512 tokens (benchmarks/results/recipe_cpu_sparse_512.md) Quest with the
+# dense warm-up went from 0.604 to 0.986 per question at 75% and from 0.342 to 0.777 at 90%
+# (dense 0.999) when every query chose its own blocks, at the same attended pairs. One-query
+# blocks are no Triton tiles: these layers run on `xla` (sparse_ops.best_implementation).
+WARM = dict(patterns=("quest",), short_dense=True, select_block_q=1)
 FIRST_WARM = dataclasses.replace(FIRST, sizes=("100k", "800k"), sparse_sizes=("800k",), **WARM)
 # 4x the tokens per step and twice the learning rate (recipe_h200_budget.md).
 LARGER = dict(batch_size=32, optim=OptimConfig(lr=2e-3, weight_decay=0.0))
@@ -103,7 +110,13 @@ EVAL = EvalSpec(
               # Average prefill FLOPs over the three lengths equal to density 0.25 / 0.1
               # (experiments.spec.settings.matched_adaptive, block 64, sink 64).
               ("topk_blocks", "adaptive", 1.204, 0.5), ("topk_blocks", "adaptive", 0.539, 0.5)),
-    examples=144, batch_size=48, selection_block=64, decode_rows=64)
+    examples=144, batch_size=48, selection_block=64, decode_rows=64,
+    # Prefill selects per query as decode does: with causal 64-query blocks a dense model's
+    # prefill scores measured the block, not the sparsity (CPU pilot, Quest 75%: 0.617 per
+    # 16-query block, 1.000 per query and in decode; benchmarks/results/
+    # selection_eval_cpu_512.md). h200_quick's committed rows predate this (their eval key
+    # differs, so the next run of the study evaluates those models again).
+    selection_queries=1)
 
 # Tolerance margin 0.03: the half-width of a cell's 95% interval at the >= 1000 questions the
 # eval was sized for. Without one the first 800k model "tolerated" 1x in almost every cell: the
