@@ -84,6 +84,9 @@ def main(argv=None) -> None:
   if unknown:
     raise SystemExit(f"--only {unknown}: unknown; valid: {[a for a, _ in ARMS]}")
   device = jax.devices()[0]
+  slug = device.device_kind.lower().replace(" ", "_")
+  out = pathlib.Path(args.out or pathlib.Path(__file__).parent / "results" /
+                     f"selection_step_{slug}_{args.size}_T{args.seq_len}.json")
   rows = []
   for name, fields in ARMS:
     if name not in names:
@@ -94,20 +97,17 @@ def main(argv=None) -> None:
       row = {"error": f"{type(e).__name__}: {str(e)[:400]}"}
     rows.append({"arm": name, **fields, **row})
     print(json.dumps(rows[-1]), flush=True)
-  dense = next((r["step_ms"] for r in rows if r["arm"] == "dense" and "step_ms" in r), None)
-  for r in rows:
-    if dense and "step_ms" in r:
-      r["vs_dense"] = round(r["step_ms"] / dense, 3)
-  result = {"benchmark": "training step with per-query vs 64-query content selection",
-            "date": datetime.date.today().isoformat(), "device": device.device_kind,
-            "versions": {"python": platform.python_version(), "jax": jax.__version__,
-                         "flax": flax.__version__},
-            "size": args.size, "seq_len": args.seq_len, "batch": args.batch,
-            "steps": args.steps, "rows": rows}
-  slug = device.device_kind.lower().replace(" ", "_")
-  out = pathlib.Path(args.out or pathlib.Path(__file__).parent / "results" /
-                     f"selection_step_{slug}_{args.size}_T{args.seq_len}.json")
-  out.write_text(json.dumps(result, indent=1) + "\n")
+    dense = next((r["step_ms"] for r in rows if r["arm"] == "dense" and "step_ms" in r), None)
+    for r in rows:
+      if dense and "step_ms" in r:
+        r["vs_dense"] = round(r["step_ms"] / dense, 3)
+    result = {"benchmark": "training step with per-query vs 64-query content selection",
+              "date": datetime.date.today().isoformat(), "device": device.device_kind,
+              "versions": {"python": platform.python_version(), "jax": jax.__version__,
+                           "flax": flax.__version__},
+              "size": args.size, "seq_len": args.seq_len, "batch": args.batch,
+              "steps": args.steps, "rows": rows}
+    out.write_text(json.dumps(result, indent=1) + "\n")  # after every arm: a time limit keeps some
   print("| arm | step ms | × dense | first call s |\n|---|---|---|---|")
   for r in rows:
     print(f"| {r['arm']} | {r.get('step_ms', r.get('error', ''))} | {r.get('vs_dense', '')} | "
