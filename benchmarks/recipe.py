@@ -293,6 +293,20 @@ PRESETS: dict[str, dict[str, Any]] = {
                                 "model.attention.block_q": 1},
         },
     },
+    # At equal training FLOPs (the study's matching): dense 100k at 300 steps (half at 128,
+    # short of its 0.999 at 600) against per-query Quest with the dense warm-up, whose cheaper
+    # long steps buy more of them.
+    "cpu_sparse_512_flops": {
+        "base": {**SPARSE_BASE, "data.seq_len": 512, "batch_size": 8, "final_lengths": [512],
+                 "steps": 300, "eval_every": 50, "limit_s": 900},
+        "variants": {
+            "dense": {},
+            "quest75_warm_bq1": {**QUEST75_WARM, "model.attention.block_q": 1,
+                                 "flops_of": "dense"},
+            "quest90_warm_bq1": {**QUEST75_WARM, "model.attention.sparsity": 0.9,
+                                 "model.attention.block_q": 1, "flops_of": "dense"},
+        },
+    },
     # The same at 512 tokens (32 kv-blocks a row instead of 16, as the h200 study's 4096 has 64
     # against 1024's 16): does selection at 75% get closer to dense when a row has more blocks?
     "cpu_sparse_512": {
@@ -327,7 +341,7 @@ def build_config(spec: dict[str, Any], run_dir: str):
     data["short_steps"] = round(data.pop("short_frac") * steps)
   tasks = tuple(_tasks(spec.pop("task")))
   every, examples = spec.pop("eval_every"), spec.pop("eval_examples")
-  for own in ("final_examples", "final_lengths", "limit_s", "alone"):
+  for own in ("final_examples", "final_lengths", "limit_s", "alone", "matched_flops"):
     spec.pop(own, None)
   return train.Config(
       run_dir=run_dir, model=model, steps=steps,
@@ -336,6 +350,24 @@ def build_config(spec: dict[str, Any], run_dir: str):
       eval=train.EvalConfig(every=every, examples=examples, batch_size=64),
       log=train.LogConfig(every=every, progress=False, wandb="disabled"),
       checkpoint=train.CheckpointConfig(every=steps, keep=1), **spec)
+
+
+def match_flops(spec: dict[str, Any], ref: dict[str, Any]) -> dict[str, Any]:
+  """`spec` (a variant with "flops_of": another variant) given the steps that spend the training
+  FLOPs of `ref`: the same short phase (steps and length), then as many steps at its own cost
+  as the rest of ref's budget buys (nearest whole step). A sparse variant's long steps are
+  cheaper, so it trains more of them, as the study's grid gives it."""
+  ref_cfg = build_config(ref, "/tmp/unused")
+  budget = ref_cfg.flops_through(ref_cfg.total_steps)
+  short = ref_cfg.short_phase_steps
+  spec = {k: v for k, v in spec.items() if k not in ("flops_of", "data.short_frac")}
+  spec["data.short_steps"] = short
+  probe = build_config({**spec, "steps": short + 1}, "/tmp/unused")
+  left = budget - probe.flops_through(short)
+  spec["steps"] = short + max(1, round(left / probe.flops_per_step))
+  spec["matched_flops"] = {"budget": budget, "got": build_config(spec, "/tmp/unused")
+                           .flops_through(spec["steps"]), "steps": spec["steps"]}
+  return spec
 
 
 def _tasks(task: str | list[str]) -> list[str]:
@@ -416,6 +448,7 @@ def run_variant(spec: dict[str, Any], run_dir: str) -> dict[str, Any]:
           "median_step_s": float(np.median(speed[1:])) if len(speed) > 1 else None,
           "final_by_length": final, "final": _pool(final[str(lengths[-1])]),
           "data_source": cfg.data.source, "train_flops": cfg.flops_through(cfg.total_steps),
+          "steps": cfg.total_steps, "short_steps": cfg.short_phase_steps,
           "device": _device(), "versions": _versions()}
 
 
@@ -451,6 +484,8 @@ def main(argv: list[str] | None = None) -> None:
   preset = PRESETS[args.preset]
   if args.variant:
     spec = {**preset["base"], **preset["variants"][args.variant]}
+    if "flops_of" in spec:
+      spec = match_flops(spec, {**preset["base"], **preset["variants"][spec["flops_of"]]})
     print("RESULT " + json.dumps(run_variant(spec, f"{args.runs}/{args.variant}")), flush=True)
     return
 
