@@ -25,12 +25,10 @@ import platform
 
 import flax
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 import models
-from benchmarks.timing import time_calls
-from train import step as step_lib
+from benchmarks.train_throughput import time_train_step
 from train.config import Config, DataConfig
 
 # (name, AttentionConfig fields); None fields take the backend's defaults.
@@ -49,21 +47,7 @@ def measure(size: str, seq_len: int, batch: int, fields: dict, steps: int) -> di
                         attention=models.AttentionConfig(sink=64, **fields))
   cfg = Config(model=model, data=DataConfig(seq_len=seq_len), batch_size=batch,
                compute_dtype="bfloat16", steps=steps + 1)
-  codec = step_lib.Params(model)
-  tx = step_lib.optimizer(cfg.optim, cfg.total_steps)
-  state = step_lib.init_state(codec, tx, model, jax.random.key(0))
-  rng = np.random.default_rng(0)
-  tokens = jnp.asarray(rng.integers(0, 512, (1, batch, seq_len + 1)), jnp.int32)
-  data = {"inputs": tokens[..., :-1], "targets": tokens[..., 1:],
-          "weights": jnp.ones((1, batch, seq_len), jnp.float32)}
-  step = jax.jit(step_lib.make_train_step(cfg, codec, tx), donate_argnums=0)
-  holder = {"state": state}
-
-  def one():
-    holder["state"], metrics = step(holder["state"], data)
-    return metrics
-
-  timing = time_calls(one, steps)
+  timing, _, one = time_train_step(cfg, steps)
   loss = float(one()["loss"])
   return {"step_ms": round(1e3 * timing.median, 3), "first_call_s": round(timing.first, 2),
           "step_flops": cfg.flops_per_step, "finite_loss": bool(np.isfinite(loss))}

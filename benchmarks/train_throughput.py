@@ -100,33 +100,42 @@ def attention_time(model: models.ModelConfig, batch: int, seq_len: int, steps: i
   return median * model.depth
 
 
+def time_train_step(cfg: Config, steps: int):
+  """The trainer's jitted step (`train.step.make_train_step`, donated state) on one batch of
+  random tokens, timed by the one rule (`time_calls`) -> (timing, init seconds, `one()` that
+  runs one more step and returns its metrics)."""
+  model, batch, seq_len = cfg.model, cfg.batch_size, cfg.data.seq_len
+  codec = step_lib.Params(model)
+  tx = step_lib.optimizer(cfg.optim, cfg.total_steps)
+  t0 = time.perf_counter()
+  state = jax.block_until_ready(step_lib.init_state(codec, tx, model, jax.random.key(0)))
+  init_s = time.perf_counter() - t0
+  rng = np.random.default_rng(0)
+  tokens = jnp.asarray(rng.integers(0, model.vocab_size, (1, batch, seq_len + 1)), jnp.int32)
+  data = {"inputs": tokens[..., :-1], "targets": tokens[..., 1:],
+          "weights": jnp.ones((1, batch, seq_len), jnp.float32)}
+  step = jax.jit(step_lib.make_train_step(cfg, codec, tx), donate_argnums=0)
+  holder = {"state": state}
+  del state
+
+  def one():
+    holder["state"], metrics = step(holder["state"], data)
+    return metrics
+
+  return time_calls(one, steps), init_s, one
+
+
 def measure(size: str, seq_len: int, density: float, impl: str, tokens: int, steps: int,
             block: int, ceiling: float) -> dict:
   batch = max(1, tokens // seq_len)
   model = models.family(size, vocab_size=512, attention=attention_config(density, impl, block))
   cfg = Config(model=model, data=DataConfig(seq_len=seq_len), batch_size=batch,
                compute_dtype="bfloat16", steps=steps + 1)
-  codec = step_lib.Params(model)
-  tx = step_lib.optimizer(cfg.optim, cfg.total_steps)
-  t0 = time.perf_counter()
-  state = jax.block_until_ready(step_lib.init_state(codec, tx, model, jax.random.key(0)))
-  init_s = time.perf_counter() - t0
+  timing, init_s, one = time_train_step(cfg, steps)
   _phase(f"{size} T={seq_len} d={density} {impl}: init {init_s:.1f}s")
-  rng = np.random.default_rng(0)
-  tokens_ = jnp.asarray(rng.integers(0, 512, (1, batch, seq_len + 1)), jnp.int32)
-  batch_ = {"inputs": tokens_[..., :-1], "targets": tokens_[..., 1:],
-            "weights": jnp.ones((1, batch, seq_len), jnp.float32)}
-  step = jax.jit(step_lib.make_train_step(cfg, codec, tx), donate_argnums=0)
-  holder = {"state": state}
-
-  def one():
-    holder["state"], metrics = step(holder["state"], batch_)
-    return metrics
-
-  timing = time_calls(one, steps)
   median, first = timing.median, timing.first
   _phase(f"  first step {first:.1f}s, median {median * 1e3:.1f} ms")
-  del holder, state
+  del one  # frees the train state before the attention timing
   t0 = time.perf_counter()
   attention_s = attention_time(model, batch, seq_len, steps)
   attention_wall = time.perf_counter() - t0
