@@ -321,7 +321,11 @@ PRESETS: dict[str, dict[str, Any]] = {
                      # selection per query (preset cpu_sparse_q1 says why)
                      "quest75_warm_bq1": {**QUEST75_WARM, "model.attention.block_q": 1},
                      "quest90_warm_bq1": {**QUEST75_WARM, "model.attention.sparsity": 0.9,
-                                          "model.attention.block_q": 1}},
+                                          "model.attention.block_q": 1},
+                     # a second seed (init and data) of the two 75% arms
+                     "quest75_warm_seed1": {**QUEST75_WARM, "seed": 1, "data.seed": 1},
+                     "quest75_warm_bq1_seed1": {**QUEST75_WARM, "model.attention.block_q": 1,
+                                                "seed": 1, "data.seed": 1}},
     },
 }
 
