@@ -65,7 +65,8 @@ class Setting:
     if not self.is_content:
       return AttentionConfig(self.pattern, sparsity=self.sparsity, sink=base.sink,
                              block_q=base.block_q, block_kv=base.block_kv, **common)
-    return AttentionConfig(self.pattern, sink=base.sink, block_q=queries or block or base.block_q,
+    return AttentionConfig(self.pattern, sink=base.sink,
+                           block_q=queries or block or base.block_q,
                            block_kv=block or base.block_kv, budget=self.budget,
                            budget_value=self.value, budget_alpha=self.alpha, **common)
 
