@@ -4,9 +4,8 @@
 #   python3.12 -m pip download -d .whl --no-deps --only-binary=:all: --python-version 3.12 \
 #     --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 \
 #     grain array_record cloudpickle portpicker tyro docstring-parser typeguard shtab
-set -e
-pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
+# Sourced: it returns on failure and leaves the caller's shell options as they were.
+pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl || return 1
 export PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export JAX_COMPILATION_CACHE_DIR="${JAX_COMPILATION_CACHE_DIR:-/tmp/jax_cache}"
-python3 -c 'import jax, flax, grain, tyro; print("device:", jax.devices()[0].device_kind, "jax", jax.__version__, "flax", flax.__version__)'
-set +e
+python3 -c 'import jax, flax, grain, tyro; print("device:", jax.devices()[0].device_kind, "jax", jax.__version__, "flax", flax.__version__)' || return 1

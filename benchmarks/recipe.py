@@ -62,15 +62,17 @@ SPARSE_BASE = {"task": "niah_multikey(num_needles=8, questions=8)", "model.size"
                "limit_s": 600}
 QUEST75 = {"model.attention.pattern": "quest", "model.attention.sparsity": 0.75}
 QUEST75_WARM = {**QUEST75, "short_dense": True}
+# kv-blocks chosen per query (preset cpu_sparse_q1 says why)
+QUEST75_WARM_Q1 = {**QUEST75_WARM, "model.attention.block_q": 1}
+QUEST90_WARM_Q1 = {**QUEST75_WARM_Q1, "model.attention.sparsity": 0.9}
 # The equal-FLOPs pilots (presets cpu_sparse_512_flops*): each sparse arm trains the steps that
 # spend the dense arm's FLOPs (match_flops).
 FLOPS_BASE = {**SPARSE_BASE, "data.seq_len": 512, "batch_size": 8, "final_lengths": [512],
               "eval_every": 50}
 FLOPS_ARMS = {
     "dense": {},
-    "quest75_warm_bq1": {**QUEST75_WARM, "model.attention.block_q": 1, "flops_of": "dense"},
-    "quest90_warm_bq1": {**QUEST75_WARM, "model.attention.sparsity": 0.9,
-                         "model.attention.block_q": 1, "flops_of": "dense"},
+    "quest75_warm_bq1": {**QUEST75_WARM_Q1, "flops_of": "dense"},
+    "quest90_warm_bq1": {**QUEST90_WARM_Q1, "flops_of": "dense"},
 }
 PRESETS: dict[str, dict[str, Any]] = {
     "cpu": {
@@ -295,9 +297,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "base": SPARSE_BASE,
         "variants": {
             "quest75_bq1": {**QUEST75, "model.attention.block_q": 1},
-            "quest75_warm_bq1": {**QUEST75_WARM, "model.attention.block_q": 1},
-            "quest90_warm_bq1": {**QUEST75_WARM, "model.attention.sparsity": 0.9,
-                                 "model.attention.block_q": 1},
+            "quest75_warm_bq1": QUEST75_WARM_Q1,
+            "quest90_warm_bq1": QUEST90_WARM_Q1,
             "topk75_warm_bq1": {"model.attention.pattern": "topk_blocks",
                                 "model.attention.sparsity": 0.75, "short_dense": True,
                                 "model.attention.block_q": 1},
@@ -318,14 +319,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         "variants": {"dense": {}, "quest75": QUEST75, "quest75_warm": QUEST75_WARM,
                      # h200's second training sparsity
                      "quest90_warm": {**QUEST75_WARM, "model.attention.sparsity": 0.9},
-                     # selection per query (preset cpu_sparse_q1 says why)
-                     "quest75_warm_bq1": {**QUEST75_WARM, "model.attention.block_q": 1},
-                     "quest90_warm_bq1": {**QUEST75_WARM, "model.attention.sparsity": 0.9,
-                                          "model.attention.block_q": 1},
+                     "quest75_warm_bq1": QUEST75_WARM_Q1,
+                     "quest90_warm_bq1": QUEST90_WARM_Q1,
                      # a second seed (init and data) of the two 75% arms
                      "quest75_warm_seed1": {**QUEST75_WARM, "seed": 1, "data.seed": 1},
-                     "quest75_warm_bq1_seed1": {**QUEST75_WARM, "model.attention.block_q": 1,
-                                                "seed": 1, "data.seed": 1}},
+                     "quest75_warm_bq1_seed1": {**QUEST75_WARM_Q1, "seed": 1, "data.seed": 1}},
     },
 }
 
@@ -348,7 +346,7 @@ def build_config(spec: dict[str, Any], run_dir: str):
     data["short_steps"] = round(data.pop("short_frac") * steps)
   tasks = tuple(_tasks(spec.pop("task")))
   every, examples = spec.pop("eval_every"), spec.pop("eval_examples")
-  for own in ("final_examples", "final_lengths", "limit_s", "alone", "matched_flops"):
+  for own in ("final_examples", "final_lengths", "limit_s", "alone"):
     spec.pop(own, None)
   return train.Config(
       run_dir=run_dir, model=model, steps=steps,
@@ -372,9 +370,7 @@ def match_flops(spec: dict[str, Any], ref: dict[str, Any]) -> dict[str, Any]:
   probe = build_config({**spec, "steps": short + 1}, "/tmp/unused")
   left = budget - probe.flops_through(short)
   spec["steps"] = short + max(1, round(left / probe.flops_per_step))
-  spec["matched_flops"] = {"budget": budget, "got": build_config(spec, "/tmp/unused")
-                           .flops_through(spec["steps"]), "steps": spec["steps"]}
-  return spec
+  return spec  # the run records its steps and train_flops (run_variant)
 
 
 def _tasks(task: str | list[str]) -> list[str]:
@@ -394,7 +390,6 @@ def final_scores(run_dir: str, tasks: tuple[str, ...], lengths: list[int], examp
   compute dtype, the model's own attention in prefill: dense causal for a dense model)."""
   import train
   from experiments.evaluation import accounting, evaluate
-  from experiments.tasks import scoring
   model, cfg, _ = train.load(run_dir)
   forward = evaluate.make_forward(model, cfg.compute_dtype)
   out = {}
@@ -403,16 +398,23 @@ def final_scores(run_dir: str, tasks: tuple[str, ...], lengths: list[int], examp
     own = accounting.phase_attention(cfg.model.attention, length, "prefill", 0)
     for spec in tasks:
       task = _task(spec, length, cfg.model.vocab_size)
-      right_n, asked_n = [], []
-      for start in range(0, examples, batch):
-        rows = [task.example("test", i) for i in range(start, min(start + batch, examples))]
-        b = {k: np.stack([r[k] for r in rows]) for k in ("inputs", "targets", "weights")}
-        right, asked = scoring.question_scores(forward(b["inputs"], own),
-                                               b["targets"], b["weights"])
-        right_n.extend(right.sum(1).tolist())
-        asked_n.extend(asked.sum(1).tolist())
-      out[str(length)][spec] = {**interval(right_n, asked_n), "right": right_n, "asked": asked_n}
+      out[str(length)][spec] = scores_on_test(forward, own, task, examples, batch)
   return out
+
+
+def scores_on_test(forward, phased, task, examples: int, batch: int = 64) -> dict[str, Any]:
+  """Per-question exact match of `forward` (`evaluate.make_forward`'s) under `phased` on the
+  task's first `examples` test contexts: `interval`'s numbers plus the per-context counts."""
+  from experiments.tasks import scoring
+  right_n, asked_n = [], []
+  for start in range(0, examples, batch):
+    rows = [task.example("test", i) for i in range(start, min(start + batch, examples))]
+    b = {k: np.stack([r[k] for r in rows]) for k in ("inputs", "targets", "weights")}
+    right, asked = scoring.question_scores(forward(b["inputs"], phased), b["targets"],
+                                           b["weights"])
+    right_n.extend(right.sum(1).tolist())
+    asked_n.extend(asked.sum(1).tolist())
+  return {**interval(right_n, asked_n), "right": right_n, "asked": asked_n}
 
 
 def interval(right: list[int], asked: list[int]) -> dict[str, Any]:

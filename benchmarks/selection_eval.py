@@ -23,8 +23,6 @@ import json
 import pathlib
 import platform
 
-import numpy as np
-
 from benchmarks import recipe
 
 SETTINGS = (  # (name, pattern, sparsity, block_q or None for the model's own, phase)
@@ -38,31 +36,26 @@ SETTINGS = (  # (name, pattern, sparsity, block_q or None for the model's own, p
 )
 
 
-def score(run_dir: str, setting, lengths: list[int], examples: int, batch: int = 64) -> dict:
+def score(run_dir: str, lengths: list[int], examples: int) -> list[tuple[str, str, dict]]:
+  """[(setting, "length/task", scores)] of one run folder's model under every SETTINGS entry:
+  loaded once, one forward whose programs are cached per selection."""
   import train
   from experiments.evaluation import accounting, evaluate
-  from experiments.tasks import scoring
-  _, pattern, sparsity, block_q, phase = setting
   model, cfg, _ = train.load(run_dir)
   forward = evaluate.make_forward(model, cfg.compute_dtype)
-  att = cfg.model.attention
-  if pattern is not None:
-    att = dataclasses.replace(att, pattern=pattern, sparsity=sparsity,
-                              block_q=block_q or att.block_q, implementation="reference")
-  out = {}
-  for length in lengths:
-    for spec in cfg.data.tasks:
-      task = recipe._task(spec, length, cfg.model.vocab_size)
-      phased = accounting.phase_attention(att, length, phase, accounting.dense_prefix(task))
-      right_n, asked_n = [], []
-      for start in range(0, examples, batch):
-        rows = [task.example("test", i) for i in range(start, min(start + batch, examples))]
-        b = {k: np.stack([r[k] for r in rows]) for k in ("inputs", "targets", "weights")}
-        right, asked = scoring.question_scores(forward(b["inputs"], phased), b["targets"],
-                                               b["weights"])
-        right_n.extend(right.sum(1).tolist())
-        asked_n.extend(asked.sum(1).tolist())
-      out[f"{length}/{spec}"] = recipe.interval(right_n, asked_n)
+  out = []
+  for name, pattern, sparsity, block_q, phase in SETTINGS:
+    att = cfg.model.attention
+    if pattern is not None:
+      att = dataclasses.replace(att, pattern=pattern, sparsity=sparsity,
+                                block_q=block_q or att.block_q, implementation="reference")
+    for length in lengths:
+      for spec in cfg.data.tasks:
+        task = recipe._task(spec, length, cfg.model.vocab_size)
+        phased = accounting.phase_attention(att, length, phase, accounting.dense_prefix(task))
+        r = recipe.scores_on_test(forward, phased, task, examples)
+        out.append((name, f"{length}/{spec}",
+                    {k: v for k, v in r.items() if k not in ("right", "asked")}))
   return out
 
 
@@ -83,11 +76,10 @@ def main(argv=None) -> None:
   import jax
   rows = []
   for m in args.models:
-    for setting in SETTINGS:
-      result = score(str(pathlib.Path(args.runs) / m), setting, lengths, base["final_examples"])
-      for key, r in result.items():
-        rows.append({"model": m, "setting": setting[0], "cell": key, **r})
-        print(json.dumps(rows[-1]), flush=True)
+    for name, cell, r in score(str(pathlib.Path(args.runs) / m), lengths,
+                               base["final_examples"]):
+      rows.append({"model": m, "setting": name, "cell": cell, **r})
+      print(json.dumps(rows[-1]), flush=True)
   out = recipe.RESULTS / f"{args.name}.json"
   out.write_text(json.dumps({
       "benchmark": "pilot models under inference selections", "preset": args.preset,

@@ -33,6 +33,10 @@ class Implementation(NamedTuple):
   # (q, k, v, layout) -> run: checks the call at trace time (ValueError if it cannot run it) and
   # returns the function to run instead of `run`. None: `run` as it is, for any layout.
   prepare: Callable | None = None
+  # layout -> whether its blocks suit the implementation (the Triton kernel tiles powers of two
+  # >= 16, so not the one-query blocks of a per-query selection); implementation=None passes
+  # over an implementation that cannot take the call's layout.
+  takes: Callable[[BlockLayout], bool] = lambda layout: True
 
 
 def _pow2_blocks(t: int, s: int, d: int, cap: int = 128) -> tuple[int, int]:
@@ -58,7 +62,8 @@ IMPLEMENTATIONS: dict[str, Implementation] = {
     # Hopper included, because it precedes "xla" below and "pallas_mosaic_gpu" is not built yet;
     # once that exists it takes Hopper and newer by its place in available_implementations().
     "pallas_triton": Implementation(triton_kernels.attention, triton_kernels.unavailable,
-                                    triton_kernels.default_blocks, partitionable=False),
+                                    triton_kernels.default_blocks, partitionable=False,
+                                    takes=triton_kernels.takes_blocks),
     "pallas_mosaic_gpu": Implementation(None, _not_built("pallas_mosaic_gpu"), _pow2_blocks,
                                         partitionable=False),
     "pallas_tpu": Implementation(tpu_kernels.attention, tpu_kernels.unavailable,
@@ -104,17 +109,18 @@ def best_implementation(q, k, v, layout: BlockLayout) -> str:
   1.23x slower than Triton in isolation, while the 6m training step with it was not slower than
   an earlier session's Triton run (an open question, not settled: see
   ``sparse_ops.kernels.cudnn`` and ``benchmarks/results/train_loop_h200.md``). The choice is per
-  call, so one model may run cuDNN in its dense layers and Triton in its sparse ones. Layouts
-  whose blocks the Triton kernel cannot tile (one-query blocks of a per-query selection) run on
-  'xla' where Triton is the default. An explicit ``implementation=`` never switches.
+  call, so one model may run cuDNN in its dense layers and Triton in its sparse ones. A layout
+  the default cannot take (``Implementation.takes``: one-query blocks are no Triton tiles) runs
+  on the next available one that can. An explicit ``implementation=`` never switches.
   """
   if (q.shape[1] >= CUDNN_MIN_LEN and IMPLEMENTATIONS["cudnn"].unavailable() is None
       and cudnn_kernels.refusal(q, k, v, layout) is None):
     return "cudnn"
   general = default_implementation()
-  if general == "pallas_triton" and not triton_kernels.takes_blocks(layout):
-    return "xla"
-  return general
+  if IMPLEMENTATIONS[general].takes(layout):
+    return general
+  return next(n for n in available_implementations()
+              if n not in ("reference", general) and IMPLEMENTATIONS[n].takes(layout))
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, mask: masks_lib.Mask | None = None,

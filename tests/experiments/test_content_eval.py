@@ -219,6 +219,8 @@ def test_prefill_per_query_selection_matches_decode_on_the_question_rows():
   got = np.asarray(m1(x, attention=pre.attention))
   want = np.asarray(m1(x, attention=dec.attention, dense_before=prefix))
   np.testing.assert_allclose(got[:, prefix:], want[:, prefix:], rtol=2e-5, atol=2e-5)
+  dense = np.asarray(m1(x, attention=cfg.attention))
+  assert np.abs(got[:, :prefix] - dense[:, :prefix]).max() > 1e-3  # context rows sparse too
   rows = ev.evaluate(ev.make_forward(model), cfg, spec, VOCAB)
   by = {r["phase"]: r for r in rows}
   assert by["prefill"]["inference_flops_per_token"] == pytest.approx(
