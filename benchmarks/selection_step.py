@@ -9,7 +9,9 @@ question's own query hardly takes part in choosing its blocks; with one-query bl
 (`block_q=1`) every query chooses from itself, and on the CPU pilot that is what made a Quest
 75% model learn (benchmarks/results/recipe_cpu_sparse_q1.md: 0.47 -> 0.88 per question). The
 block-sparse GPU kernel tiles q-blocks of >= 16 rows, so one-query blocks run on `xla` (a scan
-over the kept slots, gathering each row's blocks) or `reference` (a dense masked softmax).
+over the kept slots, gathering each row's blocks) or `reference` (a dense masked softmax); laid
+out in 64-query blocks with per-query flags (`per_query=True`) the Triton kernel runs them over
+the union of a block's queries' choices.
 This times the trainer's jitted step (`train.step.make_train_step`, bf16, AdamW, donated state)
 on random tokens for each arm, one process, so the cost of the finer selection is read against
 dense and against 64-query selection on the same device.
@@ -35,10 +37,15 @@ from train.config import Config, DataConfig
 ARMS = (
     ("dense", dict()),
     ("quest75_bq64", dict(pattern="quest", sparsity=0.75, block_q=64, block_kv=64)),
-    ("quest75_bq1_xla", dict(pattern="quest", sparsity=0.75, block_q=1, block_kv=64,
-                             implementation="xla")),
+    # Per query, laid out in 64-query blocks with per-query flags (row_keep): the Triton
+    # kernel's tiles (implementation=None picks it on a GPU), over the union of the choices.
+    ("quest75_per_query", dict(pattern="quest", sparsity=0.75, block_q=64, block_kv=64,
+                               per_query=True)),
+    # The same selection in one-query blocks, which no tiled kernel runs (slowest last).
     ("quest75_bq1_reference", dict(pattern="quest", sparsity=0.75, block_q=1, block_kv=64,
                                    implementation="reference")),
+    ("quest75_bq1_xla", dict(pattern="quest", sparsity=0.75, block_q=1, block_kv=64,
+                             implementation="xla")),
 )
 
 

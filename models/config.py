@@ -53,6 +53,11 @@ class AttentionConfig:
     pattern's knob (local: window, strided: stride, block_random: density) is solved at each
     sequence length for the closest achievable value, so one config means "90% sparse" at any T.
   block_q, block_kv: kernel block sizes (None: the implementation's default for the length).
+  per_query: content patterns only: every query chooses its own kv-blocks, from itself
+    (`so.select_blocks(per_query=True)`: the pairs of one-query blocks), while the kernels run
+    q-blocks of `block_q` rows over the union of their queries' blocks. Selection from a block's
+    own queries would let a later token choose an earlier query's blocks; from the queries before
+    the block (per-block selection) a question's blocks are chosen without it.
   implementation: a `sparse_ops` implementation name, or None for the best one here.
   """
 
@@ -65,6 +70,7 @@ class AttentionConfig:
   sparsity: float | None = None
   block_q: int | None = None
   block_kv: int | None = None
+  per_query: bool = False
   implementation: str | None = None
   budget: str = "density"
   budget_value: float | None = None
@@ -90,6 +96,11 @@ class AttentionConfig:
                        f"{sorted(so.IMPLEMENTATIONS)} or None")
     if self.budget not in BUDGETS:
       raise ValueError(f"attention.budget={self.budget!r} is unknown; valid: {BUDGETS}")
+    if self.per_query not in (False, True):
+      raise ValueError(f"attention.per_query={self.per_query!r} must be a bool")
+    if self.per_query and not self.is_content:
+      raise ValueError(f"attention.per_query=True needs a content pattern {tuple(CONTENT_PATTERNS)}"
+                       f", not {self.pattern!r}")
     if self.is_content:
       self.selection_budget()  # raises with the field named if the budget is not valid
     elif self.sparsity is None:
@@ -122,19 +133,29 @@ class AttentionConfig:
     except ValueError as e:
       raise ValueError(f"attention.budget_value={value!r} (budget={self.budget!r}): {e}") from e
 
+  def selection_blocks(self, seq_len: int) -> tuple[int, int]:
+    """(queries, keys) per selection block at `seq_len`: one query each when `per_query`, else
+    the layout's blocks."""
+    block_q, block_kv = self.blocks(seq_len)
+    return (1 if self.per_query else block_q), block_kv
+
   def _selection_args(self, seq_len: int) -> dict:
     """What selecting and counting share, so the FLOPs counted are those of what runs."""
-    block_q, block_kv = self.blocks(seq_len)
+    block_q, block_kv = self.selection_blocks(seq_len)
     return dict(block_q=block_q, block_kv=block_kv, budget=self.selection_budget(),
                 sink_blocks=-(-self.sink // block_kv))
 
   def select(self, q, k, dense_before=None) -> so.BlockLayout:
     """The layout a content-based pattern picks from q [B, T, Hq, D] and k [B, T, Hkv, D]."""
+    args = self._selection_args(q.shape[1])
+    if self.per_query:  # the same selection, laid out in the kernel's q-blocks
+      args["block_q"] = self.blocks(q.shape[1])[0]
     return so.select_blocks(q, k, scoring=CONTENT_PATTERNS[self.pattern],
-                            dense_before=dense_before, **self._selection_args(q.shape[1]))
+                            dense_before=dense_before, per_query=self.per_query, **args)
 
   def select_mask(self, q, k, dense_before=None) -> jax.Array:
-    """The kept-block booleans [B, Hkv, nq, nk] behind `select` (`so.select_block_mask`)."""
+    """The kept-block booleans [B, Hkv, nq, nk] behind `select` (`so.select_block_mask`), per
+    selection block (nq = T when `per_query`)."""
     return so.select_block_mask(q, k, scoring=CONTENT_PATTERNS[self.pattern],
                                 dense_before=dense_before, **self._selection_args(q.shape[1]))
 

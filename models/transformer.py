@@ -119,7 +119,7 @@ def decode_attention(attention: AttentionConfig, q, k, v, dense_before, decode_r
   poison = lambda out: jnp.where(jnp.any(bound < first), jnp.nan, out) if first > 0 else out
   if rows == 0:
     return poison(out)
-  block_q, block_kv = attention.blocks(t)
+  block_q, block_kv = attention.selection_blocks(t)
   keep = decode_keep(attention, q, k, dense_before)
   allowed = decode_allowed(keep, first, t, block_q, block_kv)[:, :, None]  # [B, Hkv, 1, R, T]
   # The reference math (f32, HIGHEST) over the R tail rows only: an [B, Hq, R, T] slab.

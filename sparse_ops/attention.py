@@ -67,7 +67,8 @@ IMPLEMENTATIONS: dict[str, Implementation] = {
     "pallas_mosaic_gpu": Implementation(None, _not_built("pallas_mosaic_gpu"), _pow2_blocks,
                                         partitionable=False),
     "pallas_tpu": Implementation(tpu_kernels.attention, tpu_kernels.unavailable,
-                                 tpu_kernels.default_blocks, partitionable=False),
+                                 tpu_kernels.default_blocks, partitionable=False,
+                                 takes=lambda layout: layout.row_keep is None),
     # Dense layouts only (Causal() with T == S, or Full(), known at trace time), bf16/f16, NVIDIA
     # GPUs: cuDNN's flash attention through jax.nn.dot_product_attention. Not in
     # available_implementations() (it cannot run a sparse layout); implementation=None picks it
@@ -229,4 +230,9 @@ def _check_layout(layout, b, t, s, hq, hkv) -> None:
   if layout.kv_num_blocks.shape[-1] != nq or layout.q_num_blocks.shape[-1] != nk:
     raise ValueError(f"layout arrays have {layout.kv_num_blocks.shape[-1]} q-blocks and "
                      f"{layout.q_num_blocks.shape[-1]} kv-blocks; expected {nq} and {nk}")
+  if layout.row_keep is not None:
+    want = layout.kv_num_blocks.shape[:2] + (nk, nq * layout.block_q)
+    if tuple(layout.row_keep.shape) != want:
+      raise ValueError(f"layout.row_keep.shape={tuple(layout.row_keep.shape)}; expected {want} "
+                       "([Bl, Hl, kv-blocks, padded queries])")
 

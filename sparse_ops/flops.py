@@ -104,11 +104,16 @@ def pairs(what, q_len: int | None = None, kv_len: int | None = None) -> int:
   area = ((np.minimum(q0 + what.block_q, q_len) - q0)[:, None]
           * (np.minimum(k0 + what.block_kv, kv_len) - k0)[None, :])
   total = int((full * area).sum())
-  _, hs, qi, ki = np.nonzero(partial)
-  if what.mask is None:
+  bs, hs, qi, ki = np.nonzero(partial)
+  if what.mask is None and what.row_keep is None:
     return total + int(area[qi, ki].sum())
+  rows = None
+  if what.row_keep is not None:  # [Bl, Hl, nk, T_pad] -> each partial block's [block_q] rows
+    keep = np.asarray(what.row_keep).reshape(what.row_keep.shape[:3] + (what.num_q_blocks,
+                                                                        what.block_q))
+    rows = keep[bs, hs, ki, qi] != 0
   allowed, _ = masks_lib.block_pairs(what.mask, hs, qi, ki, q_len, kv_len, what.block_q,
-                                     what.block_kv)
+                                     what.block_kv, rows)
   return total + int(allowed.sum())
 
 

@@ -13,13 +13,18 @@ attention implementations):
   full_kv_num_blocks / full_kv_indices   the same for full blocks
   q_num_blocks / q_indices / full_q_num_blocks / full_q_indices  [Bl, Hl, nk, ...]: the transpose
                                      (q-blocks that visit each kv-block), for the dK/dV pass
+  row_keep      [Bl, Hl, nk, nq * block_q] int32, or None: per query, whether it keeps kv-block
+                j. One more term of the partial blocks' elementwise mask, for selections made per
+                query (``from_query_blocks``): a q-block visits the union of its queries' blocks
+                (as tiles a kernel can run) and each query still attends only to its own.
 
 Static fields: block sizes, true lengths and the elementwise ``mask`` (None: partial blocks are
 partial only because they hold padded keys past ``kv_len``).
 
-Two constructors, one compaction rule: ``from_mask`` (static masks, numpy, at trace time; cost
+Three constructors, one compaction rule: ``from_mask`` (static masks, numpy, at trace time; cost
 grows with the number of blocks, never T×S) and ``from_blocks`` (block-level booleans, jnp,
-usable inside jit, e.g. from content-based selection).
+usable inside jit, e.g. from content-based selection) and ``from_query_blocks`` (the same per
+query, jnp: q-blocks of the union, plus ``row_keep``).
 """
 
 from __future__ import annotations
@@ -46,7 +51,8 @@ def _check_block(name: str, value) -> None:
 @functools.partial(
     jax.tree_util.register_dataclass,
     data_fields=["kv_num_blocks", "kv_indices", "full_kv_num_blocks", "full_kv_indices",
-                 "q_num_blocks", "q_indices", "full_q_num_blocks", "full_q_indices"],
+                 "q_num_blocks", "q_indices", "full_q_num_blocks", "full_q_indices",
+                 "row_keep"],
     meta_fields=["block_q", "block_kv", "q_len", "kv_len", "mask"],
 )
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +70,7 @@ class BlockLayout:
   q_len: int
   kv_len: int
   mask: masks_lib.Mask | None
+  row_keep: jax.Array | None = None
 
   # ------------------------------------------------------------------ derived static properties
   @property
@@ -86,7 +93,7 @@ class BlockLayout:
     return (f"BlockLayout(q_len={self.q_len}, kv_len={self.kv_len}, block_q={self.block_q}, "
             f"block_kv={self.block_kv}, batch={self.batch_size}, heads={self.num_heads}, "
             f"partial_slots={self.kv_indices.shape[-1]}, full_slots={self.full_kv_indices.shape[-1]}, "
-            f"mask={self.mask!r})")
+            f"mask={self.mask!r}{', per-query rows' if self.row_keep is not None else ''})")
 
   # ------------------------------------------------------------------------------ constructors
   @classmethod
@@ -139,6 +146,39 @@ class BlockLayout:
     return cls(pn, pi, fn, fi, tpn, tpi, tfn, tfi, block_q=int(block_q), block_kv=int(block_kv),
                q_len=int(q_len), kv_len=int(kv_len), mask=mask)
 
+  @classmethod
+  def from_query_blocks(cls, keep: jax.Array, full: jax.Array | None = None, *, block_q: int,
+                        block_kv: int, q_len: int, kv_len: int,
+                        mask: masks_lib.Mask | None = None) -> BlockLayout:
+    """A layout from per-query block booleans ``keep [Bl, Hl, q_len, nk]``; works inside jit.
+
+    Query i attends to the keys of the kv-blocks it keeps, ∧ ``mask`` elementwise. Each
+    ``block_q``-row q-block visits the union of its queries' blocks; a block is full when every
+    query of the q-block keeps it and ``full [nq, nk]`` (broadcastable; the blocks where
+    ``mask`` holds everywhere, default none) says the mask needs no check there, and partial
+    otherwise, where the kernels apply ``row_keep`` with the mask. So the allowed pairs are those
+    of one-query blocks (``from_blocks(keep, block_q=1)``) while kernels run block_q-row tiles.
+    """
+    for name, v in (("q_len", q_len), ("kv_len", kv_len), ("block_q", block_q),
+                    ("block_kv", block_kv)):
+      _check_block(name, v)
+    nq, nk = -(-q_len // block_q), -(-kv_len // block_kv)
+    if keep.ndim != 4 or keep.shape[-2:] != (q_len, nk):
+      raise ValueError(f"keep.shape={keep.shape} must be [Bl, Hl, {q_len}, {nk}] for "
+                       f"q_len={q_len}, kv_len={kv_len}, block_kv={block_kv}")
+    keep = jnp.asarray(keep, bool)
+    pad = nq * block_q - q_len
+    rows = jnp.pad(keep, ((0, 0), (0, 0), (0, pad), (0, 0)))  # padded queries keep nothing
+    grouped = rows.reshape(keep.shape[:2] + (nq, block_q, nk))
+    # ...but do not stop a block being full for the real queries of the last q-block
+    real = (jnp.arange(nq * block_q) < q_len).reshape(nq, block_q)[None, None, :, :, None]
+    union = grouped.any(3)
+    every = (grouped | ~real).all(3)
+    full = jnp.zeros((nq, nk), bool) if full is None else jnp.asarray(full, bool)
+    layout = cls.from_blocks(union, union & every & full, block_q=block_q, block_kv=block_kv,
+                             q_len=q_len, kv_len=kv_len, mask=mask)
+    return dataclasses.replace(layout, row_keep=jnp.swapaxes(rows, -1, -2).astype(jnp.int32))
+
   # ------------------------------------------------------------------------------------ views
   def block_masks(self) -> tuple[jax.Array, jax.Array]:
     """(partial, full) block booleans [Bl, Hl, nq, nk], from the forward lists."""
@@ -163,6 +203,9 @@ class BlockLayout:
       elem = jnp.broadcast_to(jnp.asarray(self.mask(q, k)), (self.q_len, self.kv_len))[None, None]
     else:
       elem = jnp.asarray(self.mask(q, k))[None]  # [1, Hm, T, S]
+    if self.row_keep is not None:  # [Bl, Hl, nk, T_pad] -> [Bl, Hl, T, S]
+      rows = jnp.repeat(jnp.swapaxes(self.row_keep, -1, -2) != 0, self.block_kv, -1)
+      elem = elem & rows[..., :self.q_len, :self.kv_len]
     return full | (partial & elem)
 
   def visited_blocks(self) -> jax.Array:

@@ -127,11 +127,13 @@ def _count_by_blocks(mask: Mask, q_len: int, kv_len: int, block: int = 128) -> i
   return total + int(allowed.sum())
 
 
-def block_pairs(mask: Mask, hs, qi, ki, q_len: int, kv_len: int, block_q: int,
-                block_kv: int) -> tuple[np.ndarray, np.ndarray]:
+def block_pairs(mask: Mask | None, hs, qi, ki, q_len: int, kv_len: int, block_q: int,
+                block_kv: int, rows=None) -> tuple[np.ndarray, np.ndarray]:
   """(allowed pairs, in-bounds pairs) of each block (head hs, q-block qi, kv-block ki), counted
   elementwise, 256 blocks at a time: the one elementwise counter behind ``nnz``'s fallback, the
-  layout builder's refinement of uncertain blocks and ``flops.pairs`` of a layout."""
+  layout builder's refinement of uncertain blocks and ``flops.pairs`` of a layout. ``mask``
+  None allows every pair; ``rows`` [blocks, block_q] bool (a layout's ``row_keep``) narrows each
+  block's allowed pairs to the queries that keep it."""
   allowed = np.zeros(len(hs), np.int64)
   valid_n = np.zeros(len(hs), np.int64)
   qo, ko = np.arange(block_q), np.arange(block_kv)
@@ -140,12 +142,16 @@ def block_pairs(mask: Mask, hs, qi, ki, q_len: int, kv_len: int, block_q: int,
     q = qi[sl][:, None, None] * block_q + qo[None, :, None]
     k = ki[sl][:, None, None] * block_kv + ko[None, None, :]
     valid = (q < q_len) & (k < kv_len)
-    if mask.num_heads is None:
+    if mask is None:
+      ok = np.ones((1, 1, 1), bool)
+    elif mask.num_heads is None:
       ok = np.asarray(mask(q, k), bool)
     else:  # evaluate each block with its own head's mask
       ok = np.stack([np.asarray(mask.head(int(h))(q[j], k[j]), bool)
                      for j, h in enumerate(hs[sl])])
     ok = np.broadcast_to(ok, valid.shape)
+    if rows is not None:
+      ok = ok & np.asarray(rows[sl], bool)[:, :, None]
     allowed[sl] = (ok & valid).sum((1, 2))
     valid_n[sl] = valid.sum((1, 2))
   return allowed, valid_n

@@ -114,7 +114,8 @@ class Budget:
 
 def select_blocks(q: jax.Array, k: jax.Array, *, block_q: int, block_kv: int, budget: Budget,
                   scoring: Scoring = "mean", sink_blocks: int = 1, local_blocks: int = 1,
-                  dense_before: jax.Array | int | None = None) -> BlockLayout:
+                  dense_before: jax.Array | int | None = None,
+                  per_query: bool = False) -> BlockLayout:
   """A causal BlockLayout [B, Hkv, ...] of the best-scoring kv-blocks per q-block.
 
   Args:
@@ -128,7 +129,21 @@ def select_blocks(q: jax.Array, k: jax.Array, *, block_q: int, block_kv: int, bu
     dense_before: position, scalar or [B], before which queries attend densely (the "decode"
       phase of an evaluation: context queries dense, question/answer queries sparse). A q-block
       holding any query before it is dense. None: every q-block is sparse ("prefill").
+    per_query: every query chooses its own kv-blocks, from itself (the selection of
+      ``block_q=1``, the same allowed pairs), while the layout keeps ``block_q``-row q-blocks that
+      visit the union of their queries' blocks, with each query's choice in ``row_keep``: the
+      tiled kernels run it (one-row blocks are no tiles) at the cost of the union.
   """
+  if per_query:
+    if isinstance(block_q, bool) or not isinstance(block_q, (int, np.integer)) or block_q <= 0:
+      raise ValueError(f"block_q={block_q!r} must be a positive integer")
+    t, s = q.shape[1], k.shape[1]
+    rows = select_block_mask(q, k, block_q=1, block_kv=block_kv, budget=budget,
+                             scoring=scoring, sink_blocks=sink_blocks,
+                             local_blocks=local_blocks, dense_before=dense_before)
+    return BlockLayout.from_query_blocks(rows, _fully_causal(t, s, block_q, block_kv),
+                                         block_q=block_q, block_kv=block_kv, q_len=t, kv_len=s,
+                                         mask=masks_lib.Causal())
   keep = select_block_mask(q, k, block_q=block_q, block_kv=block_kv, budget=budget,
                            scoring=scoring, sink_blocks=sink_blocks, local_blocks=local_blocks,
                            dense_before=dense_before)

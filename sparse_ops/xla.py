@@ -109,6 +109,20 @@ def _elementwise(layout: BlockLayout, q_pos, k_pos, hq: int):
   return ok & jnp.concatenate([jnp.broadcast_to(x, shape) for x in heads], axis=1)
 
 
+def _row_keep(layout: BlockLayout, b: int, hq: int):
+  """blk [B, Hq, nq] -> bool [B, Hq, nq, bq, 1]: which queries of each q-block keep its kv-block
+  ``blk`` (the layout's ``row_keep``), or None when the layout has none."""
+  if layout.row_keep is None:
+    return None
+  rk = layout.row_keep
+  rk = rk.reshape(rk.shape[:3] + (layout.num_q_blocks, layout.block_q))  # [Bl, Hl, nk, nq, bq]
+  hl = rk.shape[1]
+  bi = (jnp.arange(b) if rk.shape[0] > 1 else jnp.zeros(b, jnp.int32))[:, None, None]
+  hi = jnp.arange(hq) // (hq // hl) if hl > 1 else jnp.zeros(hq, jnp.int32)
+  qi = jnp.arange(layout.num_q_blocks)[None, None, :]
+  return lambda blk: (rk[bi, hi[None, :, None], blk, qi] != 0)[..., None]
+
+
 def _dot(spec, a, b):
   prec = _HI if a.dtype == jnp.float32 else None
   return jnp.einsum(spec, a, b, precision=prec, preferred_element_type=jnp.float32)
@@ -136,6 +150,7 @@ def _forward(q, k, v, layout: BlockLayout, scale):
   l = jnp.zeros((b, hq, nq, bq), jnp.float32)
   acc = jnp.zeros((b, hq, nq, bq, dv), jnp.float32)
   carry = (m, l, acc)
+  rows = _row_keep(layout, b, hq)
   for count, idx, partial in _lists(layout, b, hq):
 
     def step(carry, j, count=count, idx=idx, partial=partial):
@@ -147,6 +162,8 @@ def _forward(q, k, v, layout: BlockLayout, scale):
       if partial:
         k_pos = (blk[..., None] * bk + jnp.arange(bk))[..., None, :]
         ok = ok & _elementwise(layout, q_pos, k_pos, hq)
+        if rows is not None:
+          ok = ok & rows(blk)
       s = jnp.where(ok, s, -jnp.inf)
       m_new = jnp.maximum(m, s.max(-1))
       m_safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)  # rows with nothing yet stay at zero
@@ -197,6 +214,7 @@ def _backward(q, k, v, layout: BlockLayout, scale, out, lse, dout):
   dq = jnp.zeros(qb.shape, jnp.float32)
   dk = jnp.zeros((b, hq, nk, bk, qb.shape[-1]), jnp.float32)
   dv = jnp.zeros((b, hq, nk, bk, vb.shape[-1]), jnp.float32)
+  rows = _row_keep(layout, b, hq)
   for count, idx, partial in _lists(layout, b, hq):
 
     def step(carry, j, count=count, idx=idx, partial=partial):
@@ -207,6 +225,8 @@ def _backward(q, k, v, layout: BlockLayout, scale, out, lse, dout):
       if partial:
         k_pos = (blk[..., None] * bk + jnp.arange(bk))[..., None, :]
         ok = ok & _elementwise(layout, q_pos, k_pos, hq)
+        if rows is not None:
+          ok = ok & rows(blk)
       p, ds = probs_and_ds(qb, kj, vj, dob, lse, delta, ok)
       dq = dq + _dot("bhiqk,bhikd->bhiqd", ds.astype(kj.dtype), kj) * scale
       # Padded slots repeat a real block index with p = ds = 0, so they add exact zeros.

@@ -139,7 +139,7 @@ def stats(model: ModelConfig, phased: so.masks.Mask | Selection, length: int,
   pairs_of, blocks_of = counted(phased, length, blocks)
   select = 0.0
   if isinstance(phased, Selection):
-    block_q, block_kv = phased.attention.blocks(length)
+    block_q, block_kv = phased.attention.selection_blocks(length)
     select = model.depth * so.flops.selection_flops(
         length, length, num_heads=model.num_heads, num_kv_heads=model.kv_heads,
         head_dim=model.head_size, block_q=block_q, block_kv=block_kv,

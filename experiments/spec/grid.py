@@ -168,8 +168,10 @@ class RunSpec:
     """Readable name for tables and plots: size, pattern@sparsity, budget."""
     sp = "dense" if self.pattern == "dense" else f"{self.pattern}@{self.train_sparsity:g}"
     att = self.model.attention
-    if att.is_content and att.block_q and att.block_q != att.block_kv:
-      sp += f"/q{att.block_q}"  # kv-blocks chosen per block_q queries (q1: per query)
+    if att.is_content and att.per_query:
+      sp += "/q1"  # kv-blocks chosen per query
+    elif att.is_content and att.block_q and att.block_q != att.block_kv:
+      sp += f"/q{att.block_q}"  # kv-blocks chosen per block_q queries
     curriculum = (f"c{self.short_len}" + ("d" if self.config.short_dense else "")
                   if self.short_len else "")  # d: the short phase trained dense
     return f"{self.size}/{sp}/{self.budget:.2g}/T{self.seq_len}{curriculum}"
@@ -410,7 +412,9 @@ class Grid:
     block = dict(block_q=self.block, block_kv=self.block) if self.block else {}
     if sparsity == 0.0:
       return AttentionConfig("dense", sink=self.sink, implementation=self.implementation, **block)
-    if self.select_block_q and pattern in CONTENT_PATTERNS:
+    if self.select_block_q == 1 and pattern in CONTENT_PATTERNS:
+      block["per_query"] = True  # laid out in the grid's q-blocks, so the tiled kernels run it
+    elif self.select_block_q and pattern in CONTENT_PATTERNS:
       block["block_q"] = self.select_block_q
     return AttentionConfig(pattern, sparsity=sparsity, sink=self.sink,
                            implementation=self.implementation, **block)

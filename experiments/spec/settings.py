@@ -65,10 +65,14 @@ class Setting:
     if not self.is_content:
       return AttentionConfig(self.pattern, sparsity=self.sparsity, sink=base.sink,
                              block_q=base.block_q, block_kv=base.block_kv, **common)
+    # One query per selection is laid out in the setting's q-blocks (`per_query`), so the
+    # tiled kernels run it; other counts are the layout's q-blocks themselves.
+    per_query = queries == 1
     return AttentionConfig(self.pattern, sink=base.sink,
-                           block_q=queries or block or base.block_q,
-                           block_kv=block or base.block_kv, budget=self.budget,
-                           budget_value=self.value, budget_alpha=self.alpha, **common)
+                           block_q=(None if per_query else queries) or block or base.block_q,
+                           block_kv=block or base.block_kv, per_query=per_query,
+                           budget=self.budget, budget_value=self.value, budget_alpha=self.alpha,
+                           **common)
 
 
 def parse(setting: Sequence[Any]) -> Setting:

@@ -61,10 +61,15 @@ def partial_block_mask(layout, num_q_heads: int) -> Callable:
 
 
 def check_call(q, k, layout, *, unavailable: Callable[[], str | None], interpret: bool,
-               block_ok: Callable[[int], bool], block_rule: str) -> None:
+               block_ok: Callable[[int], bool], block_rule: str, name: str,
+               takes_rows: bool = False) -> None:
   """The checks every kernel's own `attention` makes (it is callable directly, as tests do):
-  the backend (unless interpreting), the layout's lengths, heads and batch against q and k, and
-  the kernel's rule for block sizes (`block_ok`, described by `block_rule`)."""
+  the backend (unless interpreting), the layout's lengths, heads and batch against q and k, the
+  kernel's rule for block sizes (`block_ok`, described by `block_rule`), and whether it runs
+  per-query layouts (`takes_rows`; `name` is the implementation's, for the message)."""
+  if layout.row_keep is not None and not takes_rows:
+    raise ValueError(f"implementation={name!r} cannot run a layout with per-query row_keep "
+                     "(select_blocks(per_query=True)); use 'pallas_triton' or 'xla'")
   if not interpret:
     why = unavailable()
     if why is not None:

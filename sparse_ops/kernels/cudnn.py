@@ -96,6 +96,8 @@ def dense_kind(layout: BlockLayout) -> tuple[str | None, str]:
   if any(isinstance(x, jax.core.Tracer) for x in lists):
     return None, ("has traced block lists (built or passed inside jit, e.g. by "
                   "select_blocks), so which pairs it keeps is unknown at trace time")
+  if layout.row_keep is not None:
+    return None, "keeps kv-blocks per query (row_keep)"
   elem = layout.mask
   causal, full_mask = masks_lib.Causal(), masks_lib.Full()
   if elem is not None and elem != causal and elem != full_mask:

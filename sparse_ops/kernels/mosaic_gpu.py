@@ -459,7 +459,8 @@ def attention(q, k, v, layout: BlockLayout, scale: float | None = None, *,
   of the dQ and dK/dV passes. `interpret=True`: Mosaic GPU interpret mode on any backend."""
   check_call(q, k, layout, unavailable=unavailable, interpret=interpret,
              block_ok=lambda n: n % 64 == 0,
-             block_rule="a multiple of 64 for the Mosaic GPU kernels (wgmma tiles)")
+             block_rule="a multiple of 64 for the Mosaic GPU kernels (wgmma tiles)",
+             name="pallas_mosaic_gpu")
   if q.dtype not in (jnp.bfloat16, jnp.float16) or v.shape[3] != q.shape[3]:
     raise ValueError(f"the Mosaic GPU kernels take bf16 or f16 with Dv = D; got {q.dtype}, "
                      f"D={q.shape[3]}, Dv={v.shape[3]}")

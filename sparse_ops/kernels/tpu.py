@@ -143,7 +143,7 @@ def attention(q, k, v, layout: BlockLayout, scale: float | None = None, *,
   check_call(q, k, layout, unavailable=unavailable, interpret=interpret,
              block_ok=lambda n: n % _MIN_BLOCK == 0,
              block_rule=f"a multiple of {_MIN_BLOCK} for implementation='pallas_tpu' (TPU "
-                        "sublanes); e.g. 128")
+                        "sublanes); e.g. 128", name="pallas_tpu")
   hq, d, hkv = q.shape[2], q.shape[3], k.shape[2]
   size = metadata_bytes(layout, hq, hkv)
   if size > SMEM_BUDGET_BYTES:

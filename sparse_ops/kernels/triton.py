@@ -8,7 +8,9 @@ probability). Ragged lengths are zero-padded to block multiples outside the kern
 
 Three kernels, each a grid over (tile, batch, head) whose programs read the layout's index lists
 as ordinary int32 inputs (Triton has no scalar prefetch) and loop only over the listed blocks,
-one ``fori_loop`` over partial blocks with masking and one over full blocks without:
+one ``fori_loop`` over partial blocks with masking and one over full blocks without. A layout
+chosen per query (``row_keep``) adds one term to the partial blocks' mask: a tile's queries
+load their keep flags for the block (one contiguous int32 vector) and drop it where unset.
 
   forward   grid (T/tq, B, Hq):  out and lse (log2 domain) per q tile
   dQ        grid (T/tq, B, Hq):  over the forward lists
@@ -151,7 +153,8 @@ def attention(q, k, v, layout: BlockLayout, scale: float | None = None, *,
   check_call(q, k, layout, unavailable=unavailable, interpret=interpret,
              block_ok=_block_ok,
              block_rule=f"a power of two >= {_MIN_BLOCK} for implementation='pallas_triton' "
-                        "(Triton tiles); build the layout with e.g. block_q=block_kv=128")
+                        "(Triton tiles); build the layout with e.g. block_q=block_kv=128",
+             name="pallas_triton", takes_rows=True)
   d = q.shape[3]
   if scale is None:
     scale = d ** -0.5
@@ -229,6 +232,22 @@ class _Lists:
     else:  # per kv-head: every q-head of a group shares its kv-head's list
       hl = lax.div(h, geo.group)
     return (bl * self.hl + hl) * self.rows + r
+
+
+def _flat_rows(layout: BlockLayout):
+  """The layout's ``row_keep`` [Bl, Hl, nk, T_pad] flattened, with its shape as a ``_Lists``
+  (rows = kv-blocks, slots = padded queries), or (None, a one-element stand-in) without one:
+  the kernels then take no row term and never read it."""
+  if layout.row_keep is None:
+    return None, jnp.zeros((1,), jnp.int32)
+  rk = jnp.asarray(layout.row_keep, jnp.int32)
+  return _Lists(bl=rk.shape[0], hl=rk.shape[1], rows=rk.shape[2], slots=rk.shape[3]), rk.reshape(-1)
+
+
+def _row_flags(rk_ref, rows: _Lists, b, h, kv_block, q0, n: int, geo: _Geo):
+  """[n, 1] bool: whether queries q0 .. q0 + n - 1 keep ``kv_block`` (one vector load)."""
+  off = pl.multiple_of(rows.row(b, h, kv_block, geo) * rows.slots + q0, n)
+  return (rk_ref[pl.ds(off, n)] != 0)[:, None]
 
 
 def _flat_lists(count, idx):
@@ -309,8 +328,9 @@ _ANY = pl.BlockSpec(memory_space=pl.ANY)  # whole array, indexed by the kernel (
 # -------------------------------------------------------------------------------------- forward
 
 
-def _fwd_kernel(pcnt_ref, pidx_ref, fcnt_ref, fidx_ref, q_ref, k_ref, v_ref, o_ref, lse_ref, *,
-                geo: _Geo, tile: PassTiles, c: float, plist: _Lists, flist: _Lists, mask_fn):
+def _fwd_kernel(pcnt_ref, pidx_ref, fcnt_ref, fidx_ref, rk_ref, q_ref, k_ref, v_ref, o_ref,
+                lse_ref, *, geo: _Geo, tile: PassTiles, c: float, plist: _Lists, flist: _Lists,
+                rows: _Lists | None, mask_fn):
   tq, tk = tile.block_q, tile.block_kv
   i, b, h = _q_tile(geo, tq), pl.program_id(1), pl.program_id(2)
   r = lax.div(i, geo.bq // tq)  # the layout's q-block holding this tile
@@ -326,7 +346,10 @@ def _fwd_kernel(pcnt_ref, pidx_ref, fcnt_ref, fidx_ref, q_ref, k_ref, v_ref, o_r
       s = _dot(q, kt.T, geo) * c  # [tq, tk], log2 domain
       if masked:
         k_pos = (start + jnp.arange(tk, dtype=jnp.int32))[None, :]
-        s = jnp.where(mask_fn(q_pos, k_pos, h), s, _NEG)
+        ok = mask_fn(q_pos, k_pos, h)
+        if rows is not None:
+          ok = ok & _row_flags(rk_ref, rows, b, h, lax.div(start, geo.bk), i * tq, tq, geo)
+        s = jnp.where(ok, s, _NEG)
       m_new = jnp.maximum(m, s.max(-1))
       alpha = jnp.exp2(m - m_new)
       p = jnp.exp2(s - m_new[:, None])
@@ -357,13 +380,14 @@ def _forward(q, k, v, layout, scale, static: _Static):
   qp, kp, vp = _pad(q, tp, geo.d), _pad(k, sp, geo.d), _pad(v, sp, geo.dv)
   plist, pcnt, pidx = _flat_lists(layout.kv_num_blocks, layout.kv_indices)
   flist, fcnt, fidx = _flat_lists(layout.full_kv_num_blocks, layout.full_kv_indices)
+  rows, rk = _flat_rows(layout)
   g, n = geo.group, tp // tq
   kernel = functools.partial(_fwd_kernel, geo=geo, tile=tile, c=scale * _LOG2E, plist=plist,
-                             flist=flist, mask_fn=partial_block_mask(layout, geo.hq))
+                             flist=flist, rows=rows, mask_fn=partial_block_mask(layout, geo.hq))
   out, lse = pl.pallas_call(
       kernel,
       grid=(n, geo.b, geo.hq),
-      in_specs=[_ANY] * 4 + [
+      in_specs=[_ANY] * 5 + [
           pl.BlockSpec((None, tq, None, geo.d), _q_map(n)),
           pl.BlockSpec((None, sp, None, geo.d), _q_map(n, g)),
           pl.BlockSpec((None, sp, None, geo.dv), _q_map(n, g)),
@@ -377,16 +401,16 @@ def _forward(q, k, v, layout, scale, static: _Static):
       compiler_params=_params(tile),
       interpret=static.interpret,
       name="sparse_attention_fwd",
-  )(pcnt, pidx, fcnt, fidx, qp, kp, vp)
+  )(pcnt, pidx, fcnt, fidx, rk, qp, kp, vp)
   return out[:, :t, :, :dv_true], lse  # lse [B, Hq, T_pad], log2 domain, +inf on empty rows
 
 
 # ------------------------------------------------------------------------------------- backward
 
 
-def _dq_kernel(pcnt_ref, pidx_ref, fcnt_ref, fidx_ref, q_ref, k_ref, v_ref, do_ref, lse_ref,
-               delta_ref, dq_ref, *, geo: _Geo, tile: PassTiles, c: float, scale: float,
-               plist: _Lists, flist: _Lists, mask_fn):
+def _dq_kernel(pcnt_ref, pidx_ref, fcnt_ref, fidx_ref, rk_ref, q_ref, k_ref, v_ref, do_ref,
+               lse_ref, delta_ref, dq_ref, *, geo: _Geo, tile: PassTiles, c: float, scale: float,
+               plist: _Lists, flist: _Lists, rows: _Lists | None, mask_fn):
   tq, tk = tile.block_q, tile.block_kv
   i, b, h = _q_tile(geo, tq), pl.program_id(1), pl.program_id(2)
   r = lax.div(i, geo.bq // tq)
@@ -402,7 +426,10 @@ def _dq_kernel(pcnt_ref, pidx_ref, fcnt_ref, fidx_ref, q_ref, k_ref, v_ref, do_r
       p = jnp.exp2(_dot(q, kt.T, geo) * c - lse[:, None])  # lse = +inf on empty rows: p = 0
       if masked:
         k_pos = (start + jnp.arange(tk, dtype=jnp.int32))[None, :]
-        p = jnp.where(mask_fn(q_pos, k_pos, h), p, 0.0)
+        ok = mask_fn(q_pos, k_pos, h)
+        if rows is not None:
+          ok = ok & _row_flags(rk_ref, rows, b, h, lax.div(start, geo.bk), i * tq, tq, geo)
+        p = jnp.where(ok, p, 0.0)
       ds = p * (_dot(do, vt.T, geo) - delta[:, None])
       return dq + _dot(ds.astype(kt.dtype), kt, geo)
     return fn
@@ -415,9 +442,9 @@ def _dq_kernel(pcnt_ref, pidx_ref, fcnt_ref, fidx_ref, q_ref, k_ref, v_ref, do_r
   dq_ref[...] = (dq * scale).astype(dq_ref.dtype)
 
 
-def _dkv_kernel(pcnt_ref, pidx_ref, fcnt_ref, fidx_ref, q_ref, k_ref, v_ref, do_ref, lse_ref,
-                delta_ref, dk_ref, dv_ref, *, geo: _Geo, tile: PassTiles, c: float,
-                scale: float, plist: _Lists, flist: _Lists, mask_fn):
+def _dkv_kernel(pcnt_ref, pidx_ref, fcnt_ref, fidx_ref, rk_ref, q_ref, k_ref, v_ref, do_ref,
+                lse_ref, delta_ref, dk_ref, dv_ref, *, geo: _Geo, tile: PassTiles, c: float,
+                scale: float, plist: _Lists, flist: _Lists, rows: _Lists | None, mask_fn):
   tq, tk = tile.block_q, tile.block_kv
   j, b, hk = pl.program_id(0), pl.program_id(1), pl.program_id(2)
   r = lax.div(j, geo.bk // tk)  # the layout's kv-block holding this tile
@@ -437,7 +464,10 @@ def _dkv_kernel(pcnt_ref, pidx_ref, fcnt_ref, fidx_ref, q_ref, k_ref, v_ref, do_
         p = jnp.exp2(_dot(qt, kt.T, geo) * c - lse[:, None])  # [tq, tk]
         if masked:
           q_pos = (start + jnp.arange(tq, dtype=jnp.int32))[:, None]
-          p = jnp.where(mask_fn(q_pos, k_pos, h), p, 0.0)
+          ok = mask_fn(q_pos, k_pos, h)
+          if rows is not None:
+            ok = ok & _row_flags(rk_ref, rows, b, h, r, start, tq, geo)
+          p = jnp.where(ok, p, 0.0)
         dv = dv + _dot(p.astype(do.dtype).T, do, geo)
         ds = p * (_dot(do, vt.T, geo) - delta[:, None])
         dk = dk + _dot(ds.astype(qt.dtype).T, qt, geo)
@@ -470,6 +500,7 @@ def _backward(q, k, v, layout, scale, static: _Static, out, lse, dout):
   delta = jnp.pad(delta, ((0, 0), (0, 0), (0, tp - t)))  # [B, Hq, T_pad]
   c = scale * _LOG2E
   mask_fn = partial_block_mask(layout, geo.hq)
+  rows, rk = _flat_rows(layout)
 
   # dQ over the forward lists.
   tile = _clip(static.tiles.dq, geo)
@@ -479,9 +510,9 @@ def _backward(q, k, v, layout, scale, static: _Static, out, lse, dout):
   flist, fcnt, fidx = _flat_lists(layout.full_kv_num_blocks, layout.full_kv_indices)
   dq = pl.pallas_call(
       functools.partial(_dq_kernel, geo=geo, tile=tile, c=c, scale=scale, plist=plist,
-                        flist=flist, mask_fn=mask_fn),
+                        flist=flist, rows=rows, mask_fn=mask_fn),
       grid=(n, geo.b, geo.hq),
-      in_specs=[_ANY] * 4 + [
+      in_specs=[_ANY] * 5 + [
           pl.BlockSpec((None, tq, None, geo.d), _q_map(n)),
           pl.BlockSpec((None, sp, None, geo.d), _q_map(n, g)),
           pl.BlockSpec((None, sp, None, geo.dv), _q_map(n, g)),
@@ -494,7 +525,7 @@ def _backward(q, k, v, layout, scale, static: _Static, out, lse, dout):
       compiler_params=_params(tile),
       interpret=static.interpret,
       name="sparse_attention_dq",
-  )(pcnt, pidx, fcnt, fidx, qp, kp, vp, dop, lse, delta)
+  )(pcnt, pidx, fcnt, fidx, rk, qp, kp, vp, dop, lse, delta)
 
   # dK, dV over the transposed lists; each program owns a kv tile of one kv-head and sums over
   # the q-heads of its group, read through a [B, T, Hkv, G, D] view (a free reshape).
@@ -508,9 +539,9 @@ def _backward(q, k, v, layout, scale, static: _Static, out, lse, dout):
   delta4 = delta.reshape(geo.b, geo.hkv, g, tp)
   dk, dv = pl.pallas_call(
       functools.partial(_dkv_kernel, geo=geo, tile=tile, c=c, scale=scale, plist=plist,
-                        flist=flist, mask_fn=mask_fn),
+                        flist=flist, rows=rows, mask_fn=mask_fn),
       grid=(sp // tk, geo.b, geo.hkv),
-      in_specs=[_ANY] * 4 + [
+      in_specs=[_ANY] * 5 + [
           pl.BlockSpec((None, tp, None, g, geo.d), lambda j, b, h: (b, 0, h, 0, 0)),
           pl.BlockSpec((None, tk, None, geo.d), lambda j, b, h: (b, j, h, 0)),
           pl.BlockSpec((None, tk, None, geo.dv), lambda j, b, h: (b, j, h, 0)),
@@ -527,5 +558,5 @@ def _backward(q, k, v, layout, scale, static: _Static, out, lse, dout):
       compiler_params=_params(tile),
       interpret=static.interpret,
       name="sparse_attention_dkv",
-  )(pcnt, pidx, fcnt, fidx, q5, kp, vp, do5, lse4, delta4)
+  )(pcnt, pidx, fcnt, fidx, rk, q5, kp, vp, do5, lse4, delta4)
   return dq[:, :t, :, :d_true], dk[:, :s, :, :d_true], dv[:, :s, :, :v.shape[3]]

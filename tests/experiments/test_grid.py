@@ -466,8 +466,8 @@ def test_short_dense_reaches_the_sparse_runs_only_with_their_dense_short_flops()
 
 
 def test_select_block_q_chooses_per_query_in_the_content_runs_only():
-  """grid.select_block_q=1: the content-selected points choose kv-blocks per query (block_q=1,
-  block_kv the grid's block; `q1` in the label, a new run id), at the same attended pairs and
+  """grid.select_block_q=1: the content-selected points choose kv-blocks per query (per_query,
+  laid out in the grid's blocks; `q1` in the label, a new run id), at the same attended pairs and
   steps; dense points and their ids are untouched, and spec.json reads back the same run."""
   base = study_lib.load_preset("micro").grid
   g = dataclasses.replace(base, seq_lens=(64,), budgets=(4e10,), sparsities=(0.0, 0.75),
@@ -475,7 +475,8 @@ def test_select_block_q_chooses_per_query_in_the_content_runs_only():
   (d0, s0), (d1, s1) = g.points()[0][:2], dataclasses.replace(g, select_block_q=1).points()[0][:2]
   assert d1.run_id == d0.run_id and d1.model.attention.block_q == 16
   att = s1.model.attention
-  assert (att.block_q, att.block_kv) == (1, 16) and s0.model.attention.block_q == 16
+  assert att.per_query and (att.block_q, att.block_kv) == (16, 16)
+  assert att.selection_blocks(64) == (1, 16) and not s0.model.attention.per_query
   assert s1.run_id != s0.run_id and s1.label == s0.label.replace("@0.75/", "@0.75/q1/")
   assert s1.steps == s0.steps and s1.model.attention.pairs(64) == s0.model.attention.pairs(64)
   back = spec_from_dict(json.loads(json.dumps(s1.to_dict())))

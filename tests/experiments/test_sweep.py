@@ -343,7 +343,8 @@ def test_per_query_sparse_arm_trains_and_evaluates_end_to_end(tmp_path):
                              log=lambda s: None)
   assert len(by_state["done"]) == 1 and not by_state["failed"]
   (spec,), _ = study.runs()
-  assert spec.model.attention.block_q == 1 and "/q1/" in spec.label
+  att = spec.model.attention
+  assert att.per_query and att.block_q == 16 and "/q1/" in spec.label
   rows = results.read(tmp_path / "results.csv")
   by = {(r["eval_setting"], r["phase"]): r for r in rows}
   for phase in ("prefill", "decode"):

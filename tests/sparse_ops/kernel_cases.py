@@ -29,6 +29,9 @@ class Case:
   b: int = 1
   block: int = 16
   tiles: Any = None  # kernel tiles (Triton's kt.Tiles); None: the kernel's defaults
+  # mask None only: the random layout is chosen per query (BlockLayout.from_query_blocks,
+  # row_keep), each query keeping its own kv-blocks ∧ causal
+  per_query: bool = False
 
 
 CASES = [
@@ -47,6 +50,14 @@ CASES = [
     Case("empty_rows", masks.Local(4) & masks.Sink(2), 40, 40, 2, 1),
 ]
 
+# Layouts chosen per query (row_keep), for the implementations that take them (Triton, xla):
+# ragged lengths, GQA, per-batch lists, q-blocks wider than kv-blocks.
+ROW_CASES = [
+    Case("per_query_gqa2_ragged", None, 45, 45, 4, 2, b=2, per_query=True),
+    Case("per_query_bf16_wide_q", None, 64, 64, 2, 1, dtype="bfloat16", block=32,
+         per_query=True),
+]
+
 
 def _layout_and_inputs(case: Case, key):
   kq, kk, kv, kg, kl = jax.random.split(key, 5)
@@ -61,6 +72,11 @@ def _layout_and_inputs(case: Case, key):
                                       block_kv=case.block)
     return layout, (q, k, v, g), None
   nq, nk = -(-case.t // case.block), -(-case.s // case.block)
+  if case.per_query:
+    keep = jax.random.bernoulli(kl, 0.4, (case.b, case.hkv, case.t, nk))
+    # one q-block of one head whose queries keep nothing, and one query alone with nothing
+    keep = keep.at[0, 0, case.block:2 * case.block].set(False).at[1, 0, 3].set(False)
+    return None, (q, k, v, g), keep
   keep = jax.random.bernoulli(kl, 0.5, (case.b, case.hkv, nq, nk))
   keep = keep.at[0, 0, 1].set(False)  # one q-block of one head with no block at all
   return None, (q, k, v, g), keep
@@ -71,10 +87,17 @@ def check(case: Case, kernel: Callable, seed: int):
   key = jax.random.PRNGKey(seed)
   layout, (q, k, v, g), keep = _layout_and_inputs(case, key)
   scale = case.d ** -0.5
+  nq, nk = -(-case.t // case.block), -(-case.s // case.block)
 
   def build(keep):
     if keep is None:
       return layout
+    if case.per_query:  # full where every query of a fully causal block keeps it
+      k_last = (np.arange(nk) + 1) * case.block - 1
+      full = k_last[None, :] <= (np.arange(nq) * case.block)[:, None]
+      return so.BlockLayout.from_query_blocks(keep, full, block_q=case.block,
+                                              block_kv=case.block, q_len=case.t,
+                                              kv_len=case.s, mask=masks.Causal())
     # Per-batch, per-kv-head layout built inside jit; Causal on partial blocks.
     return so.BlockLayout.from_blocks(keep, block_q=case.block, block_kv=case.block,
                                       q_len=case.t, kv_len=case.s, mask=masks.Causal())

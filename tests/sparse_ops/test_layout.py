@@ -1,5 +1,7 @@
 """BlockLayout: equals its mask elementwise, jittable construction, compaction invariants."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,6 +11,8 @@ from hypothesis import given, settings, strategies as st
 import sparse_ops as so
 from sparse_ops import masks as M
 from test_masks import any_mask
+
+import kernel_cases  # tests/sparse_ops/kernel_cases.py
 
 
 def _masks():
@@ -162,3 +166,10 @@ def test_band_runs_decline_other_masks():
   for m in (M.Strided(4), M.Causal() & M.BlockRandom(0.5), M.MultiHead([M.Causal(), M.Local(8)]),
             M.VerticalSlash((3,), (0,)) | M.Local(16)):
     assert L._band_lists(m, 64, 64, 16, 16, False) is None
+
+
+@pytest.mark.parametrize("case", kernel_cases.ROW_CASES, ids=lambda c: c.name)
+def test_xla_runs_per_query_layouts_as_reference_does(case):
+  """The kernel cases of per-query layouts (row_keep), on xla: forward and gradients."""
+  kernel_cases.check(case, lambda q, k, v, layout, scale, case: so.xla.attention(
+      q, k, v, layout, scale), seed=int.from_bytes(os.urandom(4), "little"))

@@ -87,3 +87,14 @@ def test_rejects_blocks_triton_cannot_tile():
 def test_default_blocks_are_triton_tileable():
   assert kt.default_blocks(8192, 8192, 128) == (128, 128)
   assert kt.default_blocks(5, 40, 64) == (16, 64)
+
+
+@pytest.mark.parametrize("case", kernel_cases.ROW_CASES, ids=lambda c: c.name)
+def test_interpret_per_query_layouts_match_reference(case):
+  _check(case, interpret=True, seed=int.from_bytes(os.urandom(4), "little"))
+
+
+@pytest.mark.parametrize("case", kernel_cases.ROW_CASES, ids=lambda c: c.name)
+@pytest.mark.gpu
+def test_gpu_per_query_layouts_match_reference(case):
+  _check(case, interpret=False, seed=int.from_bytes(os.urandom(4), "little"))

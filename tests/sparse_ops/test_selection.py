@@ -262,3 +262,53 @@ def test_adaptive_budget_keeps_a_smaller_fraction_of_longer_rows():
 def test_bad_selection_arguments(call, message):
   with pytest.raises(ValueError, match=message):
     call()
+
+
+@pytest.mark.parametrize("scoring, dense_before", [("quest", None), ("mean", jnp.array([40, 77]))])
+def test_per_query_layout_keeps_the_pairs_of_one_query_blocks(scoring, dense_before):
+  """select_blocks(per_query=True) lays out the selection of block_q=1 in 16-query blocks: the
+  same allowed pairs (to_dense, flops.pairs, selected_pairs), fewer q-blocks, full blocks only
+  where every query keeps them, and the same attention on xla as reference gives."""
+  q, k, v, g = _inputs(5, 2, 77, 77, 4, 2, 16, 16, jnp.float32)
+  args = dict(block_kv=8, budget=so.Budget.density(0.3), scoring=scoring,
+              dense_before=dense_before)
+  one = so.select_blocks(q, k, block_q=1, **args)
+  laid = so.select_blocks(q, k, block_q=16, per_query=True, **args)
+  assert laid.block_q == 16 and laid.row_keep is not None and one.row_keep is None
+  np.testing.assert_array_equal(np.asarray(laid.to_dense()), np.asarray(one.to_dense()))
+  assert so.flops.pairs(laid) == so.flops.pairs(one)
+  if dense_before is None:
+    per_head, _ = so.selected_pairs(77, 77, block_q=1, block_kv=8, budget=args["budget"])
+    assert so.flops.pairs(laid) == per_head * 2 * 2  # batch x kv-heads
+  partial, full = (np.asarray(x) for x in laid.block_masks())
+  rows = np.asarray(laid.row_keep).reshape(2, 2, 10, 5, 16)  # [B, H, nk, nq, bq]
+  assert full.any() and partial.any()
+  real = (np.arange(80) < 77).reshape(1, 1, 5, 1, 16)  # the last q-block's 3 padded queries
+  assert (rows.transpose(0, 1, 3, 2, 4) | ~real)[full].all()  # [B, H, nq, nk, bq][full]
+  run = lambda impl, layout: so.attention(q, k, v, layout=layout, implementation=impl)
+  _close(run("xla", laid), run("reference", one), jnp.float32, "out")
+  gs = jax.grad(lambda q, k, v: (so.attention(q, k, v, layout=laid, implementation="xla")
+                                 * g).sum(), argnums=(0, 1, 2))(q, k, v)
+  gr = jax.grad(lambda q, k, v: (so.attention(q, k, v, layout=one, implementation="reference")
+                                 * g).sum(), argnums=(0, 1, 2))(q, k, v)
+  for name, a, b in zip(("dq", "dk", "dv"), gs, gr):
+    _close(a, b, jnp.float32, name)
+
+
+def test_per_query_layouts_run_where_they_can():
+  """Triton and xla take per-query layouts; the TPU kernel and cuDNN refuse them by name, and
+  implementation=None passes over them."""
+  from sparse_ops.kernels import cudnn, tpu
+  q, k, v, _ = _inputs(1, 1, 64, 64, 2, 2, 16, 16, jnp.float32)
+  laid = so.select_blocks(q, k, block_q=16, block_kv=16, budget=so.Budget.blocks(2),
+                          per_query=True)
+  assert so.IMPLEMENTATIONS["pallas_triton"].takes(laid)
+  assert not so.IMPLEMENTATIONS["pallas_tpu"].takes(laid)
+  with pytest.raises(ValueError, match="implementation='pallas_tpu' cannot run a layout with "
+                                       "per-query row_keep"):
+    tpu.attention(q, k, v, laid, interpret=True)
+  assert cudnn.dense_kind(laid) == (None, "keeps kv-blocks per query (row_keep)")
+  with pytest.raises(ValueError, match=r"row_keep.shape=\(1, 1, 4, 64\); expected"):
+    bad = laid.__class__(**{**{f: getattr(laid, f) for f in laid.__dataclass_fields__},
+                            "row_keep": laid.row_keep[:, :1]})
+    so.attention(q, k, v, layout=bad, implementation="xla")
