@@ -82,8 +82,10 @@ STATIC = dataclasses.replace(FIRST, sizes=("3m",), sparse_sizes=None, sparsities
 # first position, so 64-query blocks choose a question's kv-blocks from the queries before it.
 # On the CPU pilot at 512 tokens (benchmarks/results/recipe_cpu_sparse_512.md) Quest with the
 # dense warm-up went from 0.604 to 0.986 per question at 75% and from 0.342 to 0.777 at 90%
-# (dense 0.999) when every query chose its own blocks, at the same attended pairs. One-query
-# blocks are no Triton tiles: these layers run on `xla` (sparse_ops.best_implementation).
+# (dense 0.999) when every query chose its own blocks, at the same attended pairs. The choice is
+# laid out in the grid's 64-query blocks with per-query flags (AttentionConfig.per_query,
+# BlockLayout.row_keep), so on a GPU these layers run the Triton kernel over the union of each
+# block's queries' choices; as one-query blocks they could only run on `xla` or `reference`.
 WARM = dict(patterns=("quest",), short_dense=True, select_block_q=1)
 FIRST_WARM = dataclasses.replace(FIRST, sizes=("100k", "800k"), sparse_sizes=("800k",), **WARM)
 # 4x the tokens per step and twice the learning rate (recipe_h200_budget.md).
