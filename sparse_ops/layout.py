@@ -147,17 +147,18 @@ class BlockLayout:
                q_len=int(q_len), kv_len=int(kv_len), mask=mask)
 
   @classmethod
-  def from_query_blocks(cls, keep: jax.Array, full: jax.Array | None = None, *, block_q: int,
-                        block_kv: int, q_len: int, kv_len: int,
-                        mask: masks_lib.Mask | None = None) -> BlockLayout:
+  def from_query_blocks(cls, keep: jax.Array, *, block_q: int, block_kv: int, q_len: int,
+                        kv_len: int, mask: masks_lib.Mask | None = None) -> BlockLayout:
     """A layout from per-query block booleans ``keep [Bl, Hl, q_len, nk]``; works inside jit.
 
-    Query i attends to the keys of the kv-blocks it keeps, ∧ ``mask`` elementwise. Each
-    ``block_q``-row q-block visits the union of its queries' blocks; a block is full when every
-    query of the q-block keeps it and ``full [nq, nk]`` (broadcastable; the blocks where
-    ``mask`` holds everywhere, default none) says the mask needs no check there, and partial
-    otherwise, where the kernels apply ``row_keep`` with the mask. So the allowed pairs are those
-    of one-query blocks (``from_blocks(keep, block_q=1)``) while kernels run block_q-row tiles.
+    Query i attends to the keys of the kv-blocks it keeps, ∧ ``mask`` elementwise: the pairs of
+    one-query blocks (``from_blocks(keep, block_q=1)``), while kernels run ``block_q``-row tiles.
+    Each q-block visits the union of its queries' blocks, all as partial blocks (``row_keep``
+    and the mask applied). None is full, even where every query keeps it: a full block is
+    visited in another loop, so which blocks are full (the other queries' choices) would change
+    the order a query's sum is taken in, and a later token its earlier neighbours' outputs in
+    the last bits. Visits a query's flags exclude add exact zeros, so each query's result is
+    bitwise independent of the others' choices.
     """
     for name, v in (("q_len", q_len), ("kv_len", kv_len), ("block_q", block_q),
                     ("block_kv", block_kv)):
@@ -170,12 +171,8 @@ class BlockLayout:
     pad = nq * block_q - q_len
     rows = jnp.pad(keep, ((0, 0), (0, 0), (0, pad), (0, 0)))  # padded queries keep nothing
     grouped = rows.reshape(keep.shape[:2] + (nq, block_q, nk))
-    # ...but do not stop a block being full for the real queries of the last q-block
-    real = (jnp.arange(nq * block_q) < q_len).reshape(nq, block_q)[None, None, :, :, None]
     union = grouped.any(3)
-    every = (grouped | ~real).all(3)
-    full = jnp.zeros((nq, nk), bool) if full is None else jnp.asarray(full, bool)
-    layout = cls.from_blocks(union, union & every & full, block_q=block_q, block_kv=block_kv,
+    layout = cls.from_blocks(union, jnp.zeros_like(union), block_q=block_q, block_kv=block_kv,
                              q_len=q_len, kv_len=kv_len, mask=mask)
     return dataclasses.replace(layout, row_keep=jnp.swapaxes(rows, -1, -2).astype(jnp.int32))
 

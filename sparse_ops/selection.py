@@ -141,9 +141,8 @@ def select_blocks(q: jax.Array, k: jax.Array, *, block_q: int, block_kv: int, bu
     rows = select_block_mask(q, k, block_q=1, block_kv=block_kv, budget=budget,
                              scoring=scoring, sink_blocks=sink_blocks,
                              local_blocks=local_blocks, dense_before=dense_before)
-    return BlockLayout.from_query_blocks(rows, _fully_causal(t, s, block_q, block_kv),
-                                         block_q=block_q, block_kv=block_kv, q_len=t, kv_len=s,
-                                         mask=masks_lib.Causal())
+    return BlockLayout.from_query_blocks(rows, block_q=block_q, block_kv=block_kv, q_len=t,
+                                         kv_len=s, mask=masks_lib.Causal())
   keep = select_block_mask(q, k, block_q=block_q, block_kv=block_kv, budget=budget,
                            scoring=scoring, sink_blocks=sink_blocks, local_blocks=local_blocks,
                            dense_before=dense_before)

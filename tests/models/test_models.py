@@ -28,6 +28,9 @@ PATTERN_CONFIGS = {
                                          block_q=8, block_kv=8),
     "vertical_slash": models.AttentionConfig("vertical_slash", budget="adaptive",
                                              budget_value=1.0, block_q=8, block_kv=4),
+    # each query chooses its own blocks, laid out in 8-query blocks (BlockLayout.row_keep)
+    "quest_per_query": models.AttentionConfig("quest", sparsity=0.5, sink=3, block_q=8,
+                                              block_kv=4, per_query=True),
 }
 
 
@@ -83,7 +86,8 @@ def test_flops_per_token_match_an_independent_derivation(name):
   assert models.flops_per_token(cfg, t) == pytest.approx(3 * (fwd + 2 * norms), 1e-12)
 
 
-@pytest.mark.parametrize("name", ["topk_blocks", "quest_sink", "vertical_slash"])
+@pytest.mark.parametrize("name", ["topk_blocks", "quest_sink", "vertical_slash",
+                                  "quest_per_query"])
 def test_content_pattern_flops_count_the_pairs_each_layer_selects(name):
   """The counter's pairs equal those of the layout a layer really selects, on random inputs."""
   cfg = models.ModelConfig(vocab_size=200, width=48, depth=2, num_heads=4, num_kv_heads=2,
@@ -153,6 +157,27 @@ def test_no_gradient_or_influence_from_future_tokens(name, conv):
     np.testing.assert_array_equal(forward(tokens)[0, :i + 1], forward(other)[0, :i + 1])
 
 
+def test_per_query_layout_trains_exactly_as_one_query_blocks():
+  """per_query=True (8-query blocks with row_keep) allows the pairs of block_q=1: under
+  `reference` the loss and every gradient are bitwise those of the one-query-block model."""
+  t = 32
+  tokens = jnp.asarray(np.random.default_rng().integers(0, 128, (2, t)), jnp.int32)
+
+  def loss_and_grads(attention):
+    cfg = models.ModelConfig(vocab_size=128, width=32, depth=2, num_heads=4, num_kv_heads=2,
+                             attention=attention)
+    graphdef, state = nnx.split(models.Transformer(cfg, rngs=nnx.Rngs(0)))
+    loss = lambda state: nnx.merge(graphdef, state)(tokens).astype(jnp.float32).var()
+    return jax.jit(jax.value_and_grad(loss))(state)
+
+  laid = dataclasses.replace(PATTERN_CONFIGS["quest_per_query"], implementation="reference")
+  one = dataclasses.replace(laid, block_q=1, per_query=False)
+  (la, ga), (lb, gb) = loss_and_grads(laid), loss_and_grads(one)
+  assert float(la) == float(lb)
+  for a, b in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
+    np.testing.assert_array_equal(a, b)
+
+
 def test_short_conv_adds_the_previous_taps_exactly():
   from models.transformer import ShortConv
   conv = ShortConv(6, 3, rngs=nnx.Rngs(2))
@@ -190,6 +215,7 @@ def test_every_pattern_matches_reference_attention_in_the_model():
     (lambda: models.AttentionConfig("local"), "window"),
     (lambda: models.AttentionConfig("sliding"), "pattern"),
     (lambda: models.AttentionConfig(implementation="cuda"), "implementation"),
+    (lambda: models.AttentionConfig("local", window=4, per_query=True), "per_query"),
 ])
 def test_bad_configs_fail_naming_the_field(make, field):
   with pytest.raises(ValueError, match=field):

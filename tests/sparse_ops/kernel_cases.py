@@ -87,17 +87,13 @@ def check(case: Case, kernel: Callable, seed: int):
   key = jax.random.PRNGKey(seed)
   layout, (q, k, v, g), keep = _layout_and_inputs(case, key)
   scale = case.d ** -0.5
-  nq, nk = -(-case.t // case.block), -(-case.s // case.block)
 
   def build(keep):
     if keep is None:
       return layout
-    if case.per_query:  # full where every query of a fully causal block keeps it
-      k_last = (np.arange(nk) + 1) * case.block - 1
-      full = k_last[None, :] <= (np.arange(nq) * case.block)[:, None]
-      return so.BlockLayout.from_query_blocks(keep, full, block_q=case.block,
-                                              block_kv=case.block, q_len=case.t,
-                                              kv_len=case.s, mask=masks.Causal())
+    if case.per_query:
+      return so.BlockLayout.from_query_blocks(keep, block_q=case.block, block_kv=case.block,
+                                              q_len=case.t, kv_len=case.s, mask=masks.Causal())
     # Per-batch, per-kv-head layout built inside jit; Causal on partial blocks.
     return so.BlockLayout.from_blocks(keep, block_q=case.block, block_kv=case.block,
                                       q_len=case.t, kv_len=case.s, mask=masks.Causal())
