@@ -90,21 +90,20 @@ def phase_attention(attention: AttentionConfig, length: int, phase: str, prefix:
   attention.validate(length)
   if phase == "prefill":
     return Selection(attention)
-  return Selection(decode_attention(attention, length), prefix, decode_floor)
+  return Selection(decode_attention(attention), prefix, decode_floor)
 
 
-def decode_attention(attention: AttentionConfig, length: int) -> AttentionConfig:
-  """A content setting's decode-phase config: selection per query (block_q=1).
+def decode_attention(attention: AttentionConfig) -> AttentionConfig:
+  """A content setting's decode-phase config: selection per query (`per_query`).
 
   Decoding runs one query at a time, so a decoding-time method picks kv-blocks for each query
   from that query (Quest). With q-blocks of several queries, the block holding the first
   question query would also hold context queries and be dense (`select_blocks`' rule for
   `dense_before`), and with it most question/answer queries. The kv-blocks and implementation
-  stay the setting's: the one-query blocks only shape the selection, never a kernel's tiles
-  (`models.transformer.decode_attention` runs the dense part with the implementation and the
-  sparse rows as plain masked softmax).
+  stay the setting's (`models.transformer.decode_attention` runs the dense part with the
+  implementation and the sparse rows as plain masked softmax).
   """
-  return dataclasses.replace(attention, block_q=1, block_kv=attention.blocks(length)[1])
+  return dataclasses.replace(attention, per_query=True)
 
 
 def decode_rows(length: int, dense_before: int, floor: int = 0) -> int:

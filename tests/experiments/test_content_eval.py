@@ -183,7 +183,7 @@ def test_decode_selection_leaves_the_context_dense():
   prefix = acc.dense_prefix(task)
   att = acc.setting_attention(cfg, ("topk_blocks", 0.9), 8)
   sel = acc.phase_attention(att, T, "decode", prefix)
-  assert sel.dense_before == prefix and sel.attention.block_q == 1
+  assert sel.dense_before == prefix and sel.attention.per_query
   run = jax.jit(lambda x, b: model(x, attention=sel.attention, dense_before=b))
   got = np.asarray(run(x, prefix))
   want = np.asarray(jax.jit(lambda x: model(x, attention=cfg.attention))(x))
@@ -195,15 +195,15 @@ def test_decode_selection_leaves_the_context_dense():
 
 
 def test_prefill_per_query_selection_matches_decode_on_the_question_rows():
-  """eval.selection_queries=1: prefill content settings choose kv-blocks per query (block_q=1,
-  kv-blocks of selection_block); a question row then sees what it sees in decode (where the
+  """eval.selection_queries=1: prefill content settings choose kv-blocks per query (per_query,
+  laid out in selection_block q-blocks); a question row sees what it sees in decode (where the
   context is dense, so only question rows are compared), the context rows are sparse too, the
   FLOPs are the per-query selection's, and a spec without it keeps its eval key."""
   cfg, model = _model(seed=np.random.randint(1 << 30))
   spec = _spec(settings=(("quest", 0.75),), selection_block=8, selection_queries=1,
                native=False)
   att = acc.setting_attention(cfg, ("quest", 0.75), 8, 1)
-  assert (att.block_q, att.block_kv) == (1, 8)
+  assert att.per_query and (att.block_q, att.block_kv) == (8, 8)
   assert spec.key != dataclasses.replace(spec, selection_queries=None).key
   task = tasks.make("niah_single", length=T, vocab_size=VOCAB)
   x = np.stack([task.example("test", i)["inputs"] for i in range(3)])
