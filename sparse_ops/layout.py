@@ -43,9 +43,10 @@ from sparse_ops import masks as masks_lib
 _REFINE_BUDGET = 1 << 26
 
 
-def _check_block(name: str, value) -> None:
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-    raise ValueError(f"{name}={value!r} must be a positive integer")
+def _check_sizes(**sizes) -> None:
+  for name, value in sizes.items():
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+      raise ValueError(f"{name}={value!r} must be a positive integer")
 
 
 @functools.partial(
@@ -102,9 +103,7 @@ class BlockLayout:
     """The layout of a static mask; numpy work proportional to the number of blocks."""
     if not isinstance(mask, masks_lib.Mask):
       raise ValueError(f"mask={mask!r} must be a sparse_ops.masks.Mask")
-    for name, v in (("q_len", q_len), ("kv_len", kv_len), ("block_q", block_q),
-                    ("block_kv", block_kv)):
-      _check_block(name, v)
+    _check_sizes(q_len=q_len, kv_len=kv_len, block_q=block_q, block_kv=block_kv)
     return _layout_from_mask(mask, int(q_len), int(kv_len), int(block_q), int(block_kv))
 
   @classmethod
@@ -120,9 +119,7 @@ class BlockLayout:
     extra blocks are dropped (inside jit this cannot be checked; callers derive it from their
     budget, as ``select_blocks`` does).
     """
-    for name, v in (("q_len", q_len), ("kv_len", kv_len), ("block_q", block_q),
-                    ("block_kv", block_kv)):
-      _check_block(name, v)
+    _check_sizes(q_len=q_len, kv_len=kv_len, block_q=block_q, block_kv=block_kv)
     nq, nk = -(-q_len // block_q), -(-kv_len // block_kv)
     if keep.ndim != 4 or keep.shape[-2:] != (nq, nk):
       raise ValueError(f"keep.shape={keep.shape} must be [Bl, Hl, {nq}, {nk}] for q_len={q_len}, "
@@ -160,9 +157,7 @@ class BlockLayout:
     the last bits. Visits a query's flags exclude add exact zeros, so each query's result is
     bitwise independent of the others' choices.
     """
-    for name, v in (("q_len", q_len), ("kv_len", kv_len), ("block_q", block_q),
-                    ("block_kv", block_kv)):
-      _check_block(name, v)
+    _check_sizes(q_len=q_len, kv_len=kv_len, block_q=block_q, block_kv=block_kv)
     nq, nk = -(-q_len // block_q), -(-kv_len // block_kv)
     if keep.ndim != 4 or keep.shape[-2:] != (q_len, nk):
       raise ValueError(f"keep.shape={keep.shape} must be [Bl, Hl, {q_len}, {nk}] for "
