@@ -14,7 +14,10 @@ a q-block is represented by the mean of the ``block_q`` queries *ending at its f
 (the last ones every query of the block has seen), scored kv-blocks lie wholly at or before
 that position (blocks the diagonal cuts are always kept, never scored, and left out of every
 score's normalisation), and vertical-slash statistics are running means over earlier q-blocks.
-No query's blocks depend on a later token.
+No query's blocks depend on a later token. With wide q-blocks that rule chooses a question's
+blocks from the queries before it; ``per_query=True`` lets every query choose from itself (the
+selection of one-query blocks) and lays the choices out in ``block_q``-row tiles with per-query
+flags (``BlockLayout.row_keep``), which the tiled kernels run.
 
 Scorings:
   "mean":  mean-pooled query block · mean-pooled key block (MoBA, NSA's compressed scores).
