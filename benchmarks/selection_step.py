@@ -41,6 +41,12 @@ ARMS = (
     # kernel's tiles (implementation=None picks it on a GPU), over the union of the choices.
     ("quest75_per_query", dict(pattern="quest", sparsity=0.75, block_q=64, block_kv=64,
                                per_query=True)),
+    # Narrower q-blocks visit a smaller union (trained 100k at 512 tokens, 75%: 0.82 of the
+    # causal pairs at 64 rows, 0.55 at 16; results/per_query_union_cpu_512.md) in smaller tiles.
+    ("quest75_per_query_bq32", dict(pattern="quest", sparsity=0.75, block_q=32, block_kv=64,
+                                    per_query=True)),
+    ("quest75_per_query_bq16", dict(pattern="quest", sparsity=0.75, block_q=16, block_kv=64,
+                                    per_query=True)),
     # The same selection in one-query blocks, which no tiled kernel runs (slowest last).
     ("quest75_bq1_reference", dict(pattern="quest", sparsity=0.75, block_q=1, block_kv=64,
                                    implementation="reference")),
