@@ -41,8 +41,9 @@ for the other 15 runs from those step times (batch 8: 300k 4.6, 800k 6.8, 3m ~14
 step with overheads; batch 32 taken as 2.1× that, measured for 800k; 20m guessed at 110 ms):
 7.4e15's three new runs ~19 minutes (100k alone 113 954 steps, ~6 minutes), 2.3e16 ~34, 7.4e16
 ~67 (800k's 54 579 steps ~11); the sparse arms' steps (per query, on Triton) measured 1.83x a
-dense step at 800k / 4096 on an H100 (benchmarks/results/selection_step_h100_800k_T4096.md),
-which adds ~10 minutes over dense steps. About 2.5 hours for the whole preset: **the issue's 60-minute
+dense step at 800k / 4096 on an H100 (benchmarks/results/selection_step_h100_800k_T4096.md):
+scaling the five sparse runs' predicted time by that adds roughly half an hour (a guess from
+one size and length). About 3 hours for the whole preset: **the issue's 60-minute
 target is missed by far**, by the evaluation (~2 minutes a run, 22 runs) and the small models'
 step overhead (they run thousands of steps at a few ms each, far from the GPU's arithmetic).
 `h200_quick` is this study's first budget alone: its runs and eval settings are this study's,
