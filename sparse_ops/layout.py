@@ -22,9 +22,9 @@ Static fields: block sizes, true lengths and the elementwise ``mask`` (None: par
 partial only because they hold padded keys past ``kv_len``).
 
 Three constructors, one compaction rule: ``from_mask`` (static masks, numpy, at trace time; cost
-grows with the number of blocks, never T×S) and ``from_blocks`` (block-level booleans, jnp,
+grows with the number of blocks, never T×S), ``from_blocks`` (block-level booleans, jnp,
 usable inside jit, e.g. from content-based selection) and ``from_query_blocks`` (the same per
-query, jnp: q-blocks of the union, plus ``row_keep``).
+query: q-blocks of the union, plus ``row_keep``).
 """
 
 from __future__ import annotations
