@@ -161,8 +161,8 @@ def test_content_settings_evaluate_end_to_end_with_exact_flops(monkeypatch):
       if sel.dense_before is None:
         return [lay.to_dense().sum((2, 3)) for lay in seen]
       # decode: the rows before the bound are dense causal, the rest their blocks ∩ causal
-      return [transformer.decode_allowed(kp, 0, T, *sel.attention.blocks(T)).sum((2, 3))
-              for kp in seen]
+      blocks = sel.attention.selection_blocks(T)
+      return [transformer.decode_allowed(kp, 0, T, *blocks).sum((2, 3)) for kp in seen]
     with jax.disable_jit():  # the blocks share one jit trace: eagerly, every layer selects
       counts = layer_pairs(x)
     assert len(counts) == cfg.depth

@@ -83,7 +83,7 @@ def _check_sparsity_columns(out):
     task = tasks.make(r["task"], length=t, vocab_size=spec.model.vocab_size)
     if att.is_content:
       sel = acc.phase_attention(att, t, r["phase"], acc.dense_prefix(task))
-      bq, bk = sel.attention.blocks(t)
+      bq, bk = sel.attention.selection_blocks(t)
       pairs, visited = so.selected_pairs(t, t, block_q=bq, block_kv=bk,
                                          budget=att.selection_budget(), sink_blocks=0,
                                          dense_before=sel.dense_before)
