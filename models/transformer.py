@@ -78,9 +78,9 @@ class Attention(nnx.Module):
 def decode_keep(attention: AttentionConfig, q: jax.Array, k: jax.Array,
                 dense_before) -> jax.Array:
   """Kept-block booleans [B, Hkv, nq, nk] (nq = T when selecting per query) of a content pattern
-  in the decode phase: the blocks
-  `attention.select(q, k, dense_before)` would lay out (q-blocks holding a query before
-  `dense_before` keep every causal block), so `selection_counts` counts what runs."""
+  in the decode phase: the blocks `attention.select(q, k, dense_before)` would lay out (q-blocks
+  holding a query before `dense_before` keep every causal block), so `selection_counts` counts
+  what runs."""
   return attention.select_mask(q, k, dense_before)
 
 
