@@ -48,7 +48,10 @@ def layouts(q, k):
   causal = so.BlockLayout.from_mask(masks.Causal(), T, T, block_q=16, block_kv=16)  # [1, 1]
   # Per batch row and kv-head ([B, Hkv]): content-selected blocks.
   selected = so.select_blocks(q, k, block_q=16, block_kv=16, budget=so.Budget.density(0.5))
-  return {"broadcast": causal, "per_row_and_head": selected}
+  # ...chosen per query: row_keep [B, Hkv, nk, T] is split with the lists
+  per_query = so.select_blocks(q, k, block_q=16, block_kv=16, budget=so.Budget.density(0.5),
+                               per_query=True)
+  return {"broadcast": causal, "per_row_and_head": selected, "per_query": per_query}
 
 
 def loss_and_grads(fn, q, k, v, g):
@@ -56,7 +59,7 @@ def loss_and_grads(fn, q, k, v, g):
   return jax.value_and_grad(loss, argnums=(0, 1, 2))(q, k, v)
 
 
-@pytest.mark.parametrize("which", ["broadcast", "per_row_and_head"])
+@pytest.mark.parametrize("which", ["broadcast", "per_row_and_head", "per_query"])
 @pytest.mark.parametrize("spec, local", [
     (None, (1, T, HQ, D)),                              # default: batch over both axes
     (P("data", None, "fsdp"), (2, T, HQ // 2, D)),      # batch and heads
