@@ -48,10 +48,8 @@ def measure(run_dir: str, examples: int) -> list[dict]:
 
       def spy(q, k, **kw):
         layout = real(q, k, **kw)
-        heads = layout.batch_size * layout.num_heads
-        kept = so.flops.pairs(layout) / heads
-        partial, full = (np.asarray(m) for m in layout.block_masks())
-        visited = ((partial | full).sum() * layout.block_q * layout.block_kv) / heads
+        kept = so.flops.pairs(layout) / (layout.batch_size * layout.num_heads)
+        visited = so.flops.visited_blocks(layout) * layout.block_q * layout.block_kv
         seen.append((kept / causal, visited / causal))
         return layout
 

@@ -99,8 +99,8 @@ class AttentionConfig:
     if self.per_query not in (False, True):
       raise ValueError(f"attention.per_query={self.per_query!r} must be a bool")
     if self.per_query and not self.is_content:
-      raise ValueError(f"attention.per_query=True needs a content pattern {tuple(CONTENT_PATTERNS)}"
-                       f", not {self.pattern!r}")
+      raise ValueError(f"attention.per_query=True needs a content pattern "
+                       f"{tuple(CONTENT_PATTERNS)}, not {self.pattern!r}")
     if self.is_content:
       self.selection_budget()  # raises with the field named if the budget is not valid
     elif self.sparsity is None:

@@ -137,9 +137,7 @@ def select_blocks(q: jax.Array, k: jax.Array, *, block_q: int, block_kv: int, bu
       visit the union of their queries' blocks, with each query's choice in ``row_keep``: the
       tiled kernels run it (one-row blocks are no tiles) at the cost of the union.
   """
-  if per_query:
-    if isinstance(block_q, bool) or not isinstance(block_q, (int, np.integer)) or block_q <= 0:
-      raise ValueError(f"block_q={block_q!r} must be a positive integer")
+  if per_query:  # the layout's block_q is checked by from_query_blocks
     t, s = q.shape[1], k.shape[1]
     rows = select_block_mask(q, k, block_q=1, block_kv=block_kv, budget=budget,
                              scoring=scoring, sink_blocks=sink_blocks,

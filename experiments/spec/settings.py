@@ -68,8 +68,8 @@ class Setting:
     # One query per selection is laid out in the setting's q-blocks (`per_query`), so the
     # tiled kernels run it; other counts are the layout's q-blocks themselves.
     per_query = queries == 1
-    return AttentionConfig(self.pattern, sink=base.sink,
-                           block_q=(None if per_query else queries) or block or base.block_q,
+    block_q = queries if queries and not per_query else block or base.block_q
+    return AttentionConfig(self.pattern, sink=base.sink, block_q=block_q,
                            block_kv=block or base.block_kv, per_query=per_query,
                            budget=self.budget, budget_value=self.value, budget_alpha=self.alpha,
                            **common)

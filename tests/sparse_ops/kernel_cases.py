@@ -75,7 +75,7 @@ def _layout_and_inputs(case: Case, key):
   if case.per_query:
     keep = jax.random.bernoulli(kl, 0.4, (case.b, case.hkv, case.t, nk))
     # one q-block of one head whose queries keep nothing, and one query alone with nothing
-    keep = keep.at[0, 0, case.block:2 * case.block].set(False).at[1, 0, 3].set(False)
+    keep = keep.at[0, 0, case.block:2 * case.block].set(False).at[0, 0, 3].set(False)
     return None, (q, k, v, g), keep
   keep = jax.random.bernoulli(kl, 0.5, (case.b, case.hkv, nq, nk))
   keep = keep.at[0, 0, 1].set(False)  # one q-block of one head with no block at all
@@ -125,5 +125,7 @@ def check(case: Case, kernel: Callable, seed: int):
   if keep is not None:  # the q-block with no kv-block of batch 0, kv-head 0 is exactly zero
     out = np.asarray(got[0])[0, case.block:2 * case.block, :case.hq // case.hkv]
     assert (out == 0).all()
+  if case.per_query:  # ...and so is the lone query keeping nothing (query 3, in q-block 0)
+    assert (np.asarray(got[0])[0, 3, :case.hq // case.hkv] == 0).all()
 
 

@@ -1,5 +1,6 @@
 """Content-based block selection: causal, forced blocks kept, exact budgets, equals brute force."""
 
+import dataclasses
 import math
 
 import jax
@@ -309,6 +310,5 @@ def test_per_query_layouts_run_where_they_can():
     tpu.attention(q, k, v, laid, interpret=True)
   assert cudnn.dense_kind(laid) == (None, "keeps kv-blocks per query (row_keep)")
   with pytest.raises(ValueError, match=r"row_keep.shape=\(1, 1, 4, 64\); expected"):
-    bad = laid.__class__(**{**{f: getattr(laid, f) for f in laid.__dataclass_fields__},
-                            "row_keep": laid.row_keep[:, :1]})
-    so.attention(q, k, v, layout=bad, implementation="xla")
+    so.attention(q, k, v, layout=dataclasses.replace(laid, row_keep=laid.row_keep[:, :1]),
+                 implementation="xla")
