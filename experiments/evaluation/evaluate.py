@@ -254,7 +254,10 @@ def evaluate(forward: Forward, model: ModelConfig, eval_spec, vocab_size: int,
     for att in attentions.values():
       att.validate(length)
   if hasattr(forward, "prepare"):  # make_forward's: every pass's program compiled ahead
-    forward.prepare(_passes(eval_spec, attentions, vocab_size))
+    passes = _passes(eval_spec, attentions, vocab_size)
+    forward.prepare(passes)
+    if progress:
+      progress(f"eval compiled ahead: {len(passes)} passes")
   rows, computed = [], {}
   for length in eval_spec.lengths:
     for task_name in eval_spec.tasks:

@@ -150,6 +150,9 @@ def test_only_runs_the_named_runs_and_refuses_a_name_that_picks_none(tmp_path, c
     rec = store.job_record(tmp_path / "s" / "runs" / rid)  # trainer compiles none; the second
     assert rec["train_compiles"] == 0 and rec["eval_compiles"] > 0  # eval may hit the cache
     assert rec["eval_compile_s"] >= 0.0
+    # ... and where the evaluation's wall went: compiling ahead, then the passes per length
+    assert rec["eval_prepare_s"] >= 0.0 and set(rec["eval_length_s"]) == {
+        str(n) for n in study.eval.lengths}
   sweep.run_sweep(study, tmp_path / "s", ex, only=("100k/",), log=lambda s: None)
   assert sorted(fake.calls.values()) == [1, 1, 1]
   with pytest.raises(SystemExit):
