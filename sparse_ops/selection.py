@@ -170,13 +170,12 @@ def select_block_mask(q, k, *, block_q, block_kv, budget, scoring="mean", sink_b
   nq, nk = -(-t // block_q), -(-s // block_kv)
   scores = block_scores(q, k, block_q=block_q, block_kv=block_kv, scoring=scoring)
   causal = jnp.asarray(_causal_blocks(t, s, block_q, block_kv))  # [nq, nk]
-  n = jnp.asarray(_causal_counts(t, s, block_q, block_kv))  # [nq]
-  forced = jnp.asarray(_forced_blocks(t, s, block_q, block_kv, sink_blocks, local_blocks))
+  n_np = _causal_counts(t, s, block_q, block_kv)
+  forced_np = _forced_blocks(t, s, block_q, block_kv, sink_blocks, local_blocks)
+  n, forced = jnp.asarray(n_np), jnp.asarray(forced_np)  # [nq], [nq, nk]
   ranked = jnp.where(forced, jnp.inf, jnp.where(causal, scores, -jnp.inf))
-  # rank[..., j] = position of block j in descending order (ties: lower index first)
-  order = jnp.argsort(-ranked, axis=-1, stable=True)
-  rank = jnp.argsort(order, axis=-1)
   if budget.kind == "coverage":
+    order = jnp.argsort(-ranked, axis=-1, stable=True)
     counts = _coverage_counts(ranked, scores, order, causal, budget.value, block_kv, d)
   else:
     counts = jnp.broadcast_to(budget.counts(n), (b, hkv, nq))
@@ -186,7 +185,23 @@ def select_block_mask(q, k, *, block_q, block_kv, budget, scoring="mean", sink_b
     first_q = jnp.arange(nq) * block_q  # a q-block is dense if it holds a query before the bound
     bound = jnp.broadcast_to(jnp.asarray(dense_before), (b,))[:, None, None]
     counts = jnp.where(first_q[None, None, :] < bound, n, counts)
-  return (rank < counts[..., None]) & causal
+  # A row keeps at most this many blocks unless it keeps every causal block (dense rows).
+  k_max = min(nk, max(budget.max_blocks(int(n_np.max())), int(forced_np.sum(-1).max())))
+  return (_top_counts(ranked, counts, k_max) | (counts >= n)[..., None]) & causal
+
+
+def _top_counts(ranked, counts, k_max: int):
+  """The ``counts`` [...] best of ``ranked`` [..., nk] per row, ties to the lower index: the
+  blocks whose position in a stable descending sort is below the count, found from the
+  count-th largest value (``lax.top_k`` over ``k_max`` >= every count that is below the row's
+  length) instead of two argsorts of the whole row (per-query selection sorts T rows a layer)."""
+  top = jax.lax.top_k(ranked, k_max)[0]
+  threshold = jnp.take_along_axis(top, jnp.clip(counts - 1, 0, k_max - 1)[..., None], axis=-1)
+  above = ranked > threshold
+  tied = ranked == threshold
+  tie_rank = jnp.cumsum(tied, axis=-1) - 1  # among the row's ties, in index order
+  room = counts[..., None] - above.sum(-1, keepdims=True)
+  return above | (tied & (tie_rank < room))
 
 
 def block_scores(q, k, *, block_q, block_kv, scoring="mean") -> jax.Array:

@@ -131,6 +131,21 @@ def test_selection_equals_brute_force(seed, budget, scoring, sink, local, heads,
     assert (got.sum(-1) >= np.minimum(n, budget.value)).all()
 
 
+@pytest.mark.parametrize("budget", [so.Budget.blocks(3), so.Budget.density(0.3),
+                                    so.Budget.coverage(0.5)])
+@pytest.mark.parametrize("scoring", ["mean", "quest"])
+def test_tied_scores_go_to_the_lower_block(budget, scoring):
+  """Inputs in {-1, 0, 1} tie many blocks' scores: the kept ones are the lowest-indexed of each
+  tie, exactly as a stable sort would keep them (the brute force's order)."""
+  rng = np.random.default_rng(7)
+  q = jnp.asarray(rng.integers(-1, 2, (2, 70, 2, 8)), jnp.float32)
+  k = jnp.asarray(rng.integers(-1, 2, (2, 70, 1, 8)), jnp.float32).at[:, :24].set(1.0)
+  for bq in (1, 8):
+    got = np.asarray(so.select_block_mask(q, k, block_q=bq, block_kv=8, budget=budget,
+                                          scoring=scoring, sink_blocks=0, local_blocks=1))
+    np.testing.assert_array_equal(got, brute_force(q, k, bq, 8, budget, scoring, 0, 1))
+
+
 @settings(max_examples=4)
 @given(st.integers(0, 2**31), st.sampled_from([jnp.float32, jnp.bfloat16]))
 def test_attention_over_selected_layout_matches_reference(seed, dtype):
