@@ -213,10 +213,11 @@ def stacked_examples(task, split: str, n: int) -> dict[str, np.ndarray]:
 def _passes(eval_spec, attentions: dict[str, Any], vocab_size: int) -> list[tuple[tuple, Any]]:
   """(tokens shape, mask or Selection) of every forward pass `evaluate` runs."""
   passes = []
+  b = eval_spec.batch_size
   for length in eval_spec.lengths:
-    n, b = eval_spec.examples, eval_spec.batch_size
-    shapes = [(min(b, n - i), length) for i in range(0, n, b)]
     for task_name in eval_spec.tasks:
+      n = eval_spec.examples_of(task_name)
+      shapes = [(min(b, n - i), length) for i in range(0, n, b)]
       task = tasks_lib.make(task_name, length=length, vocab_size=vocab_size, seed=eval_spec.seed)
       for attention in attentions.values():
         for phase in eval_spec.phases:
@@ -262,7 +263,7 @@ def evaluate(forward: Forward, model: ModelConfig, eval_spec, vocab_size: int,
   for length in eval_spec.lengths:
     for task_name in eval_spec.tasks:
       task = tasks_lib.make(task_name, length=length, vocab_size=vocab_size, seed=eval_spec.seed)
-      data = stacked_examples(task, eval_spec.split, eval_spec.examples)
+      data = stacked_examples(task, eval_spec.split, eval_spec.examples_of(task_name))
       chance = chance_exact_match(task)
       if activations is not None:
         if capture_setting not in attentions:

@@ -38,6 +38,8 @@ class EvalSpec:
     (benchmarks/results/selection_eval_cpu_512.md). Decode always selects per query.
   lengths: context lengths; may exceed the training length (RoPE extrapolation is measured).
   examples: per task × length, from `split`, the same examples for every model and setting.
+  task_examples: ((task, examples), ...) for tasks that need other than `examples`: a task whose
+    contexts hold many questions reaches a category's question count with fewer contexts.
   decode_rows: the fewest question/answer rows a decode forward computes as its sparse tail
     (0: each task's tail rounded up to a power of two). A floor at or above every task's tail
     compiles one decode program per setting and length instead of one per power of two; the
@@ -56,6 +58,11 @@ class EvalSpec:
   selection_block: int | None = None
   decode_rows: int = 0
   selection_queries: int | None = None
+  task_examples: tuple[tuple[str, int], ...] = ()
+
+  def examples_of(self, task: str) -> int:
+    """Contexts of `task` per length: its `task_examples` entry, else `examples`."""
+    return dict(self.task_examples).get(task, self.examples)
 
   def __post_init__(self):
     for t in self.tasks:  # a name, or a name with knobs: "niah_multikey(questions=8)"
@@ -83,6 +90,10 @@ class EvalSpec:
                            or any(t % sq for t in self.lengths)):
       raise ValueError(f"eval.selection_queries={sq!r} must be a positive int dividing every "
                        f"eval length (lengths={self.lengths}), or None")
+    for t, n in self.task_examples:
+      if t not in self.tasks or isinstance(n, bool) or not isinstance(n, int) or n < 2:
+        raise ValueError(f"eval.task_examples has ({t!r}, {n!r}): the task must be one of "
+                         f"eval.tasks {list(self.tasks)} and its examples an int >= 2")
     if self.examples < 2 or self.batch_size < 1:
       raise ValueError(f"eval.examples={self.examples} must be >= 2 (intervals need n >= 2) and "
                        f"eval.batch_size={self.batch_size} >= 1")
@@ -103,6 +114,8 @@ class EvalSpec:
       del d["decode_rows"]
     if d["selection_queries"] is None:  # likewise
       del d["selection_queries"]
+    if not d["task_examples"]:  # likewise
+      del d["task_examples"]
     return config_hash(d)
 
 
@@ -183,6 +196,8 @@ def to_json(study: Study) -> dict[str, Any]:
   for added_later in ("extra_grids", "probe", "tolerance_margin"):
     if not d[added_later]:
       del d[added_later]
+  if not d["eval"]["task_examples"]:
+    del d["eval"]["task_examples"]
   return d
 
 
@@ -195,6 +210,7 @@ def from_json(d: dict[str, Any]) -> Study:
   e["settings"] = tuple(settings_lib.setting_from_json(s) for s in e["settings"])
   for k in ("tasks", "lengths", "phases"):
     e[k] = tuple(e[k])
+  e["task_examples"] = tuple((t, n) for t, n in e.get("task_examples", ()))
   d["executor_options"] = tuple((k, tuple(v) if isinstance(v, list) else v)
                                 for k, v in d.get("executor_options", ()))
   d["failing"] = tuple(d.get("failing", ()))

@@ -79,7 +79,8 @@ def test_settings_round_trip_json_and_old_studies_keep_their_eval_key():
   old = dataclasses.replace(micro.eval, settings=(("dense", 0.0), ("local", 0.5)),
                             selection_block=None)
   d = to_dict(old)
-  del d["selection_block"], d["decode_rows"], d["selection_queries"]  # a study.json before them
+  # a study.json before them
+  del d["selection_block"], d["decode_rows"], d["selection_queries"], d["task_examples"]
   loaded = study_lib.from_json({**study_lib.to_json(micro), "eval": d}).eval
   assert loaded == old and loaded.key == config_hash(d)
 
@@ -307,3 +308,24 @@ def test_oracle_selects_exactly_90_percent_of_blocks_causally_with_a_same_flops_
   twin_layout = so.BlockLayout.from_mask(twin, oracle.LENGTH, oracle.LENGTH, block_q=128,
                                          block_kv=128)  # the model's blocks: exact bounds needed
   np.testing.assert_array_equal(np.asarray(twin_layout.to_dense())[0, 0], elem)
+
+
+def test_task_examples_sets_one_tasks_contexts_and_keeps_other_specs_keys():
+  """eval.task_examples: a task with many questions per context is evaluated on fewer
+  contexts (rows count them); the spec round-trips through study.json, a spec without it keeps
+  its key, and a task not in eval.tasks or a count below 2 is refused by name."""
+  cfg, model = _model()
+  spec = _spec(tasks=("niah_single", "niah_multiquery"), examples=4,
+               task_examples=(("niah_multiquery", 2),), native=False)
+  assert spec.key != dataclasses.replace(spec, task_examples=()).key
+  micro = study_lib.load_preset("micro")
+  study = dataclasses.replace(micro, eval=dataclasses.replace(
+      micro.eval, task_examples=((micro.eval.tasks[0], 3),)))
+  assert study_lib.from_json(study_lib.to_json(study)) == study
+  rows = ev.evaluate(ev.make_forward(model), cfg, spec, VOCAB)
+  contexts = {r["task"]: len(set(r["context"])) for r in rows}
+  assert contexts == {"niah_single": 4, "niah_multiquery": 2}
+  with pytest.raises(ValueError, match=r"task_examples has \('nope', 3\): the task must be one"):
+    _spec(task_examples=(("nope", 3),))
+  with pytest.raises(ValueError, match=r"task_examples has \('niah_single', 1\)"):
+    _spec(task_examples=(("niah_single", 1),))

@@ -12,6 +12,7 @@ import models
 import sparse_ops as so
 from pathlib import Path
 
+from experiments import tasks as tasks_lib
 from experiments.runs import job
 from experiments.spec import study as study_lib
 from experiments.runs import store
@@ -423,6 +424,13 @@ def test_h200_quick_is_h200s_first_budget_and_continues_into_it():
   assert len(budgets) >= 3 and budgets[-1] / budgets[0] >= 10  # issue 19's grid
   for b in budgets:
     assert len({s.size for s in full.runs()[0] if s.budget == b and s.train_sparsity == 0}) >= 4
+  questions = {}  # >= 1000 scored questions per category per setting (a +-0.03 interval)
+  for t in full.eval.tasks:
+    for n in full.eval.lengths:
+      task = tasks_lib.make(t, length=n, vocab_size=full.grid.vocab_size)
+      key = (task.category, n)
+      questions[key] = questions.get(key, 0) + task.questions * full.eval.examples_of(t)
+  assert min(questions.values()) >= 1000, questions
 
 
 def test_long_lens_reach_the_trainer_with_their_dispatch_and_keep_old_ids():

@@ -30,8 +30,10 @@ Designed from measurements (benchmarks/results/recipe_h200_learn.md, recipe_h200
   at 7.4e15 that matched the 1× recipe in 10% less wall (0.936 / 0.982 / 0.849), and it is the
   small models' way past their per-step overhead.
 
-Evaluation: ≥ 1000 scored questions per category per setting (144 contexts per task of the
-multi-question forms: retrieval 3456, multi-hop 1152, aggregation 1008 questions). Static
+Evaluation: ≥ 1000 scored questions per category per setting (contexts of the multi-question
+forms: 144 per multi-hop and aggregation task, 1152 and 1008 questions; 48 per retrieval task,
+whose contexts hold 24 questions between them, 1152, where 144 gave 3456 and a third more
+passes than the categories' intervals need). Static
 `local` stops at compression 8: with the models' 64-token sink, 16× and 20× are out of its reach
 at 1024 tokens (`AttentionConfig.validate`), so only content selection goes to 20×.
 
@@ -115,7 +117,8 @@ EVAL = EvalSpec(
               # Average prefill FLOPs over the three lengths equal to density 0.25 / 0.1
               # (experiments.spec.settings.matched_adaptive, block 64, sink 64).
               ("topk_blocks", "adaptive", 1.204, 0.5), ("topk_blocks", "adaptive", 0.539, 0.5)),
-    examples=144, batch_size=48, selection_block=64, decode_rows=64,
+    examples=144, task_examples=tuple((t, 48) for t in TASKS[:4]), batch_size=48,
+    selection_block=64, decode_rows=64,
     # Prefill selects per query as decode does: with causal 64-query blocks a dense model's
     # prefill scores measured the block, not the sparsity (CPU pilot, Quest 75%: 0.617 per
     # 16-query block, 1.000 per query and in decode; benchmarks/results/
