@@ -17,7 +17,7 @@ Designed from measurements (benchmarks/results/recipe_h200_learn.md, recipe_h200
   0.81 / 0.88 at 64 / 128 / 256 without it, 0.87 / 0.95 / 0.91 with it (recipe_cpu_cycle.md).
 - 7.4e15 FLOPs is the smallest budget at which a dense model was measured to reach that issue's
   bars at 4096 (800k, 18 000 steps: 0.967 / 0.973 / 0.827). Its first grid (300k-6m, run as
-  `h200_quick`, studies/h200) measured the optimum at the grid's small edge: pooled 0.949 /
+  `h200_quick`, studies/h200_eval1) measured the optimum at the grid's small edge: pooled 0.949 /
   0.929 / 0.746 / 0.662 for 300k / 800k / 3m / 6m, so 100k joins that budget (FIRST_WARM) and
   the larger budgets' grids are shifted down from the ~sqrt(budget) guess they had (800k-20m,
   3m-50m): 300k-6m at 2.3e16 and 800k-20m at 7.4e16, the optimum expected near 800k and
@@ -96,7 +96,7 @@ FIRST_WARM = dataclasses.replace(FIRST, sizes=("100k", "800k"), sparse_sizes=("8
 # 4x the tokens per step and twice the learning rate (recipe_h200_budget.md).
 LARGER = dict(batch_size=32, optim=OptimConfig(lr=2e-3, weight_decay=0.0))
 # Sizes from the measured optimum: 300k ~ 800k > 3m > 6m at 7.4e15 (pooled 0.949 / 0.929 /
-# 0.746 / 0.662, studies/h200); with the optimum growing ~sqrt(budget) (x1.8 a step of ~3x)
+# 0.746 / 0.662, studies/h200_eval1); with the optimum growing ~sqrt(budget) (x1.8 a step of ~3x)
 # it should sit near 800k at 2.3e16 and 800k-3m at 7.4e16.
 SECOND = dataclasses.replace(FIRST, budgets=(B2,), sizes=("300k", "800k", "3m", "6m"),
                              sparse_sizes=("3m",), **WARM, **LARGER)
@@ -128,7 +128,7 @@ EVAL = EvalSpec(
 
 # Tolerance margin 0.03: the half-width of a cell's 95% interval at the >= 1000 questions the
 # eval was sized for. Without one the first 800k model "tolerated" 1x in almost every cell: the
-# paired test called a 1.4-point drop a failure (studies/h200/README.md).
+# paired test called a 1.4-point drop a failure (studies/h200_eval1/README.md).
 STUDY = Study(
     name="h200", grid=FIRST, extra_grids=(STATIC, FIRST_WARM, SECOND, THIRD), eval=EVAL,
     max_attempts=2,
