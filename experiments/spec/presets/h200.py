@@ -38,7 +38,9 @@ passes than the categories' intervals need). Static
 at 1024 tokens (`AttentionConfig.validate`), so only content selection goes to 20×.
 
 Time. Measured for the first grid (`h200_quick`, 7 runs): ~28 minutes, evaluation ~80-200 s a
-run (3m 83 s, 800k 99 s, 300k 130 s, 6m 202 s with 16 settings × 3 lengths × 2 phases). Predicted
+run (3m 83 s, 800k 99 s, 300k 130 s, 6m 202 s with 16 settings × 3 lengths × 2 phases, 144
+contexts per task; the retrieval tasks' 48 since should take a third of the passes off, not yet
+measured, and per-query prefill selection adds an unmeasured cost). Predicted
 for the other 15 runs from those step times (batch 8: 300k 4.6, 800k 6.8, 3m ~14, 6m ~29 ms a
 step with overheads; batch 32 taken as 2.1× that, measured for 800k; 20m guessed at 110 ms):
 7.4e15's three new runs ~19 minutes (100k alone 113 954 steps, ~6 minutes), 2.3e16 ~34, 7.4e16
