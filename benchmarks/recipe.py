@@ -339,6 +339,16 @@ PRESETS: dict[str, dict[str, Any]] = {
         "variants": {"quest90_warm_pq_dense0.8": {**QUEST90_WARM_PQ, "data.short_frac": 0.8},
                      "quest90_warm_pq_2x": {**QUEST90_WARM_PQ, "steps": 1200}},
     },
+    # Is the 90% arm's plateau the row's few blocks? At 512 tokens in 16-key blocks a row has
+    # 32 blocks and keeps ~3, sink and local included (1-2 chosen by content); in 8-key blocks
+    # it has 64 and keeps ~7, as the h200 preset's rows do at 4096 in 64-key blocks (64, ~7).
+    "cpu_sparse_512_q90_b8": {
+        "base": {**SPARSE_BASE, "data.seq_len": 512, "batch_size": 8, "final_lengths": [512],
+                 "limit_s": 1500},
+        "variants": {"quest90_warm_pq_b16": QUEST90_WARM_PQ,
+                     "quest90_warm_pq_b8": {**QUEST90_WARM_PQ, "model.attention.block_q": 8,
+                                            "model.attention.block_kv": 8}},
+    },
 }
 
 
