@@ -93,6 +93,12 @@ STATIC = dataclasses.replace(FIRST, sizes=("3m",), sparse_sizes=None, sparsities
 # laid out in the grid's 64-query blocks with per-query flags (AttentionConfig.per_query,
 # BlockLayout.row_keep), so on a GPU these layers run the Triton kernel over the union of each
 # block's queries' choices; as one-query blocks they could only run on `xla` or `reference`.
+# The 90% arm: on that pilot (16-key blocks, 32 a row at 512 tokens, ~4 kept with sink and
+# local) it plateaued at 0.777, and neither more dense steps nor twice the steps helped
+# (recipe_cpu_sparse_512_q90.md); in 8-key blocks (64 a row, ~7 kept, slightly fewer pairs in
+# all) the same arm reached 0.965 [0.953, 0.975] (recipe_cpu_sparse_512_q90_b8.md): the
+# plateau was the row's few blocks. This preset's rows at 4096 in 64-key blocks have 64 blocks,
+# as there, though each block's Quest bound then spans 64 keys, not 8.
 WARM = dict(patterns=("quest",), short_dense=True, select_block_q=1)
 FIRST_WARM = dataclasses.replace(FIRST, sizes=("100k", "800k"), sparse_sizes=("800k",), **WARM)
 # 4x the tokens per step and twice the learning rate (recipe_h200_budget.md).
