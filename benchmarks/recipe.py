@@ -314,6 +314,12 @@ PRESETS: dict[str, dict[str, Any]] = {
                              "variants": FLOPS_ARMS},
     "cpu_sparse_512_flops_450": {"base": {**FLOPS_BASE, "steps": 450, "limit_s": 1200},
                                  "variants": FLOPS_ARMS},
+    # The 90% arm at equal FLOPs again, in 8-key blocks (64 a row; cpu_sparse_512_q90_b8).
+    "cpu_sparse_512_flops_450_b8": {
+        "base": {**FLOPS_BASE, "steps": 450, "limit_s": 1200},
+        "variants": {"dense": {},
+                     "quest90_warm_pq_b8": {**QUEST90_WARM_PQ, "model.attention.block_q": 8,
+                                            "model.attention.block_kv": 8, "flops_of": "dense"}}},
     # The same at 512 tokens (32 kv-blocks a row instead of 16, as the h200 study's 4096 has 64
     # against 1024's 16): does selection at 75% get closer to dense when a row has more blocks?
     "cpu_sparse_512": {

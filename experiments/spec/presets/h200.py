@@ -100,8 +100,9 @@ STATIC = dataclasses.replace(BASE, sizes=("3m",), sparse_sizes=None, sparsities=
 # local) it plateaued at 0.777, and neither more dense steps nor twice the steps helped
 # (recipe_cpu_sparse_512_q90.md); in 8-key blocks (64 a row, ~7 kept, slightly fewer pairs in
 # all) the same arm reached 0.965 [0.953, 0.975] (recipe_cpu_sparse_512_q90_b8.md): the
-# plateau was the row's few blocks. This preset's rows at 4096 in 64-key blocks have 64 blocks,
-# as there, though each block's Quest bound then spans 64 keys, not 8.
+# plateau was the row's few blocks (at equal training FLOPs it then ties dense: 0.973 against
+# 0.969, recipe_cpu_sparse_512_flops_450_b8.md). This preset's rows at 4096 in 64-key blocks
+# have 64 blocks, as there, though each block's Quest bound then spans 64 keys, not 8.
 WARM = dict(patterns=("quest",), short_dense=True, select_block_q=1)
 # BASE's own sparse arms (3m, mean-pooled top-k from step 0) are the runs that never learnt:
 # recorded in studies/h200_eval1, not trained again. The first budget's sparse arms are 800k's,
