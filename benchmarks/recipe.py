@@ -68,6 +68,9 @@ QUEST90_WARM_Q1 = {**QUEST75_WARM_Q1, "model.attention.sparsity": 0.9}
 # the same selection laid out in the base's 16-query blocks (AttentionConfig.per_query)
 QUEST90_WARM_PQ = {**QUEST75_WARM, "model.attention.sparsity": 0.9,
                    "model.attention.per_query": True}
+# ...in 8-key blocks: 64 a row at 512 tokens, as the h200 preset's rows at 4096 in 64-key blocks
+QUEST90_WARM_PQ_B8 = {**QUEST90_WARM_PQ, "model.attention.block_q": 8,
+                      "model.attention.block_kv": 8}
 # The equal-FLOPs pilots (presets cpu_sparse_512_flops*): each sparse arm trains the steps that
 # spend the dense arm's FLOPs (match_flops).
 FLOPS_BASE = {**SPARSE_BASE, "data.seq_len": 512, "batch_size": 8, "final_lengths": [512],
@@ -318,8 +321,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "cpu_sparse_512_flops_450_b8": {
         "base": {**FLOPS_BASE, "steps": 450, "limit_s": 1200},
         "variants": {"dense": {},
-                     "quest90_warm_pq_b8": {**QUEST90_WARM_PQ, "model.attention.block_q": 8,
-                                            "model.attention.block_kv": 8, "flops_of": "dense"}}},
+                     "quest90_warm_pq_b8": {**QUEST90_WARM_PQ_B8, "flops_of": "dense"}}},
     # The same at 512 tokens (32 kv-blocks a row instead of 16, as the h200 study's 4096 has 64
     # against 1024's 16): does selection at 75% get closer to dense when a row has more blocks?
     "cpu_sparse_512": {
@@ -345,15 +347,15 @@ PRESETS: dict[str, dict[str, Any]] = {
         "variants": {"quest90_warm_pq_dense0.8": {**QUEST90_WARM_PQ, "data.short_frac": 0.8},
                      "quest90_warm_pq_2x": {**QUEST90_WARM_PQ, "steps": 1200}},
     },
-    # Is the 90% arm's plateau the row's few blocks? At 512 tokens in 16-key blocks a row has
-    # 32 blocks and keeps ~3, sink and local included (1-2 chosen by content); in 8-key blocks
-    # it has 64 and keeps ~7, as the h200 preset's rows do at 4096 in 64-key blocks (64, ~7).
+    # Is the 90% arm's plateau the row's few blocks? At 512 tokens in 16-key blocks the last
+    # row has 32 blocks and keeps 4, sink and local included (2 chosen by content); in 8-key
+    # blocks it has 64 and keeps 7 (4 by content), as the h200 preset's rows at 4096 in 64-key
+    # blocks do.
     "cpu_sparse_512_q90_b8": {
         "base": {**SPARSE_BASE, "data.seq_len": 512, "batch_size": 8, "final_lengths": [512],
                  "limit_s": 1500},
         "variants": {"quest90_warm_pq_b16": QUEST90_WARM_PQ,
-                     "quest90_warm_pq_b8": {**QUEST90_WARM_PQ, "model.attention.block_q": 8,
-                                            "model.attention.block_kv": 8}},
+                     "quest90_warm_pq_b8": QUEST90_WARM_PQ_B8},
     },
 }
 

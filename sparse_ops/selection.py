@@ -149,13 +149,9 @@ def select_blocks(q: jax.Array, k: jax.Array, *, block_q: int, block_kv: int, bu
                            dense_before=dense_before)
   t, s = q.shape[1], k.shape[1]
   full = keep & _fully_causal(t, s, block_q, block_kv)
-  n_max = int(np.max(_causal_counts(t, s, block_q, block_kv)))
-  # Slots must hold every kept block: the budget's bound, or the forced blocks if more (and
-  # every causal block when some rows are dense).
-  forced = _forced_blocks(t, s, block_q, block_kv, sink_blocks, local_blocks).sum(-1).max()
-  slots = min(n_max, max(budget.max_blocks(n_max), int(forced)))
-  if dense_before is not None:
-    slots = n_max
+  # Slots must hold every kept block (every causal block when some rows are dense).
+  slots = (int(_causal_counts(t, s, block_q, block_kv).max()) if dense_before is not None
+           else _kept_bound(t, s, block_q, block_kv, budget, sink_blocks, local_blocks))
   return BlockLayout.from_blocks(keep, full, block_q=block_q, block_kv=block_kv, q_len=t,
                                  kv_len=s, mask=masks_lib.Causal(), max_blocks=slots)
 
@@ -170,9 +166,8 @@ def select_block_mask(q, k, *, block_q, block_kv, budget, scoring="mean", sink_b
   nq, nk = -(-t // block_q), -(-s // block_kv)
   scores = block_scores(q, k, block_q=block_q, block_kv=block_kv, scoring=scoring)
   causal = jnp.asarray(_causal_blocks(t, s, block_q, block_kv))  # [nq, nk]
-  n_np = _causal_counts(t, s, block_q, block_kv)
-  forced_np = _forced_blocks(t, s, block_q, block_kv, sink_blocks, local_blocks)
-  n, forced = jnp.asarray(n_np), jnp.asarray(forced_np)  # [nq], [nq, nk]
+  n = jnp.asarray(_causal_counts(t, s, block_q, block_kv))  # [nq]
+  forced = jnp.asarray(_forced_blocks(t, s, block_q, block_kv, sink_blocks, local_blocks))
   ranked = jnp.where(forced, jnp.inf, jnp.where(causal, scores, -jnp.inf))
   if budget.kind == "coverage":
     order = jnp.argsort(-ranked, axis=-1, stable=True)
@@ -185,16 +180,23 @@ def select_block_mask(q, k, *, block_q, block_kv, budget, scoring="mean", sink_b
     first_q = jnp.arange(nq) * block_q  # a q-block is dense if it holds a query before the bound
     bound = jnp.broadcast_to(jnp.asarray(dense_before), (b,))[:, None, None]
     counts = jnp.where(first_q[None, None, :] < bound, n, counts)
-  # A row keeps at most this many blocks unless it keeps every causal block (dense rows).
-  k_max = min(nk, max(budget.max_blocks(int(n_np.max())), int(forced_np.sum(-1).max())))
+  k_max = _kept_bound(t, s, block_q, block_kv, budget, sink_blocks, local_blocks)
   return (_top_counts(ranked, counts, k_max) | (counts >= n)[..., None]) & causal
+
+
+def _kept_bound(t, s, block_q, block_kv, budget, sink_blocks, local_blocks) -> int:
+  """The most blocks a sparse row keeps (a static int): the budget's bound, or the forced blocks
+  if more. Rows that keep every causal block (dense rows) are not bounded by it."""
+  n_max = int(_causal_counts(t, s, block_q, block_kv).max())
+  forced = int(_forced_blocks(t, s, block_q, block_kv, sink_blocks, local_blocks).sum(-1).max())
+  return min(n_max, max(budget.max_blocks(n_max), forced))
 
 
 def _top_counts(ranked, counts, k_max: int):
   """The ``counts`` [...] best of ``ranked`` [..., nk] per row, ties to the lower index: the
   blocks whose position in a stable descending sort is below the count, found from the
-  count-th largest value (``lax.top_k`` over ``k_max`` >= every count that is below the row's
-  length) instead of two argsorts of the whole row (per-query selection sorts T rows a layer)."""
+  count-th largest value (``lax.top_k`` over ``k_max`` >= every count below its row's length,
+  ``_kept_bound``) instead of two argsorts of the whole row (per query: T rows a layer)."""
   top = jax.lax.top_k(ranked, k_max)[0]
   threshold = jnp.take_along_axis(top, jnp.clip(counts - 1, 0, k_max - 1)[..., None], axis=-1)
   above = ranked > threshold

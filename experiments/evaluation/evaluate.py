@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+import time
 from typing import Any, Callable
 
 import jax
@@ -230,7 +231,8 @@ def _passes(eval_spec, attentions: dict[str, Any], vocab_size: int) -> list[tupl
 def evaluate(forward: Forward, model: ModelConfig, eval_spec, vocab_size: int,
              progress: Callable[[str], None] | None = None,
              activations: dict | None = None,
-             capture_setting: str = "dense") -> list[dict[str, Any]]:
+             capture_setting: str = "dense",
+             timings: dict | None = None) -> list[dict[str, Any]]:
   """Rows {task, category, length, setting, phase, sparsities, FLOPs, n questions, accuracy per
   question with its interval, correct: [n] 0/1, context: [n] context index, ...}.
 
@@ -241,6 +243,9 @@ def evaluate(forward: Forward, model: ModelConfig, eval_spec, vocab_size: int,
   phase) also returns the hidden-state sparsity (`score_phase`), and activations[(task, length)]
   gets {"question", "answer": [n, depth + 1, 4] (`question_activations`), "correct", "context":
   [n]} in the order of the rows' `correct`. The rows are the same with or without it.
+
+  `timings` (a dict, filled in place): where the wall went, "prepare_s" (the ahead-of-time
+  compiles) and "length_s" {length: seconds of that length's scored passes}.
   """
   settings: list[tuple[str, Any]] = []
   if eval_spec.native:
@@ -254,13 +259,15 @@ def evaluate(forward: Forward, model: ModelConfig, eval_spec, vocab_size: int,
   for length in eval_spec.lengths:  # bad blocks or unreachable sparsities fail here, not mid-way
     for att in attentions.values():
       att.validate(length)
+  timings = {} if timings is None else timings
+  t0 = time.perf_counter()
   if hasattr(forward, "prepare"):  # make_forward's: every pass's program compiled ahead
-    passes = _passes(eval_spec, attentions, vocab_size)
-    forward.prepare(passes)
-    if progress:
-      progress(f"eval compiled ahead: {len(passes)} passes")
+    forward.prepare(_passes(eval_spec, attentions, vocab_size))
+  timings["prepare_s"] = time.perf_counter() - t0
+  timings["length_s"] = {}
   rows, computed = [], {}
   for length in eval_spec.lengths:
+    t0 = time.perf_counter()
     for task_name in eval_spec.tasks:
       task = tasks_lib.make(task_name, length=length, vocab_size=vocab_size, seed=eval_spec.seed)
       data = stacked_examples(task, eval_spec.split, eval_spec.examples_of(task_name))
@@ -304,4 +311,5 @@ def evaluate(forward: Forward, model: ModelConfig, eval_spec, vocab_size: int,
               token_accuracy=float(scores["token_accuracy"].mean()),
               set_recall=float(scores["set_recall"].mean()), chance=chance,
               correct=correct.tolist(), context=scores["context"].tolist()))
+    timings["length_s"][length] = time.perf_counter() - t0
   return rows

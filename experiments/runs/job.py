@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import re
 import threading
 import time
 import traceback
@@ -158,10 +157,10 @@ def _run_job(run_dir: Path, trainer: Trainer | None, loader: Loader | None,
     t1 = time.time()
     model, compute_dtype = loader(run_dir)
     forward = eval_lib.make_forward(model, compute_dtype)
-    clock = _EvalClock(t1)
+    timings = {}
     with _Compiles() as eval_compiles:
       rows = eval_lib.evaluate(forward, spec.model, study.eval, spec.model.vocab_size,
-                               progress=clock)
+                               timings=timings)
     if store.is_primary():
       write_json(run_dir / "eval.json", {"eval_key": study.eval.key, "rows": rows}, compact=True)
       log(f"  evaluated {spec.label} in {time.time() - t1:.0f}s")
@@ -172,7 +171,10 @@ def _run_job(run_dir: Path, trainer: Trainer | None, loader: Loader | None,
                    finished=time.time(), train_compiles=train_compiles.count,
                    train_compile_s=round(train_compiles.seconds, 1),
                    eval_compiles=eval_compiles.count,
-                   eval_compile_s=round(eval_compiles.seconds, 1), **clock.summary())
+                   eval_compile_s=round(eval_compiles.seconds, 1),
+                   # where the evaluation's wall went: compiling ahead, then passes per length
+                   eval_prepare_s=round(timings["prepare_s"], 1),
+                   eval_length_s={str(n): round(v, 1) for n, v in timings["length_s"].items()})
   except KeyboardInterrupt:
     store.update(run_dir, state="preempted", error="interrupted", attempts=rec["attempts"] - 1,
             preempted_wall_s=_lost(rec, t0))
@@ -180,27 +182,6 @@ def _run_job(run_dir: Path, trainer: Trainer | None, loader: Loader | None,
   except Exception as e:  # noqa: BLE001 — any failure of one run is recorded, not propagated
     return store.update(run_dir, state="failed", error=f"{type(e).__name__}: {e}",
                    traceback=traceback.format_exc()[-4000:])
-
-
-class _EvalClock:
-  """Where an evaluation's wall went, from its progress messages: the ahead-of-time compile
-  (`eval_prepare_s`) and the scored passes per eval length (`eval_length_s`), kept in job.json
-  so a study's pieces say what to make faster without a separate profile."""
-
-  def __init__(self, t0: float):
-    self.t, self.prepare, self.lengths = t0, None, {}
-
-  def __call__(self, message: str) -> None:
-    now = time.time()
-    seconds, self.t = now - self.t, now
-    if self.prepare is None and message.startswith("eval compiled ahead"):
-      self.prepare = seconds
-    elif m := re.search(r" T=(\d+) ", message):
-      self.lengths[m.group(1)] = self.lengths.get(m.group(1), 0.0) + seconds
-
-  def summary(self) -> dict[str, Any]:
-    return {"eval_prepare_s": round(self.prepare or 0.0, 1),
-            "eval_length_s": {k: round(v, 1) for k, v in self.lengths.items()}}
 
 
 def _lost(rec: dict[str, Any], t0: float) -> float:
