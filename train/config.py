@@ -301,8 +301,10 @@ def from_dict(d: dict[str, Any]) -> Config:
   return build(Config, d)
 
 
-def validate(cfg: Config, num_devices: int, num_processes: int) -> None:
-  """Every check a run needs, in Python, before anything is compiled. Messages name the field."""
+def validate(cfg: Config, num_devices: int, num_processes: int, *, here: bool = True) -> None:
+  """Every check a run needs, in Python, before anything is compiled. Messages name the field.
+  `here=False` leaves out what depends on this machine (the attention implementation's
+  availability, the memory fit), so a study can check its runs where it plans them."""
   cfg.model.validate(cfg.data.seq_len)
   d = cfg.data
   if not d.tasks:
@@ -385,6 +387,8 @@ def validate(cfg: Config, num_devices: int, num_processes: int) -> None:
     raise ValueError(f"log.every={cfg.log.every} must be >= 1")
   if cfg.eval.every < 0 or cfg.eval.examples < 0 or cfg.eval.batch_size <= 0:
     raise ValueError(f"eval={cfg.eval} needs every >= 0, examples >= 0, batch_size >= 1")
+  if not here:
+    return
   impl = cfg.model.attention.implementation
   if impl is not None and (why := so.IMPLEMENTATIONS[impl].unavailable()) is not None:
     raise ValueError(f"model.attention.implementation={impl!r} cannot run here: {why}")

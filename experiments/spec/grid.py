@@ -25,7 +25,7 @@ from experiments import tasks as tasks_lib
 from models import AttentionConfig, SIZES, family, flops_per_token, param_counts
 from models.config import CONTENT_PATTERNS
 from train.config import (Config, DataConfig, OptimConfig, from_dict, identity_changes,
-                          nearest_steps)
+                          nearest_steps, validate as train_validate)
 
 
 # Static patterns, and content-based ones (trained with a fixed density budget, 1 - sparsity of
@@ -461,6 +461,9 @@ class Grid:
                                   reason=f"needs steps >= {self.min_steps}, budget "
                                   f"{budget:.3g} buys {budget / cfg.flops_per_step:.2f} steps"))
               continue
+            # The trainer's own checks, here where the study is planned: a point it would
+            # refuse fails the plan before any run starts, not each attempt mid-sweep.
+            train_validate(cfg, 1, 1, here=False)
             specs.append(RunSpec(size=size, budget=float(budget), config=cfg,
                                  train_sparsity=float(sparsity)))
     ids = [s.run_id for s in specs]

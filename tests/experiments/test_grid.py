@@ -207,6 +207,18 @@ def test_bad_grid_names_the_value(kwargs, needle):
     Grid(**{**base, **kwargs})
 
 
+def test_a_point_the_trainer_refuses_fails_the_plan():
+  """The trainer's own checks run where the study is planned: a grid whose sparse points train
+  their short phase dense at a length their long cycle also trains (sparse) fails `points()`
+  with the trainer's message, before any run is written, not on each attempt mid-sweep."""
+  g = Grid(budgets=(1e11,), sizes=("100k",), sparsities=(0.0, 0.5), patterns=("quest",),
+           seq_lens=(256,), batch_size=16, vocab_size=128, block=8, short_len=64,
+           short_frac=0.3, short_dense=True, long_lens=(64, 128, 256), long_every=5)
+  with pytest.raises(ValueError, match=re.escape("data.short_len=64 is also in data.long_lens")):
+    g.points()
+  assert len(dataclasses.replace(g, long_lens=(128, 256)).points()[0]) == 2
+
+
 def test_tasks_with_knobs_and_device_batches_reach_the_trainer(tmp_path):
   """A grid task may carry knobs (a multi-question form); the trainer gets the same string and
   the data source, and the run id changes with them."""
@@ -290,8 +302,8 @@ def test_committed_studies_keep_their_run_ids_and_trainer_configs():
   trained = checked = 0
   for d in run_dirs:
     written = json.loads((d / "spec.json").read_text())
-    if not d.parent.parent.name.startswith("h200"):  # planned after the grid wrote warmup_steps
-      assert "warmup_frac" in written["optim"]  # the first layout
+    if d.parent.parent.name in ("h100", "h100_no_curriculum"):  # planned before the grid
+      assert "warmup_frac" in written["optim"]  # wrote warmup_steps: the first layout
     spec = store.load_spec(d)
     assert spec.run_id == d.name == written["run_id"] and spec.label == written["label"]
     short = written.get("short_steps", 0)  # older files: no curriculum fields

@@ -1,0 +1,43 @@
+"""The study on a 2-core CPU in under an hour, with models that learn: the h200 study's design
+scaled down 16× in length (contexts 64 / 128 / 256 in 4-token blocks have the same 16 / 32 / 64
+blocks a row as h200's 1024 / 2048 / 4096 in 64-token blocks), one training budget.
+
+DRAFT: numbers below are filled in once measured.
+"""
+
+import dataclasses
+
+from experiments.spec.grid import Grid
+from experiments.spec.study import EvalSpec, Study
+from train.config import OptimConfig
+
+# Retrieval, multi-hop and aggregation in multi-question forms that fit the 64-token contexts.
+TASKS = ("niah_single(questions=4)", "niah_multikey(questions=4)",
+         "chain_resolve(path=True, questions=2)", "common_words(questions=2)")
+
+GRID = Grid(
+    budgets=(8e12,), sizes=("100k", "300k"), sparse_sizes=("300k",), sparsities=(0.0,),
+    patterns=("quest",), short_dense=True, select_block_q=1, seq_lens=(256,), batch_size=16,
+    vocab_size=128, tasks=TASKS, optim=OptimConfig(lr=3e-3, weight_decay=0.0), warmup_frac=0.05,
+    implementation="reference", block=4, sink=4, min_steps=200, short_len=64, short_frac=0.3,
+    long_lens=(64, 128, 256), long_every=25, model_overrides=(("conv_kernel", 4),),
+    data_source="device")
+
+# The sparse arms train their 64-token phase dense (the recipe's warm start), so 64 cannot also be
+# a length of their sparse cycle (train.config.validate): they cycle 128 and 256, as the
+# recipe's CPU pilot did (benchmarks/results/recipe_cpu_cycle.md, `64_then_cycle`).
+SPARSE = dataclasses.replace(GRID, sparsities=(0.75, 0.9), long_lens=(128, 256))
+
+COMPRESSIONS = (2, 4, 8, 16)
+EVAL = EvalSpec(
+    tasks=TASKS, lengths=(64, 128, 256),
+    settings=(("dense", 0.0), *(("quest", 1 - 1 / c) for c in COMPRESSIONS),
+              ("topk_blocks", 0.75), ("local", 0.5), ("local", 0.75),
+              ("topk_blocks", "adaptive", 0.81, 0.5)),
+    examples=128, task_examples=(("chain_resolve(path=True, questions=2)", 256),
+                                 ("common_words(questions=2)", 256)),
+    batch_size=64, selection_block=4, selection_queries=1)
+
+STUDY = Study(
+    name="cpu", grid=GRID, extra_grids=(SPARSE,), eval=EVAL, max_attempts=2, checkpoint_every=200, steps_per_call=25,
+    log_every=25, executor_options=(("workers", 2),), wandb="offline", tolerance_margin=0.03)
