@@ -305,7 +305,8 @@ def test_report_logs_runs_trained_without_wandb_once_with_their_curves(tmp_path,
 def test_local_workers_share_an_accelerator_with_a_share_of_its_memory(
     tmp_path, monkeypatch, per_device, visible, fraction):
   """runs_per_device=2: both workers on accelerator 0, each allowed 0.45 of its memory; the
-  default pins worker i to accelerator i and leaves the memory setting alone."""
+  default pins worker i to accelerator i and leaves the memory fraction alone. Either way a
+  worker allocates on demand unless the caller chose otherwise."""
   from experiments.runs.executors import local
   envs = []
 
@@ -319,12 +320,18 @@ def test_local_workers_share_an_accelerator_with_a_share_of_its_memory(
       return 0
   monkeypatch.setattr(local.subprocess, "Popen", Done)
   monkeypatch.delenv("XLA_PYTHON_CLIENT_MEM_FRACTION", raising=False)
+  monkeypatch.delenv("XLA_PYTHON_CLIENT_PREALLOCATE", raising=False)
   ex = executors.make("local", workers=2, runs_per_device=per_device)
   study = _study()
   dirs = store.plan(study, tmp_path)
   ex.run(dirs, log=lambda s: None)
   assert [e["CUDA_VISIBLE_DEVICES"] for e in envs] == visible
   assert {e.get("XLA_PYTHON_CLIENT_MEM_FRACTION") for e in envs} == {fraction}
+  assert {e["XLA_PYTHON_CLIENT_PREALLOCATE"] for e in envs} == {"false"}
+  envs.clear()
+  monkeypatch.setenv("XLA_PYTHON_CLIENT_PREALLOCATE", "true")
+  ex.run(store.plan(_study(), tmp_path / "again"), log=lambda s: None)
+  assert {e["XLA_PYTHON_CLIENT_PREALLOCATE"] for e in envs} == {"true"}
   with pytest.raises(ValueError, match="runs_per_device=2 must be .* only with workers >= 2"):
     executors.make("local", workers=1, runs_per_device=2)
 

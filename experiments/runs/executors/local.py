@@ -22,7 +22,13 @@ class LocalExecutor:
   runs_per_device=R > 1 puts R runs side by side on each accelerator, each allowed 0.9 / R of its
   memory (XLA_PYTHON_CLIENT_MEM_FRACTION): a small model leaves the GPU idle while it compiles
   and evaluates (about a third of an h200 run's wall, benchmarks/results/study_costs_h200.md),
-  which a second run's steps can fill."""
+  which a second run's steps can fill.
+
+  Workers allocate GPU memory as they need it (XLA_PYTHON_CLIENT_PREALLOCATE=false unless the
+  caller set it): an evaluation loads ~150 programs, whose modules, CUDA graphs and cuBLAS
+  handles live outside XLA's pool; on an 80 GB H100 the default 75% pool left them too little
+  and every h200-preset evaluation died CUDA_ERROR_OUT_OF_MEMORY, alone or two to a GPU
+  (studies/h200/README.md, 2026-12-07)."""
 
   workers: int = 0
   runs_per_device: int = 1
@@ -63,7 +69,9 @@ class LocalExecutor:
           # EXPERIMENTS_PARENT_PID: the worker asks to be SIGTERMed when this process dies
           # (prctl PDEATHSIG in `experiments job`), so a killed sweep leaves no orphan training.
           env = {**os.environ, self.visible_env: str(slot // self.runs_per_device),
-                 "EXPERIMENTS_PROGRESS": "0", "EXPERIMENTS_PARENT_PID": str(os.getpid())}
+                 "EXPERIMENTS_PROGRESS": "0", "EXPERIMENTS_PARENT_PID": str(os.getpid()),
+                 "XLA_PYTHON_CLIENT_PREALLOCATE": os.environ.get(
+                     "XLA_PYTHON_CLIENT_PREALLOCATE", "false")}
           if self.runs_per_device > 1:
             env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{0.9 / self.runs_per_device:.3f}"
           proc = subprocess.Popen([sys.executable, "-m", "experiments", "job", str(d)], env=env)
