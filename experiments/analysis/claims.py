@@ -14,9 +14,12 @@ being scored on the same examples), and fits the gap across budgets (`isoflop.tr
 
 Each claim is a family: its comparisons, each tested both ways, Holm-adjusted together. A
 comparison is "reproduced" when the claimed direction is significant, "refuted" when the
-opposite one is, else "not resolvable here" with the reason: no measurable cell (the models sit
-at or near chance), too few cells for the test to ever reach significance, every cell a tie, or
-an interval that spans zero. A claim is reproduced when all its comparisons are, refuted when
+opposite one is, or (tolerance comparisons) when the claimed direction is rare: it shows in
+significantly fewer than half of the cells that could show it (a binomial test against 1/2 with
+ties counted against the claim, which says the first tolerates *more*; a tie with both at the top
+of their ladder is censored and left out). That test joins the family. Otherwise "not
+resolvable here" with the reason: no measurable cell (the models sit at or near chance), too few
+cells for the test to ever reach significance, every cell a tie, or an interval that spans zero. A claim is reproduced when all its comparisons are, refuted when
 some are refuted and none reproduced, and otherwise not resolvable here, saying why.
 
 Only curves on a fixed compression ladder (static patterns, fixed-density content budgets) and
@@ -62,6 +65,8 @@ class Finding:
   detail: str = ""
   p_for: float | None = None
   p_against: float | None = None
+  p_rare: float | None = None  # sign tests: the claimed direction in at most half of `could`
+  could: int | None = None  # cells that could show the claimed direction (not censored ties)
   untestable: str = ""  # why there is nothing to test (set before `decide`)
   verdict: str = ""
   why: str = ""    # the verdict's reason (the findings table, beside the numbers)
@@ -99,9 +104,12 @@ def decide(findings: list[Finding], alpha: float = ALPHA) -> list[Finding]:
   """Holm across the family (both directions of every testable comparison), then each
   comparison's verdict and its reason in words."""
   tested = [f for f in findings if not f.untestable]
-  adjusted = stats.holm([f.p_for for f in tested] + [f.p_against for f in tested])
+  rare = [f for f in tested if f.p_rare is not None]
+  adjusted = stats.holm([f.p_for for f in tested] + [f.p_against for f in tested]
+                        + [f.p_rare for f in rare])
   p_adj = {id(f): (a, b) for f, a, b in zip(tested, adjusted, adjusted[len(tested):])}
-  family = 2 * len(tested)
+  p_rare = {id(f): p for f, p in zip(rare, adjusted[2 * len(tested):])}
+  family = len(adjusted)
   out = []
   for f in findings:
     if f.untestable:
@@ -109,7 +117,7 @@ def decide(findings: list[Finding], alpha: float = ALPHA) -> list[Finding]:
                                      short=f.untestable))
       continue
     p_for, p_against = p_adj[id(f)]
-    f = dataclasses.replace(f, p_for=p_for, p_against=p_against)
+    f = dataclasses.replace(f, p_for=p_for, p_against=p_against, p_rare=p_rare.get(id(f)))
     brief = effect_text(f) + (f" ({f.signs})" if f.signs else "")
     if p_for < alpha:
       verdict, why = REPRODUCED, "the claimed direction is significant"
@@ -117,6 +125,13 @@ def decide(findings: list[Finding], alpha: float = ALPHA) -> list[Finding]:
     elif p_against < alpha:
       verdict, why = REFUTED, "the opposite direction is significant"
       short = f"the opposite holds: {brief}, Holm p {p_against:.2g}"
+    elif f.p_rare is not None and f.p_rare < alpha:
+      pos = int(f.signs.split("+")[0])
+      verdict, why = REFUTED, (
+          f"the claimed direction is rare: {pos} of the {f.could} cells that could show it "
+          "(ties count against it; ties at the top of the ladder are left out), significantly "
+          "fewer than half")
+      short = f"rare: {pos} of {f.could} cells, Holm p {f.p_rare:.2g}"
     elif f.untied == 0:
       verdict, why = UNRESOLVED, f"every one of {f.n} cells ties ({f.unit} = 0)"
       short = f"all {f.n} cells tie"
@@ -180,6 +195,10 @@ def paired_difference(claim: str, what: str, pairs: list[tuple[dict, dict]],
         "weak to tell (at or near chance)"))
   d = np.array([log2c(a) - log2c(b) for a, b in kept])
   pos, neg = int((d > 0).sum()), int((d < 0).sum())
+  # A tie with both at the top of their ladder could hide any difference (censored), so it
+  # cannot show the claimed direction; every other tie shows it absent.
+  top = lambda t: t["compression"] >= max(t["levels"])
+  could = sum(1 for (a, b), x in zip(kept, d) if not (x == 0 and top(a) and top(b)))
   # The median of a ladder's differences is often a tie (0) even where the untied cells all
   # lean one way: the counts and the mean say how far they lean.
   return Finding(claim, what, LOG2, SIGN, effect=float(np.median(d)),
@@ -188,7 +207,8 @@ def paired_difference(claim: str, what: str, pairs: list[tuple[dict, dict]],
                  detail=f"{pos}+ {neg}− {len(d) - pos - neg}= of {len(d)} cells, mean "
                  f"{d.mean():+.2f}"
                  + (f", {dropped} more too weak to tell" if dropped else ""),
-                 p_for=stats.sign_test(d, "greater").p, p_against=stats.sign_test(d, "less").p)
+                 p_for=stats.sign_test(d, "greater").p, p_against=stats.sign_test(d, "less").p,
+                 p_rare=stats.rarely(pos, could), could=could)
 
 
 def _index(rows: list[dict[str, Any]], key: Callable[[dict], tuple]) -> dict[tuple, dict]:
@@ -345,9 +365,11 @@ def findings_table(claims: list[Claim], table: Callable[..., str]) -> str:
       rows.append([f"({f.claim})", f.what, f.unit, effect_text(f), f.test or "—",
                    f.detail or "—",
                    "—" if f.p_for is None else f"{f.p_for:.3g}",
-                   "—" if f.p_against is None else f"{f.p_against:.3g}", f.verdict, f.why])
+                   "—" if f.p_against is None else f"{f.p_against:.3g}",
+                   "—" if f.p_rare is None else f"{f.p_rare:.3g} ({f.could} cells)",
+                   f.verdict, f.why])
   return table(["claim", "comparison", "unit", "effect [95% interval]", "test", "cells / arms",
-                "p for (Holm)", "p against (Holm)", "verdict", "why"], rows)
+                "p for (Holm)", "p against (Holm)", "p rare (Holm)", "verdict", "why"], rows)
 
 
 def markdown(verdicts: list[Claim], c_train: tuple[list, dict], c_inf: tuple[list, dict],
@@ -368,7 +390,10 @@ def markdown(verdicts: list[Claim], c_train: tuple[list, dict], c_inf: tuple[lis
         "accuracies: "
         + (f"{compare_text(True)}." if paired else f"{compare_text(False)}.")
         + " Family: a claim's comparisons, both directions each, Holm-adjusted together; "
-        "\"p for\" is the claimed direction. Cells where a dense model is too weak to tell "
+        "\"p for\" is the claimed direction. \"p rare\" (tolerance comparisons, in the family "
+        "too): that the claimed direction shows in at most half of the cells that could show "
+        "it, ties counted against the claim except ties at the top of the ladder (censored); "
+        "significant, it refutes the claim. Cells where a dense model is too weak to tell "
         "(at or near chance) have no tolerance and drop out; a claim with nothing left is not "
         "resolvable here.", ""]
   md.append(findings_table(verdicts, table))

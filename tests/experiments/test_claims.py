@@ -188,7 +188,7 @@ def _tol(run, category, length, c, *, phase="prefill", pattern="local", weak=Fal
          train_len=4096, ladder=True):
   return dict(run_id=run, label=run, category=category, eval_length=length, phase=phase,
               pattern=pattern, ladder=ladder, train_seq_len=train_len, weak=weak,
-              compression=None if weak else c)
+              compression=None if weak else c, levels=[2, 4, 8, 16])
 
 
 def test_claim_a_reproduced_refuted_and_not_resolvable():
@@ -198,8 +198,9 @@ def test_claim_a_reproduced_refuted_and_not_resolvable():
   a = claims.claim_a(good)
   assert a.verdict == claims.REPRODUCED
   assert [f.effect for f in a.findings] == [3.0, 3.0]  # log2(16) - log2(2)
-  # each 2**-8 (8 cells, all one way), Holm over 4 tests: the two smallest both become 4 × 2**-8
-  assert all(f.p_for == pytest.approx(4 * 0.5 ** 8) for f in a.findings)
+  # each 2**-8 (8 cells, all one way), Holm over 6 tests (for, against, rare; two
+  # comparisons): the two smallest both become 6 × 2**-8
+  assert all(f.p_for == pytest.approx(6 * 0.5 ** 8) for f in a.findings)
   bad = [dict(t, compression=2 if t["category"] == "retrieval" else 16) for t in good]
   assert claims.claim_a(bad).verdict == claims.REFUTED
   # three cells: even all one way (p = 1/8) cannot clear Holm's alpha/4
@@ -208,7 +209,7 @@ def test_claim_a_reproduced_refuted_and_not_resolvable():
   f = claims.claim_a(few)
   assert f.verdict == claims.UNRESOLVED and "too few cells: 3 untied" in f.why
   assert "too few cells: 3 untied of 3; the sign test needs >= 7" in f.findings[0].why
-  assert claims.min_untied(4) == 7
+  assert claims.min_untied(4) == 7 and claims.min_untied(6) == 7
   # every model at chance in multi-hop: nothing to compare there
   weak = [dict(t, weak=True, compression=None) if t["category"] == "multihop" else t for t in good]
   w = claims.claim_a(weak)
@@ -263,6 +264,34 @@ def test_claim_d_decode_against_prefill():
   # adaptive budgets (no fixed ladder) never enter
   assert "no cell evaluated in both phases" in claims.claim_d(
       [dict(t, ladder=False) for t in rows]).why
+
+
+def test_a_claimed_direction_that_is_rare_refutes_the_claim():
+  """(d) with decode and prefill tied in most cells below the ladder's top: the sign test over
+  untied cells cannot tell (3 up, 0 down), but three of 40 cells that could show "decode
+  tolerates more" is significantly fewer than half, so the claim is refuted. Ties at the top of
+  the ladder are censored and left out of that count."""
+  rows = []
+  for i in range(40):
+    c = 4 if i % 2 else 1
+    rows += [_tol(f"m{i}", "retrieval", 1024, c), _tol(f"m{i}", "retrieval", 1024,
+                                                       2 * c if i < 3 else c, phase="decode")]
+  d = claims.claim_d(rows)
+  (f,) = d.findings
+  assert f.signs == "3+ 0− 37=" and f.could == 40
+  # P(Bin(40, 1/2) <= 3), the family's smallest of three: Holm multiplies it by 3
+  assert f.p_rare == pytest.approx(3 * sum(math.comb(40, k) for k in range(4)) / 2 ** 40)
+  assert d.verdict == claims.REFUTED and "rare: 3 of 40 cells" in d.why
+  assert "the claimed direction is rare: 3 of the 40 cells" in f.why
+  # the same ties at the top of the ladder (16: censored) cannot show it: not resolvable
+  top = [dict(t, compression=16) if t["run_id"] not in ("m0", "m1", "m2") else t for t in rows]
+  (g,) = claims.claim_d(top).findings
+  assert g.could == 3 and g.verdict == claims.UNRESOLVED and "too few cells" in g.why
+  # ties in half the cells and the claimed direction in the other half: not rare
+  half = [dict(t, compression=8) if t["phase"] == "decode" and int(t["run_id"][1:]) % 2 else t
+          for t in rows]
+  (h,) = claims.claim_d(half).findings
+  assert h.verdict == claims.REPRODUCED and h.p_rare > 0.05
 
 
 def test_mixed_verdicts_are_not_resolvable_and_say_so():
