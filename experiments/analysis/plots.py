@@ -1,4 +1,5 @@
-"""The report's figures: tolerance curves, the frontier with its Pareto front, iso-FLOP curves.
+"""The report's figures: tolerance curves, the frontier with its Pareto front, iso-FLOP curves,
+training curves.
 
 matplotlib is imported inside `plt_module` only: a report without plots needs none of it.
 """
@@ -163,6 +164,34 @@ def plot_isoflop(points, path: Path) -> Path | None:
     log_x(ax)
     ax.set(title=f"{cat}: iso-FLOP (training)", xlabel="parameters", ylabel="exact match",
            ylim=(-0.01, accuracy_top([p["arm"].mean for ps in lines.values() for p in ps])))
+    ax.legend(fontsize=6)
+  return save(fig, path)
+
+
+def plot_training(curves: dict[str, dict[str, Any]], path: Path,
+                  window: int = 5) -> Path | None:
+  """Training loss against training FLOPs (linear: a panel spans one budget from zero), one
+  panel per budget, one line per run. Each line is a running mean over the last `window`
+  logged points (fewer at the start): with a cycle of sequence lengths the logged loss jumps
+  from record to record, and the mean shows the trend."""
+  import numpy as np
+  budgets = sorted({c["budget"] for c in curves.values()})
+  if not budgets:
+    return None
+  arm = lambda label: "/".join(label.split("/")[:2])  # size/pattern: the budget is the panel
+  colour = colours(sorted({arm(c["label"]) for c in curves.values()}))
+  plt = plt_module()
+  fig, axes = plt.subplots(1, len(budgets), figsize=(4.8 * len(budgets), 3.8), squeeze=False)
+  for ax, budget in zip(axes[0], budgets):
+    for c in sorted((c for c in curves.values() if c["budget"] == budget),
+                    key=lambda c: c["label"]):
+      flops, loss = (np.asarray(v, np.float64) for v in zip(*c["points"]))
+      total = np.concatenate([[0.0], np.cumsum(loss)])
+      i = np.arange(1, len(loss) + 1)
+      mean = (total[i] - total[np.maximum(i - window, 0)]) / np.minimum(i, window)
+      ax.plot(flops, mean, color=colour[arm(c["label"])], label=arm(c["label"]))
+    ax.set(title=f"training at {budget:.2g} FLOPs", xlabel="training FLOPs",
+           ylabel=f"loss (running mean of {window} logs)")
     ax.legend(fontsize=6)
   return save(fig, path)
 

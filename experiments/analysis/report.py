@@ -179,10 +179,12 @@ def statistics(points: list[dict[str, Any]], outcomes_rows: int, rows: int) -> l
 def write(out: Path, rows: list[dict[str, Any]], status: list[dict[str, Any]], *, name: str,
           skipped: list[dict[str, Any]] = (), damaged: list[str] = (),
           wall_s: float | None = None, outcomes: dict[tuple, Any] | None = None,
-          probe_dirs: Sequence[Path] = (), margin: float = 0.0) -> tuple[Path, list[Path]]:
+          probe_dirs: Sequence[Path] = (), margin: float = 0.0,
+          curves: dict[str, dict[str, Any]] | None = None) -> tuple[Path, list[Path]]:
   """Writes out/report.md and out/plots/*.png from results rows (`runs.results.read`), their
   per-question outcomes (`runs.results.read_outcomes`; None: unpaired tests, and the report
-  says so) and the runs' status rows, and the study's tolerance margin (`tolerance.curves`);
+  says so) and the runs' status rows, the study's tolerance margin (`tolerance.curves`) and
+  the runs' training curves (`runs.sweep.training_curves`; none: no training plot);
   returns (report path, plot paths). Reads nothing else:
   the run store (`runs.sweep.report_inputs`) gathers these, so the analysis never needs the
   model stack."""
@@ -210,7 +212,8 @@ def write(out: Path, rows: list[dict[str, Any]], status: list[dict[str, Any]], *
       plots.plot_isoflop(points, plot_dir / "isoflop.png")) if f]
   figs = first_figs + [f for f in (
       plots.plot_tolerance(points, plot_dir / "tolerance.png"),
-      plots.plot_budgets(budget_rows, plot_dir / "budgets.png", ALPHA)) if f]
+      plots.plot_budgets(budget_rows, plot_dir / "budgets.png", ALPHA),
+      plots.plot_training(curves or {}, plot_dir / "training.png")) if f]
   comps = fr.sparse_vs_dense(comparison_points(points, "inference"), alpha=ALPHA)
   train_comps = fr.sparse_vs_dense(comparison_points(points, "training"), alpha=ALPHA,
                                    match_inference=False)

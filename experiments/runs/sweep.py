@@ -223,8 +223,22 @@ def report_inputs(out: Path) -> dict[str, Any]:
   return dict(rows=rows, name=study.name, outcomes=outcomes, margin=study.tolerance_margin,
               status=store.status_rows(out) if runs_here else _status_from_results(rows),
               skipped=read_json(out / "study.json")["skipped"], damaged=damaged,
+              curves=training_curves(out) if runs_here else {},
               # the activation-sparsity probes' folders (`python -m experiments probe`)
               probe_dirs=[d for d in store.run_dirs(out) if (d / "probe.json").exists()])
+
+
+def training_curves(out: Path) -> dict[str, dict[str, Any]]:
+  """Per run folder with a training log: its label, budget, and the (training FLOPs, loss)
+  pairs metrics.jsonl holds (records without FLOPs, from older trainers, are left out)."""
+  from train.log import read_metrics
+  curves = {}
+  for d in store.run_dirs(out):
+    pts = [(r["flops"], r["loss"]) for r in read_metrics(d) if "flops" in r and "loss" in r]
+    if pts:
+      spec = read_json(d / "spec.json")
+      curves[d.name] = dict(label=spec["label"], budget=spec["budget"], points=pts)
+  return curves
 
 
 def _status_from_results(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

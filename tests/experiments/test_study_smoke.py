@@ -3,6 +3,7 @@ report; killed midway and rerun it finishes without redoing finished runs and gi
 results.csv as an uninterrupted run; a diverging (NaN) run is reported without stopping it."""
 
 import dataclasses
+import math
 import os
 import signal
 import subprocess
@@ -10,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import sparse_ops as so
 from experiments.cli import write_report
 from experiments.evaluation import accounting as acc
@@ -65,6 +67,14 @@ def test_killed_study_resumes_to_the_same_results(tmp_path):
   assert a == b and len(a.splitlines()) > 1, (len(a.splitlines()), len(b.splitlines()), diff[:3])
   for out in (whole, killed):
     assert (out / "report.md").exists() and list((out / "plots").glob("*.png"))
+  # the runs' training curves, read from their metrics.jsonl, drawn and linked
+  curves = sweep.training_curves(whole)
+  assert sorted(curves) == sorted(d.name for d in store.run_dirs(whole))
+  for d in store.run_dirs(whole):
+    flops, loss = zip(*curves[d.name]["points"])
+    assert flops[-1] == pytest.approx(store.load_spec(d).train_flops, rel=1e-9)
+    assert list(flops) == sorted(flops) and all(math.isfinite(x) for x in loss)
+  assert "![training](plots/training.png)" in (whole / "report.md").read_text()
   _check_sparsity_columns(whole)
 
 
