@@ -18,7 +18,7 @@ TASKS = ("niah_single(questions=4)", "niah_multikey(questions=4)",
          "chain_resolve(path=True, questions=2)", "common_words(questions=2)")
 
 GRID = Grid(
-    budgets=(8e12, 2.7e12), sizes=("100k", "300k"), sparse_sizes=("300k",), sparsities=(0.0,),
+    budgets=(8e12, 2.7e12, 1.6e13), sizes=("100k", "300k"), sparse_sizes=("300k",), sparsities=(0.0,),
     patterns=("quest",), short_dense=True, select_block_q=1, seq_lens=(256,), batch_size=16,
     vocab_size=128, tasks=TASKS, optim=OptimConfig(lr=3e-3, weight_decay=0.0), warmup_frac=0.05,
     implementation="reference", block=4, sink=4, min_steps=200, short_len=64, short_frac=0.3,
