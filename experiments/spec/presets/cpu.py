@@ -1,10 +1,11 @@
 """The study on a 2-core CPU with models that learn: the h200 study's design scaled down 16× in
 length (contexts 64 / 128 / 256 in 4-token blocks have the same 16 / 32 / 64 blocks a row as
-h200's 1024 / 2048 / 4096 in 64-token blocks), two training budgets, 8 runs.
+h200's 1024 / 2048 / 4096 in 64-token blocks), three training budgets, 12 runs.
 
-Measured (studies/cpu/README.md, 2 cores, ~75 minutes with 2 workers): at 8e12 both dense
-models learn every category (100k: retrieval 1.00, multi-hop 0.996, aggregation 0.930 at 256),
-and the report reproduces claim (a) and refutes (c) at equal training FLOPs.
+Measured (studies/cpu/README.md, 2 cores, ~2 hours with 2 workers): from 8e12 on, both dense
+models learn every category (100k at 8e12: retrieval 1.00, multi-hop 0.996, aggregation 0.930
+at 256). The report reproduces claims (a) and (b) and refutes (c) at equal training FLOPs and
+(d).
 """
 
 import dataclasses
