@@ -319,12 +319,6 @@ def sign_test(differences: Sequence[float], alternative: str = "greater") -> Pai
   return paired_greater((d > 0).astype(int), (d < 0).astype(int), alternative)
 
 
-def rarely(k: int, n: int) -> float:
-  """One-sided p that something seen in k of n units holds in at most half of them:
-  P(Binomial(n, 1/2) <= k); 1 where n is 0."""
-  return float(stats.binom.cdf(k, n, 0.5)) if n > 0 else 1.0
-
-
 def median_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float]:
   """Distribution-free interval of a median from order statistics (the one that goes with the
   sign test): [x_(k), x_(n+1-k)] for the largest k whose coverage 1 - 2·P(Bin(n, 1/2) < k)

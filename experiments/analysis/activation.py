@@ -39,6 +39,7 @@ from scipy import stats as sps
 
 from experiments import stats
 from experiments.analysis import frontier as fr
+from experiments.analysis.plots import short_label
 from experiments.stats import ACTIVATION_METRICS, ALPHA
 
 HOYER = ACTIVATION_METRICS.index("hoyer")
@@ -313,11 +314,6 @@ def tolerance_by_tercile(all_items: list[dict[str, Any]], alpha: float = ALPHA
 
 
 # ------------------------------------------------------------------------------ the figures
-def _short(model: str) -> str:
-  """"300k/local@0.5/4e+12/T128" -> "300k/local@0.5": size and training attention."""
-  return "/".join(model.split("/")[:2])
-
-
 def _plots(diff, tol, out_dir: Path, stem: str) -> list[Path]:
   import matplotlib
   matplotlib.use("Agg")
@@ -339,7 +335,7 @@ def _plots(diff, tol, out_dir: Path, stem: str) -> list[Path]:
           err = [[max(c["mean"] - c["low"], 0) if np.isfinite(c["low"]) else 0 for c in pts],
                  [max(c["high"] - c["mean"], 0) if np.isfinite(c["high"]) else 0 for c in pts]]
           ax.errorbar(x, y, yerr=err, fmt=marker, capsize=3, ms=4,
-                      label=_short(m) + ("" if knob else " (knob-shifted)"))
+                      label=short_label(m) + ("" if knob else " (knob-shifted)"))
       ax.axvline(1.0, color="grey", lw=0.8, ls=":")
       ax.set_xscale("log", base=2)
       ax.set_title(cat)
@@ -358,7 +354,7 @@ def _plots(diff, tol, out_dir: Path, stem: str) -> list[Path]:
              color=["#4c72b0", "#dd8452", "#c44e52"],
              label=["densest third", "middle third", "sparsest third"] if j == 0 else None)
     ax.set_xticks(range(len(tol["tests"])))
-    ax.set_xticklabels([f"{_short(t['model'])}\n{t['category']}" for t in tol["tests"]],
+    ax.set_xticklabels([f"{short_label(t['model'])}\n{t['category']}" for t in tol["tests"]],
                        fontsize=7)
     ax.set_ylabel("right under sparse attention\n(among items right dense)")
     ax.legend(fontsize=7)

@@ -19,8 +19,9 @@ significantly fewer than half of the cells that could show it (a binomial test a
 ties counted against the claim, which says the first tolerates *more*; a tie with both at the top
 of their ladder is censored and left out). That test joins the family. Otherwise "not
 resolvable here" with the reason: no measurable cell (the models sit at or near chance), too few
-cells for the test to ever reach significance, every cell a tie, or an interval that spans zero. A claim is reproduced when all its comparisons are, refuted when
-some are refuted and none reproduced, and otherwise not resolvable here, saying why.
+cells for the test to ever reach significance, every cell a tie, or an interval that spans zero.
+A claim is reproduced when all its comparisons are, refuted when some are refuted and none
+reproduced, and otherwise not resolvable here, saying why.
 
 Only curves on a fixed compression ladder (static patterns, fixed-density content budgets) and
 lengths within the model's training length enter (a), (b), (d): a length-adaptive budget
@@ -67,6 +68,7 @@ class Finding:
   p_against: float | None = None
   p_rare: float | None = None  # sign tests: the claimed direction in at most half of `could`
   could: int | None = None  # cells that could show the claimed direction (not censored ties)
+  up: int | None = None  # sign tests: cells that show it
   untestable: str = ""  # why there is nothing to test (set before `decide`)
   verdict: str = ""
   why: str = ""    # the verdict's reason (the findings table, beside the numbers)
@@ -101,8 +103,8 @@ def min_untied(family: int, alpha: float = ALPHA) -> int:
 
 
 def decide(findings: list[Finding], alpha: float = ALPHA) -> list[Finding]:
-  """Holm across the family (both directions of every testable comparison), then each
-  comparison's verdict and its reason in words."""
+  """Holm across the family (both directions of every testable comparison, and its rarity test
+  where it has one), then each comparison's verdict and its reason in words."""
   tested = [f for f in findings if not f.untestable]
   rare = [f for f in tested if f.p_rare is not None]
   adjusted = stats.holm([f.p_for for f in tested] + [f.p_against for f in tested]
@@ -126,12 +128,11 @@ def decide(findings: list[Finding], alpha: float = ALPHA) -> list[Finding]:
       verdict, why = REFUTED, "the opposite direction is significant"
       short = f"the opposite holds: {brief}, Holm p {p_against:.2g}"
     elif f.p_rare is not None and f.p_rare < alpha:
-      pos = int(f.signs.split("+")[0])
       verdict, why = REFUTED, (
-          f"the claimed direction is rare: {pos} of the {f.could} cells that could show it "
+          f"the claimed direction is rare: {f.up} of the {f.could} cells that could show it "
           "(ties count against it; ties at the top of the ladder are left out), significantly "
           "fewer than half")
-      short = f"rare: {pos} of {f.could} cells, Holm p {f.p_rare:.2g}"
+      short = f"rare: {f.up} of {f.could} cells, Holm p {f.p_rare:.2g}"
     elif f.untied == 0:
       verdict, why = UNRESOLVED, f"every one of {f.n} cells ties ({f.unit} = 0)"
       short = f"all {f.n} cells tie"
@@ -198,7 +199,8 @@ def paired_difference(claim: str, what: str, pairs: list[tuple[dict, dict]],
   # A tie with both at the top of their ladder could hide any difference (censored), so it
   # cannot show the claimed direction; every other tie shows it absent.
   top = lambda t: t["compression"] >= max(t["levels"])
-  could = sum(1 for (a, b), x in zip(kept, d) if not (x == 0 and top(a) and top(b)))
+  shows = np.array([x > 0 for (a, b), x in zip(kept, d) if not (x == 0 and top(a) and top(b))],
+                   bool)
   # The median of a ladder's differences is often a tie (0) even where the untied cells all
   # lean one way: the counts and the mean say how far they lean.
   return Finding(claim, what, LOG2, SIGN, effect=float(np.median(d)),
@@ -208,7 +210,9 @@ def paired_difference(claim: str, what: str, pairs: list[tuple[dict, dict]],
                  f"{d.mean():+.2f}"
                  + (f", {dropped} more too weak to tell" if dropped else ""),
                  p_for=stats.sign_test(d, "greater").p, p_against=stats.sign_test(d, "less").p,
-                 p_rare=stats.rarely(pos, could), could=could)
+                 # shown against not shown (ties included): rare if significantly "less"
+                 p_rare=stats.paired_greater(shows, ~shows, "less").p, could=len(shows),
+                 up=pos)
 
 
 def _index(rows: list[dict[str, Any]], key: Callable[[dict], tuple]) -> dict[tuple, dict]:

@@ -10,6 +10,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from experiments import stats
 from experiments.analysis import frontier as fr
 from experiments.analysis import tolerance as tl
@@ -33,6 +35,11 @@ def colours(labels: list[str]) -> dict[str, Any]:
   """One colour per label, the same in every panel: tab10 for up to ten labels, tab20 beyond."""
   palette = plt_module().get_cmap("tab10" if len(labels) <= 10 else "tab20")
   return {lab: palette(i % palette.N) for i, lab in enumerate(labels)}
+
+
+def short_label(label: str) -> str:
+  """"300k/local@0.5/4e+12/T128" -> "300k/local@0.5": a run's size and training attention."""
+  return "/".join(label.split("/")[:2])
 
 
 def log_x(ax) -> None:
@@ -174,12 +181,10 @@ def plot_training(curves: dict[str, dict[str, Any]], path: Path,
   panel per budget, one line per run. Each line is a running mean over the last `window`
   logged points (fewer at the start): with a cycle of sequence lengths the logged loss jumps
   from record to record, and the mean shows the trend."""
-  import numpy as np
   budgets = sorted({c["budget"] for c in curves.values()})
   if not budgets:
     return None
-  arm = lambda label: "/".join(label.split("/")[:2])  # size/pattern: the budget is the panel
-  colour = colours(sorted({arm(c["label"]) for c in curves.values()}))
+  colour = colours(sorted({short_label(c["label"]) for c in curves.values()}))
   plt = plt_module()
   fig, axes = plt.subplots(1, len(budgets), figsize=(4.8 * len(budgets), 3.8), squeeze=False)
   for ax, budget in zip(axes[0], budgets):
@@ -189,7 +194,8 @@ def plot_training(curves: dict[str, dict[str, Any]], path: Path,
       total = np.concatenate([[0.0], np.cumsum(loss)])
       i = np.arange(1, len(loss) + 1)
       mean = (total[i] - total[np.maximum(i - window, 0)]) / np.minimum(i, window)
-      ax.plot(flops, mean, color=colour[arm(c["label"])], label=arm(c["label"]))
+      arm = short_label(c["label"])  # the budget is the panel's
+      ax.plot(flops, mean, color=colour[arm], label=arm)
     ax.set(title=f"training at {budget:.2g} FLOPs", xlabel="training FLOPs",
            ylabel=f"loss (running mean of {window} logs)")
     ax.legend(fontsize=6)

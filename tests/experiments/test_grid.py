@@ -283,9 +283,10 @@ def test_learning_rate_scales_as_one_over_width_when_asked():
 
 def test_committed_studies_keep_their_run_ids_and_trainer_configs():
   """The run ids hash the layout the first studies wrote, so the presets plan the committed
-  folders' runs again (smoke's, cpu's and h200's study.json; h100_3m on the h100 folder), and every committed
-  spec.json (written with the grid's own optimiser, `warmup_frac`) reads back to its folder's id
-  and to the trainer config its config.json holds: a rerun resumes those runs, not retrains."""
+  folders' runs again (smoke's, cpu's and h200's study.json; h100_3m on the h100 folder), and
+  every committed spec.json (written with the grid's own optimiser, `warmup_frac`) reads back to
+  its folder's id and to the trainer config its config.json holds: a rerun resumes those runs,
+  not retrains."""
   order = json.loads((STUDIES / "smoke" / "study.json").read_text())["run_order"]
   assert [s.run_id for s in study_lib.load_preset("smoke").runs()[0]] == order
   assert order[0] == "9bf01bdc513a"  # session 8's smoke (path-form chain_resolve)

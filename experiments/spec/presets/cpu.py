@@ -19,12 +19,12 @@ TASKS = ("niah_single(questions=4)", "niah_multikey(questions=4)",
          "chain_resolve(path=True, questions=2)", "common_words(questions=2)")
 
 GRID = Grid(
-    budgets=(8e12, 2.7e12, 1.6e13), sizes=("100k", "300k"), sparse_sizes=("300k",), sparsities=(0.0,),
-    patterns=("quest",), short_dense=True, select_block_q=1, seq_lens=(256,), batch_size=16,
-    vocab_size=128, tasks=TASKS, optim=OptimConfig(lr=3e-3, weight_decay=0.0), warmup_frac=0.05,
-    implementation="reference", block=4, sink=4, min_steps=200, short_len=64, short_frac=0.3,
-    long_lens=(64, 128, 256), long_every=25, model_overrides=(("conv_kernel", 4),),
-    data_source="device")
+    budgets=(8e12, 2.7e12, 1.6e13), sizes=("100k", "300k"), sparse_sizes=("300k",),
+    sparsities=(0.0,), patterns=("quest",), short_dense=True, select_block_q=1, seq_lens=(256,),
+    batch_size=16, vocab_size=128, tasks=TASKS, optim=OptimConfig(lr=3e-3, weight_decay=0.0),
+    warmup_frac=0.05, implementation="reference", block=4, sink=4, min_steps=200, short_len=64,
+    short_frac=0.3, long_lens=(64, 128, 256), long_every=25,
+    model_overrides=(("conv_kernel", 4),), data_source="device")
 
 # The sparse arms train their 64-token phase dense (the recipe's warm start), so 64 cannot also be
 # a length of their sparse cycle (train.config.validate): they cycle 128 and 256, as the
@@ -42,5 +42,6 @@ EVAL = EvalSpec(
     batch_size=64, selection_block=4, selection_queries=1)
 
 STUDY = Study(
-    name="cpu", grid=GRID, extra_grids=(SPARSE,), eval=EVAL, max_attempts=2, checkpoint_every=200, steps_per_call=25,
-    log_every=25, executor_options=(("workers", 2),), wandb="offline", tolerance_margin=0.03)
+    name="cpu", grid=GRID, extra_grids=(SPARSE,), eval=EVAL, max_attempts=2,
+    checkpoint_every=200, steps_per_call=25, log_every=25, executor_options=(("workers", 2),),
+    wandb="offline", tolerance_margin=0.03)
