@@ -5,8 +5,10 @@ JAX-free: the analysis layer reads study folders through this and `results` alon
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +20,14 @@ class DamagedFile(ValueError):
 
 def write_text(path: Path, text: str) -> None:
   """Atomic: a reader (status, another executor) never sees half a file, and a crash or a full
-  disk leaves the previous version, not a truncated one."""
+  disk leaves the previous version, not a truncated one. A path ending in .gz is written
+  gzipped (with no timestamp, so the same text gives the same bytes)."""
   path = Path(path)
   tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
   try:
-    with open(tmp, "w", newline="") as f:  # the text's own line ends (csv writes \r\n)
-      f.write(text)
+    with open(tmp, "wb") as f:  # the text's own line ends (csv writes \r\n)
+      data = text.encode()
+      f.write(gzip.compress(data, mtime=0) if path.suffix == ".gz" else data)
       f.flush()
       os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -32,8 +36,7 @@ def write_text(path: Path, text: str) -> None:
 
 
 def write_json(path: Path, obj: Any, *, compact: bool = False) -> None:
-  """Indented, or with `compact` on one line: a run's eval.json holds every question's outcome
-  (9.3 MB indented for an h200 run, 3.5 MB compact), and study folders travel to GPU machines."""
+  """Indented, or with `compact` on one line (gzipped where the path ends in .gz)."""
   write_text(path, json.dumps(obj, separators=(",", ":")) if compact else
              json.dumps(obj, indent=1))
 
@@ -41,11 +44,15 @@ def write_json(path: Path, obj: Any, *, compact: bool = False) -> None:
 def read_json(path: Path, default: Any = None, *, need: tuple[str, ...] = ()) -> Any:
   """The file's JSON, `default` if it does not exist; DamagedFile naming the path if it does
   but cannot be parsed, or is not an object holding the keys in `need`."""
+  path = Path(path)
   try:
-    d = json.loads(Path(path).read_text())
+    data = path.read_bytes()
+    d = json.loads(gzip.decompress(data) if path.suffix == ".gz" else data)
   except FileNotFoundError:
     return default
-  except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+  # JSONDecodeError is a ValueError; a cut gzip stream raises EOFError, a garbled one
+  # BadGzipFile or zlib.error
+  except (ValueError, UnicodeDecodeError, EOFError, gzip.BadGzipFile, zlib.error) as e:
     raise DamagedFile(f"{path}: unreadable ({type(e).__name__}: {e})") from None
   if need and not (isinstance(d, dict) and all(k in d for k in need)):
     raise DamagedFile(f"{path}: not the expected record (needs keys {list(need)})")

@@ -131,7 +131,7 @@ def _run_job(run_dir: Path, trainer: Trainer | None, loader: Loader | None,
   spec = store.load_spec(run_dir)
   trainer, loader = trainer or real_trainer, loader or trained_model
   # On a pod every process runs this same code (training and loading are collective); only
-  # process 0 writes job.json, eval.json and W&B.
+  # process 0 writes job.json, eval.json.gz and W&B.
   before = store.job_record(run_dir)
   rec = store.update(run_dir, state="running", attempts=before.get("attempts", 0) + 1,
                 host=os.uname().nodename, pid=os.getpid(), started=time.time(), error=None,
@@ -162,7 +162,7 @@ def _run_job(run_dir: Path, trainer: Trainer | None, loader: Loader | None,
       rows = eval_lib.evaluate(forward, spec.model, study.eval, spec.model.vocab_size,
                                timings=timings)
     if store.is_primary():
-      write_json(run_dir / "eval.json", {"eval_key": study.eval.key, "rows": rows}, compact=True)
+      write_json(run_dir / store.EVAL_FILE, {"eval_key": study.eval.key, "rows": rows}, compact=True)
       log(f"  evaluated {spec.label} in {time.time() - t1:.0f}s")
       if study.wandb != "disabled":
         tracking.model_run(study, spec, run_dir, rows)

@@ -6,10 +6,10 @@ A study folder `out/`:
   runs/<run_id>/job.json     the sweep's record: state, attempts, last error, eval key
   runs/<run_id>/.job.lock    held (flock) by the process running this run's job
   runs/<run_id>/...          the trainer's outputs (config.json, status.json, metrics.jsonl,
-                             checkpoints/) and eval.json (this run's evaluation rows)
+                             checkpoints/) and eval.json.gz (this run's evaluation rows)
   results.csv                one row per run × eval setting × task (finished runs only)
 
-A run is *done* when its eval.json holds the study's current eval settings.
+A run is *done* when its eval.json.gz holds the study's current eval settings.
 """
 
 from __future__ import annotations
@@ -25,6 +25,9 @@ from experiments.runs.files import DamagedFile, read_json, readable, write_json
 from experiments.spec import study as study_lib
 from experiments.spec.grid import RunSpec, spec_from_dict
 
+# Every question's outcome of every eval setting: 3.5 MB of JSON for an h200 run, ~0.1 MB
+# gzipped, and study folders travel to GPU machines (64 MiB a call) and into git.
+EVAL_FILE = "eval.json.gz"
 STATES = ("pending", "running", "preempted", "failed", "done")
 # status_rows' live reading of a "running" record whose process is gone (the next sweep
 # resumes it); never written to job.json.
@@ -123,7 +126,7 @@ def state(run_dir: Path, eval_key: str | None = None) -> str:
   """pending / running / preempted / failed / done (done = evaluated with `eval_key`)."""
   rec = job_record(run_dir)
   if rec["state"] == "done" and eval_key is not None:
-    ev = readable(Path(run_dir) / "eval.json", need=("eval_key", "rows"))
+    ev = readable(Path(run_dir) / EVAL_FILE, need=("eval_key", "rows"))
     if ev is None or ev.get("eval_key") != eval_key:
       return "pending"  # trained, but evaluated with other settings (or unreadably): again
   return rec["state"] if rec["state"] in STATES else "failed"
@@ -149,7 +152,7 @@ def damaged_files(out: Path) -> list[str]:
     for name, need, then in (
         ("spec.json", ("run_id",), "the run is left out until a sweep rewrites it"),
         ("job.json", ("state",), "the run counts as failed and is tried again"),
-        ("eval.json", ("eval_key", "rows"), "the run is evaluated again"),
+        (EVAL_FILE, ("eval_key", "rows"), "the run is evaluated again"),
         ("status.json", (), "ignored (the trainer rewrites it)")):
       try:
         read_json(d / name, need=need)

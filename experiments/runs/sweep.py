@@ -177,7 +177,7 @@ def result_rows(out: Path) -> list[dict[str, Any]]:
                 train_sparsity_block=train_stats["block"], budget=spec.budget, steps=spec.steps,
                 train_flops=spec.train_flops, flops_residual=spec.flops_residual,
                 train_flops_per_token=spec.flops_per_token, train_seq_len=spec.seq_len)
-    for r in read_json(d / "eval.json")["rows"]:
+    for r in read_json(d / store.EVAL_FILE)["rows"]:
       row = {**base, **r}
       if row.get("correct") is not None:
         row.setdefault("context", list(range(len(row["correct"]))))
@@ -190,7 +190,7 @@ def result_rows(out: Path) -> list[dict[str, Any]]:
 
 def collect(out: Path) -> Path:
   """Writes out/results.csv and out/outcomes.npz (the rows' per-question outcomes) from the
-  done runs' eval.json files; returns the results.csv path."""
+  done runs' eval.json.gz files; returns the results.csv path."""
   rows = result_rows(out)
   results.write_outcomes(Path(out) / results.OUTCOMES, rows)
   return results.write(Path(out) / "results.csv", rows)

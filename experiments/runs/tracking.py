@@ -48,7 +48,7 @@ def backfill(study, out: Path, mode: str) -> list[str]:
   for d in store.run_dirs(out):
     if store.state(d, study.eval.key) != "done" or store.job_record(d).get("wandb"):
       continue
-    model_run(study, store.load_spec(d), d, read_json(d / "eval.json")["rows"], mode=mode,
+    model_run(study, store.load_spec(d), d, read_json(d / store.EVAL_FILE)["rows"], mode=mode,
               history=read_metrics(d))
     store.update(d, wandb=mode)
     logged.append(d.name)

@@ -171,7 +171,7 @@ def test_damaged_job_eval_and_status_files_are_named_and_their_runs_redone(tmp_p
   dirs = store.plan(study, tmp_path)
   _sweep(study, tmp_path, Fake())
   good = (tmp_path / "results.csv").read_bytes()
-  job, ev, st = dirs[0] / "job.json", dirs[1] / "eval.json", dirs[2] / "status.json"
+  job, ev, st = dirs[0] / "job.json", dirs[1] / store.EVAL_FILE, dirs[2] / "status.json"
   job.write_text(job.read_text()[:25])  # cut mid-write by an old non-atomic writer / full disk
   ev.write_bytes(b"\x00\xff garbage")
   st.write_text('{"status": "fini')
@@ -190,7 +190,7 @@ def test_damaged_job_eval_and_status_files_are_named_and_their_runs_redone(tmp_p
   assert any(str(job) in line for line in log) and any(str(ev) in line for line in log)
   assert len(by_state["done"]) == 3 and fake.calls == {dirs[0].name: 1, dirs[1].name: 1}
   assert (tmp_path / "results.csv").read_bytes() == good
-  # job.json and eval.json were rewritten whole; the done run's status.json stays named
+  # job.json and eval.json.gz were rewritten whole; the done run's status.json stays named
   assert [n.split(":")[0] for n in store.damaged_files(tmp_path)] == [str(st)]
   # A record of the wrong shape is damaged too, not a KeyError.
   job.write_text("[]")
