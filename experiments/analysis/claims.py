@@ -343,14 +343,16 @@ def claim_c(points: list[dict[str, Any]], match: str) -> tuple[Claim, list[dict[
   if not comps:
     findings.append(Finding(tag, "all budgets", ACC,
                             untestable="no model evaluated natively at its training length"))
-  gaps = [(c["budget"], list(c["per_category"].values())) for c in comps if c["per_category"]]
-  tr = isoflop.trend(gaps)
+  trends = {cat: isoflop.trend(g) for cat, g in isoflop.category_gaps(comps).items()}
   text = ("at equal training FLOPs, the best sparse-trained model beats the best dense one"
           if match == "training" else
           "at equal inference FLOPs per token, a larger model run sparse beats the best dense "
           "one")
-  note = f"Trend of the gap over budgets: {tr['why']}."
-  return verdict("c", text, decide(findings), note), comps, tr
+  note = ("Trend of the gap over budgets, per category (budgets where both models are within "
+          f"{isoflop.CEILING:g} of perfect left out): "
+          + ("; ".join(f"{cat}: {tr['why']}" for cat, tr in trends.items()) or "no comparison")
+          + ".")
+  return verdict("c", text, decide(findings), note), comps, trends
 
 
 # ------------------------------------------------------------------------------- markdown
@@ -376,7 +378,8 @@ def findings_table(claims: list[Claim], table: Callable[..., str]) -> str:
                 "p for (Holm)", "p against (Holm)", "p rare (Holm)", "verdict", "why"], rows)
 
 
-def markdown(verdicts: list[Claim], c_train: tuple[list, dict], c_inf: tuple[list, dict],
+def markdown(verdicts: list[Claim], c_train: tuple[list, dict[str, dict]],
+             c_inf: tuple[list, dict[str, dict]],
              paired: bool, table: Callable[..., str]) -> list[str]:
   """The claims' comparisons in full, the (c) pairs per budget and the trends."""
   md = ["## The claims in detail", "",
@@ -404,7 +407,8 @@ def markdown(verdicts: list[Claim], c_train: tuple[list, dict], c_inf: tuple[lis
   arms = {"equal training FLOPs": ("the best sparse-trained model", "best sparse-trained"),
           "equal inference FLOPs": ("the best larger model run sparse (its own accuracy "
                                     "picks it)", "larger model run sparse")}
-  for title, (comps, tr) in (("equal training FLOPs", c_train), ("equal inference FLOPs", c_inf)):
+  for title, (comps, trends) in (("equal training FLOPs", c_train),
+                                 ("equal inference FLOPs", c_inf)):
     what, column = arms[title]
     md += ["", f"**(c) at {title}**: per budget, the best dense model and {what}", ""]
     rows = []
@@ -419,12 +423,16 @@ def markdown(verdicts: list[Claim], c_train: tuple[list, dict], c_inf: tuple[lis
     md.append(table(["budget", "best dense", "pooled acc", column, "pooled acc",
                      "sparse eval setting", "inference FLOPs/tok sparse vs dense", "note"], rows)
               if rows else "No budget with models evaluated at their training length.")
-    if tr["gap"] is not None:
-      md += ["", "Gap (sparse − dense, mean over categories) per budget: " + ", ".join(
-          f"{b:.2g}: {g:+.3f}" for b, g in zip(tr["budgets"], tr["gap"]))
-          + f"; slope {tr['slope']:+.3g} per decade [{tr['slope_ci'][0]:+.3g}, "
-          f"{tr['slope_ci'][1]:+.3g}]."]
-    md += ["", f"Where the trend points: {tr['why']}."]
+    if not trends:
+      md += ["", "Where the trend points: no budget has a comparison."]
+      continue
+    md += ["", f"Where the trend points, per category (gap sparse − dense per budget; budgets "
+           f"where both models are within {isoflop.CEILING:g} of perfect left out):", ""]
+    for cat, tr in trends.items():
+      gaps = ", ".join(f"{b:.2g}: {g:+.3f}" for b, g in zip(tr["budgets"], tr["gap"]))
+      slope = (f"; slope {tr['slope']:+.3g} per decade [{tr['slope_ci'][0]:+.3g}, "
+               f"{tr['slope_ci'][1]:+.3g}]" if tr["slope"] is not None else "")
+      md.append(f"- {cat}: {gaps or 'no budget below the ceiling'}{slope}. {tr['why']}.")
   return md
 
 

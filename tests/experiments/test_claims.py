@@ -344,7 +344,9 @@ def test_claim_c_paired_by_question_and_the_crossing_within_the_grid():
   """The sparse model's gap grows by 0.1 a decade: -0.1, 0, +0.1; its gap crosses zero at the
   middle budget, inside the grid; the first budget refutes, the last reproduces: mixed."""
   pts = _points(_study((-40, 0, 40)))
-  claim, comps, tr = claims.claim_c(pts, "training")
+  claim, comps, trends = claims.claim_c(pts, "training")
+  assert list(trends) == ["multihop", "retrieval"] and trends["multihop"] == trends["retrieval"]
+  tr = trends["retrieval"]
   assert [c["dense"]["label"] for c in comps] == [f"1m/dense/{b:g}" for b in (1e15, 1e16, 1e17)]
   assert all(f.test == compare.PAIRED for f in claim.findings)
   assert [f.verdict for f in claim.findings] == [claims.REFUTED] * 2 + \
@@ -354,24 +356,51 @@ def test_claim_c_paired_by_question_and_the_crossing_within_the_grid():
   assert tr["within"] and tr["crossing_ci"][0] < 16 < tr["crossing_ci"][1]
   assert "gap 0 at 10^16.00" in tr["why"] and "ahead above it" in tr["why"]
   # the crossing's interval is reproducible (fixed seed)
-  assert isoflop.trend([(c["budget"], list(c["per_category"].values())) for c in comps]) == tr
+  assert isoflop.trend([(c["budget"], [c["per_category"]["retrieval"]]) for c in comps]) == tr
 
 
 def test_claim_c_crossing_outside_the_grid_and_too_few_budgets():
   """-0.3, -0.2, -0.1: the gap would close a decade past the largest budget."""
-  claim, _, tr = claims.claim_c(_points(_study((-120, -80, -40))), "training")
+  claim, _, trends = claims.claim_c(_points(_study((-120, -80, -40))), "training")
+  tr = trends["retrieval"]
   assert claim.verdict == claims.REFUTED
   assert tr["located"] and not tr["within"] and "not within the grid" in tr["why"]
   assert tr["crossing"] == pytest.approx(18.0)
   _, _, two = claims.claim_c(_points(_study((-40, 40), budgets=(1e15, 1e16))), "training")
-  assert two["gap"] is None and "needs >= 3 training budgets" in two["why"]
+  two = two["retrieval"]
+  assert two["gap"] == pytest.approx([-0.1, 0.1]) and two["slope"] is None
+  assert "needs >= 3 training budgets" in two["why"]
   # a flat gap: no trend to extrapolate
   _, _, flat = claims.claim_c(_points(_study((-40, -40, -40))), "training")
-  assert not flat["located"] and "spans zero" in flat["why"]
+  assert not flat["retrieval"]["located"] and "spans zero" in flat["retrieval"]["why"]
+
+
+def test_claim_c_trend_per_category_leaves_out_ties_at_the_ceiling():
+  """Multi-hop's gap closes 0.1 a decade (-0.3, -0.2, -0.1). Retrieval's is -0.3, -0.2 and then
+  both models answer everything: that tie is the ceiling's, so retrieval's trend has two
+  budgets (none to fit), where a mean over the categories would have read -0.3, -0.2, -0.05
+  and put the crossing too early."""
+  rows, n = [], 400
+  for budget, gain in zip((1e15, 1e16, 1e17), (-120, -80, -40)):
+    base = _dense_right(n // 2, n)
+    top = budget == 1e17
+    dense = {"retrieval": np.ones(n, int) if top else base, "multihop": base}
+    sparse = {"retrieval": np.ones(n, int) if top else _shifted(base, gain),
+              "multihop": _shifted(base, gain)}
+    rows += _model_rows(f"1m/dense/{budget:g}", 1e6, budget, dense)
+    rows += _model_rows(f"4m/local/{budget:g}", 4e6, budget, sparse, sparse=True)
+  claim, comps, trends = claims.claim_c(_points(rows), "training")
+  assert isoflop.at_ceiling(*comps[2]["per_category"]["retrieval"])
+  assert not isoflop.at_ceiling(*comps[2]["per_category"]["multihop"])
+  assert trends["retrieval"]["budgets"] == [1e15, 1e16]
+  assert "needs >= 3 training budgets" in trends["retrieval"]["why"]
+  assert trends["multihop"]["crossing"] == pytest.approx(18.0)
+  assert "retrieval: not resolvable here" in claim.note and "multihop: not within" in claim.note
 
 
 def test_claim_c_without_outcomes_is_unpaired():
-  claim, _, tr = claims.claim_c(_points(_study((-40, 0, 40)), paired=False), "training")
+  claim, _, trends = claims.claim_c(_points(_study((-40, 0, 40)), paired=False), "training")
+  tr = trends["retrieval"]
   assert all(f.test == compare.WELCH for f in claim.findings)
   assert tr["slope"] == pytest.approx(0.1) and tr["slope_ci"][0] > 0
 
