@@ -64,14 +64,19 @@ def main() -> None:
   ap.add_argument("--timeout", type=float, default=120.0, help="seconds per test")
   a = ap.parse_args()
   a.out.mkdir(parents=True, exist_ok=True)
-  results = [run_one(t, a.timeout) for t in collect(a.expr)]
-  (a.out / "mosaic_gpu_cases.json").write_text(json.dumps(results, indent=1))
-  rows = ["| test | verdict | s | first error |", "|---|---|---|---|"]
-  for r in results:
+  tests = collect(a.expr)
+  print(f"{len(tests)} cases", flush=True)
+  results, rows = [], ["| test | verdict | s | first error |", "|---|---|---|---|"]
+  # Written after every case: a call stopped at its limit (session 17 lost a 110 s call that
+  # wrote only at the end) still brings back the cases it finished.
+  for t in tests:
+    r = run_one(t, a.timeout)
+    results.append(r)
     first = (r["errors"] or [""])[0].replace("|", "/")[:160]
     rows.append(f"| `{r['test'].split('::')[-1]}` | {r['verdict']} | {r['seconds']} | {first} |")
-  (a.out / "mosaic_gpu_cases.md").write_text("\n".join(rows) + "\n")
-  print("\n".join(rows))
+    print(rows[-1], flush=True)
+    (a.out / "mosaic_gpu_cases.json").write_text(json.dumps(results, indent=1))
+    (a.out / "mosaic_gpu_cases.md").write_text("\n".join(rows) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,22 @@
+# One piece of a study on a lent GPU machine, its run records always brought back:
+#   bash benchmarks/study_piece.sh PRESET STUDY_DIR SECONDS RUN...     (from the repository root)
+# trains/evaluates RUN... (run ids, labels or label prefixes) two side by side, stops cleanly
+# after SECONDS (the trainer saves; the next piece resumes), and writes $OUT/<study>.tgz: the
+# study folder without checkpoints (too large to come back) whatever happened, since the next
+# call's copy of the working tree deletes every run record that did not come back (session 17
+# lost two trained 3m runs that way). Here: `tar -C studies -xzf FILES_AT/<study>.tgz`, then
+# commit, before the next call. Needs .whl/ carried (benchmarks/device_env.sh).
+[ $# -ge 4 ] || { echo "usage: bash benchmarks/study_piece.sh PRESET STUDY_DIR SECONDS RUN..." >&2; exit 2; }
+preset=$1 dir=${2%/} secs=$3; shift 3
+[ -d "$dir" ] || [ ! -e "$dir" ] || { echo "study_piece: $dir is not a folder" >&2; exit 2; }
+[ -n "${OUT:-}" ] || { echo "study_piece: OUT is unset (run it through the device tool)" >&2; exit 2; }
+bring_back() {
+  tar -C "$(dirname "$dir")" -czf "$OUT/$(basename "$dir").tgz" --exclude .jax_cache \
+    --exclude checkpoints "$(basename "$dir")" && ls -l "$OUT"
+}
+trap bring_back EXIT
+. benchmarks/device_env.sh || exit 1
+timeout -s TERM -k 30 "$secs" python3 -m experiments run --preset "$preset" --out "$dir" \
+  --no-report --wandb disabled --workers 2 --runs-per-device 2 --only "$@" 2>&1 \
+  | grep -v -E 'cuda_timer|slow_operation_alarm|^\s*$'
+python3 -m experiments status "$dir"
