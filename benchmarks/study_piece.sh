@@ -13,6 +13,9 @@ preset=$1 dir=${2%/} secs=$3; shift 3
 bring_back() {
   tar -C "$(dirname "$dir")" -czf "$OUT/$(basename "$dir").tgz" --exclude .jax_cache \
     --exclude checkpoints "$(basename "$dir")" && ls -l "$OUT"
+  # Whether the compilation cache could travel between sessions (a size's evaluation programs
+  # are the same at every budget): its size, for the next plan.
+  du -sh "${JAX_COMPILATION_CACHE_DIR:-/tmp/jax_cache}" 2>/dev/null
 }
 trap bring_back EXIT
 . benchmarks/device_env.sh || exit 1
