@@ -39,7 +39,12 @@ from sparse_ops.layout import BlockLayout
 _LOG2E = math.log2(math.e)
 _NEG = -0.7 * float(np.finfo(np.float32).max)  # finite "-inf", as in the Triton kernel
 TQ = 64  # q rows per program: one wgmma M tile per compute warpgroup
-_HEAD = 4  # list row: [partial count, full count, pad, pad, indices...] (16-byte TMA rows)
+_HEAD = 4  # list row: [partial count, full count, pad, pad, indices...]
+# Rows padded to 32 ints (128 bytes): the dK/dV pass copies a GQA group's rows into one shared
+# buffer, row g at g · width · 4 bytes, and a TMA copy's shared-memory destination must be
+# 128-byte aligned (with 16-byte rows, g = 1 would not be: a candidate for the
+# CUDA_ERROR_MISALIGNED_ADDRESS of the first real lowering, not yet confirmed on a GPU).
+_ROW_ALIGN = 32
 
 
 def list_rows(layout: BlockLayout, num_q_heads: int, batch: int, *,
@@ -47,7 +52,7 @@ def list_rows(layout: BlockLayout, num_q_heads: int, batch: int, *,
   """The forward lists (or with `transposed` the q-block lists of each kv-block) as one int32
   row per (batch, q-head, block): [partial count, full count, 0, 0, partial indices..., full
   indices..., 0...] (partial first, so the kernel masks a prefix of its steps), padded to a
-  multiple of 4 ints (TMA copies whole 16-byte units)."""
+  multiple of `_ROW_ALIGN` ints."""
   if transposed:
     pc, pi = layout.q_num_blocks, layout.q_indices
     fc, fi = layout.full_q_num_blocks, layout.full_q_indices
@@ -61,7 +66,7 @@ def list_rows(layout: BlockLayout, num_q_heads: int, batch: int, *,
                              else jnp.zeros_like(at))
   merged = jnp.where(j < pc[..., None], take(pi, j, ps),
                      jnp.where(j < (pc + fc)[..., None], take(fi, j - pc[..., None], fs), 0))
-  width = -(-(_HEAD + ps + fs) // 4) * 4
+  width = -(-(_HEAD + ps + fs) // _ROW_ALIGN) * _ROW_ALIGN
   rows = jnp.concatenate([pc[..., None], fc[..., None], jnp.zeros((bl, hl, nq, 2), pc.dtype),
                           merged.astype(pc.dtype),
                           jnp.zeros((bl, hl, nq, width - _HEAD - ps - fs), pc.dtype)], -1)
