@@ -199,8 +199,8 @@ def write(out: Path, rows: list[dict[str, Any]], status: list[dict[str, Any]], *
   fit = fr.loglinear_fit([p["params"] for p in fit_pts], [p["eval_length"] for p in fit_pts],
                          [1 / (1 - min(p["eval_sparsity"], 0.999)) for p in fit_pts],
                          [1 - p["arm"].mean for p in fit_pts]) if len(fit_pts) >= 8 else None
-  c_train, c_train_comps, c_train_trend = claims.claim_c(points, "training")
-  c_inf, c_inf_comps, c_inf_trend = claims.claim_c(points, "inference")
+  c_train, c_train_comps, c_train_trends = claims.claim_c(points, "training")
+  c_inf, c_inf_comps, c_inf_trends = claims.claim_c(points, "inference")
   verdicts = [claims.claim_a(tol), claims.claim_b(tol, _length_note(fit)), c_train, c_inf,
               claims.claim_d(tol)]
   models = isoflop.models(points)
@@ -258,8 +258,8 @@ def write(out: Path, rows: list[dict[str, Any]], status: list[dict[str, Any]], *
         for s in skipped)]
 
   md += ["", *statistics(points, joined, len(rows))]
-  md += ["", *claims.markdown(verdicts, (c_train_comps, c_train_trend),
-                             (c_inf_comps, c_inf_trend), joined > 0, _table)]
+  md += ["", *claims.markdown(verdicts, (c_train_comps, c_train_trends),
+                             (c_inf_comps, c_inf_trends), joined > 0, _table)]
   md += ["", *isoflop.markdown(models, optimal, _table)]
   md += ["", "## Does a larger sparse model beat a smaller dense one at equal compute?", "",
          f"Test: one-sided {compare.WELCH} on per-question exact match (two models: unpaired), "
