@@ -10,7 +10,8 @@ doubling) of cells that differ in one thing only — the category, the length, t
 test the median difference with the exact sign test across the cells (ties dropped), with the
 distribution-free interval of the median. (c) compares the best sparse and the best dense model
 of each training budget per category (`isoflop.difference`: paired by question, the models
-being scored on the same examples), and fits the gap across budgets (`isoflop.trend`).
+being scored on the same examples), and fits each category's gap across budgets
+(`isoflop.trend`), leaving out ties at the ceiling (`isoflop.category_gaps`).
 
 Each claim is a family: its comparisons, each tested both ways, Holm-adjusted together. A
 comparison is "reproduced" when the claimed direction is significant, "refuted" when the

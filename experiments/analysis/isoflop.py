@@ -158,9 +158,11 @@ def at_ceiling(a: dict[str, Any], b: dict[str, Any]) -> bool:
   return min(a["arm"].mean, b["arm"].mean) >= 1 - CEILING
 
 
-def category_gaps(comps: list[dict[str, Any]]
-                  ) -> dict[str, list[tuple[float, list[tuple[dict[str, Any], dict[str, Any]]]]]]:
-  """Per category, the (budget, [(sparse, dense)]) gaps `trend` fits, leaving out the budgets
+Pair = tuple[dict[str, Any], dict[str, Any]]  # (sparse point, dense point) of one category
+
+
+def category_gaps(comps: list[dict[str, Any]]) -> dict[str, list[tuple[float, Pair]]]:
+  """Per category, the (budget, (sparse, dense)) gaps `trend` fits, leaving out the budgets
   where both are at the ceiling. Categories are fitted apart: their gaps close at different
   rates, and a mean over them moves when one reaches the ceiling."""
   out: dict[str, list] = {}
@@ -168,7 +170,7 @@ def category_gaps(comps: list[dict[str, Any]]
     for cat, pair in sorted((c.get("per_category") or {}).items()):
       out.setdefault(cat, [])
       if not at_ceiling(*pair):
-        out[cat].append((c["budget"], [pair]))
+        out[cat].append((c["budget"], pair))
   return out
 
 
@@ -185,17 +187,16 @@ def _resample_difference(rng, a: dict[str, Any], b: dict[str, Any], n: int) -> n
   return draw(a["arm"]) - draw(b["arm"])
 
 
-def trend(gaps: list[tuple[float, list[tuple[dict[str, Any], dict[str, Any]]]]],
-          resamples: int = RESAMPLES, seed: int = SEED) -> dict[str, Any]:
+def trend(gaps: list[tuple[float, Pair]], resamples: int = RESAMPLES,
+          seed: int = SEED) -> dict[str, Any]:
   """Where a gap (sparse - dense) points across budgets. `gaps`: per budget, the (sparse,
-  dense) point pairs of its categories; the budget's gap is their mean (each category counts
-  once). Least squares of gap on log10(budget); the crossing (gap 0) at x* = mean(x) -
+  dense) points of one category (`category_gaps`). Least squares of gap on log10(budget); the crossing (gap 0) at x* = mean(x) -
   mean(gap) / slope. Intervals: percentile bootstrap, contexts resampled per pair (fixed seed).
   The crossing is "within the grid" only where it and its interval lie inside the budgets'
   range; no crossing is located where the slope's interval spans zero."""
   gaps = sorted(gaps, key=lambda g: g[0])
   x = np.log10([g[0] for g in gaps])
-  y = np.array([np.mean([a["arm"].mean - b["arm"].mean for a, b in pairs]) for _, pairs in gaps])
+  y = np.array([s["arm"].mean - d["arm"].mean for _, (s, d) in gaps])
   out = dict(budgets=[g[0] for g in gaps], gap=y.tolist(), slope=None, slope_ci=None,
              crossing=None, crossing_ci=None, within=False, located=False, why="")
   if len(gaps) < MIN_BUDGETS:
@@ -203,8 +204,7 @@ def trend(gaps: list[tuple[float, list[tuple[dict[str, Any], dict[str, Any]]]]],
                   f"comparison to fit a trend, the study has {len(gaps)}")
     return out
   rng = np.random.default_rng(seed)
-  ys = np.stack([np.mean([_resample_difference(rng, a, b, resamples) for a, b in pairs], 0)
-                 for _, pairs in gaps], 1)  # [B, K]
+  ys = np.stack([_resample_difference(rng, s, d, resamples) for _, (s, d) in gaps], 1)  # [B, K]
 
   def fit(yy):
     xc = x - x.mean()

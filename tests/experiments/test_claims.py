@@ -356,7 +356,7 @@ def test_claim_c_paired_by_question_and_the_crossing_within_the_grid():
   assert tr["within"] and tr["crossing_ci"][0] < 16 < tr["crossing_ci"][1]
   assert "gap 0 at 10^16.00" in tr["why"] and "ahead above it" in tr["why"]
   # the crossing's interval is reproducible (fixed seed)
-  assert isoflop.trend([(c["budget"], [c["per_category"]["retrieval"]]) for c in comps]) == tr
+  assert isoflop.trend([(c["budget"], c["per_category"]["retrieval"]) for c in comps]) == tr
 
 
 def test_claim_c_crossing_outside_the_grid_and_too_few_budgets():
