@@ -139,25 +139,32 @@ class AttentionConfig:
     block_q, block_kv = self.blocks(seq_len)
     return (1 if self.per_query else block_q), block_kv
 
-  def _selection_args(self, seq_len: int) -> dict:
-    """What selecting and counting share, so the FLOPs counted are those of what runs."""
+  def _selection_args(self, seq_len: int, budget_value=None) -> dict:
+    """What selecting and counting share, so the FLOPs counted are those of what runs.
+    `budget_value` (a jax scalar, may be traced): the budget's value instead of the config's,
+    same kind (`so.Budget.traced`)."""
     block_q, block_kv = self.selection_blocks(seq_len)
-    return dict(block_q=block_q, block_kv=block_kv, budget=self.selection_budget(),
+    budget = self.selection_budget()
+    if budget_value is not None:
+      budget = budget.traced(budget_value)
+    return dict(block_q=block_q, block_kv=block_kv, budget=budget,
                 sink_blocks=-(-self.sink // block_kv))
 
-  def select(self, q, k, dense_before=None) -> so.BlockLayout:
-    """The layout a content-based pattern picks from q [B, T, Hq, D] and k [B, T, Hkv, D]."""
-    args = self._selection_args(q.shape[1])
+  def select(self, q, k, dense_before=None, budget_value=None) -> so.BlockLayout:
+    """The layout a content-based pattern picks from q [B, T, Hq, D] and k [B, T, Hkv, D]
+    (`budget_value`: see `_selection_args`)."""
+    args = self._selection_args(q.shape[1], budget_value)
     if self.per_query:  # the same selection, laid out in the kernel's q-blocks
       args["block_q"] = self.blocks(q.shape[1])[0]
     return so.select_blocks(q, k, scoring=CONTENT_PATTERNS[self.pattern],
                             dense_before=dense_before, per_query=self.per_query, **args)
 
-  def select_mask(self, q, k, dense_before=None) -> jax.Array:
+  def select_mask(self, q, k, dense_before=None, budget_value=None) -> jax.Array:
     """The kept-block booleans [B, Hkv, nq, nk] behind `select` (`so.select_block_mask`), per
     selection block (nq = T when `per_query`)."""
     return so.select_block_mask(q, k, scoring=CONTENT_PATTERNS[self.pattern],
-                                dense_before=dense_before, **self._selection_args(q.shape[1]))
+                                dense_before=dense_before,
+                                **self._selection_args(q.shape[1], budget_value))
 
   def counted(self, seq_len: int,
               dense_before: int | None = None) -> so.masks.Mask | so.flops.Selected:

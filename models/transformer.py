@@ -60,28 +60,29 @@ class Attention(nnx.Module):
     self.wo_hed = _normal(rngs, (h, e, d), (h * e * 2 * cfg.depth) ** -0.5)
 
   def __call__(self, x_btd: jax.Array, layout, implementation: str | None):
-    """`layout`: a BlockLayout, or (content-based AttentionConfig, dense_before, decode_rows)
-    to select one (see `Transformer.__call__`)."""
+    """`layout`: a BlockLayout, or (content-based AttentionConfig, dense_before, decode_rows,
+    budget_value) to select one (see `Transformer.__call__`)."""
     q = rope(jnp.einsum("btd,dhe->bthe", x_btd, self.wq_dhe[...]), self.cfg.rope_base)
     k = rope(jnp.einsum("bsd,dke->bske", x_btd, self.wk_dke[...]), self.cfg.rope_base)
     v = jnp.einsum("bsd,dke->bske", x_btd, self.wv_dke[...])
     if isinstance(layout, tuple):  # content-based: this layer's own blocks from its q and k
-      attention, dense_before, decode_rows = layout
+      attention, dense_before, decode_rows, budget_value = layout
       if dense_before is not None:
-        out_bthe = decode_attention(attention, q, k, v, dense_before, decode_rows, implementation)
+        out_bthe = decode_attention(attention, q, k, v, dense_before, decode_rows, implementation,
+                                    budget_value)
         return jnp.einsum("bthe,hed->btd", out_bthe, self.wo_hed[...])
-      layout = attention.select(q, k)
+      layout = attention.select(q, k, budget_value=budget_value)
     out_bthe = so.attention(q, k, v, layout=layout, implementation=implementation)
     return jnp.einsum("bthe,hed->btd", out_bthe, self.wo_hed[...])
 
 
 def decode_keep(attention: AttentionConfig, q: jax.Array, k: jax.Array,
-                dense_before) -> jax.Array:
+                dense_before, budget_value=None) -> jax.Array:
   """Kept-block booleans [B, Hkv, nq, nk] (nq = T when selecting per query) of a content pattern
   in the decode phase: the blocks `attention.select(q, k, dense_before)` would lay out (q-blocks
   holding a query before `dense_before` keep every causal block), so `selection_counts` counts
   what runs."""
-  return attention.select_mask(q, k, dense_before)
+  return attention.select_mask(q, k, dense_before, budget_value)
 
 
 def decode_allowed(keep: jax.Array, first: int, t: int, block_q: int,
@@ -94,7 +95,7 @@ def decode_allowed(keep: jax.Array, first: int, t: int, block_q: int,
 
 
 def decode_attention(attention: AttentionConfig, q, k, v, dense_before, decode_rows,
-                     implementation: str | None) -> jax.Array:
+                     implementation: str | None, budget_value=None) -> jax.Array:
   """Decode-phase content attention: rows before `dense_before` dense causal, later rows their
   selected blocks ∩ causal (exactly `select_blocks(..., dense_before=)`'s layout).
 
@@ -121,7 +122,7 @@ def decode_attention(attention: AttentionConfig, q, k, v, dense_before, decode_r
   if rows == 0:
     return poison(out)
   block_q, block_kv = attention.selection_blocks(t)
-  keep = decode_keep(attention, q, k, dense_before)
+  keep = decode_keep(attention, q, k, dense_before, budget_value)
   allowed = decode_allowed(keep, first, t, block_q, block_kv)[:, :, None]  # [B, Hkv, 1, R, T]
   # The reference math (f32, HIGHEST) over the R tail rows only: an [B, Hq, R, T] slab.
   tail = reference.masked(q[:, first:], k, v, allowed, d ** -0.5)
@@ -206,7 +207,8 @@ class Transformer(nnx.Module):
   def __call__(self, tokens_bt: jax.Array,
                attention: AttentionConfig | so.masks.Mask | None = None,
                dense_before: jax.Array | int | None = None,
-               decode_rows: int | None = None, return_hidden: bool = False):
+               decode_rows: int | None = None, return_hidden: bool = False,
+               budget_value: jax.Array | None = None):
     """`attention` overrides the config's pattern (e.g. evaluating at another sparsity).
 
     `dense_before` (content-based patterns only; scalar or [B]): queries before this position
@@ -214,6 +216,10 @@ class Transformer(nnx.Module):
     `decode_rows` (with `dense_before`): a static bound on T - dense_before, the rows the sparse
     tail computes; needed to keep that O(R·T) when `dense_before` is traced. A bound before
     T - decode_rows raises, or makes the output NaN if it is traced.
+
+    `budget_value` (content-based patterns only; a jax scalar, may be traced): the selection
+    budget's value in place of the config's, same kind (`sparse_ops.Budget.traced`): one
+    compiled program serves every value, and selects exactly what the constant would.
 
     `return_hidden`: return (logits, hidden [depth + 1, B, T, d]) from the same pass instead of
     the logits alone: entry i < depth is the residual stream after block i, entry depth the
@@ -228,11 +234,14 @@ class Transformer(nnx.Module):
     else:
       attention.validate(t)
       impl = attention.implementation
-      layout = ((attention, dense_before, decode_rows) if attention.is_content
+      layout = ((attention, dense_before, decode_rows, budget_value) if attention.is_content
                 else attention.layout(t))
     if dense_before is not None and not isinstance(layout, tuple):
       raise ValueError("dense_before applies to content-based patterns; for static ones put "
                        "the phase in the mask")
+    if budget_value is not None and not isinstance(layout, tuple):
+      raise ValueError(f"budget_value={budget_value!r} applies to content-based patterns, not "
+                       f"{attention!r}")
     if decode_rows is not None and (dense_before is None or isinstance(decode_rows, bool) or
                                     not isinstance(decode_rows, (int, np.integer)) or
                                     not 0 <= decode_rows <= t):

@@ -60,6 +60,10 @@ class Budget:
   Build with the constructors: ``Budget.blocks(k)``, ``Budget.density(d)``,
   ``Budget.adaptive(c, alpha)``, ``Budget.coverage(threshold)``. Sink and local blocks count
   toward the budget; a budget never drops them (so a row keeps at least those).
+
+  ``budget.traced(value)``: the same kind with its value a jax scalar, so one jitted function
+  serves every value of a kind (an evaluation's sparsities) and selects exactly what the
+  constant budget would; its static bound on a row's blocks is then the whole row.
   """
 
   kind: Literal["blocks", "density", "adaptive", "coverage"]
@@ -92,10 +96,20 @@ class Budget:
       raise ValueError(f"Budget.coverage(threshold={threshold!r}): threshold must be in (0, 1]")
     return cls("coverage", float(threshold))
 
+  def traced(self, value: jax.Array) -> Budget:
+    """This kind (and alpha) with ``value`` a jax scalar (checked by the caller: it may be a
+    tracer). Counts are computed as for the constant (``counts`` in the same dtypes)."""
+    return dataclasses.replace(self, value=jnp.asarray(value, jnp.float32))
+
+  @property
+  def is_traced(self) -> bool:
+    return isinstance(self.value, jax.Array)
+
   def counts(self, n):
     """Blocks to keep for rows with n causal kv-blocks (int arrays; not for 'coverage')."""
     if self.kind == "blocks":
-      k = jnp.full_like(n, int(self.value))
+      k = (jnp.full_like(n, int(self.value)) if not self.is_traced
+           else jnp.broadcast_to(self.value.astype(n.dtype), n.shape))
     elif self.kind == "density":
       k = jnp.ceil(self.value * n - 1e-6).astype(n.dtype)
     elif self.kind == "adaptive":
@@ -106,6 +120,8 @@ class Budget:
 
   def max_blocks(self, n_max: int) -> int:
     """A static bound on any row's kept blocks (sizes the layout's slot arrays)."""
+    if self.is_traced:  # unknown at trace time: the whole row
+      return n_max
     if self.kind == "blocks":
       return min(n_max, int(self.value))
     if self.kind == "density":

@@ -15,6 +15,7 @@ What the pass runs in each phase and every sparsity and FLOP number come from
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import os
 import time
 from typing import Any, Callable
@@ -31,7 +32,7 @@ from experiments.evaluation.accounting import (Selection, decode_rows, dense_pre
 from experiments.spec import settings as settings_lib
 from experiments.stats import activation_metrics, proportion_ci
 from experiments.tasks import scoring
-from models import ModelConfig
+from models import AttentionConfig, ModelConfig
 from train.evaluation import score_batches
 
 # What a setting runs and costs lives in `accounting` (imported from there, not through here).
@@ -74,10 +75,11 @@ Forward = Callable[[np.ndarray, "so.masks.Mask | Selection"], np.ndarray]
 def make_forward(model, compute_dtype: str = "float32") -> Forward:
   """(tokens int [B, T], mask or Selection) -> argmax predictions int32 [B, T].
 
-  One compiled program per (mask, shape), or per (content config, phase, shape, decode rows): a
-  mask is static (hashable) and its layout is built at trace time; a Selection's dense_before is
-  a traced argument, so decode bounds with the same power-of-two tail (`decode_rows`) share one
-  program.
+  One compiled program per (mask, shape), or per (content config but its budget's value, phase,
+  shape, decode rows): a mask is static (hashable) and its layout is built at trace time; a
+  Selection's dense_before and budget value are traced arguments, so decode bounds with the same
+  power-of-two tail (`decode_rows`) share one program, and so do the sparsities of one content
+  pattern and budget kind (`shared_program`), selecting exactly what their own programs would.
 
   `forward.with_activations(tokens, phased)` runs the same pass and returns (predictions,
   sparsity [B, depth + 1, T, 4]): `experiments.stats.activation_metrics` of the hidden state at
@@ -97,10 +99,11 @@ def make_forward(model, compute_dtype: str = "float32") -> Forward:
     key = (key, hidden)
     fn = cache.get(key)
     if fn is None:
-      def predict(state, tokens, dense_before):
+      def predict(state, tokens, dense_before, budget_value):
         out = nnx.merge(graphdef, cast(state))(
             tokens, attention=attention, dense_before=dense_before if decode else None,
-            decode_rows=rows, return_hidden=hidden)
+            decode_rows=rows, return_hidden=hidden,
+            budget_value=budget_value if isinstance(attention, AttentionConfig) else None)
         if not hidden:
           return out.argmax(-1).astype(jnp.int32)
         logits, hidden_lbtd = out
@@ -109,23 +112,25 @@ def make_forward(model, compute_dtype: str = "float32") -> Forward:
       fn = cache[key] = jax.jit(predict)
     return fn
 
-  def program(length: int, phased, hidden: bool) -> tuple[Any, Callable, Any]:
-    """(cache key, jitted program, its bound argument) of a pass over `length` tokens."""
+  def program(length: int, phased, hidden: bool) -> tuple[Any, Callable, tuple]:
+    """(cache key, jitted program, its bound arguments) of a pass over `length` tokens."""
     if isinstance(phased, Selection):
       decode = phased.dense_before is not None
       rows = decode_rows(length, phased.dense_before, phased.decode_floor) if decode else None
-      key = (phased.attention, decode, rows)
-      return ((key, hidden), compiled(key, phased.attention, decode, rows, hidden),
-              jnp.int32(phased.dense_before if decode else 0))
+      attention, value = shared_program(phased.attention)
+      key = (attention, decode, rows)
+      return ((key, hidden), compiled(key, attention, decode, rows, hidden),
+              (jnp.int32(phased.dense_before if decode else 0), value))
     if isinstance(phased, so.masks.Mask):
-      return (phased, hidden), compiled(phased, phased, False, hidden=hidden), jnp.int32(0)
+      return ((phased, hidden), compiled(phased, phased, False, hidden=hidden),
+              (jnp.int32(0), jnp.float32(0)))
     raise ValueError(f"forward takes a sparse_ops mask or a Selection, got {phased!r}")
 
   ready: dict[Any, Any] = {}  # (cache key, tokens shape) -> compiled ahead by `prepare`
 
   def run(tokens: np.ndarray, phased, hidden: bool):
     key, fn, bound = program(tokens.shape[1], phased, hidden)
-    return ready.get((key, tokens.shape), fn)(state, jnp.asarray(tokens, jnp.int32), bound)
+    return ready.get((key, tokens.shape), fn)(state, jnp.asarray(tokens, jnp.int32), *bound)
 
   def prepare(passes) -> None:
     """Compiles the programs of `passes` [(tokens shape (B, T), mask or Selection)] ahead, side
@@ -137,7 +142,7 @@ def make_forward(model, compute_dtype: str = "float32") -> Forward:
       key, fn, bound = program(shape[1], phased, False)
       if (key, tuple(shape)) not in ready:
         lowered.setdefault((key, tuple(shape)), (fn, bound))
-    lowered = {k: fn.lower(state, jax.ShapeDtypeStruct(k[1], jnp.int32), bound)
+    lowered = {k: fn.lower(state, jax.ShapeDtypeStruct(k[1], jnp.int32), *bound)
                for k, (fn, bound) in lowered.items()}
     with concurrent.futures.ThreadPoolExecutor(min(16, os.cpu_count() or 1)) as pool:
       ready.update(zip(lowered, pool.map(lambda low: low.compile(), lowered.values())))
@@ -152,6 +157,20 @@ def make_forward(model, compute_dtype: str = "float32") -> Forward:
   forward.with_activations = with_activations
   forward.prepare = prepare
   return forward
+
+
+def shared_program(attention: AttentionConfig) -> tuple[AttentionConfig, jax.Array]:
+  """(the config a content setting's program is compiled for, the budget value it is called
+  with): the setting's own with its budget's value replaced by a fixed one, so every sparsity of
+  a pattern and budget kind shares one program (the h200 study's 12 content settings per phase
+  and length compile 3). The value travels traced (`so.Budget.traced`); a 'coverage' budget
+  keeps its own program (its kind has no static count to share)."""
+  budget = attention.selection_budget()
+  if budget.kind == "coverage":
+    return attention, jnp.float32(budget.value)
+  # 1.0 is a valid value of every other kind (density 1, one block, c = 1)
+  return (dataclasses.replace(attention, sparsity=None, budget_value=1.0),
+          jnp.float32(budget.value))
 
 
 def question_activations(sparsity: np.ndarray, weights: np.ndarray) -> dict[str, np.ndarray]:

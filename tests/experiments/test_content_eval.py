@@ -139,8 +139,8 @@ def test_content_settings_evaluate_end_to_end_with_exact_flops(monkeypatch):
   seen = []  # every layout (prefill) or kept-block mask (decode) a layer selects
   select, keep = models.AttentionConfig.select, transformer.decode_keep
   monkeypatch.setattr(models.AttentionConfig, "select",
-                      lambda self, q, k, dense_before=None:
-                      seen.append(select(self, q, k, dense_before)) or seen[-1])
+                      lambda self, q, k, dense_before=None, budget_value=None:
+                      seen.append(select(self, q, k, dense_before, budget_value)) or seen[-1])
   monkeypatch.setattr(transformer, "decode_keep",
                       lambda *a: seen.append(keep(*a)) or seen[-1])
   rest = models.flops_per_token(cfg, T, training=False) - \
@@ -329,3 +329,56 @@ def test_task_examples_sets_one_tasks_contexts_and_keeps_other_specs_keys():
     _spec(task_examples=(("nope", 3),))
   with pytest.raises(ValueError, match=r"task_examples has \('niah_single', 1\)"):
     _spec(task_examples=(("niah_single", 1),))
+
+
+@pytest.mark.parametrize("setting, queries", [
+    (("topk_blocks", 0.75), None), (("quest", 0.9), 1),
+    (("topk_blocks", "adaptive", 0.8), 1), (("quest", "blocks", 3), None)])
+def test_a_traced_budget_selects_and_computes_exactly_what_the_constant_does(setting, queries):
+  """The evaluator compiles one program per content pattern and budget kind (`shared_program`)
+  and calls it with the budget's value traced: in both phases and both selection layouts its
+  logits are bitwise those of the setting's own config, on fresh random weights and inputs."""
+  cfg, model = _model(seed=np.random.randint(1 << 30))
+  task = tasks.make("niah_multikey", length=T, vocab_size=VOCAB)
+  x = np.stack([task.example("test", i)["inputs"] for i in range(3)])
+  att = acc.setting_attention(cfg, settings_lib.parse(setting), 8, queries)
+  shared, value = ev.shared_program(att)
+  assert shared != att and shared.selection_budget().kind == att.selection_budget().kind
+  for phase in ("prefill", "decode"):
+    sel = acc.phase_attention(att, T, phase, acc.dense_prefix(task))
+    own = jax.jit(lambda x: model(x, attention=sel.attention, dense_before=sel.dense_before))
+    traced = jax.jit(lambda x, v: model(x, attention=shared_sel.attention,
+                                        dense_before=sel.dense_before, budget_value=v))
+    shared_sel = acc.phase_attention(shared, T, phase, acc.dense_prefix(task))
+    np.testing.assert_array_equal(np.asarray(traced(x, value)), np.asarray(own(x)))
+
+
+def test_sparsities_of_one_content_pattern_share_one_program_per_phase():
+  """Three sparsities of topk_blocks and two of quest compile 2 programs per phase (one per
+  pattern), not 5, and score as each setting evaluated alone."""
+  cfg, model = _model()
+  settings = (("topk_blocks", 0.5), ("topk_blocks", 0.75), ("topk_blocks", 0.9),
+              ("quest", 0.5), ("quest", 0.9))
+  spec = _spec(settings=settings, selection_block=8, native=False, selection_queries=1)
+  compiles = []
+
+  def listener(event, seconds, fun_name="", **kw):
+    if event == "/jax/core/compile/backend_compile_duration" and fun_name == "jit(predict)":
+      compiles.append(fun_name)
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    rows = ev.evaluate(ev.make_forward(model), cfg, spec, VOCAB)
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  assert len(compiles) == 2 * 2 and len(rows) == 5 * 2
+  # the one program follows each setting's value: its predictions are each config's own
+  forward, task = ev.make_forward(model), tasks.make("niah_single", length=T, vocab_size=VOCAB)
+  x = np.stack([task.example("test", i)["inputs"] for i in range(4)])
+  preds = []
+  for s in settings[:3]:
+    sel = acc.phase_attention(acc.setting_attention(cfg, settings_lib.parse(s), 8, 1), T,
+                              "prefill", acc.dense_prefix(task))
+    preds.append(forward(x, sel))
+    own = jax.jit(lambda x: model(x, attention=sel.attention))(x)
+    np.testing.assert_array_equal(preds[-1], np.asarray(own).argmax(-1))
+  assert (preds[0] != preds[2]).any()

@@ -58,7 +58,8 @@ def test_model_decode_matches_the_selected_layouts_and_leaves_prefill_alone():
   # the same model with the old route: each layer's select_blocks layout run by the reference
   ref = models.AttentionConfig.select
   try:
-    models.AttentionConfig.select = lambda self, q, k, dense_before=None: ref(self, q, k, 50)
+    models.AttentionConfig.select = lambda self, q, k, dense_before=None, budget_value=None: \
+        ref(self, q, k, 50)
     want = jax.jit(lambda x: model(x, attention=att))(x)  # prefill route, decode layout
   finally:
     models.AttentionConfig.select = ref

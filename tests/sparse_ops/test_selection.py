@@ -327,3 +327,22 @@ def test_per_query_layouts_run_where_they_can():
   with pytest.raises(ValueError, match=r"row_keep.shape=\(1, 1, 4, 64\); expected"):
     so.attention(q, k, v, layout=dataclasses.replace(laid, row_keep=laid.row_keep[:, :1]),
                  implementation="xla")
+
+
+@pytest.mark.parametrize("budget", [so.Budget.density(0.3), so.Budget.blocks(3),
+                                    so.Budget.adaptive(0.9, 0.5), so.Budget.coverage(0.8)])
+def test_a_traced_budget_value_selects_what_the_constant_does(budget):
+  """One jitted selection for every value of a kind (`Budget.traced`): the same kept blocks and
+  the same layout as each constant budget, per q-block, per query and in the decode phase."""
+  q, k = _inputs(np.random.randint(1 << 30), 2, 96, 96, 4, 2, 16, 16, jnp.float32)[:2]
+  args = dict(block_q=16, block_kv=16, scoring="quest")
+  select = jax.jit(lambda q, k, v, per_query, bound: so.select_blocks(
+      q, k, budget=budget.traced(v), per_query=per_query, dense_before=bound, **args),
+      static_argnums=(3, 4))
+  for value in {budget.value, budget.value * 0.5 if budget.kind != "blocks" else 1}:
+    constant = dataclasses.replace(budget, value=value)
+    for per_query, bound in ((False, None), (True, None), (True, 40)):
+      want = so.select_blocks(q, k, budget=constant, per_query=per_query, dense_before=bound,
+                              **args)
+      got = select(q, k, value, per_query, bound)
+      np.testing.assert_array_equal(got.to_dense(), want.to_dense())
