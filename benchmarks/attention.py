@@ -134,18 +134,18 @@ def _row(impl, mask, t, cfg, pass_, times, model_fwd, layout=None, **extra) -> d
 def gpu_baseline(name: str, patterns: list, t: int, cfg: dict, key) -> list[dict]:
   """Rows for a GPU baseline on the same shapes (and, for FlexAttention, the same layouts).
 
-  ``cudnn``: ``jax.nn.dot_product_attention(implementation="cudnn")``, dense causal, on the same
-  inputs as our kernel. ``flex``: PyTorch FlexAttention under torch.compile on a BlockMask made
+  ``cudnn`` / ``xla``: ``jax.nn.dot_product_attention(implementation=name)``, dense causal, on the
+  same inputs as our kernel (``xla`` materialises the [B, H, T, T] scores: a short-T candidate). ``flex``: PyTorch FlexAttention under torch.compile on a BlockMask made
   from *our* BlockLayout's lists (same kept blocks, 128 × 128; its partial blocks apply the causal
   mask_mod), plus torch SDPA dense causal as its own dense reference.
   """
   b, h, d = cfg["batch"], cfg["heads"], cfg["head_dim"]
   dtype = jnp.dtype(cfg["dtype"])
-  if name == "cudnn":
+  if name in ("cudnn", "xla"):
     kq, kk, kv, kg = jax.random.split(key, 4)
     q, k, v, g = (jax.random.normal(x, (b, t, h, d), dtype) for x in (kq, kk, kv, kg))
     fwd = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=True,
-                                                       implementation="cudnn")
+                                                       implementation=name)
 
     def fwd_bwd(q, k, v):
       return jax.vjp(fwd, q, k, v)[1](g)
@@ -156,11 +156,11 @@ def gpu_baseline(name: str, patterns: list, t: int, cfg: dict, key) -> list[dict
     for pass_, fn in (("fwd", fwd), ("fwd_bwd", fwd_bwd)):
       jfn = jax.jit(fn)
       times = time_calls(lambda: jfn(q, k, v), cfg["reps"]).times
-      rows.append(_row("cudnn_dense", mask, t, cfg, pass_, times, model_fwd))
+      rows.append(_row(f"{name}_dense", mask, t, cfg, pass_, times, model_fwd))
     return rows
   if name == "flex":
     return _flex_rows(patterns, t, cfg)
-  raise ValueError(f"baseline={name!r}; valid: 'cudnn', 'flex'")
+  raise ValueError(f"baseline={name!r}; valid: 'cudnn', 'xla', 'flex'")
 
 
 def _torch_time(fn, reps: int) -> list[float]:
@@ -399,7 +399,7 @@ def main(argv=None) -> None:
   p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
   p.add_argument("--reps", type=int)
   p.add_argument("--out", default=None, help="JSON path (a .md table is written beside it)")
-  p.add_argument("--baselines", nargs="*", help="GPU baselines to add: cudnn flex")
+  p.add_argument("--baselines", nargs="*", help="GPU baselines to add: cudnn xla flex")
   p.add_argument("--tune", default=None, metavar="JSON",
                  help="sweep the pallas_triton tiles (T=8192, the first of --densities) into "
                       "this JSON, then exit")
