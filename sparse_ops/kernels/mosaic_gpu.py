@@ -2,9 +2,12 @@
 
 Forward, dQ and dK/dV passes with their custom VJP (`attention`), checked in Mosaic GPU interpret
 mode on CPU (`plgpu.InterpretGPUParams`). The first real lowering (one H200, session 10) died
-with CUDA_ERROR_MISALIGNED_ADDRESS on its first check, not yet traced to a pass
-(`benchmarks/mosaic_gpu_cases.py` isolates each check), so not registered with
-`sparse_ops.attention`.
+with CUDA_ERROR_MISALIGNED_ADDRESS on its first check; after list rows were padded to 128 bytes
+(`_ROW_ALIGN`) every check passed with the real lowering on one H100 (session 18,
+`benchmarks/results/mosaic_gpu_cases_h100.md`: forward and gradients, 6 layouts, each check
+alone with CUDA_LAUNCH_BLOCKING=1). Registered with `sparse_ops.attention` as
+`implementation="pallas_mosaic_gpu"`, asked for by name only: its speed is not measured yet, so
+`implementation=None` keeps the Triton kernel.
 
 Same contract as ``sparse_ops.kernels.triton``: a ``BlockLayout`` lists, per (batch or 1, head or
 1, q-block), the partial kv-blocks (masked elementwise by ``layout.mask`` and the key length)
@@ -449,13 +452,25 @@ def dkv(q, k, v, do, lse, delta, layout: BlockLayout, scale: float, *, stages: i
 
 def unavailable() -> str | None:
   """None if the Mosaic GPU kernels can run on the default backend (Hopper), else why not."""
-  hint = "; on CPU, tests call sparse_ops.kernels.mosaic_gpu.attention(..., interpret=True)"
+  hint = ("; on CPU, tests call sparse_ops.kernels.mosaic_gpu.attention(..., interpret=True); "
+          "use implementation='xla' to run anywhere")
   dev = jax.devices()[0]
   cc = getattr(dev, "compute_capability", None)
   if dev.platform != "gpu" or cc is None or not 9.0 <= float(cc) < 10.0:
-    return (f"the Mosaic GPU kernels need a Hopper GPU (compute capability 9.x); the default "
-            f"device here is {dev.device_kind!r}{hint}")
+    return (f"implementation='pallas_mosaic_gpu' needs a Hopper GPU (compute capability 9.x); "
+            f"the default device here is {dev.device_kind!r}{hint}")
   return None
+
+
+def default_blocks(t: int, s: int, d: int) -> tuple[int, int]:
+  """128 × 128, or 64 for a length of 64 or less (wgmma tiles are 64 rows)."""
+  del d
+  return (64 if t <= 64 else 128), (64 if s <= 64 else 128)
+
+
+def takes_blocks(layout: BlockLayout) -> bool:
+  """Whether the kernels tile this layout: blocks in multiples of 64, no per-query rows."""
+  return layout.row_keep is None and layout.block_q % 64 == 0 and layout.block_kv % 64 == 0
 
 
 def attention(q, k, v, layout: BlockLayout, scale: float | None = None, *,

@@ -1,8 +1,9 @@
-"""The Mosaic GPU forward kernel (work in progress) against ``reference``: outputs and the log2
-log-sum-exp on fresh random inputs, in Mosaic GPU interpret mode on CPU, and with the real
-lowering under ``-m gpu`` on a Hopper GPU (first run there: CUDA_ERROR_MISALIGNED_ADDRESS, not yet
-traced; ``benchmarks/mosaic_gpu_cases.py``); gradients through the kernels' VJP
-in interpret mode."""
+"""The Mosaic GPU kernels against ``reference``: outputs and the log2 log-sum-exp on fresh random
+inputs, and gradients through the kernels' VJP, in Mosaic GPU interpret mode on CPU and with the
+real lowering under ``-m gpu`` on a Hopper GPU (``benchmarks/mosaic_gpu_cases.py`` runs each
+check in its own process: all passed on one H100 in session 18,
+``benchmarks/results/mosaic_gpu_cases_h100.md``; the first lowering, before list rows were
+padded to 128 bytes, died with CUDA_ERROR_MISALIGNED_ADDRESS)."""
 
 from __future__ import annotations
 
@@ -125,5 +126,22 @@ def test_direct_calls_are_checked_before_compiling():
   x = jnp.zeros((1, 128, 1, 64), jnp.float32)
   with pytest.raises(ValueError, match="bf16 or f16"):
     mg.attention(x, x, x, layout, interpret=True)
-  with pytest.raises(ValueError, match="need a Hopper GPU"):
+  with pytest.raises(ValueError, match="needs a Hopper GPU"):
     mg.attention(x.astype(jnp.bfloat16), x.astype(jnp.bfloat16), x.astype(jnp.bfloat16), layout)
+
+
+def test_registered_by_name_only_with_the_blocks_it_tiles():
+  """`implementation="pallas_mosaic_gpu"` runs these kernels; `None` never picks them (their
+  speed is unmeasured), and the layouts they take are 64-multiple blocks without per-query
+  rows."""
+  impl = so.IMPLEMENTATIONS["pallas_mosaic_gpu"]
+  assert impl.run is mg.attention and "pallas_mosaic_gpu" not in so.available_implementations()
+  assert impl.default_blocks(4096, 4096, 64) == (128, 128) and impl.default_blocks(64, 64, 64) == (
+      64, 64)
+  causal = lambda bq, bk: so.BlockLayout.from_mask(masks.Causal(), 256, 256, block_q=bq,
+                                                   block_kv=bk)
+  assert impl.takes(causal(128, 64)) and not impl.takes(causal(32, 64))
+  q = jax.random.normal(jax.random.key(0), (1, 256, 2, 16))
+  per_query = so.select_blocks(q, q[:, :, :1], block_q=64, block_kv=64,
+                               budget=so.Budget.density(0.5), per_query=True)
+  assert not impl.takes(per_query)
