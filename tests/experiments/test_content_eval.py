@@ -346,10 +346,10 @@ def test_a_traced_budget_selects_and_computes_exactly_what_the_constant_does(set
   assert shared != att and shared.selection_budget().kind == att.selection_budget().kind
   for phase in ("prefill", "decode"):
     sel = acc.phase_attention(att, T, phase, acc.dense_prefix(task))
+    shared_sel = acc.phase_attention(shared, T, phase, acc.dense_prefix(task))
     own = jax.jit(lambda x: model(x, attention=sel.attention, dense_before=sel.dense_before))
     traced = jax.jit(lambda x, v: model(x, attention=shared_sel.attention,
                                         dense_before=sel.dense_before, budget_value=v))
-    shared_sel = acc.phase_attention(shared, T, phase, acc.dense_prefix(task))
     np.testing.assert_array_equal(np.asarray(traced(x, value)), np.asarray(own(x)))
 
 
