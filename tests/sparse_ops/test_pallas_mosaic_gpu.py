@@ -145,3 +145,28 @@ def test_registered_by_name_only_with_the_blocks_it_tiles():
   per_query = so.select_blocks(q, q[:, :, :1], block_q=64, block_kv=64,
                                budget=so.Budget.density(0.5), per_query=True)
   assert not impl.takes(per_query)
+
+
+@pytest.mark.gpu
+def test_sparse_ops_attention_by_name_runs_these_kernels_on_the_gpu():
+  """The registered path: `so.attention(..., implementation="pallas_mosaic_gpu")` with a mask
+  (its default 128-blocks), batch 2, GQA, inside jit, forward and gradients against
+  `reference` on fresh random inputs."""
+  key = jax.random.key(int.from_bytes(os.urandom(4), "little"))
+  kq, kk, kv, kg = jax.random.split(key, 4)
+  q, do = (jax.random.normal(kx, (2, 640, 4, 64), jnp.float32).astype(jnp.bfloat16)
+           for kx in (kq, kg))
+  k, v = (jax.random.normal(kx, (2, 640, 2, 64), jnp.float32).astype(jnp.bfloat16)
+          for kx in (kk, kv))
+  mask = masks.Local(200) & masks.Causal()
+  run = lambda impl: jax.jit(lambda q, k, v: jax.vjp(
+      lambda *x: so.attention(*x, mask=mask, implementation=impl),
+      q, k, v)[1](do))(q, k, v)
+  out = jax.jit(lambda *x: so.attention(*x, mask=mask, implementation="pallas_mosaic_gpu"))(
+      q, k, v)
+  f32 = lambda x: np.asarray(x, np.float32)
+  want = so.attention(*(x.astype(jnp.float32) for x in (q, k, v)), mask=mask,
+                      implementation="reference")
+  np.testing.assert_allclose(f32(out), f32(want), atol=2e-2, rtol=2e-2)
+  for name, got, ref in zip("qkv", run("pallas_mosaic_gpu"), run("reference")):
+    np.testing.assert_allclose(f32(got), f32(ref), atol=3e-2, rtol=3e-2, err_msg=f"d{name}")
