@@ -135,8 +135,9 @@ def gpu_baseline(name: str, patterns: list, t: int, cfg: dict, key) -> list[dict
   """Rows for a GPU baseline on the same shapes (and, for FlexAttention, the same layouts).
 
   ``cudnn`` / ``xla``: ``jax.nn.dot_product_attention(implementation=name)``, dense causal, on the
-  same inputs as our kernel (``xla`` materialises the [B, H, T, T] scores: a short-T candidate). ``flex``: PyTorch FlexAttention under torch.compile on a BlockMask made
-  from *our* BlockLayout's lists (same kept blocks, 128 × 128; its partial blocks apply the causal
+  same inputs as our kernel (``xla`` materialises the [B, H, T, T] scores: a short-T candidate).
+  ``flex``: PyTorch FlexAttention under torch.compile on a BlockMask made from *our*
+  BlockLayout's lists (same kept blocks, 128 × 128; its partial blocks apply the causal
   mask_mod), plus torch SDPA dense causal as its own dense reference.
   """
   b, h, d = cfg["batch"], cfg["heads"], cfg["head_dim"]

@@ -24,9 +24,7 @@ import numpy as np
 from flax import nnx
 
 from experiments.evaluation import evaluate as ev
-from experiments.evaluation.accounting import setting_attention
 from experiments.runs import store
-from experiments.spec import settings as settings_lib
 from models import Transformer
 
 
@@ -40,11 +38,8 @@ def main(run: Path, n_lengths: int) -> None:
   jax.monitoring.register_event_duration_secs_listener(on)
   study, spec = store.load_study(run.parent.parent), store.load_spec(run)
   eval_spec = dataclasses.replace(study.eval, lengths=study.eval.lengths[:n_lengths])
-  parsed = [settings_lib.parse(s) for s in eval_spec.settings]
-  attentions = {name: setting_attention(spec.model, s, eval_spec.selection_block,
-                                        eval_spec.selection_queries)
-                for name, s in [("native", "native")] + [(p.name, p) for p in parsed]}
-  passes = ev._passes(eval_spec, attentions, spec.model.vocab_size)
+  passes = ev._passes(eval_spec, ev.setting_attentions(spec.model, eval_spec),
+                      spec.model.vocab_size)
   forward = ev.make_forward(Transformer(spec.model, rngs=nnx.Rngs(0)), "bfloat16")
   t0 = time.perf_counter()
   forward.prepare(passes)

@@ -37,7 +37,8 @@ from train.evaluation import score_batches
 
 # What a setting runs and costs lives in `accounting` (imported from there, not through here).
 __all__ = ["chance_exact_match", "question_activations", "evaluate", "make_forward",
-           "score_phase", "score_questions", "stacked_examples"]
+           "score_phase", "score_questions", "setting_attentions", "shared_program",
+           "stacked_examples"]
 
 
 def score_questions(predictions, targets, weights) -> dict[str, np.ndarray]:
@@ -99,11 +100,10 @@ def make_forward(model, compute_dtype: str = "float32") -> Forward:
     key = (key, hidden)
     fn = cache.get(key)
     if fn is None:
-      def predict(state, tokens, dense_before, budget_value):
+      def predict(state, tokens, dense_before, budget_value=None):  # None: a mask's program
         out = nnx.merge(graphdef, cast(state))(
             tokens, attention=attention, dense_before=dense_before if decode else None,
-            decode_rows=rows, return_hidden=hidden,
-            budget_value=budget_value if isinstance(attention, AttentionConfig) else None)
+            decode_rows=rows, return_hidden=hidden, budget_value=budget_value)
         if not hidden:
           return out.argmax(-1).astype(jnp.int32)
         logits, hidden_lbtd = out
@@ -122,8 +122,7 @@ def make_forward(model, compute_dtype: str = "float32") -> Forward:
       return ((key, hidden), compiled(key, attention, decode, rows, hidden),
               (jnp.int32(phased.dense_before if decode else 0), value))
     if isinstance(phased, so.masks.Mask):
-      return ((phased, hidden), compiled(phased, phased, False, hidden=hidden),
-              (jnp.int32(0), jnp.float32(0)))
+      return (phased, hidden), compiled(phased, phased, False, hidden=hidden), (jnp.int32(0),)
     raise ValueError(f"forward takes a sparse_ops mask or a Selection, got {phased!r}")
 
   ready: dict[Any, Any] = {}  # (cache key, tokens shape) -> compiled ahead by `prepare`
@@ -163,14 +162,10 @@ def shared_program(attention: AttentionConfig) -> tuple[AttentionConfig, jax.Arr
   """(the config a content setting's program is compiled for, the budget value it is called
   with): the setting's own with its budget's value replaced by a fixed one, so every sparsity of
   a pattern and budget kind shares one program (the h200 study's 12 content settings per phase
-  and length compile 3). The value travels traced (`so.Budget.traced`); a 'coverage' budget
-  keeps its own program (its kind has no static count to share)."""
-  budget = attention.selection_budget()
-  if budget.kind == "coverage":
-    return attention, jnp.float32(budget.value)
-  # 1.0 is a valid value of every other kind (density 1, one block, c = 1)
+  and length compile 3). The value travels traced (`so.Budget.traced`)."""
+  # 1.0 is a valid value of every kind (density 1, one block, c = 1, coverage 1)
   return (dataclasses.replace(attention, sparsity=None, budget_value=1.0),
-          jnp.float32(budget.value))
+          jnp.float32(attention.selection_budget().value))
 
 
 def question_activations(sparsity: np.ndarray, weights: np.ndarray) -> dict[str, np.ndarray]:
@@ -230,6 +225,15 @@ def stacked_examples(task, split: str, n: int) -> dict[str, np.ndarray]:
   return {k: np.stack([e[k] for e in rows]) for k in ("inputs", "targets", "weights")}
 
 
+def setting_attentions(model: ModelConfig, eval_spec) -> dict[str, AttentionConfig]:
+  """{setting name: its inference AttentionConfig}, in the evaluation's order ("native" first
+  when the spec asks for it)."""
+  parsed = [settings_lib.parse(s) for s in eval_spec.settings]
+  named = ([("native", "native")] if eval_spec.native else []) + [(p.name, p) for p in parsed]
+  return {name: setting_attention(model, setting, eval_spec.selection_block,
+                                  eval_spec.selection_queries) for name, setting in named}
+
+
 def _passes(eval_spec, attentions: dict[str, Any], vocab_size: int) -> list[tuple[tuple, Any]]:
   """(tokens shape, mask or Selection) of every forward pass `evaluate` runs."""
   passes = []
@@ -266,15 +270,7 @@ def evaluate(forward: Forward, model: ModelConfig, eval_spec, vocab_size: int,
   `timings` (a dict, filled in place): where the wall went, "prepare_s" (the ahead-of-time
   compiles) and "length_s" {length: seconds of that length's scored passes}.
   """
-  settings: list[tuple[str, Any]] = []
-  if eval_spec.native:
-    settings.append(("native", "native"))
-  for s in eval_spec.settings:
-    parsed = settings_lib.parse(s)
-    settings.append((parsed.name, parsed))
-  block, queries = eval_spec.selection_block, eval_spec.selection_queries
-  attentions = {name: setting_attention(model, setting, block, queries)
-                for name, setting in settings}
+  attentions = setting_attentions(model, eval_spec)
   for length in eval_spec.lengths:  # bad blocks or unreachable sparsities fail here, not mid-way
     for att in attentions.values():
       att.validate(length)
@@ -302,8 +298,7 @@ def evaluate(forward: Forward, model: ModelConfig, eval_spec, vocab_size: int,
         activations[(task_name, length)] = dict(
             {k: np.concatenate(v) for k, v in captured.items()},
             correct=computed[key]["correct"], context=computed[key]["context"])
-      for name, setting in settings:
-        attention = attentions[name]
+      for name, attention in attentions.items():
         for phase in eval_spec.phases:
           phased = phase_attention(attention, length, phase, dense_prefix(task),
                                    eval_spec.decode_rows)

@@ -45,8 +45,9 @@ TQ = 64  # q rows per program: one wgmma M tile per compute warpgroup
 _HEAD = 4  # list row: [partial count, full count, pad, pad, indices...]
 # Rows padded to 32 ints (128 bytes): the dK/dV pass copies a GQA group's rows into one shared
 # buffer, row g at g · width · 4 bytes, and a TMA copy's shared-memory destination must be
-# 128-byte aligned (with 16-byte rows, g = 1 would not be: a candidate for the
-# CUDA_ERROR_MISALIGNED_ADDRESS of the first real lowering, not yet confirmed on a GPU).
+# 128-byte aligned (with 16-byte rows, g = 1 would not be). With 16-byte rows the first real
+# lowering died with CUDA_ERROR_MISALIGNED_ADDRESS; with these, every GPU check passes (H100,
+# session 18), though that run is not proof this was the only cause.
 _ROW_ALIGN = 32
 
 
@@ -468,9 +469,13 @@ def default_blocks(t: int, s: int, d: int) -> tuple[int, int]:
   return (64 if t <= 64 else 128), (64 if s <= 64 else 128)
 
 
+def _block_ok(n: int) -> bool:
+  return n % TQ == 0  # whole wgmma tiles
+
+
 def takes_blocks(layout: BlockLayout) -> bool:
   """Whether the kernels tile this layout: blocks in multiples of 64, no per-query rows."""
-  return layout.row_keep is None and layout.block_q % 64 == 0 and layout.block_kv % 64 == 0
+  return layout.row_keep is None and _block_ok(layout.block_q) and _block_ok(layout.block_kv)
 
 
 def attention(q, k, v, layout: BlockLayout, scale: float | None = None, *,
@@ -478,7 +483,7 @@ def attention(q, k, v, layout: BlockLayout, scale: float | None = None, *,
   """q [B, T, Hq, D], k/v [B, S, Hkv, D] (bf16 or f16) -> [B, T, Hq, D], with the custom VJP
   of the dQ and dK/dV passes. `interpret=True`: Mosaic GPU interpret mode on any backend."""
   check_call(q, k, layout, unavailable=unavailable, interpret=interpret,
-             block_ok=lambda n: n % 64 == 0,
+             block_ok=_block_ok,
              block_rule="a multiple of 64 for the Mosaic GPU kernels (wgmma tiles)",
              name="pallas_mosaic_gpu")
   if q.dtype not in (jnp.bfloat16, jnp.float16) or v.shape[3] != q.shape[3]:
