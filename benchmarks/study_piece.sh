@@ -6,13 +6,25 @@
 # call's copy of the working tree deletes every run record that did not come back (session 17
 # lost two trained 3m runs that way). Here: `tar -C studies -xzf FILES_AT/<study>.tgz`, then
 # commit, before the next call. Needs .whl/ carried (benchmarks/device_env.sh).
+# A run stopped mid-training whose checkpoints fit one returned file (≤ 15 MiB: 300k and 800k
+# models, not 3m) also comes back, as $OUT/ckpt-<run id>.tgz: extract it here with
+# `tar -C studies -xzf FILES_AT/ckpt-<id>.tgz` and name `studies/<study>/runs/<id>/checkpoints`
+# in the next call's carry (they are ignored by git), so a fresh machine resumes it.
 [ $# -ge 4 ] || { echo "usage: bash benchmarks/study_piece.sh PRESET STUDY_DIR SECONDS RUN..." >&2; exit 2; }
 preset=$1 dir=${2%/} secs=$3; shift 3
 [ -d "$dir" ] || [ ! -e "$dir" ] || { echo "study_piece: $dir is not a folder" >&2; exit 2; }
 [ -n "${OUT:-}" ] || { echo "study_piece: OUT is unset (run it through the device tool)" >&2; exit 2; }
 bring_back() {
   tar -C "$(dirname "$dir")" -czf "$OUT/$(basename "$dir").tgz" --exclude .jax_cache \
-    --exclude checkpoints "$(basename "$dir")" && ls -l "$OUT"
+    --exclude checkpoints "$(basename "$dir")"
+  local n=0 c
+  for c in "$dir"/runs/*/checkpoints; do
+    [ -d "$c" ] && [ "$(du -sm "$c" | cut -f1)" -le 15 ] && [ "$n" -lt 5 ] || continue
+    grep -q '"state": *"done"' "$(dirname "$c")/job.json" 2>/dev/null && continue
+    tar -C "$(dirname "$dir")" -czf "$OUT/ckpt-$(basename "$(dirname "$c")").tgz" \
+      "$(basename "$dir")/runs/$(basename "$(dirname "$c")")/checkpoints" && n=$((n + 1))
+  done
+  ls -l "$OUT"
   # Whether the compilation cache could travel between sessions (a size's evaluation programs
   # are the same at every budget): its size, for the next plan.
   du -sh "${JAX_COMPILATION_CACHE_DIR:-/tmp/jax_cache}" 2>/dev/null
