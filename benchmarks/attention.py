@@ -259,7 +259,8 @@ def tune(cfg: dict, head_dims=(128, 64), t: int = 8192, density: float = 1.0,
   P = kt.PassTiles
   cands = {
       "fwd": [P(128, 64, 4, 3), P(128, 64, 8, 3), P(128, 128, 8, 2), P(128, 128, 8, 3),
-              P(64, 64, 4, 3), P(128, 32, 4, 4), P(64, 128, 4, 2), P(128, 64, 8, 4)],
+              P(64, 64, 4, 3), P(128, 32, 4, 4), P(64, 128, 4, 2), P(128, 64, 8, 4),
+              P(64, 64, 4, 2), P(32, 64, 4, 2), P(64, 32, 4, 3)],
       "dq": [P(64, 64, 4, 2), P(64, 64, 4, 3), P(128, 64, 8, 2), P(64, 128, 8, 2),
              P(128, 128, 8, 2), P(32, 64, 4, 2), P(128, 32, 8, 2)],
       "dkv": [P(64, 64, 4, 2), P(64, 64, 4, 3), P(64, 128, 8, 2), P(128, 64, 8, 2),
@@ -402,8 +403,11 @@ def main(argv=None) -> None:
   p.add_argument("--out", default=None, help="JSON path (a .md table is written beside it)")
   p.add_argument("--baselines", nargs="*", help="GPU baselines to add: cudnn xla flex")
   p.add_argument("--tune", default=None, metavar="JSON",
-                 help="sweep the pallas_triton tiles (T=8192, the first of --densities) into "
-                      "this JSON, then exit")
+                 help="sweep the pallas_triton tiles (T=--tune-length, the first of --densities) "
+                      "into this JSON, then exit")
+  p.add_argument("--tune-length", type=int, default=8192, dest="tune_length",
+                 help="sequence length of the tile sweep (the study's short steps: 512 with "
+                      "--batch 64 --heads 4 --tune-head-dims 64)")
   p.add_argument("--tune-head-dims", type=int, nargs="+", default=[128, 64], dest="tune_head_dims")
   p.add_argument("--tune-passes", nargs="+", default=["fwd", "dq", "dkv"],
                  choices=["fwd", "dq", "dkv"], dest="tune_passes",
@@ -424,7 +428,7 @@ def main(argv=None) -> None:
     def save(out):
       with open(args.tune, "w") as f:
         json.dump(dict(environment=environment(), config=cfg, tune=out), f, indent=1)
-    tune(cfg, head_dims=cfg["tune_head_dims"], density=cfg["densities"][0],
+    tune(cfg, head_dims=cfg["tune_head_dims"], t=args.tune_length, density=cfg["densities"][0],
          passes=tuple(args.tune_passes), save=save)
     return
   result = sweep(cfg)
