@@ -1,0 +1,47 @@
+"""benchmarks/study_piece.sh brings a study's records back whatever happened: here the piece fails
+at once (no wheels to install, as on a machine where the carry was forgotten), and its exit trap
+must still write the study archive without checkpoints, plus the checkpoints of each unfinished
+run small enough for one returned file."""
+
+import json
+import os
+import subprocess
+import tarfile
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "study_piece.sh"
+
+
+def _run(tmp_path: Path, state: str, ckpt_bytes: int) -> None:
+  d = tmp_path / "studies" / "s" / "runs" / f"r_{state}_{ckpt_bytes}"
+  (d / "checkpoints" / "7").mkdir(parents=True)
+  (d / "checkpoints" / "7" / "state").write_bytes(os.urandom(ckpt_bytes))
+  (d / "job.json").write_text(json.dumps({"state": state}, indent=1))
+
+
+def test_records_and_small_unfinished_checkpoints_come_back_after_a_failure(tmp_path):
+  _run(tmp_path, "preempted", 1000)  # comes back
+  _run(tmp_path, "done", 1000)  # finished: its checkpoints are not needed
+  _run(tmp_path, "pending", 17 * 2**20)  # over a returned file's 16 MiB
+  out = tmp_path / "out"
+  out.mkdir()
+  work = tmp_path / "work"  # no benchmarks/device_env.sh here: the piece fails before training
+  work.mkdir()
+  r = subprocess.run(["bash", str(SCRIPT), "h200", str(tmp_path / "studies" / "s"), "5", "x"],
+                     cwd=work, env={**os.environ, "OUT": str(out)}, capture_output=True,
+                     text=True, timeout=120)
+  assert r.returncode != 0
+  assert sorted(p.name for p in out.iterdir()) == ["ckpt-r_preempted_1000.tgz", "s.tgz"]
+  with tarfile.open(out / "s.tgz") as t:
+    names = t.getnames()
+  assert "s/runs/r_done_1000/job.json" in names
+  assert not [n for n in names if "checkpoints" in n]
+  with tarfile.open(out / "ckpt-r_preempted_1000.tgz") as t:
+    assert "s/runs/r_preempted_1000/checkpoints/7/state" in t.getnames()
+
+
+def test_refuses_a_call_without_out(tmp_path):
+  env = {k: v for k, v in os.environ.items() if k != "OUT"}
+  r = subprocess.run(["bash", str(SCRIPT), "h200", str(tmp_path / "s"), "5", "x"], env=env,
+                     capture_output=True, text=True, timeout=60)
+  assert r.returncode == 2 and "OUT is unset" in r.stderr
