@@ -10,7 +10,8 @@ Commands:
       time): the next call continues, on this machine or on another given the study folder.
       A study folder remembers its preset: another preset on it is refused unless
       --add-to-study (its runs join the folder's; the earlier ones stay in the results).
-      --only trains/evaluates just the named runs (ids, labels or label prefixes) this call.
+      --only trains/evaluates just the named runs (ids, labels or label prefixes) this call,
+      started in the order named.
   status DIR      table of runs: state (done/running/stopped/preempted/failed/pending), steps,
                   FLOPs, attempts, last error
   report DIR      rewrite results.csv, report.md and plots from the run folders
@@ -88,7 +89,7 @@ class Run:
   """run this preset on a folder made by another one, keeping its runs"""
   only: tuple[str, ...] = ()
   """RUN...: this call trains/evaluates only these runs (run ids, labels, or label prefixes
-  such as `300k/`); the others stay pending"""
+  such as `300k/`), started in the order named; the others stay pending"""
 
 
 @dataclasses.dataclass(frozen=True)

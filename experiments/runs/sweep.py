@@ -66,17 +66,19 @@ def expected_wall(out: Path, run_dir: Path) -> float:
   return max(same, default=0.0) or NEW_SIZE_MARGIN * max(other_sizes, default=0.0)
 
 
-def select(study: study_lib.Study, only: tuple[str, ...]) -> set[str]:
+def select(study: study_lib.Study, only: tuple[str, ...]) -> list[str]:
   """Run ids of the study's runs named in `only`: a run id, a label, or a label's prefix
-  ("300k/" picks every 300k run). A name that picks nothing is an error naming the labels."""
+  ("300k/" picks every 300k run), in the order named (a prefix's runs in study order), which is
+  the order they start in: a piece names its longest run first. A name that picks nothing is an
+  error naming the labels."""
   specs, _ = study.runs()
-  chosen = set()
+  chosen: list[str] = []
   for name in only:
-    hits = {s.run_id for s in specs if name in (s.run_id, s.label) or s.label.startswith(name)}
+    hits = [s.run_id for s in specs if name in (s.run_id, s.label) or s.label.startswith(name)]
     if not hits:
       raise ValueError(f"--only {name!r} names none of study {study.name}'s runs; they are "
                        + ", ".join(f"{s.run_id} ({s.label})" for s in specs))
-    chosen |= hits
+    chosen += [h for h in hits if h not in chosen]
   return chosen
 
 
@@ -117,8 +119,9 @@ def run_sweep(study: study_lib.Study, out: Path, executor, *, retry_failed: bool
         if store.job_record(d).get("state") == "failed":
           store.update(d, attempts=0)
     for attempt in range(study.max_attempts):
-      pending = [d for d in todo(out, dirs, study, retry_failed=False)
-                 if chosen is None or d.name in chosen]
+      pending = todo(out, dirs, study, retry_failed=False)
+      if chosen is not None:
+        pending = sorted((d for d in pending if d.name in chosen), key=lambda d: chosen.index(d.name))
       if not pending:
         break
       log(f"round {attempt + 1}: {len(pending)} run(s) to train/evaluate with {executor.name}")
