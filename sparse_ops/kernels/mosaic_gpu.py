@@ -20,6 +20,9 @@ and the full ones (unmasked). One program per (64-row q tile, batch, q-head), tw
               blocks first (masked), then the full ones; out and the log-sum-exp (+inf on rows
               with no allowed key, which are written as zeros) through shared memory.
 
+`forward(..., compute_wgs=2)` runs two compute warpgroups of 64 rows per 128-row program, sharing
+each K/V stage (as JAX's `attention_mgpu` does); checked in interpret mode only, not yet on a GPU.
+
 The backward: dQ over the forward lists with the same split of work (K held until dS·K), and
 dK/dV per (64-row kv tile, batch, kv-head) over the transposed lists, the GQA group's q-heads
 summed inside the program (deterministic, no atomics), Pᵀ computed as exp2(K·Qᵀ·c − lse).
@@ -108,13 +111,23 @@ def _produce_kv(row_src, row_smem, row_bar, gmem, smem, ready, done, bi, kvh, bk
 
 
 def forward(q, k, v, layout: BlockLayout, scale: float, *, stages: int = 2,
-            interpret: bool = False):
+            compute_wgs: int = 1, interpret: bool = False):
   """q [B, T, Hq, D], k/v [B, S, Hkv, D] (bf16 or f16) -> (out [B, T, Hq, D], lse [B, Hq, T]
-  in the log2 domain, +inf on rows with no allowed key)."""
+  in the log2 domain, +inf on rows with no allowed key).
+
+  compute_wgs = 2: one program per 128 q rows, two compute warpgroups of 64 rows sharing each
+  K/V stage (the layout of JAX's `attention_mgpu`): half the K/V shared-memory loads per row, and
+  one warpgroup's softmax can run under the other's wgmma. Needs block_q a multiple of 128. Not
+  yet timed or run on a GPU (benchmarks/results/attention_mosaic_gpu_plan.md); 1 is the default,
+  the variant every GPU check ran."""
   b, t, hq, d = q.shape
   hkv = k.shape[2]
   bq, bk = layout.block_q, layout.block_kv
   _check_blocks(bq, bk, d)
+  if compute_wgs not in (1, 2) or bq % (TQ * compute_wgs):
+    raise ValueError(f"compute_wgs={compute_wgs!r} must be 1, or 2 with block_q a multiple of "
+                     f"{2 * TQ}; block_q={bq}")
+  cw, rows_per = compute_wgs, TQ * compute_wgs
   tp, sp = layout.num_q_blocks * bq, layout.num_kv_blocks * bk
   qp, kp, vp = _pad(q, tp), _pad(k, sp), _pad(v, sp)
   rows = list_rows(layout, hq, b)
@@ -124,24 +137,25 @@ def forward(q, k, v, layout: BlockLayout, scale: float, *, stages: int = 2,
   dtype = q.dtype
 
   def kernel(q_ref, k_ref, v_ref, rows_ref, out_ref, lse_ref, scratch):
-    (q_smem, k_smem, v_smem, p_smem, row_smem, lse_smem), (row_bar, q_bar, k_bar, v_bar), \
+    (q_smem2, k_smem, v_smem, p_smem2, row_smem, lse_smem2), (row_bar, q_bar, k_bar, v_bar), \
         (k_done, v_done) = scratch
     tile, bi, h = lax.axis_index("q"), lax.axis_index("b"), lax.axis_index("h")
-    wg = lax.axis_index("wg")
-    r = lax.div(tile, bq // TQ)
+    wg = lax.axis_index("wg")  # 0 .. cw - 1 compute, cw moves memory
+    r = lax.div(tile, bq // rows_per)
     flat = (bi * hq + h) * layout.num_q_blocks + r
 
-    @pl.when(wg == 1)
+    @pl.when(wg == cw)
     def _memory():
       _produce_kv(rows_ref.at[pl.ds(flat, 1)], row_smem, row_bar, (k_ref, v_ref), (k_smem, v_smem),
                   (k_bar, v_bar), (k_done, v_done), bi, lax.div(h, group), bk, stages)
 
-    @pl.when(wg == 0)
+    @pl.when(wg < cw)
     def _compute():
-      q0 = tile * TQ
-      plgpu.copy_gmem_to_smem(q_ref.at[bi, pl.ds(q0, TQ), h], q_smem, q_bar.at[0])
+      q_smem, p_smem, lse_smem = q_smem2.at[wg], p_smem2.at[wg], lse_smem2.at[wg]
+      q0 = tile * rows_per + wg * TQ
+      plgpu.copy_gmem_to_smem(q_ref.at[bi, pl.ds(q0, TQ), h], q_smem, q_bar.at[wg])
       plgpu.barrier_wait(row_bar.at[0])
-      plgpu.barrier_wait(q_bar.at[0])
+      plgpu.barrier_wait(q_bar.at[wg])
       pc, fc = row_smem[0, 0], row_smem[0, 1]
       q_pos = q0 + plgpu.broadcasted_iota(jnp.int32, (TQ, bk), 0, layout=plgpu.Layout.WGMMA)
       k_off = plgpu.broadcasted_iota(jnp.int32, (TQ, bk), 1, layout=plgpu.Layout.WGMMA)
@@ -195,16 +209,18 @@ def forward(q, k, v, layout: BlockLayout, scale: float, *, stages: int = 2,
       plgpu.copy_smem_to_gmem(lse_smem, lse_ref.at[bi, h, pl.ds(q0, TQ)])
       plgpu.wait_smem_to_gmem(0)
 
+  # A K/V slot is free again once every compute warpgroup has arrived on its "consumed" barrier.
+  done = lambda: plgpu.Barrier(num_arrivals=cw, num_barriers=stages)
   out, lse = _launch(
       kernel,
-      ((_smem((TQ, d), dtype), _smem((stages, bk, d), dtype), _smem((stages, bk, d), dtype),
-        _smem((TQ, bk), dtype), plgpu.SMEM((1, rows.shape[1]), jnp.int32),
-        plgpu.SMEM((TQ,), jnp.float32)),
-       (plgpu.Barrier(num_barriers=1), plgpu.Barrier(num_barriers=1),
+      ((_smem((cw, TQ, d), dtype), _smem((stages, bk, d), dtype), _smem((stages, bk, d), dtype),
+        _smem((cw, TQ, bk), dtype), plgpu.SMEM((1, rows.shape[1]), jnp.int32),
+        plgpu.SMEM((cw, TQ), jnp.float32)),
+       (plgpu.Barrier(num_barriers=1), plgpu.Barrier(num_barriers=cw),
         plgpu.Barrier(num_barriers=stages), plgpu.Barrier(num_barriers=stages)),
-       (plgpu.Barrier(num_barriers=stages), plgpu.Barrier(num_barriers=stages))),
+       (done(), done())),
       (jax.ShapeDtypeStruct((b, tp, hq, d), dtype), jax.ShapeDtypeStruct((b, hq, tp), jnp.float32)),
-      (tp // TQ, b, hq), ("q", "b", "h"), interpret)(qp, kp, vp, rows)
+      (tp // rows_per, b, hq), ("q", "b", "h"), interpret, compute_wgs=cw)(qp, kp, vp, rows)
   return out[:, :t], lse
 
 
@@ -292,12 +308,14 @@ def dq(q, k, v, do, lse, delta, layout: BlockLayout, scale: float, *, stages: in
   return out[:, :t]
 
 
-def _launch(kernel, scratch, out_type, grid, grid_names, interpret: bool):
-  """plgpu.kernel over `grid` with two warpgroups ("wg": 0 computes, 1 moves memory), calling
-  kernel(*refs, scratch) with the `scratch` buffers and barriers allocated for both."""
+def _launch(kernel, scratch, out_type, grid, grid_names, interpret: bool, compute_wgs: int = 1):
+  """plgpu.kernel over `grid` with `compute_wgs` compute warpgroups and one that moves memory
+  (axis "wg", numbered last), calling kernel(*refs, scratch) with the `scratch` buffers and
+  barriers allocated for all of them."""
   def entry(*refs):
     pl.run_scoped(lambda *allocated: kernel(*refs, allocated), *scratch, collective_axes="wg")
-  return plgpu.kernel(entry, out_type=out_type, grid=grid, grid_names=grid_names, num_threads=2,
+  return plgpu.kernel(entry, out_type=out_type, grid=grid, grid_names=grid_names,
+                      num_threads=compute_wgs + 1,
                       thread_name="wg",
                       interpret=plgpu.InterpretGPUParams() if interpret else False)
 

@@ -46,6 +46,32 @@ def test_forward_gpu_matches_reference(name):
   _check(GPU_CASES[name], interpret=False, name=name)
 
 
+# The two-compute-warpgroup forward (128 q rows a program) takes 128-multiple q blocks.
+WG2_CASES = {"ragged_block_q128_d128": CASES["ragged_block_q128_d128"],
+             "local_gqa2_block_q128": (masks.Local(70), 256, 4, 2, 64, 128, 64)}
+GPU_WG2_CASES = {**WG2_CASES, **{n: GPU_CASES[n] for n in ("gpu_causal_d64_t2048",
+                                                            "gpu_local_d128_t1536")}}
+
+
+@pytest.mark.parametrize("name", list(WG2_CASES))
+def test_forward_two_compute_warpgroups_interpret_matches_reference(name):
+  _check(WG2_CASES[name], interpret=True, name=name, compute_wgs=2)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", list(GPU_WG2_CASES))
+def test_forward_two_compute_warpgroups_gpu_matches_reference(name):
+  _check(GPU_WG2_CASES[name], interpret=False, name=name, compute_wgs=2)
+
+
+def test_two_compute_warpgroups_refuse_64_row_blocks_before_compiling():
+  layout = so.BlockLayout.from_mask(masks.Causal(), 128, 128, block_q=64, block_kv=64)
+  x = jnp.zeros((1, 128, 1, 64), jnp.bfloat16)
+  with pytest.raises(ValueError, match="compute_wgs=2 must be 1, or 2 with block_q a multiple "
+                                       "of 128; block_q=64"):
+    mg.forward(x, x, x, layout, 0.125, compute_wgs=2, interpret=True)
+
+
 @pytest.mark.gpu
 def test_control_jax_own_mosaic_gpu_attention_runs_here():
   """A control for the misaligned-address crash: JAX's own Mosaic GPU flash attention
@@ -61,7 +87,7 @@ def test_control_jax_own_mosaic_gpu_attention_runs_here():
   np.testing.assert_allclose(np.asarray(out, np.float32), np.asarray(want), atol=2e-3, rtol=1e-3)
 
 
-def _check(case, interpret: bool, name: str):
+def _check(case, interpret: bool, name: str, compute_wgs: int = 1):
   mask, t, hq, hkv, d, bq, bk = case
   key = jax.random.key(int.from_bytes(os.urandom(4), "little"))
   kq, kk, kv = jax.random.split(key, 3)
@@ -69,7 +95,7 @@ def _check(case, interpret: bool, name: str):
              for kx, h in ((kq, hq), (kk, hkv), (kv, hkv)))
   layout = so.BlockLayout.from_mask(mask, t, t, block_q=bq, block_kv=bk)
   scale = d ** -0.5
-  out, lse = mg.forward(q, k, v, layout, scale, interpret=interpret)
+  out, lse = mg.forward(q, k, v, layout, scale, compute_wgs=compute_wgs, interpret=interpret)
   f32 = lambda x: x.astype(jnp.float32)
   want = reference.attention(f32(q), f32(k), f32(v), layout, scale)
   np.testing.assert_allclose(f32(out), want, atol=2e-2, rtol=2e-2)
