@@ -118,8 +118,9 @@ def forward(q, k, v, layout: BlockLayout, scale: float, *, stages: int = 2,
   compute_wgs = 2: one program per 128 q rows, two compute warpgroups of 64 rows sharing each
   K/V stage (the layout of JAX's `attention_mgpu`): half the K/V shared-memory loads per row, and
   one warpgroup's softmax can run under the other's wgmma. Needs block_q a multiple of 128. Not
-  yet timed or run on a GPU (benchmarks/results/attention_mosaic_gpu_plan.md); 1 is the default,
-  the variant every GPU check ran."""
+  yet timed or run on a GPU (benchmarks/results/attention_mosaic_gpu_plan.md). 1 is the default,
+  the variant every GPU check ran, though its Q, P and lse buffers have since gained a leading
+  axis of one (indexed by the warpgroup, offset 0): the GPU checks have not re-run since."""
   b, t, hq, d = q.shape
   hkv = k.shape[2]
   bq, bk = layout.block_q, layout.block_kv
