@@ -249,8 +249,9 @@ def _add_cudnn_ratios(rows: list[dict]) -> None:
 
 
 def tune(cfg: dict, head_dims=(128, 64), t: int = 8192, density: float = 1.0,
-         passes=("fwd", "dq", "dkv"), save=lambda out: None) -> dict:
-  """Sweeps the Triton kernels' tiles per pass (dense causal, cfg's dtype), one pass at a time.
+         passes=("fwd", "dq", "dkv"), save=lambda out: None, block: int = 128) -> dict:
+  """Sweeps the Triton kernels' tiles per pass (dense causal, cfg's dtype), one pass at a time,
+  on a layout of `block` × `block` blocks (tiles larger than a block are clipped to it).
 
   fwd: times the forward; dq / dkv: times forward+backward with the other tiles fixed.
   `save(out)` runs after every pass, so a sweep cut short keeps what it measured.
@@ -279,8 +280,8 @@ def tune(cfg: dict, head_dims=(128, 64), t: int = 8192, density: float = 1.0,
   for d in head_dims:
     kq, kk, kv, kg = jax.random.split(jax.random.PRNGKey(0), 4)
     q, k, v, g = (jax.random.normal(x, (b, t, h, d), dtype) for x in (kq, kk, kv, kg))
-    layout = so.BlockLayout.from_mask(block_causal_random(t, 128, density), t, t, block_q=128,
-                                      block_kv=128)
+    layout = so.BlockLayout.from_mask(block_causal_random(t, block, density), t, t,
+                                      block_q=block, block_kv=block)
     best = kt.default_tiles(d, dtype)
     # executed FLOPs (whole visited blocks), so sparse sweeps read as kernel efficiency
     flops = so.flops.executed_flops(layout, num_heads=h, head_dim=d, batch=b, backward=False)
@@ -407,7 +408,9 @@ def main(argv=None) -> None:
                       "into this JSON, then exit")
   p.add_argument("--tune-length", type=int, default=8192, dest="tune_length",
                  help="sequence length of the tile sweep (the study's short steps: 512 with "
-                      "--batch 64 --heads 4 --tune-head-dims 64)")
+                      "--batch 64 --heads 4 --tune-head-dims 64 --tune-block 64)")
+  p.add_argument("--tune-block", type=int, default=128, dest="tune_block",
+                 help="layout block of the tile sweep (the h200 study's models use 64)")
   p.add_argument("--tune-head-dims", type=int, nargs="+", default=[128, 64], dest="tune_head_dims")
   p.add_argument("--tune-passes", nargs="+", default=["fwd", "dq", "dkv"],
                  choices=["fwd", "dq", "dkv"], dest="tune_passes",
@@ -428,7 +431,8 @@ def main(argv=None) -> None:
     def save(out):
       with open(args.tune, "w") as f:
         json.dump(dict(environment=environment(), config=cfg, tune=out), f, indent=1)
-    tune(cfg, head_dims=cfg["tune_head_dims"], t=args.tune_length, density=cfg["densities"][0],
+    tune(cfg, head_dims=cfg["tune_head_dims"], t=args.tune_length, block=args.tune_block,
+         density=cfg["densities"][0],
          passes=tuple(args.tune_passes), save=save)
     return
   result = sweep(cfg)

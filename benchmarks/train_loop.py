@@ -4,6 +4,7 @@ data path -> benchmarks/results/train_loop_<preset>.json.
     python -m benchmarks.train_loop --preset h200    # one H200: 5 rows
     python -m benchmarks.train_loop --preset cpu     # a quick check of the machinery
     python -m benchmarks.train_loop --preset h200 --only 6m:512 --impl pallas_triton
+    python -m benchmarks.train_loop --preset h200 --only 6m:512 --block 64 --out OUT.json
 
 Each row (ladder size, sequence length, batch) runs in its own subprocess and measures, on the
 study's eight tasks (equal weights):
@@ -56,11 +57,11 @@ def _median(xs):
 
 
 def config(size: str, seq_len: int, batch: int, *, source: str, steps: int, steps_per_call: int,
-           threads: int, impl: str | None, run_dir: str):
+           threads: int, impl: str | None, run_dir: str, block: int | None = None):
   import models
   import train
   model = models.family(size, vocab_size=512, attention=models.AttentionConfig(
-      implementation=impl))
+      implementation=impl, block_q=block, block_kv=block))
   return train.Config(
       run_dir=run_dir, model=model, batch_size=batch, steps=steps, compute_dtype="bfloat16",
       steps_per_call=steps_per_call,
@@ -86,7 +87,7 @@ def loop_step_time(cfg) -> tuple[float, float]:
 
 
 def phases(size: str, seq_len: int, batch: int, *, steps_per_call: int, threads: int,
-           impl: str | None) -> dict:
+           impl: str | None, block: int | None = None) -> dict:
   """The old loop's phases and the new loop's parts, each timed on its own."""
   import jax
   import numpy as np
@@ -96,7 +97,7 @@ def phases(size: str, seq_len: int, batch: int, *, steps_per_call: int, threads:
   from train.loop import Batches
   tmp = tempfile.mkdtemp()
   cfg = config(size, seq_len, batch, source="host", steps=10**6, steps_per_call=1,
-               threads=threads, impl=impl, run_dir=tmp)
+               threads=threads, impl=impl, run_dir=tmp, block=block)
   tasks = [tasks_lib.make(n, length=seq_len, vocab_size=512) for n in ALL_TASKS]
   mesh = mesh_lib.make_mesh(cfg.mesh)
   out = {}
@@ -138,19 +139,21 @@ def phases(size: str, seq_len: int, batch: int, *, steps_per_call: int, threads:
 
 
 def measure(size: str, seq_len: int, batch: int, *, old_steps: int, new_steps: int,
-            steps_per_call: int, threads: int, impl: str | None) -> dict:
+            steps_per_call: int, threads: int, impl: str | None,
+            block: int | None = None) -> dict:
   import jax
   import models
   from train.log import device_peak
   row = {"size": size, "seq_len": seq_len, "batch": batch,
          "params": models.param_counts(models.family(size, vocab_size=512)).total}
   row.update(phases(size, seq_len, batch, steps_per_call=steps_per_call, threads=threads,
-                    impl=impl))
+                    impl=impl, block=block))
   tmp = tempfile.mkdtemp()
   old = config(size, seq_len, batch, source="host", steps=old_steps, steps_per_call=1,
-               threads=threads, impl=impl, run_dir=f"{tmp}/old")
+               threads=threads, impl=impl, run_dir=f"{tmp}/old", block=block)
   new = config(size, seq_len, batch, source="device", steps=new_steps,
-               steps_per_call=steps_per_call, threads=threads, impl=impl, run_dir=f"{tmp}/new")
+               steps_per_call=steps_per_call, threads=threads, impl=impl, run_dir=f"{tmp}/new",
+               block=block)
   _phase("  old loop run")
   row["old_loop_step_s"], row["old_run_wall_s"] = loop_step_time(old)
   _phase(f"  old loop {1e3 * row['old_loop_step_s']:.2f} ms/step; new loop run")
@@ -169,6 +172,7 @@ def measure(size: str, seq_len: int, batch: int, *, old_steps: int, new_steps: i
   row["device_kind"] = jax.devices()[0].device_kind
   row["peak_flops"] = peak
   row["attention_impl"] = attention_impl(old.model, seq_len, batch)
+  row["attention_blocks"] = list(old.model.attention.blocks(seq_len))
   return row
 
 
@@ -197,6 +201,9 @@ def main(argv=None) -> None:
   parser.add_argument("--impl", default=None,
                       help="pin the model's attention implementation (default: the preset's; "
                            "h200: None, chosen per call by sparse_ops.best_implementation)")
+  parser.add_argument("--block", type=int, default=None,
+                      help="the model's attention blocks (default: the implementation's, 128; "
+                           "the h200 study's models use 64)")
   parser.add_argument("--child", help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
   preset = PRESETS[args.preset]
@@ -207,7 +214,7 @@ def main(argv=None) -> None:
     print("ROW " + json.dumps(measure(
         size, seq_len, batch, old_steps=preset["old_steps"], new_steps=preset["new_steps"],
         steps_per_call=preset["steps_per_call"], threads=preset["threads"],
-        impl=preset["impl"])), flush=True)
+        impl=preset["impl"], block=args.block)), flush=True)
     return
   out = pathlib.Path(args.out or pathlib.Path(__file__).parent / "results" /
                      f"train_loop_{args.preset}.json")
@@ -219,13 +226,15 @@ def main(argv=None) -> None:
   result = json.loads(out.read_text()) if out.exists() and args.only else {"rows": []}
   result.update(benchmark="training loop: old (host grain, 1 step/call) vs new (on-device "
                 "batches, several steps per call), and the old loop's phases",
-                date=datetime.date.today().isoformat(), preset={**preset, "rows": None},
+                date=datetime.date.today().isoformat(),
+                preset={**preset, "rows": None, "block": args.block},
                 versions={"python": platform.python_version(), "jax": jax.__version__,
                           "flax": flax.__version__}, tasks=list(ALL_TASKS))
   for r in rows:
     t0 = time.perf_counter()
     try:
-      pin = ["--impl", args.impl] if args.impl else []
+      pin = (["--impl", args.impl] if args.impl else []) + (
+          ["--block", str(args.block)] if args.block else [])
       proc = subprocess.run([sys.executable, "-m", "benchmarks.train_loop", "--preset",
                              args.preset, "--child", json.dumps(r)] + pin, capture_output=True,
                             text=True, timeout=args.row_timeout)
