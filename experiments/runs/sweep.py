@@ -121,7 +121,8 @@ def run_sweep(study: study_lib.Study, out: Path, executor, *, retry_failed: bool
     for attempt in range(study.max_attempts):
       pending = todo(out, dirs, study, retry_failed=False)
       if chosen is not None:
-        pending = sorted((d for d in pending if d.name in chosen), key=lambda d: chosen.index(d.name))
+        pending = sorted((d for d in pending if d.name in chosen),
+                         key=lambda d: chosen.index(d.name))
       if not pending:
         break
       log(f"round {attempt + 1}: {len(pending)} run(s) to train/evaluate with {executor.name}")
