@@ -1,7 +1,7 @@
-"""benchmarks/study_piece.sh brings a study's records back whatever happened: here the piece fails
-at once (no wheels to install, as on a machine where the carry was forgotten), and its exit trap
-must still write the study archive without checkpoints, plus the checkpoints of each unfinished
-run small enough for one returned file."""
+"""The device-call scripts. benchmarks/study_piece.sh brings a study's records back whatever
+happened: here the piece fails at once (no wheels to install, as on a machine where the carry
+was forgotten), and its exit trap must still write the study archive without checkpoints, plus
+the checkpoints of each unfinished run small enough for one returned file."""
 
 import json
 import os
@@ -45,3 +45,17 @@ def test_refuses_a_call_without_out(tmp_path):
   r = subprocess.run(["bash", str(SCRIPT), "h200", str(tmp_path / "s"), "5", "x"], env=env,
                      capture_output=True, text=True, timeout=60)
   assert r.returncode == 2 and "OUT is unset" in r.stderr
+
+
+def test_gpu_measurements_names_its_issue_before_anything_runs(tmp_path):
+  """benchmarks/gpu_measurements.sh takes the issue whose measurements to run (15 or 22) and
+  refuses anything else, and a call without OUT, before installing or running anything."""
+  script = SCRIPT.parent / "gpu_measurements.sh"
+  r = subprocess.run(["bash", str(script), "7"], env={**os.environ, "OUT": str(tmp_path)},
+                     capture_output=True, text=True, timeout=60)
+  assert r.returncode == 2 and "usage: bash benchmarks/gpu_measurements.sh 15|22" in r.stderr
+  env = {k: v for k, v in os.environ.items() if k != "OUT"}
+  r = subprocess.run(["bash", str(script), "15"], env=env, capture_output=True, text=True,
+                     timeout=60)
+  assert r.returncode == 2 and "OUT is unset" in r.stderr
+  assert not list(tmp_path.iterdir())
