@@ -258,17 +258,33 @@ def write_report(out: str | Path, *, wall_s: float | None = None,
 
 
 def _status(a: Status) -> None:
-  from experiments.runs import store
+  from experiments.runs import store, sweep
   rows = store.status_rows(a.dir)
   print(f"{'run':12} {'model':34} {'state':9} {'steps':>11} {'train FLOPs':>11} "
-        f"{'budget':>9} {'tries':>5}  error")
+        f"{'budget':>9} {'tries':>5} {'wall s':>7}  error")
+  left = 0.0
   for r in rows:
+    # done: the wall its attempts took; else ~ what is left of `sweep.expected_wall` after its
+    # preempted attempts (the estimate `--stop-after` plans with)
+    if r["state"] == "done":
+      wall = f"{(r['train_wall_s'] or 0) + (r['eval_wall_s'] or 0) + r['preempted_wall_s']:.0f}"
+    else:
+      try:
+        need = max(0.0, sweep.expected_wall(Path(a.dir), Path(a.dir) / "runs" / r["run_id"])
+                   - r["preempted_wall_s"])
+      except (ValueError, OSError):  # a damaged record: named below ("unreadable: ...")
+        need, wall = None, "?"
+      if need is not None:
+        left += need
+        wall = f"~{need:.0f}"
     print(f"{r['run_id']:12} {r['label']:34} {r['state']:9} {r['step']:>5}/{r['steps']:<5} "
-          f"{r['train_flops']:11.3g} {r['budget']:9.3g} {r['attempts']:>5}  {r['error'][:80]}")
+          f"{r['train_flops']:11.3g} {r['budget']:9.3g} {r['attempts']:>5} {wall:>7}  "
+          f"{r['error'][:80]}")
   counts: dict[str, int] = {}
   for r in rows:
     counts[r["state"]] = counts.get(r["state"], 0) + 1
-  print(", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+  print(", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
+        + (f"; ~{left:.0f} s of runs left by this folder's walls" if left else ""))
   for note in store.damaged_files(a.dir):  # status works on what is readable, says what is not
     print(f"unreadable: {note}")
 

@@ -45,24 +45,26 @@ NEW_SIZE_MARGIN = 1.5
 
 
 def expected_wall(out: Path, run_dir: Path) -> float:
-  """Seconds a run should take, from the finished runs of this study folder (training +
-  evaluation as job.json recorded them): the longest of the same size scaled by training FLOPs
-  (`budget`) or by steps, whichever says longer (a sparse run of a size has more, cheaper steps
-  than its dense run, and a small model's step costs more than its FLOPs say), else the longest
-  of other sizes scaled by FLOPs, times `NEW_SIZE_MARGIN`; 0 before any finishes."""
+  """Seconds a run should take, from the finished runs of this study folder as job.json recorded
+  them: training (all its attempts: a run resumed across pieces counts its preempted ones too)
+  scaled by training FLOPs (`budget`) or by steps, whichever says longer (a sparse run of a size
+  has more, cheaper steps than its dense run, and a small model's step costs more than its FLOPs
+  say), plus the evaluation unscaled (a size's evaluation is the same work at every budget). From
+  the longest of the same size, else the longest of other sizes (scaled by FLOPs) times
+  `NEW_SIZE_MARGIN`; 0 before any finishes."""
   spec = read_json(Path(run_dir) / "spec.json")
   same, other_sizes = [], []
   for d in store.run_dirs(out):
     rec, other = store.job_record(d), read_json(d / "spec.json") or {}
     if rec["state"] != "done" or "train_wall_s" not in rec:
       continue
-    wall = rec["train_wall_s"] + rec.get("eval_wall_s", 0.0)
+    train = rec["train_wall_s"] + rec.get("preempted_wall_s", 0.0)
     flops = spec["budget"] / other["budget"]
     if other.get("size") == spec["size"]:
       steps = spec.get("steps", 0) / other["steps"] if other.get("steps") else 0.0
-      same.append(wall * max(flops, steps))
+      same.append(train * max(flops, steps) + rec.get("eval_wall_s", 0.0))
     else:
-      other_sizes.append(wall * flops)
+      other_sizes.append(train * flops + rec.get("eval_wall_s", 0.0))
   return max(same, default=0.0) or NEW_SIZE_MARGIN * max(other_sizes, default=0.0)
 
 

@@ -65,6 +65,13 @@ def test_failures_are_retried_then_reported_and_do_not_stop_the_sweep(tmp_path, 
   out = capsys.readouterr().out
   line = next(l for l in out.splitlines() if l.startswith(bad))
   assert "failed" in line and "non-finite" in line
+  # ... and the wall each took or, unfinished, about what it needs (sweep.expected_wall)
+  need = sweep.expected_wall(tmp_path, tmp_path / "runs" / bad)
+  assert need > 0 and f"~{need:.0f}" in line.split()
+  assert f"~{need:.0f} s of runs left" in out
+  done = next(l for l in out.splitlines() if l.startswith(by_state["done"][0]))
+  rec = store.job_record(tmp_path / "runs" / by_state["done"][0])
+  assert f"{rec['train_wall_s'] + rec['eval_wall_s']:.0f}" in done.split()
   # the report names it too; results.csv holds only the finished runs
   md = write_report(tmp_path, wandb_mode="disabled").read_text()
   assert bad in md and "non-finite loss" in md and "Failed runs" in md
@@ -164,25 +171,31 @@ def test_only_runs_the_named_runs_and_refuses_a_name_that_picks_none(tmp_path, c
 
 
 def test_expected_wall_uses_the_same_size_else_other_sizes_with_a_margin(tmp_path):
-  runs = {"a": ("6m", 1e15, 100.0, 1000), "b": ("6m", 1e15, 140.0, 1000),
-          "c": ("20m", 1e15, None, 300), "d": ("6m", 2e15, None, 2000),
-          "e": ("6m", 1e15, None, 1500)}
-  for rid, (size, budget, wall, steps) in runs.items():
+  # (size, budget, training s, steps, preempted s); each finished run evaluated in 40 s
+  runs = {"a": ("6m", 1e15, 60.0, 1000, 0.0), "b": ("6m", 1e15, 70.0, 1000, 30.0),
+          "c": ("20m", 1e15, None, 300, 0.0), "d": ("6m", 2e15, None, 2000, 0.0),
+          "e": ("6m", 1e15, None, 1500, 0.0), "f": ("20m", 4e15, None, 300, 0.0)}
+  for rid, (size, budget, train, steps, preempted) in runs.items():
     (tmp_path / "runs" / rid).mkdir(parents=True)
     files.write_json(tmp_path / "runs" / rid / "spec.json",
                      {"size": size, "budget": budget, "steps": steps})
-    if wall is not None:
+    if train is not None:
       files.write_json(tmp_path / "runs" / rid / "job.json",
-                       {"state": "done", "train_wall_s": wall - 40, "eval_wall_s": 40.0})
+                       {"state": "done", "train_wall_s": train, "eval_wall_s": 40.0,
+                        "preempted_wall_s": preempted})
   files.write_json(tmp_path / "study.json", {"run_order": list(runs)})
-  assert sweep.expected_wall(tmp_path, tmp_path / "runs" / "a") == 140.0
+  # the longest of the same size: b trained 70 s in its last attempt after 30 s preempted
+  assert sweep.expected_wall(tmp_path, tmp_path / "runs" / "a") == pytest.approx(140.0)
   # a new size at the same budget: the other sizes' longest, with the margin
   assert sweep.expected_wall(tmp_path, tmp_path / "runs" / "c") == pytest.approx(
       140.0 * sweep.NEW_SIZE_MARGIN)
-  # the same size at twice the budget: twice the time
-  assert sweep.expected_wall(tmp_path, tmp_path / "runs" / "d") == pytest.approx(280.0)
-  # the same size and budget in 1.5x the steps (a sparse run): 1.5x the time
-  assert sweep.expected_wall(tmp_path, tmp_path / "runs" / "e") == pytest.approx(210.0)
+  # ... at 4x the budget: 4x the training, the evaluation unscaled, then the margin
+  assert sweep.expected_wall(tmp_path, tmp_path / "runs" / "f") == pytest.approx(
+      (4 * 100.0 + 40.0) * sweep.NEW_SIZE_MARGIN)
+  # the same size at twice the budget: twice the training, the same evaluation
+  assert sweep.expected_wall(tmp_path, tmp_path / "runs" / "d") == pytest.approx(240.0)
+  # the same size and budget in 1.5x the steps (a sparse run): 1.5x the training
+  assert sweep.expected_wall(tmp_path, tmp_path / "runs" / "e") == pytest.approx(190.0)
 
 
 def test_results_are_deterministic_and_eval_changes_only_reevaluate(tmp_path):
