@@ -13,7 +13,8 @@ Commands:
       --only trains/evaluates just the named runs (ids, labels or label prefixes) this call,
       started in the order named.
   status DIR      table of runs: state (done/running/stopped/preempted/failed/pending), steps,
-                  FLOPs, attempts, last error
+                  FLOPs, attempts, wall seconds (unfinished: ~ what it still needs, by the
+                  folder's finished runs), last error
   report DIR      rewrite results.csv, report.md and plots from the run folders
   job RUN_DIR     train + evaluate one run folder (what executors run on each machine)
   presets         list the presets
