@@ -96,7 +96,7 @@ class Run:
 @dataclasses.dataclass(frozen=True)
 class Status:
   """Table of runs: state (done/running/stopped/preempted/failed/pending), steps, FLOPs,
-  attempts, last error."""
+  attempts, wall seconds (unfinished: ~ what it still needs), last error."""
 
   dir: str
   """a study folder"""
