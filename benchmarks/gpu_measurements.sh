@@ -28,12 +28,12 @@ step 110 tune_512_block64 python3 -m benchmarks.attention --preset h100 \
   --tune "$res/tune_512_block64.json" --tune-length 512 --tune-block 64 --batch 64 --heads 4 \
   --tune-head-dims 64 --densities 1
 else
-# The two-warpgroup forward on the real lowering, each check in its own process, then its
-# timing against the one-warpgroup forward and cuDNN, then the registered kernels' sweep.
-step 150 mosaic_cases_two_compute python3 benchmarks/mosaic_gpu_cases.py "$res" -k two_compute
-step 150 mosaic_forward_D128 python3 -m benchmarks.mosaic_forward --lengths 8192 --head-dim 128 \
-  --out "$res/mosaic_forward_D128.json"
-step 200 attention_mosaic_T8192_D128 python3 -m benchmarks.attention --preset h100 \
+# The two-warpgroup passes on the real lowering, each check in its own process, then their
+# timing against the one-warpgroup kernels and cuDNN, then the registered kernels' sweep.
+step 180 mosaic_cases_two_compute python3 benchmarks/mosaic_gpu_cases.py "$res" -k two_compute
+step 180 mosaic_warpgroups_D128 python3 -m benchmarks.mosaic_warpgroups --lengths 8192 \
+  --head-dim 128 --out "$res/mosaic_warpgroups_D128.json"
+step 180 attention_mosaic_T8192_D128 python3 -m benchmarks.attention --preset h100 \
   --impls pallas_mosaic_gpu pallas_triton --baselines cudnn flex --lengths 8192 \
   --out "$res/attention_mosaic_T8192_D128.json"
 fi

@@ -20,8 +20,9 @@ and the full ones (unmasked). One program per (64-row q tile, batch, q-head), tw
               blocks first (masked), then the full ones; out and the log-sum-exp (+inf on rows
               with no allowed key, which are written as zeros) through shared memory.
 
-`forward(..., compute_wgs=2)` runs two compute warpgroups of 64 rows per 128-row program, sharing
-each K/V stage (as JAX's `attention_mgpu` does); checked in interpret mode only, not yet on a GPU.
+`compute_wgs=2` runs the forward and dQ passes with two compute warpgroups of 64 rows per 128-row
+program, sharing each K/V stage (as JAX's `attention_mgpu` does); checked in interpret mode only,
+not yet on a GPU.
 
 The backward: dQ over the forward lists with the same split of work (K held until dS·K), and
 dK/dV per (64-row kv tile, batch, kv-head) over the transposed lists, the GQA group's q-heads
@@ -125,10 +126,7 @@ def forward(q, k, v, layout: BlockLayout, scale: float, *, stages: int = 2,
   hkv = k.shape[2]
   bq, bk = layout.block_q, layout.block_kv
   _check_blocks(bq, bk, d)
-  if compute_wgs not in (1, 2) or bq % (TQ * compute_wgs):
-    raise ValueError(f"compute_wgs={compute_wgs!r} must be 1, or 2 with block_q a multiple of "
-                     f"{2 * TQ}; block_q={bq}")
-  cw, rows_per = compute_wgs, TQ * compute_wgs
+  cw, rows_per = _compute_wgs(compute_wgs, bq)
   tp, sp = layout.num_q_blocks * bq, layout.num_kv_blocks * bk
   qp, kp, vp = _pad(q, tp), _pad(k, sp), _pad(v, sp)
   rows = list_rows(layout, hq, b)
@@ -226,42 +224,48 @@ def forward(q, k, v, layout: BlockLayout, scale: float, *, stages: int = 2,
 
 
 def dq(q, k, v, do, lse, delta, layout: BlockLayout, scale: float, *, stages: int = 2,
-       interpret: bool = False):
+       compute_wgs: int = 1, interpret: bool = False):
   """The dQ pass over the forward lists: q, do [B, T, Hq, D]; k, v [B, S, Hkv, D]; lse, delta
   [B, Hq, T_pad] f32 (the forward's log2 log-sum-exp; rowsum(out * do)) -> dq [B, T, Hq, D].
   Per listed block: P = exp2(S·c − lse) (0 where masked, and on empty rows where lse = +inf),
-  dS = P ⊙ (dO·Vᵀ − delta), dQ += dS·K; K is held until the last of its products."""
+  dS = P ⊙ (dO·Vᵀ − delta), dQ += dS·K; K is held until the last of its products.
+  `compute_wgs` as in `forward` (2: two 64-row warpgroups per 128 q rows sharing each K/V stage;
+  interpret mode only so far)."""
   b, t, hq, d = q.shape
   hkv = k.shape[2]
   bq, bk = layout.block_q, layout.block_kv
   _check_blocks(bq, bk, d)
+  cw, rows_per = _compute_wgs(compute_wgs, bq)
   tp, sp = layout.num_q_blocks * bq, layout.num_kv_blocks * bk
   qp, dop, kp, vp = _pad(q, tp), _pad(do, tp), _pad(k, sp), _pad(v, sp)
   rows = list_rows(layout, hq, b)
   group, mask_fn, c, dtype = hq // hkv, partial_block_mask(layout, hq), scale * _LOG2E, q.dtype
 
   def kernel(q_ref, do_ref, k_ref, v_ref, lse_ref, delta_ref, rows_ref, dq_ref, scratch):
-    (q_smem, do_smem, k_smem, v_smem, ds_smem, row_smem, lse_smem, delta_smem), \
+    (q_smem2, do_smem2, k_smem, v_smem, ds_smem2, row_smem, lse_smem2, delta_smem2), \
         (row_bar, q_bar, k_bar, v_bar), (k_done, v_done) = scratch
     tile, bi, h = lax.axis_index("q"), lax.axis_index("b"), lax.axis_index("h")
-    flat = (bi * hq + h) * layout.num_q_blocks + lax.div(tile, bq // TQ)
+    wg = lax.axis_index("wg")  # 0 .. cw - 1 compute, cw moves memory
+    flat = (bi * hq + h) * layout.num_q_blocks + lax.div(tile, bq // rows_per)
 
-    @pl.when(lax.axis_index("wg") == 1)
+    @pl.when(wg == cw)
     def _memory():
       _produce_kv(rows_ref.at[pl.ds(flat, 1)], row_smem, row_bar, (k_ref, v_ref), (k_smem, v_smem),
                   (k_bar, v_bar), (k_done, v_done), bi, lax.div(h, group), bk, stages)
 
-    @pl.when(lax.axis_index("wg") == 0)
+    @pl.when(wg < cw)
     def _compute():
-      q0 = tile * TQ
+      q_smem, do_smem, ds_smem = q_smem2.at[wg], do_smem2.at[wg], ds_smem2.at[wg]
+      lse_smem, delta_smem = lse_smem2.at[wg], delta_smem2.at[wg]
+      q0 = tile * rows_per + wg * TQ
       rows_q = pl.ds(q0, TQ)
       copies = ((q_ref.at[bi, rows_q, h], q_smem), (do_ref.at[bi, rows_q, h], do_smem),
                 (lse_ref.at[bi, h, rows_q], lse_smem), (delta_ref.at[bi, h, rows_q], delta_smem))
       for i, (src, dst) in enumerate(copies):
-        plgpu.copy_gmem_to_smem(src, dst, q_bar.at[i])
+        plgpu.copy_gmem_to_smem(src, dst, q_bar.at[wg * len(copies) + i])
       plgpu.barrier_wait(row_bar.at[0])
       for i in range(len(copies)):
-        plgpu.barrier_wait(q_bar.at[i])
+        plgpu.barrier_wait(q_bar.at[wg * len(copies) + i])
       lse = plgpu.load(lse_smem, (), layout=plgpu.Layout.WGMMA.reduce(1))
       delta = plgpu.load(delta_smem, (), layout=plgpu.Layout.WGMMA.reduce(1))
       pc, fc = row_smem[0, 0], row_smem[0, 1]
@@ -295,18 +299,27 @@ def dq(q, k, v, do, lse, delta, layout: BlockLayout, scale: float, *, stages: in
       plgpu.copy_smem_to_gmem(q_smem, dq_ref.at[bi, rows_q, h])
       plgpu.wait_smem_to_gmem(0)
 
+  done = lambda: plgpu.Barrier(num_arrivals=cw, num_barriers=stages)
   out = _launch(
       kernel,
-      ((_smem((TQ, d), dtype), _smem((TQ, d), dtype), _smem((stages, bk, d), dtype),
-        _smem((stages, bk, d), dtype), _smem((TQ, bk), dtype),
-        plgpu.SMEM((1, rows.shape[1]), jnp.int32), plgpu.SMEM((TQ,), jnp.float32),
-        plgpu.SMEM((TQ,), jnp.float32)),
-       (plgpu.Barrier(num_barriers=1), plgpu.Barrier(num_barriers=4),
+      ((_smem((cw, TQ, d), dtype), _smem((cw, TQ, d), dtype), _smem((stages, bk, d), dtype),
+        _smem((stages, bk, d), dtype), _smem((cw, TQ, bk), dtype),
+        plgpu.SMEM((1, rows.shape[1]), jnp.int32), plgpu.SMEM((cw, TQ), jnp.float32),
+        plgpu.SMEM((cw, TQ), jnp.float32)),
+       (plgpu.Barrier(num_barriers=1), plgpu.Barrier(num_barriers=4 * cw),
         plgpu.Barrier(num_barriers=stages), plgpu.Barrier(num_barriers=stages)),
-       (plgpu.Barrier(num_barriers=stages), plgpu.Barrier(num_barriers=stages))),
-      jax.ShapeDtypeStruct((b, tp, hq, d), dtype), (tp // TQ, b, hq), ("q", "b", "h"),
-      interpret)(qp, dop, kp, vp, lse, delta, rows)
+       (done(), done())),
+      jax.ShapeDtypeStruct((b, tp, hq, d), dtype), (tp // rows_per, b, hq), ("q", "b", "h"),
+      interpret, compute_wgs=cw)(qp, dop, kp, vp, lse, delta, rows)
   return out[:, :t]
+
+
+def _compute_wgs(compute_wgs: int, block_q: int) -> tuple[int, int]:
+  """(compute warpgroups, q rows a program) of the forward and dQ passes, checked."""
+  if compute_wgs not in (1, 2) or block_q % (TQ * compute_wgs):
+    raise ValueError(f"compute_wgs={compute_wgs!r} must be 1, or 2 with block_q a multiple of "
+                     f"{2 * TQ}; block_q={block_q}")
+  return compute_wgs, TQ * compute_wgs
 
 
 def _launch(kernel, scratch, out_type, grid, grid_names, interpret: bool, compute_wgs: int = 1):
@@ -498,9 +511,11 @@ def takes_blocks(layout: BlockLayout) -> bool:
 
 
 def attention(q, k, v, layout: BlockLayout, scale: float | None = None, *,
-              interpret: bool = False) -> jax.Array:
+              interpret: bool = False, compute_wgs: int = 1) -> jax.Array:
   """q [B, T, Hq, D], k/v [B, S, Hkv, D] (bf16 or f16) -> [B, T, Hq, D], with the custom VJP
-  of the dQ and dK/dV passes. `interpret=True`: Mosaic GPU interpret mode on any backend."""
+  of the dQ and dK/dV passes. `interpret=True`: Mosaic GPU interpret mode on any backend.
+  `compute_wgs=2` runs the forward and dQ passes with two compute warpgroups (`forward`); the
+  dK/dV pass is the same either way. Checked in interpret mode only; the default is 1."""
   check_call(q, k, layout, unavailable=unavailable, interpret=interpret,
              block_ok=_block_ok,
              block_rule="a multiple of 64 for the Mosaic GPU kernels (wgmma tiles)",
@@ -508,18 +523,22 @@ def attention(q, k, v, layout: BlockLayout, scale: float | None = None, *,
   if q.dtype not in (jnp.bfloat16, jnp.float16) or v.shape[3] != q.shape[3]:
     raise ValueError(f"the Mosaic GPU kernels take bf16 or f16 with Dv = D; got {q.dtype}, "
                      f"D={q.shape[3]}, Dv={v.shape[3]}")
+  _compute_wgs(compute_wgs, layout.block_q)  # refused before tracing the passes
   scale = q.shape[3] ** -0.5 if scale is None else float(scale)
-  return _attention(q, k, v, layout, scale, bool(interpret))
+  return _attention(q, k, v, layout, scale, (bool(interpret), compute_wgs))
 
 
-def _fwd(q, k, v, layout, scale, interpret):
-  return forward(q, k, v, layout, scale, interpret=interpret)
+def _fwd(q, k, v, layout, scale, static):
+  interpret, compute_wgs = static
+  return forward(q, k, v, layout, scale, interpret=interpret, compute_wgs=compute_wgs)
 
 
-def _bwd(q, k, v, layout, scale, interpret, out, lse, dout):
+def _bwd(q, k, v, layout, scale, static, out, lse, dout):
+  interpret, compute_wgs = static
   delta = jnp.einsum("bthd,bthd->bht", out.astype(jnp.float32), dout.astype(jnp.float32))
   delta = jnp.pad(delta, ((0, 0), (0, 0), (0, lse.shape[-1] - q.shape[1])))
-  dq_ = dq(q, k, v, dout, lse, delta, layout, scale, interpret=interpret)
+  dq_ = dq(q, k, v, dout, lse, delta, layout, scale, interpret=interpret,
+           compute_wgs=compute_wgs)
   dk, dv = dkv(q, k, v, dout, lse, delta, layout, scale, interpret=interpret)
   return dq_, dk, dv
 

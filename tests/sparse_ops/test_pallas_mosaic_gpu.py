@@ -67,9 +67,13 @@ def test_forward_two_compute_warpgroups_gpu_matches_reference(name):
 def test_two_compute_warpgroups_refuse_64_row_blocks_before_compiling():
   layout = so.BlockLayout.from_mask(masks.Causal(), 128, 128, block_q=64, block_kv=64)
   x = jnp.zeros((1, 128, 1, 64), jnp.bfloat16)
-  with pytest.raises(ValueError, match="compute_wgs=2 must be 1, or 2 with block_q a multiple "
-                                       "of 128; block_q=64"):
-    mg.forward(x, x, x, layout, 0.125, compute_wgs=2, interpret=True)
+  msg = "compute_wgs=2 must be 1, or 2 with block_q a multiple of 128; block_q=64"
+  for call in (lambda: mg.forward(x, x, x, layout, 0.125, compute_wgs=2, interpret=True),
+               lambda: mg.dq(x, x, x, x, jnp.zeros((1, 1, 128)), jnp.zeros((1, 1, 128)), layout,
+                             0.125, compute_wgs=2, interpret=True),
+               lambda: mg.attention(x, x, x, layout, compute_wgs=2, interpret=True)):
+    with pytest.raises(ValueError, match=msg):
+      call()
 
 
 @pytest.mark.gpu
@@ -131,7 +135,19 @@ def test_gradients_gpu_match_reference(name):
   _check_grads(GPU_CASES[name], interpret=False)
 
 
-def _check_grads(case, interpret: bool):
+@pytest.mark.parametrize("name", list(WG2_CASES))
+def test_gradients_two_compute_warpgroups_interpret_match_reference(name):
+  """The same with the forward and dQ passes on two compute warpgroups."""
+  _check_grads(WG2_CASES[name], interpret=True, compute_wgs=2)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", list(GPU_WG2_CASES))
+def test_gradients_two_compute_warpgroups_gpu_match_reference(name):
+  _check_grads(GPU_WG2_CASES[name], interpret=False, compute_wgs=2)
+
+
+def _check_grads(case, interpret: bool, compute_wgs: int = 1):
   mask, t, hq, hkv, d, bq, bk = case
   key = jax.random.key(int.from_bytes(os.urandom(4), "little"))
   kq, kk, kv, kg = jax.random.split(key, 4)
@@ -139,7 +155,8 @@ def _check_grads(case, interpret: bool):
                  for kx, h in ((kq, hq), (kk, hkv), (kv, hkv), (kg, hq)))
   layout = so.BlockLayout.from_mask(mask, t, t, block_q=bq, block_kv=bk)
   f32 = lambda x: x.astype(jnp.float32)
-  out, vjp = jax.vjp(lambda *x: mg.attention(*x, layout, interpret=interpret), q, k, v)
+  out, vjp = jax.vjp(lambda *x: mg.attention(*x, layout, interpret=interpret,
+                                             compute_wgs=compute_wgs), q, k, v)
   want_out, want_vjp = jax.vjp(lambda *x: reference.attention(*x, layout, d ** -0.5),
                                f32(q), f32(k), f32(v))
   np.testing.assert_allclose(f32(out), want_out, atol=2e-2, rtol=2e-2)

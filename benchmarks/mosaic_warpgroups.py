@@ -1,12 +1,13 @@
-"""The Mosaic GPU forward with one and with two compute warpgroups, beside cuDNN, in one process.
+"""The Mosaic GPU kernels with one and with two compute warpgroups, beside cuDNN, in one process.
 
-    python -m benchmarks.mosaic_forward --lengths 8192 --head-dim 128 --out OUT.json
+    python -m benchmarks.mosaic_warpgroups --lengths 8192 --head-dim 128 --out OUT.json
 
 The lever `benchmarks/results/attention_mosaic_gpu_plan.md` ranks first (128 q rows a program,
-two compute warpgroups sharing each K/V stage) against the kernel every GPU check ran (one
-compute warpgroup), forward only: the backward passes are the same in both. Shapes and layouts
-are those of `benchmarks.attention` (B = 4, H = 16, bf16, 128 × 128 block-causal random layouts),
-so the rows compare with its `pallas_mosaic_gpu` rows. Needs a Hopper GPU.
+two compute warpgroups sharing each K/V stage, in the forward and dQ passes) against the kernels
+every GPU check ran (one compute warpgroup): forward, and forward + backward through
+`mosaic_gpu.attention(..., compute_wgs=)` (its dK/dV pass is the same in both). Shapes and
+layouts are those of `benchmarks.attention` (B = 4, H = 16, bf16, 128 × 128 block-causal random
+layouts), so the rows compare with its `pallas_mosaic_gpu` rows. Needs a Hopper GPU.
 """
 
 from __future__ import annotations
@@ -26,23 +27,25 @@ from sparse_ops.kernels import mosaic_gpu as mg
 
 def rows_for(t: int, densities: list[float], cfg: dict) -> list[dict]:
   b, h, d = cfg["batch"], cfg["heads"], cfg["head_dim"]
-  kq, kk, kv = jax.random.split(jax.random.PRNGKey(0), 3)
-  q, k, v = (jax.random.normal(x, (b, t, h, d), jnp.dtype(cfg["dtype"])) for x in (kq, kk, kv))
-  rows = [r for r in gpu_baseline("cudnn", [], t, cfg, jax.random.PRNGKey(0))
-          if r["pass_"] == "fwd"]
+  kq, kk, kv, kg = jax.random.split(jax.random.PRNGKey(0), 4)
+  q, k, v, g = (jax.random.normal(x, (b, t, h, d), jnp.dtype(cfg["dtype"]))
+                for x in (kq, kk, kv, kg))
+  rows = gpu_baseline("cudnn", [], t, cfg, jax.random.PRNGKey(0))
   for dens in densities:
     mask = block_causal_random(t, 128, dens)
     layout = so.BlockLayout.from_mask(mask, t, t, block_q=128, block_kv=128)
     model_fwd = so.flops.model_flops(mask, t, t, num_heads=h, head_dim=d, batch=b)
     for wgs in (1, 2):
-      fn = jax.jit(lambda q, k, v, wgs=wgs: mg.forward(q, k, v, layout, d ** -0.5,
-                                                       compute_wgs=wgs)[0])
-      times = time_calls(lambda: fn(q, k, v), cfg["reps"]).times
-      rows.append(_row(f"pallas_mosaic_gpu[wg{wgs}]", mask, t, cfg, "fwd", times, model_fwd,
-                       layout))
-  base = {r["T"]: r["median_s"] for r in rows if r["impl"] == "cudnn_dense"}
+      fwd = lambda q, k, v, wgs=wgs: mg.attention(q, k, v, layout, compute_wgs=wgs)
+      passes = (("fwd", jax.jit(fwd)),
+                ("fwd_bwd", jax.jit(lambda q, k, v, fwd=fwd: jax.vjp(fwd, q, k, v)[1](g))))
+      for pass_, fn in passes:
+        times = time_calls(lambda: fn(q, k, v), cfg["reps"]).times
+        rows.append(_row(f"pallas_mosaic_gpu[wg{wgs}]", mask, t, cfg, pass_, times, model_fwd,
+                         layout))
+  base = {(r["T"], r["pass_"]): r["median_s"] for r in rows if r["impl"] == "cudnn_dense"}
   for r in rows:
-    r["speedup_vs_cudnn"] = base[r["T"]] / r["median_s"]
+    r["speedup_vs_cudnn"] = base[r["T"], r["pass_"]] / r["median_s"]
   return rows
 
 
@@ -61,17 +64,18 @@ def main(argv=None) -> None:
     raise SystemExit(why)
   cfg = dict(batch=a.batch, heads=a.heads, head_dim=a.head_dim, dtype="bfloat16", reps=a.reps)
   rows = [r for t in a.lengths for r in rows_for(t, a.densities, cfg)]
-  lines = ["| impl | T | block density | median ms | TFLOP/s | vs cuDNN dense fwd |",
-           "|---|---|---|---|---|---|"]
-  lines += [f"| {r['impl']} | {r['T']} | {r['block_density']:.3f} | {r['median_s'] * 1e3:.3f} "
-            f"| {r['tflops']:.1f} | {r['speedup_vs_cudnn']:.2f}× |" for r in rows]
+  lines = ["| impl | pass | T | block density | median ms | TFLOP/s | vs cuDNN dense |",
+           "|---|---|---|---|---|---|---|"]
+  lines += [f"| {r['impl']} | {r['pass_']} | {r['T']} | {r['block_density']:.3f} "
+            f"| {r['median_s'] * 1e3:.3f} | {r['tflops']:.1f} | {r['speedup_vs_cudnn']:.2f}× |"
+            for r in rows]
   print("\n".join(lines))
   if a.out:
     with open(a.out, "w") as f:
       json.dump(dict(environment=environment(), config=cfg, rows=rows), f, indent=1)
     with open(os.path.splitext(a.out)[0] + ".md", "w") as f:
       env = environment()
-      f.write(f"# Mosaic GPU forward, 1 vs 2 compute warpgroups: {env['device']}, jax "
+      f.write(f"# Mosaic GPU kernels, 1 vs 2 compute warpgroups: {env['device']}, jax "
               f"{env['jax']}\n\nconfig: `{json.dumps(cfg)}`\n\n" + "\n".join(lines) + "\n")
 
 
