@@ -5,7 +5,8 @@ mode on CPU (`plgpu.InterpretGPUParams`). The first real lowering (one H200, ses
 with CUDA_ERROR_MISALIGNED_ADDRESS on its first check; after list rows were padded to 128 bytes
 (`_ROW_ALIGN`) every check passed with the real lowering on one H100 (session 18,
 `benchmarks/results/mosaic_gpu_cases_h100.md`: forward and gradients, 6 layouts, each check
-alone with CUDA_LAUNCH_BLOCKING=1). Registered with `sparse_ops.attention` as
+alone with CUDA_LAUNCH_BLOCKING=1; session 19: a plain `pytest -m gpu` of the test file, 14 of 14,
+`mosaic_gpu_pytest_h100.txt`). Registered with `sparse_ops.attention` as
 `implementation="pallas_mosaic_gpu"`, asked for by name only: its speed is not measured yet, so
 `implementation=None` keeps the Triton kernel.
 
