@@ -20,7 +20,8 @@ import jax
 import jax.numpy as jnp
 
 import sparse_ops as so
-from benchmarks.attention import _row, block_causal_random, environment, gpu_baseline
+from benchmarks.attention import (_add_cudnn_ratios, _add_speedups, _row, block_causal_random,
+                                  environment, gpu_baseline, table)
 from benchmarks.timing import time_calls
 from sparse_ops.kernels import mosaic_gpu as mg
 
@@ -43,9 +44,6 @@ def rows_for(t: int, densities: list[float], cfg: dict) -> list[dict]:
         times = time_calls(lambda: fn(q, k, v), cfg["reps"]).times
         rows.append(_row(f"pallas_mosaic_gpu[wg{wgs}]", mask, t, cfg, pass_, times, model_fwd,
                          layout))
-  base = {(r["T"], r["pass_"]): r["median_s"] for r in rows if r["impl"] == "cudnn_dense"}
-  for r in rows:
-    r["speedup_vs_cudnn"] = base[r["T"], r["pass_"]] / r["median_s"]
   return rows
 
 
@@ -64,19 +62,16 @@ def main(argv=None) -> None:
     raise SystemExit(why)
   cfg = dict(batch=a.batch, heads=a.heads, head_dim=a.head_dim, dtype="bfloat16", reps=a.reps)
   rows = [r for t in a.lengths for r in rows_for(t, a.densities, cfg)]
-  lines = ["| impl | pass | T | block density | median ms | TFLOP/s | vs cuDNN dense |",
-           "|---|---|---|---|---|---|---|"]
-  lines += [f"| {r['impl']} | {r['pass_']} | {r['T']} | {r['block_density']:.3f} "
-            f"| {r['median_s'] * 1e3:.3f} | {r['tflops']:.1f} | {r['speedup_vs_cudnn']:.2f}× |"
-            for r in rows]
-  print("\n".join(lines))
+  _add_speedups(rows)  # the same ratio columns and table as benchmarks.attention
+  _add_cudnn_ratios(rows)
+  print(table(rows))
   if a.out:
+    env = environment()
     with open(a.out, "w") as f:
-      json.dump(dict(environment=environment(), config=cfg, rows=rows), f, indent=1)
+      json.dump(dict(environment=env, config=cfg, rows=rows), f, indent=1)
     with open(os.path.splitext(a.out)[0] + ".md", "w") as f:
-      env = environment()
       f.write(f"# Mosaic GPU kernels, 1 vs 2 compute warpgroups: {env['device']}, jax "
-              f"{env['jax']}\n\nconfig: `{json.dumps(cfg)}`\n\n" + "\n".join(lines) + "\n")
+              f"{env['jax']}\n\nconfig: `{json.dumps(cfg)}`\n\n{table(rows)}\n")
 
 
 if __name__ == "__main__":

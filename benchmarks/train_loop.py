@@ -209,12 +209,14 @@ def main(argv=None) -> None:
   preset = PRESETS[args.preset]
   if args.impl:
     preset = {**preset, "impl": args.impl}
+  if args.block is not None:
+    preset = {**preset, "block": args.block}
   if args.child:
     size, seq_len, batch = json.loads(args.child)
     print("ROW " + json.dumps(measure(
         size, seq_len, batch, old_steps=preset["old_steps"], new_steps=preset["new_steps"],
         steps_per_call=preset["steps_per_call"], threads=preset["threads"],
-        impl=preset["impl"], block=args.block)), flush=True)
+        impl=preset["impl"], block=preset.get("block"))), flush=True)
     return
   out = pathlib.Path(args.out or pathlib.Path(__file__).parent / "results" /
                      f"train_loop_{args.preset}.json")
@@ -227,14 +229,14 @@ def main(argv=None) -> None:
   result.update(benchmark="training loop: old (host grain, 1 step/call) vs new (on-device "
                 "batches, several steps per call), and the old loop's phases",
                 date=datetime.date.today().isoformat(),
-                preset={**preset, "rows": None, "block": args.block},
+                preset={**preset, "rows": None},
                 versions={"python": platform.python_version(), "jax": jax.__version__,
                           "flax": flax.__version__}, tasks=list(ALL_TASKS))
   for r in rows:
     t0 = time.perf_counter()
     try:
       pin = (["--impl", args.impl] if args.impl else []) + (
-          ["--block", str(args.block)] if args.block else [])
+          ["--block", str(args.block)] if args.block is not None else [])
       proc = subprocess.run([sys.executable, "-m", "benchmarks.train_loop", "--preset",
                              args.preset, "--child", json.dumps(r)] + pin, capture_output=True,
                             text=True, timeout=args.row_timeout)

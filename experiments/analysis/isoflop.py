@@ -191,7 +191,8 @@ def trend(gaps: list[tuple[float, Pair]], resamples: int = RESAMPLES,
           seed: int = SEED) -> dict[str, Any]:
   """Where a gap (sparse - dense) points across budgets. `gaps`: per budget, the (sparse,
   dense) points of one category (`category_gaps`). Least squares of gap on log10(budget); the
-  crossing (gap 0) at x* = mean(x) - mean(gap) / slope. Intervals: percentile bootstrap, contexts resampled per pair (fixed seed).
+  crossing (gap 0) at x* = mean(x) - mean(gap) / slope. Intervals: percentile bootstrap,
+  contexts resampled per pair (fixed seed).
   The crossing is "within the grid" only where it and its interval lie inside the budgets'
   range; no crossing is located where the slope's interval spans zero."""
   gaps = sorted(gaps, key=lambda g: g[0])

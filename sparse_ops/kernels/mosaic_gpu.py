@@ -127,7 +127,7 @@ def forward(q, k, v, layout: BlockLayout, scale: float, *, stages: int = 2,
   hkv = k.shape[2]
   bq, bk = layout.block_q, layout.block_kv
   _check_blocks(bq, bk, d)
-  cw, rows_per = _compute_wgs(compute_wgs, bq)
+  cw, rows_per = compute_wgs, _rows_per_program(compute_wgs, bq)
   tp, sp = layout.num_q_blocks * bq, layout.num_kv_blocks * bk
   qp, kp, vp = _pad(q, tp), _pad(k, sp), _pad(v, sp)
   rows = list_rows(layout, hq, b)
@@ -209,8 +209,6 @@ def forward(q, k, v, layout: BlockLayout, scale: float, *, stages: int = 2,
       plgpu.copy_smem_to_gmem(lse_smem, lse_ref.at[bi, h, pl.ds(q0, TQ)])
       plgpu.wait_smem_to_gmem(0)
 
-  # A K/V slot is free again once every compute warpgroup has arrived on its "consumed" barrier.
-  done = lambda: plgpu.Barrier(num_arrivals=cw, num_barriers=stages)
   out, lse = _launch(
       kernel,
       ((_smem((cw, TQ, d), dtype), _smem((stages, bk, d), dtype), _smem((stages, bk, d), dtype),
@@ -218,7 +216,7 @@ def forward(q, k, v, layout: BlockLayout, scale: float, *, stages: int = 2,
         plgpu.SMEM((cw, TQ), jnp.float32)),
        (plgpu.Barrier(num_barriers=1), plgpu.Barrier(num_barriers=cw),
         plgpu.Barrier(num_barriers=stages), plgpu.Barrier(num_barriers=stages)),
-       (done(), done())),
+       _consumed(cw, stages)),
       (jax.ShapeDtypeStruct((b, tp, hq, d), dtype), jax.ShapeDtypeStruct((b, hq, tp), jnp.float32)),
       (tp // rows_per, b, hq), ("q", "b", "h"), interpret, compute_wgs=cw)(qp, kp, vp, rows)
   return out[:, :t], lse
@@ -236,7 +234,7 @@ def dq(q, k, v, do, lse, delta, layout: BlockLayout, scale: float, *, stages: in
   hkv = k.shape[2]
   bq, bk = layout.block_q, layout.block_kv
   _check_blocks(bq, bk, d)
-  cw, rows_per = _compute_wgs(compute_wgs, bq)
+  cw, rows_per = compute_wgs, _rows_per_program(compute_wgs, bq)
   tp, sp = layout.num_q_blocks * bq, layout.num_kv_blocks * bk
   qp, dop, kp, vp = _pad(q, tp), _pad(do, tp), _pad(k, sp), _pad(v, sp)
   rows = list_rows(layout, hq, b)
@@ -300,7 +298,6 @@ def dq(q, k, v, do, lse, delta, layout: BlockLayout, scale: float, *, stages: in
       plgpu.copy_smem_to_gmem(q_smem, dq_ref.at[bi, rows_q, h])
       plgpu.wait_smem_to_gmem(0)
 
-  done = lambda: plgpu.Barrier(num_arrivals=cw, num_barriers=stages)
   out = _launch(
       kernel,
       ((_smem((cw, TQ, d), dtype), _smem((cw, TQ, d), dtype), _smem((stages, bk, d), dtype),
@@ -309,18 +306,24 @@ def dq(q, k, v, do, lse, delta, layout: BlockLayout, scale: float, *, stages: in
         plgpu.SMEM((cw, TQ), jnp.float32)),
        (plgpu.Barrier(num_barriers=1), plgpu.Barrier(num_barriers=4 * cw),
         plgpu.Barrier(num_barriers=stages), plgpu.Barrier(num_barriers=stages)),
-       (done(), done())),
+       _consumed(cw, stages)),
       jax.ShapeDtypeStruct((b, tp, hq, d), dtype), (tp // rows_per, b, hq), ("q", "b", "h"),
       interpret, compute_wgs=cw)(qp, dop, kp, vp, lse, delta, rows)
   return out[:, :t]
 
 
-def _compute_wgs(compute_wgs: int, block_q: int) -> tuple[int, int]:
-  """(compute warpgroups, q rows a program) of the forward and dQ passes, checked."""
+def _rows_per_program(compute_wgs: int, block_q: int) -> int:
+  """q rows a forward or dQ program takes with `compute_wgs` warpgroups of TQ rows, checked."""
   if compute_wgs not in (1, 2) or block_q % (TQ * compute_wgs):
     raise ValueError(f"compute_wgs={compute_wgs!r} must be 1, or 2 with block_q a multiple of "
                      f"{2 * TQ}; block_q={block_q}")
-  return compute_wgs, TQ * compute_wgs
+  return TQ * compute_wgs
+
+
+def _consumed(compute_wgs: int, stages: int) -> tuple:
+  """The K and V "consumed" barriers of a ring of `stages` slots: a slot is free again once
+  every compute warpgroup has arrived."""
+  return tuple(plgpu.Barrier(num_arrivals=compute_wgs, num_barriers=stages) for _ in "kv")
 
 
 def _launch(kernel, scratch, out_type, grid, grid_names, interpret: bool, compute_wgs: int = 1):
@@ -524,7 +527,7 @@ def attention(q, k, v, layout: BlockLayout, scale: float | None = None, *,
   if q.dtype not in (jnp.bfloat16, jnp.float16) or v.shape[3] != q.shape[3]:
     raise ValueError(f"the Mosaic GPU kernels take bf16 or f16 with Dv = D; got {q.dtype}, "
                      f"D={q.shape[3]}, Dv={v.shape[3]}")
-  _compute_wgs(compute_wgs, layout.block_q)  # refused before tracing the passes
+  _rows_per_program(compute_wgs, layout.block_q)  # refused before tracing the passes
   scale = q.shape[3] ** -0.5 if scale is None else float(scale)
   return _attention(q, k, v, layout, scale, (bool(interpret), compute_wgs))
 

@@ -141,7 +141,8 @@ def test_stop_after_leaves_runs_that_would_overrun_for_the_next_call(tmp_path):
 
 def test_only_runs_the_named_runs_and_refuses_a_name_that_picks_none(tmp_path, capsys):
   """--only plans a piece by hand: the named runs (by label, label prefix or id) are trained in
-  the order named, the others stay pending; a name that picks no run fails before the folder exists."""
+  the order named, the others stay pending; a name that picks no run fails before the folder
+  exists."""
   fake = FakeTrainer()
   study = _study()
   ex = executors.make("local", trainer=fake, loader=loader)
