@@ -10,10 +10,16 @@
 # models, not 3m) also comes back, as $OUT/ckpt-<run id>.tgz: extract it here with
 # `tar -C studies -xzf FILES_AT/ckpt-<id>.tgz` and name `studies/<study>/runs/<id>/checkpoints`
 # in the next call's carry (they are ignored by git), so a fresh machine resumes it.
+# On a warm machine each piece also keeps its records in $STUDY_RECORDS/<study> (default
+# /tmp/study_records), and the next piece restores from there every run further along than the
+# working tree's copy (evaluated, or trained to a later step): that copy deletes the records not
+# extracted here before the call (session 20 lost three finished runs' records so, recovered
+# only because the earlier call's archive was still on this machine).
 [ $# -ge 4 ] || { echo "usage: bash benchmarks/study_piece.sh PRESET STUDY_DIR SECONDS RUN..." >&2; exit 2; }
 preset=$1 dir=${2%/} secs=$3; shift 3
 [ -d "$dir" ] || [ ! -e "$dir" ] || { echo "study_piece: $dir is not a folder" >&2; exit 2; }
 [ -n "${OUT:-}" ] || { echo "study_piece: OUT is unset (run it through the device tool)" >&2; exit 2; }
+records=${STUDY_RECORDS:-/tmp/study_records}
 bring_back() {
   tar -C "$(dirname "$dir")" -czf "$OUT/$(basename "$dir").tgz" --exclude .jax_cache \
     --exclude checkpoints "$(basename "$dir")"
@@ -24,12 +30,37 @@ bring_back() {
     tar -C "$(dirname "$dir")" -czf "$OUT/ckpt-$(basename "$(dirname "$c")").tgz" \
       "$(basename "$dir")/runs/$(basename "$(dirname "$c")")/checkpoints" && n=$((n + 1))
   done
+  mkdir -p "$records" && rm -rf "${records:?}/$(basename "$dir")" &&
+    tar -C "$(dirname "$dir")" -cf - --exclude .jax_cache --exclude checkpoints \
+      "$(basename "$dir")" | tar -C "$records" -xf -
   ls -l "$OUT"
   # Whether the compilation cache could travel between sessions (a size's evaluation programs
   # are the same at every budget): its size, for the next plan.
   du -sh "${JAX_COMPILATION_CACHE_DIR:-/tmp/jax_cache}" 2>/dev/null
 }
 trap bring_back EXIT
+restore_records() {  # from the previous piece on this machine: see the header
+  local saved="$records/$(basename "$dir")" b r
+  [ -d "$saved/runs" ] || return 0
+  for b in "$saved"/runs/*/; do
+    r="$dir/runs/$(basename "$b")"
+    if [ "$(further "$b")" -gt "$(further "$r")" ]; then
+      mkdir -p "$r" && cp -a "$b". "$r"/ && echo "study_piece: restored $r from the last piece"
+    fi
+  done
+}
+further() {  # how far a run record got: 0 none, 1 + its trained step, 10^12 evaluated (done)
+  python3 -c 'import json, sys
+def read(name):
+  try:
+    return json.load(open(sys.argv[1] + name))
+  except (OSError, ValueError):
+    return None
+job, status = read("/job.json"), read("/status.json")
+print(10**12 if (job or {}).get("state") == "done" else
+      1 + int(status.get("step", 0)) if status else int(job is not None))' "$1"
+}
+restore_records
 . benchmarks/device_env.sh || exit 1
 timeout -s TERM -k 30 "$secs" python3 -m experiments run --preset "$preset" --out "$dir" \
   --no-report --wandb disabled --workers 2 --runs-per-device 2 --only "$@" 2>&1 \

@@ -59,3 +59,40 @@ def test_gpu_measurements_names_its_issue_before_anything_runs(tmp_path):
                      timeout=60)
   assert r.returncode == 2 and "OUT is unset" in r.stderr
   assert not list(tmp_path.iterdir())
+
+
+def _record(run: Path, state: str, step: int) -> None:
+  run.mkdir(parents=True, exist_ok=True)
+  (run / "job.json").write_text(json.dumps({"state": state}))
+  (run / "status.json").write_text(json.dumps({"status": "x", "step": step}))
+
+
+def test_the_next_piece_on_a_warm_machine_restores_records_the_working_tree_lacks(tmp_path):
+  """A piece keeps its records outside the working tree; the next piece takes back each run
+  further along there (evaluated, or a later step) and leaves the rest as the tree has them."""
+  runs = tmp_path / "studies" / "s" / "runs"
+  _record(runs / "evaluated", "done", 90)
+  _record(runs / "trained_more", "preempted", 50)
+  _record(runs / "newer_here", "preempted", 10)
+  _record(runs / "as_far", "preempted", 30)
+  out, work = tmp_path / "out", tmp_path / "work"
+  out.mkdir(), work.mkdir()
+  env = {**os.environ, "OUT": str(out), "STUDY_RECORDS": str(tmp_path / "records")}
+  piece = ["bash", str(SCRIPT), "h200", str(runs.parent), "5", "x"]
+  subprocess.run(piece, cwd=work, env=env, capture_output=True, timeout=120)
+  # The next call's copy of the working tree, made before the first piece came back:
+  for run in runs.iterdir():
+    for f in run.iterdir():
+      f.unlink()
+  _record(runs / "trained_more", "preempted", 20)
+  _record(runs / "newer_here", "done", 99)
+  _record(runs / "only_here", "pending", 0)
+  _record(runs / "as_far", "preempted", 30)
+  r = subprocess.run(piece, cwd=work, env=env, capture_output=True, text=True, timeout=120)
+  assert r.stdout.count("study_piece: restored") == 2
+  state = {run.name: (json.loads((run / "job.json").read_text())["state"],
+                      json.loads((run / "status.json").read_text())["step"])
+           for run in runs.iterdir()}
+  assert state == {"evaluated": ("done", 90), "trained_more": ("preempted", 50),
+                   "newer_here": ("done", 99), "only_here": ("pending", 0),
+                   "as_far": ("preempted", 30)}
