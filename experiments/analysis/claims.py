@@ -18,7 +18,9 @@ comparison is "reproduced" when the claimed direction is significant, "refuted" 
 opposite one is, or (tolerance comparisons) when the claimed direction is rare: it shows in
 significantly fewer than half of the cells that could show it (a binomial test against 1/2 with
 ties counted against the claim, which says the first tolerates *more*; a tie with both at the top
-of their ladder is censored and left out). That test joins the family. Otherwise "not
+of their ladder is censored and left out). That test joins the family. When the claimed direction
+is both significant and rare (the cells mostly tie, and where they differ they go the claimed
+way) the verdict stays "reproduced" and its reason says "yet rare", with the count. Otherwise "not
 resolvable here" with the reason: no measurable cell (the models sit at or near chance), too few
 cells for the test to ever reach significance, every cell a tie, or an interval that spans zero.
 A claim is reproduced when all its comparisons are, refuted when some are refuted and none
@@ -125,6 +127,10 @@ def decide(findings: list[Finding], alpha: float = ALPHA) -> list[Finding]:
     if p_for < alpha:
       verdict, why = REPRODUCED, "the claimed direction is significant"
       short = f"{brief}, Holm p {p_for:.2g}"
+      if f.p_rare is not None and f.p_rare < alpha:  # both: the direction holds, but seldom
+        why += (f" where the cells differ, yet rare: it shows in {f.up} of the {f.could} cells "
+                "that could show it, significantly fewer than half (the rest mostly tie)")
+        short += f"; yet rare: {f.up} of {f.could} cells, Holm p {f.p_rare:.2g}"
     elif p_against < alpha:
       verdict, why = REFUTED, "the opposite direction is significant"
       short = f"the opposite holds: {brief}, Holm p {p_against:.2g}"

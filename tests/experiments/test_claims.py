@@ -292,6 +292,14 @@ def test_a_claimed_direction_that_is_rare_refutes_the_claim():
           for t in rows]
   (h,) = claims.claim_d(half).findings
   assert h.verdict == claims.REPRODUCED and h.p_rare > 0.05
+  assert "rare" not in h.why
+  # 12 up, 0 down, 28 tied: the direction is significant where cells differ, and rare: said so
+  many = [dict(t, compression=2 * t["compression"])
+          if t["phase"] == "decode" and int(t["run_id"][1:]) < 12 else t for t in rows]
+  (k,) = claims.claim_d(many).findings
+  assert k.signs == "12+ 0− 28=" and k.verdict == claims.REPRODUCED
+  assert k.p_for < 0.05 and k.p_rare < 0.05
+  assert "yet rare: it shows in 12 of the 40 cells" in k.why and "yet rare: 12 of 40" in k.short
 
 
 def test_mixed_verdicts_are_not_resolvable_and_say_so():
