@@ -60,8 +60,8 @@ class Attention(nnx.Module):
     self.wo_hed = _normal(rngs, (h, e, d), (h * e * 2 * cfg.depth) ** -0.5)
 
   def __call__(self, x_btd: jax.Array, layout, implementation: str | None):
-    """`layout`: a BlockLayout, or (content-based AttentionConfig, dense_before, decode_rows,
-    budget_value) to select one (see `Transformer.__call__`)."""
+    """`layout`: a BlockLayout, or (content-based AttentionConfig or a static mask in the
+    decode phase, dense_before, decode_rows, budget_value) (see `Transformer.__call__`)."""
     q = rope(jnp.einsum("btd,dhe->bthe", x_btd, self.wq_dhe[...]), self.cfg.rope_base)
     k = rope(jnp.einsum("bsd,dke->bske", x_btd, self.wk_dke[...]), self.cfg.rope_base)
     v = jnp.einsum("bsd,dke->bske", x_btd, self.wv_dke[...])
@@ -94,20 +94,37 @@ def decode_allowed(keep: jax.Array, first: int, t: int, block_q: int,
   return jnp.take(keep_r, cols // block_kv, axis=3) & (cols[None, :] <= rows[:, None])
 
 
-def decode_attention(attention: AttentionConfig, q, k, v, dense_before, decode_rows,
-                     implementation: str | None, budget_value=None) -> jax.Array:
-  """Decode-phase content attention: rows before `dense_before` dense causal, later rows their
-  selected blocks ∩ causal (exactly `select_blocks(..., dense_before=)`'s layout).
+def static_allowed(mask: so.masks.Mask, first: int, t: int, hq: int, hkv: int) -> jax.Array:
+  """Element mask of rows first..t-1 of a static `mask`, broadcastable to [B, Hkv, Hq/Hkv, R,
+  T] (a per-head mask's heads are query heads, or kv heads when it has as many)."""
+  allowed = np.asarray(mask(np.arange(first, t)[:, None], np.arange(t)[None, :]), bool)
+  if mask.num_heads is None:
+    return jnp.asarray(allowed)
+  if mask.num_heads not in (hq, hkv):
+    raise ValueError(f"mask has {mask.num_heads} heads; the model has {hq} query and {hkv} kv "
+                     "heads")
+  return jnp.asarray(allowed.reshape(hkv, -1, t - first, t))
 
-  Cost: one dense causal attention over all rows with the model's own implementation (right for
-  the context rows; the others are overwritten), the block scores ([T, nk] per head), and a
+
+def decode_attention(attention: AttentionConfig | so.masks.Mask, q, k, v, dense_before,
+                     decode_rows, implementation: str | None, budget_value=None) -> jax.Array:
+  """Decode-phase attention: rows before `dense_before` dense causal, later rows a content
+  pattern's selected blocks ∩ causal (exactly `select_blocks(..., dense_before=)`'s layout) or
+  a static mask's pairs (exactly `mask | (QueryPrefix(dense_before) & Causal)`).
+
+  Cost: one attention over all rows with the model's own implementation, dense causal (with a
+  static mask: `mask | Causal`, what the rows before the bound see), right for the context rows
+  (the others are overwritten); for content, the block scores ([T, nk] per head); and a
   masked-softmax slab in f32 over only the last R rows ([B, Hq, R, T]). R is static:
   `decode_rows` if given, else T - dense_before when that is concrete, else T (every row: correct
-  but O(T²) memory; the evaluator passes a bucketed R). One-query selection blocks never reach a
-  kernel, so any implementation runs this.
+  but O(T²) memory; the evaluator passes a bucketed R). The tail never reaches a kernel, so any
+  implementation runs this, and a traced `dense_before` lets every prefix with the same R share
+  one compiled program.
   """
-  b, t, _, d = q.shape
-  out = so.attention(q, k, v, mask=so.masks.Causal(), implementation=implementation)
+  b, t, hq, d = q.shape
+  static = isinstance(attention, so.masks.Mask)
+  before = attention | so.masks.Causal() if static else so.masks.Causal()
+  out = so.attention(q, k, v, mask=before, implementation=implementation)
   traced = isinstance(dense_before, jax.core.Tracer)
   lowest = None if traced else int(np.clip(np.min(np.asarray(dense_before)), 0, t))
   rows = int(decode_rows) if decode_rows is not None else (t if traced else t - lowest)
@@ -121,9 +138,12 @@ def decode_attention(attention: AttentionConfig, q, k, v, dense_before, decode_r
   poison = lambda out: jnp.where(jnp.any(bound < first), jnp.nan, out) if first > 0 else out
   if rows == 0:
     return poison(out)
-  block_q, block_kv = attention.selection_blocks(t)
-  keep = decode_keep(attention, q, k, dense_before, budget_value)
-  allowed = decode_allowed(keep, first, t, block_q, block_kv)[:, :, None]  # [B, Hkv, 1, R, T]
+  if static:
+    allowed = static_allowed(attention, first, t, hq, k.shape[2])
+  else:
+    block_q, block_kv = attention.selection_blocks(t)
+    keep = decode_keep(attention, q, k, dense_before, budget_value)
+    allowed = decode_allowed(keep, first, t, block_q, block_kv)[:, :, None]  # [B, Hkv, 1, R, T]
   # The reference math (f32, HIGHEST) over the R tail rows only: an [B, Hq, R, T] slab.
   tail = reference.masked(q[:, first:], k, v, allowed, d ** -0.5)
   sparse = jnp.arange(first, t)[None, :] >= bound[:, None]  # [B, R]: rows at/after the bound
@@ -211,8 +231,10 @@ class Transformer(nnx.Module):
                budget_value: jax.Array | None = None):
     """`attention` overrides the config's pattern (e.g. evaluating at another sparsity).
 
-    `dense_before` (content-based patterns only; scalar or [B]): queries before this position
-    attend densely, later ones sparsely (the "decode" evaluation phase; `decode_attention`).
+    `dense_before` (scalar or [B]): queries before this position attend densely, later ones
+    sparsely (the "decode" evaluation phase; `decode_attention`): a content pattern's selection
+    or a static mask's pairs (then the same as `mask | (QueryPrefix(dense_before) & Causal)`,
+    but one program for every bound when it is traced).
     `decode_rows` (with `dense_before`): a static bound on T - dense_before, the rows the sparse
     tail computes; needed to keep that O(R·T) when `dense_before` is traced. A bound before
     T - decode_rows raises, or makes the output NaN if it is traced.
@@ -230,16 +252,19 @@ class Transformer(nnx.Module):
     if isinstance(attention, so.masks.Mask):
       impl = self.cfg.attention.implementation
       block_q, block_kv = self.cfg.attention.blocks(t)
-      layout = so.BlockLayout.from_mask(attention, t, t, block_q=block_q, block_kv=block_kv)
+      layout = ((attention, dense_before, decode_rows, None) if dense_before is not None else
+                so.BlockLayout.from_mask(attention, t, t, block_q=block_q, block_kv=block_kv))
     else:
       attention.validate(t)
       impl = attention.implementation
       layout = ((attention, dense_before, decode_rows, budget_value) if attention.is_content
                 else attention.layout(t))
     if dense_before is not None and not isinstance(layout, tuple):
-      raise ValueError("dense_before applies to content-based patterns; for static ones put "
-                       "the phase in the mask")
-    if budget_value is not None and not isinstance(layout, tuple):
+      raise ValueError(f"dense_before={dense_before!r} applies to content-based patterns and "
+                       f"static masks, not the static pattern {attention.pattern!r}: pass its "
+                       "mask (`attention.mask(T)`)")
+    if budget_value is not None and (not isinstance(layout, tuple) or
+                                     isinstance(attention, so.masks.Mask)):
       raise ValueError(f"budget_value={budget_value!r} applies to content-based patterns, not "
                        f"{attention!r}")
     if decode_rows is not None and (dense_before is None or isinstance(decode_rows, bool) or

@@ -90,7 +90,15 @@ class Mask:
     return And(self, other)
 
   def __or__(self, other: Mask) -> Mask:
-    return Or(self, _as_mask(other))
+    other = _as_mask(other)
+    # The same containments: a causal mask adds nothing to Causal() (a dense pattern's sink,
+    # ``Causal() | (Sink(n) & Causal())``, is Causal(), which cuDNN's dense check and the
+    # compiled-program caches recognise), and nothing adds to Full().
+    if isinstance(self, Full) or (isinstance(self, Causal) and _is_causal(other)):
+      return self
+    if isinstance(other, Full) or (isinstance(other, Causal) and _is_causal(self)):
+      return other
+    return Or(self, other)
 
 
 def _as_mask(m: Any) -> Mask:

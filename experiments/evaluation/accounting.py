@@ -5,9 +5,11 @@ its row's numbers; the only things it asks elsewhere are the config's own patter
 
 Phases (DESIGN.md): `prefill` makes every query sparse. `decode` keeps the context dense and makes
 only the question/answer queries sparse, as a decoding-time sparse method would. For a static
-pattern the mask is
+pattern the pairs are those of
     sparse | (so.masks.QueryPrefix(first question query) & Causal)
-so queries before the question see every earlier key, the later ones follow the sparse pattern.
+so queries before the question see every earlier key, the later ones follow the sparse pattern
+(`Decode`: the model runs it as it runs content decode, below, so one compiled program serves
+every task's prefix).
 A content-based setting (`experiments.spec.settings`) selects per layer from its own q and k; in
 decode it does so with `dense_before=` the first question query and one-query q-blocks
 (`decode_attention`), so the context queries are dense and each question/answer query picks its
@@ -62,6 +64,22 @@ class Selection:
   decode_floor: int = 0  # EvalSpec.decode_rows
 
 
+@dataclasses.dataclass(frozen=True)
+class Decode:
+  """A static pattern in the decode phase: queries before `dense_before` attend densely
+  (causal), later ones follow `mask`. Its pairs are `pairs`; the model runs it with
+  `dense_before=` (`models.transformer.decode_attention`), traced, so the study's tasks share one
+  program per tail size instead of one per prefix."""
+
+  mask: so.masks.Mask
+  dense_before: int
+  decode_floor: int = 0  # EvalSpec.decode_rows
+
+  @property
+  def pairs(self) -> so.masks.Mask:
+    return self.mask | (so.masks.QueryPrefix(self.dense_before) & so.masks.Causal())
+
+
 def dense_prefix(task) -> int:
   """Queries before the question: BOS and the context (the SEP query starts the question)."""
   return 1 + task.context_len
@@ -76,14 +94,16 @@ def phase_mask(attention: AttentionConfig, length: int, phase: str, prefix: int)
     return mask
   if phase != "decode":
     raise ValueError(f"phase={phase!r} must be 'prefill' or 'decode'")
-  return mask | (so.masks.QueryPrefix(prefix) & so.masks.Causal())
+  return Decode(mask, prefix).pairs
 
 
 def phase_attention(attention: AttentionConfig, length: int, phase: str, prefix: int,
-                    decode_floor: int = 0) -> so.masks.Mask | Selection:
-  """What the forward pass runs in `phase`: a static mask, or a content Selection
-  (`decode_floor`: `EvalSpec.decode_rows`)."""
+                    decode_floor: int = 0) -> so.masks.Mask | Decode | Selection:
+  """What the forward pass runs in `phase`: a static mask (prefill, or dense in both phases), a
+  static pattern's `Decode`, or a content Selection (`decode_floor`: `EvalSpec.decode_rows`)."""
   if not attention.is_content:
+    if phase == "decode" and attention.pattern != "dense":
+      return Decode(attention.mask(length), prefix, decode_floor)
     return phase_mask(attention, length, phase, prefix)
   if phase not in ("prefill", "decode"):
     raise ValueError(f"phase={phase!r} must be 'prefill' or 'decode'")
@@ -116,12 +136,16 @@ def decode_rows(length: int, dense_before: int, floor: int = 0) -> int:
 
 
 # ------------------------------------------------------------------------------- its numbers
-def counted(phased: so.masks.Mask | Selection, length: int, blocks: tuple[int, int] | None = None):
+def counted(phased: so.masks.Mask | Decode | Selection, length: int,
+            blocks: tuple[int, int] | None = None):
   """(what the pairs are counted on, what the blocks are counted on) for a phase's pass: a mask
-  and its layout at `blocks`, or a selection's `so.flops.Selected` (its own blocks) for both."""
+  (a `Decode`'s pairs) and its layout at `blocks`, or a selection's `so.flops.Selected` (its own
+  blocks) for both."""
   if isinstance(phased, Selection):
     sel = phased.attention.counted(length, phased.dense_before)
     return sel, sel
+  if isinstance(phased, Decode):
+    phased = phased.pairs
   if blocks is None:
     raise ValueError(f"blocks=None: a static mask's block sparsity needs (block_q, block_kv); "
                      f"got mask {phased!r}")
@@ -130,7 +154,7 @@ def counted(phased: so.masks.Mask | Selection, length: int, blocks: tuple[int, i
                                           block_kv=block_kv)
 
 
-def stats(model: ModelConfig, phased: so.masks.Mask | Selection, length: int,
+def stats(model: ModelConfig, phased: so.masks.Mask | Decode | Selection, length: int,
           blocks: tuple[int, int] | None = None) -> dict[str, float]:
   """Element and block sparsity of the pass, inference FLOPs per token with it, and a content
   selection's own arithmetic per token (pooling and block scores, every layer; 0 for a mask).

@@ -27,7 +27,7 @@ import numpy as np
 import sparse_ops as so
 from experiments import tasks as tasks_lib
 from experiments.evaluation import accounting
-from experiments.evaluation.accounting import (Selection, decode_rows, dense_prefix,
+from experiments.evaluation.accounting import (Decode, Selection, decode_rows, dense_prefix,
                                                phase_attention, setting_attention)
 from experiments.spec import settings as settings_lib
 from experiments.stats import activation_metrics, proportion_ci
@@ -70,17 +70,18 @@ def chance_exact_match(task) -> float:
   return float(np.mean(chances)) if chances else 1.0
 
 
-Forward = Callable[[np.ndarray, "so.masks.Mask | Selection"], np.ndarray]
+Forward = Callable[[np.ndarray, "so.masks.Mask | Decode | Selection"], np.ndarray]
 
 
 def make_forward(model, compute_dtype: str = "float32") -> Forward:
-  """(tokens int [B, T], mask or Selection) -> argmax predictions int32 [B, T].
+  """(tokens int [B, T], mask, Decode or Selection) -> argmax predictions int32 [B, T].
 
-  One compiled program per (mask, shape), or per (content config but its budget's value, phase,
-  shape, decode rows): a mask is static (hashable) and its layout is built at trace time; a
-  Selection's dense_before and budget value are traced arguments, so decode bounds with the same
-  power-of-two tail (`decode_rows`) share one program, and so do the sparsities of one content
-  pattern and budget kind (`shared_program`), selecting exactly what their own programs would.
+  One compiled program per (mask, shape), per (a Decode's mask, shape, decode rows), or per
+  (content config but its budget's value, phase, shape, decode rows): a mask is static
+  (hashable) and its layout is built at trace time; the decode bound and a budget's value are
+  traced arguments, so decode bounds with the same power-of-two tail (`decode_rows`) share one
+  program, and so do the sparsities of one content pattern and budget kind (`shared_program`),
+  selecting exactly what their own programs would.
 
   `forward.with_activations(tokens, phased)` runs the same pass and returns (predictions,
   sparsity [B, depth + 1, T, 4]): `experiments.stats.activation_metrics` of the hidden state at
@@ -121,9 +122,14 @@ def make_forward(model, compute_dtype: str = "float32") -> Forward:
       key = (attention, decode, rows)
       return ((key, hidden), compiled(key, attention, decode, rows, hidden),
               (jnp.int32(phased.dense_before if decode else 0), value))
+    if isinstance(phased, Decode):
+      rows = decode_rows(length, phased.dense_before, phased.decode_floor)
+      key = (phased.mask, True, rows)
+      return ((key, hidden), compiled(key, phased.mask, True, rows, hidden),
+              (jnp.int32(phased.dense_before),))
     if isinstance(phased, so.masks.Mask):
       return (phased, hidden), compiled(phased, phased, False, hidden=hidden), (jnp.int32(0),)
-    raise ValueError(f"forward takes a sparse_ops mask or a Selection, got {phased!r}")
+    raise ValueError(f"forward takes a sparse_ops mask, a Decode or a Selection, got {phased!r}")
 
   ready: dict[Any, Any] = {}  # (cache key, tokens shape) -> compiled ahead by `prepare`
 

@@ -6,6 +6,7 @@ trainer share one evaluation loop."""
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -208,3 +209,80 @@ def test_every_pass_is_compiled_ahead_and_scores_as_without(monkeypatch):
   assert [r["correct"] for r in rows] == [r["correct"] for r in again]
   assert [(r["task"], r["eval_setting"], r["phase"]) for r in rows] == [
       (r["task"], r["eval_setting"], r["phase"]) for r in again]
+
+
+@pytest.mark.parametrize("pattern, sparsity", [("local", 0.75), ("strided", 0.6),
+                                               ("block_random", 0.6)])
+def test_static_decode_runs_the_phase_masks_pairs_with_one_program_for_every_prefix(
+    pattern, sparsity):
+  """A static pattern's decode phase (`Decode`: dense causal slab plus its mask's tail rows,
+  the bound traced) gives the logits of the phase mask `mask | (QueryPrefix(p) & Causal)` run
+  whole, for prefixes sharing a tail size and one compiled program; a per-head mask too."""
+  t, b = 128, 2
+  cfg = models.ModelConfig(vocab_size=128, width=32, depth=2, num_heads=4, num_kv_heads=2,
+                           attention=models.AttentionConfig(implementation="reference"))
+  model = models.Transformer(cfg, rngs=nnx.Rngs(0))
+  tokens = np.random.default_rng(1).integers(0, 128, (b, t)).astype(np.int32)
+  att = models.AttentionConfig(pattern, sparsity=sparsity, sink=8)
+  traces = []
+
+  @jax.jit
+  def run(tokens, dense_before):
+    traces.append(1)
+    return model(tokens, attention=att.mask(t), dense_before=dense_before, decode_rows=32)
+
+  for prefix in (100, 97, 112):
+    dec = accounting.phase_attention(att, t, "decode", prefix, decode_floor=32)
+    assert dec == accounting.Decode(att.mask(t), prefix, 32)
+    assert dec.pairs == accounting.phase_mask(att, t, "decode", prefix)
+    whole = model(tokens, attention=dec.pairs)
+    np.testing.assert_allclose(run(tokens, jnp.int32(prefix)), whole, rtol=2e-5, atol=2e-5)
+  assert len(traces) == 1
+  # rows before the slab would be sparse but run dense: a concrete bound there raises
+  with pytest.raises(ValueError, match="decode_rows >= 50"):
+    model(tokens, attention=att.mask(t), dense_before=78, decode_rows=32)
+  heads = M.MultiHead([M.Local(4), M.Causal(), M.Local(16), M.Sink(4) & M.Causal()])
+  dec = accounting.Decode(heads, 100)
+  np.testing.assert_allclose(
+      model(tokens, attention=heads, dense_before=100, decode_rows=32),
+      model(tokens, attention=dec.pairs), rtol=2e-5, atol=2e-5)
+  # and the study's accounting counts those same pairs
+  s = accounting.phase_stats(cfg, att, accounting.phase_attention(att, t, "decode", 100), t)
+  assert s == accounting.stats(cfg, accounting.phase_mask(att, t, "decode", 100), t,
+                               att.blocks(t))
+  with pytest.raises(ValueError, match="static pattern 'local'"):
+    model(tokens, attention=models.AttentionConfig("local", sparsity=0.5), dense_before=100)
+
+
+def test_static_decode_compiles_one_program_per_tail_in_an_evaluation():
+  """Tasks with different context lengths (different decode prefixes) share a static setting's
+  decode program once the floor covers their tails: 1 program where the phase masks took one per
+  prefix, and the scores are those of each phase mask run whole."""
+  t = 128
+  cfg = models.ModelConfig(vocab_size=128, width=32, depth=2, num_heads=4,
+                           attention=models.AttentionConfig(implementation="reference", sink=8))
+  model = models.Transformer(cfg, rngs=nnx.Rngs(0))
+  spec = EvalSpec(tasks=("niah_single", "niah_multiquery", "common_words"), lengths=(t,), examples=4,
+                  batch_size=4, settings=(("local", 0.75),), native=False, phases=("decode",),
+                  decode_rows=64)
+  prefixes = {accounting.dense_prefix(tasks.make(n, length=t, vocab_size=128))
+              for n in spec.tasks}
+  assert len(prefixes) == 3
+  compiles = []
+
+  def listener(event, seconds, fun_name="", **kw):
+    if event == "/jax/core/compile/backend_compile_duration" and fun_name == "jit(predict)":
+      compiles.append(fun_name)
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    rows = ev.evaluate(ev.make_forward(model), cfg, spec, 128)
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  assert len(compiles) == 1 and len(rows) == 3
+  forward = ev.make_forward(model)
+  for r in rows:
+    task = tasks.make(r["task"], length=t, vocab_size=128)
+    data = ev.stacked_examples(task, "test", 4)
+    local = models.AttentionConfig("local", sparsity=0.75, sink=cfg.attention.sink)
+    whole = accounting.phase_mask(local, t, "decode", accounting.dense_prefix(task))
+    assert ev.score_phase(forward, whole, data, 4)["correct"].tolist() == r["correct"]

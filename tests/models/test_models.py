@@ -237,6 +237,16 @@ def test_closed_form_strided_count_is_exact(t, stride, window, sink):
       so.flops.sparsity(cfg.mask(t), t), abs=1e-15)
 
 
+def test_a_dense_pattern_with_a_sink_is_the_causal_mask_cudnn_takes():
+  """The sink adds no pair to dense causal attention, so the mask is Causal() itself: the GPU
+  default then runs it on cuDNN at long T (until session 20 the union stayed an Or, which cuDNN
+  refuses, so the h200 study's dense models, sink 64, trained on the Triton kernel)."""
+  from sparse_ops.kernels import cudnn
+  cfg = models.AttentionConfig("dense", sink=64, block_q=64, block_kv=64)
+  assert cfg.mask(4096) == so.masks.Causal()
+  assert cudnn.dense_kind(cfg.layout(4096)) == ("causal", "")
+
+
 def test_target_sparsity_is_met_at_every_length():
   for pattern, sink in [("local", 0), ("strided", 0), ("strided", 4), ("block_random", 2)]:
     cfg = models.AttentionConfig(pattern, sparsity=0.6, sink=sink, block_q=16, block_kv=16)

@@ -200,6 +200,8 @@ def test_none_picks_cudnn_only_for_dense_half_precision_calls():
   for dtype in (jnp.bfloat16, jnp.float16):
     q, k, v, _ = _qkv(t=300, hq=4, hkv=1, dtype=dtype)
     assert pick(q, k, v, M.Causal(), 300, 300) == "cudnn"
+    # a dense pattern with a sink too (the h200 study's models): its union is Causal() itself
+    assert pick(q, k, v, M.Causal() | (M.Sink(64) & M.Causal()), 300, 300) == "cudnn"
   q, k, v, _ = _qkv(t=300, s=200)
   assert pick(q, k, v, M.Full(), 300, 200) == "cudnn"
   assert pick(q, k, v, M.Causal(), 300, 200) == general  # causal with T != S

@@ -86,6 +86,21 @@ def test_algebra_simplifies_known_containment():
   assert M.Causal() & M.VerticalSlash((1,), (0,)) == M.VerticalSlash((1,), (0,))
   assert M.Full() & M.Sink(2) == M.Sink(2)
   assert isinstance(M.Sink(2) & M.Causal(), M.And)
+  # and |: a dense pattern's sink adds nothing to Causal(), which cuDNN's dense check needs
+  assert M.Causal() | (M.Sink(64) & M.Causal()) == M.Causal()
+  assert M.Local(8) | M.Causal() == M.Causal() and M.Sink(2) | M.Full() == M.Full()
+  assert M.Full() | M.Local(3) == M.Full()
+  assert isinstance(M.Sink(2) | M.Causal(), M.Or)  # a sink alone also sees later keys
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_or_and_and_mean_the_elementwise_union_and_intersection(data):
+  a, b = primitive(data.draw), primitive(data.draw)
+  t, s = data.draw(st.integers(1, 70)), data.draw(st.integers(1, 70))
+  da, db = M.dense(a, t, s), M.dense(b, t, s)
+  np.testing.assert_array_equal(M.dense(a | b, t, s), da | db)
+  np.testing.assert_array_equal(M.dense(a & b, t, s), da & db)
 
 
 def test_multihead_predicate_and_heads():
