@@ -1,10 +1,10 @@
 # The measurements session 19 prepared but could not run, one device call per issue (each
 # step alone on the GPU, ~5-8 minutes a call), results in $OUT/measurements-<issue>.tgz:
-#   bash benchmarks/gpu_measurements.sh 15|22     (from the repository root, .whl/ carried)
+#   bash benchmarks/gpu_measurements.sh 15|15b|22     (from the repository root, .whl/ carried)
 # Here: `tar -C benchmarks/results -xzf FILES_AT/measurements-<issue>.tgz`, read, commit.
 # Each step has its own time limit, so one that hangs or dies leaves the others' results.
 issue=${1:-}
-case "$issue" in 15|22) ;; *) echo "usage: bash benchmarks/gpu_measurements.sh 15|22 (the issue)" >&2; exit 2;; esac
+case "$issue" in 15|15b|22) ;; *) echo "usage: bash benchmarks/gpu_measurements.sh 15|15b|22 (the issue; 15b: its second call)" >&2; exit 2;; esac
 [ -n "${OUT:-}" ] || { echo "gpu_measurements: OUT is unset (run it through the device tool)" >&2; exit 2; }
 . benchmarks/device_env.sh >/dev/null || exit 1
 res=/tmp/measurements-$issue
@@ -27,6 +27,17 @@ step 220 train_loop_6m512_block64 python3 -m benchmarks.train_loop --preset h200
 step 110 tune_512_block64 python3 -m benchmarks.attention --preset h100 \
   --tune "$res/tune_512_block64.json" --tune-length 512 --tune-block 64 --batch 64 --heads 4 \
   --tune-head-dims 64 --densities 1
+elif [ "$issue" = 15b ]; then
+# The study's own long step (blocks 64, sink 64): the Triton kernel it ran until session 20
+# against the default now (cuDNN for its dense layers at T >= 2048, the sink no longer hiding
+# that the layout is dense causal), 6m and 3m at 4096.
+for size in 6m 3m; do
+  step 200 "train_loop_${size}4096_sink64_triton" python3 -m benchmarks.train_loop --preset h200 \
+    --only "$size:4096" --block 64 --sink 64 --impl pallas_triton \
+    --out "$res/train_loop_${size}4096_sink64_triton.json"
+  step 200 "train_loop_${size}4096_sink64_default" python3 -m benchmarks.train_loop --preset h200 \
+    --only "$size:4096" --block 64 --sink 64 --out "$res/train_loop_${size}4096_sink64_default.json"
+done
 else
 # The two-warpgroup passes on the real lowering, each check in its own process, then their
 # timing against the one-warpgroup kernels and cuDNN, then the registered kernels' sweep.

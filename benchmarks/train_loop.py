@@ -5,6 +5,7 @@ data path -> benchmarks/results/train_loop_<preset>.json.
     python -m benchmarks.train_loop --preset cpu     # a quick check of the machinery
     python -m benchmarks.train_loop --preset h200 --only 6m:512 --impl pallas_triton
     python -m benchmarks.train_loop --preset h200 --only 6m:512 --block 64 --out OUT.json
+    python -m benchmarks.train_loop --preset h200 --only 6m:4096 --block 64 --sink 64  # the study's
 
 Each row (ladder size, sequence length, batch) runs in its own subprocess and measures, on the
 study's eight tasks (equal weights):
@@ -57,11 +58,12 @@ def _median(xs):
 
 
 def config(size: str, seq_len: int, batch: int, *, source: str, steps: int, steps_per_call: int,
-           threads: int, impl: str | None, run_dir: str, block: int | None = None):
+           threads: int, impl: str | None, run_dir: str, block: int | None = None,
+           sink: int = 0):
   import models
   import train
   model = models.family(size, vocab_size=512, attention=models.AttentionConfig(
-      implementation=impl, block_q=block, block_kv=block))
+      implementation=impl, block_q=block, block_kv=block, sink=sink))
   return train.Config(
       run_dir=run_dir, model=model, batch_size=batch, steps=steps, compute_dtype="bfloat16",
       steps_per_call=steps_per_call,
@@ -87,7 +89,7 @@ def loop_step_time(cfg) -> tuple[float, float]:
 
 
 def phases(size: str, seq_len: int, batch: int, *, steps_per_call: int, threads: int,
-           impl: str | None, block: int | None = None) -> dict:
+           impl: str | None, block: int | None = None, sink: int = 0) -> dict:
   """The old loop's phases and the new loop's parts, each timed on its own."""
   import jax
   import numpy as np
@@ -97,7 +99,7 @@ def phases(size: str, seq_len: int, batch: int, *, steps_per_call: int, threads:
   from train.loop import Batches
   tmp = tempfile.mkdtemp()
   cfg = config(size, seq_len, batch, source="host", steps=10**6, steps_per_call=1,
-               threads=threads, impl=impl, run_dir=tmp, block=block)
+               threads=threads, impl=impl, run_dir=tmp, block=block, sink=sink)
   tasks = [tasks_lib.make(n, length=seq_len, vocab_size=512) for n in ALL_TASKS]
   mesh = mesh_lib.make_mesh(cfg.mesh)
   out = {}
@@ -140,20 +142,20 @@ def phases(size: str, seq_len: int, batch: int, *, steps_per_call: int, threads:
 
 def measure(size: str, seq_len: int, batch: int, *, old_steps: int, new_steps: int,
             steps_per_call: int, threads: int, impl: str | None,
-            block: int | None = None) -> dict:
+            block: int | None = None, sink: int = 0) -> dict:
   import jax
   import models
   from train.log import device_peak
   row = {"size": size, "seq_len": seq_len, "batch": batch,
          "params": models.param_counts(models.family(size, vocab_size=512)).total}
   row.update(phases(size, seq_len, batch, steps_per_call=steps_per_call, threads=threads,
-                    impl=impl, block=block))
+                    impl=impl, block=block, sink=sink))
   tmp = tempfile.mkdtemp()
   old = config(size, seq_len, batch, source="host", steps=old_steps, steps_per_call=1,
-               threads=threads, impl=impl, run_dir=f"{tmp}/old", block=block)
+               threads=threads, impl=impl, run_dir=f"{tmp}/old", block=block, sink=sink)
   new = config(size, seq_len, batch, source="device", steps=new_steps,
                steps_per_call=steps_per_call, threads=threads, impl=impl, run_dir=f"{tmp}/new",
-               block=block)
+               block=block, sink=sink)
   _phase("  old loop run")
   row["old_loop_step_s"], row["old_run_wall_s"] = loop_step_time(old)
   _phase(f"  old loop {1e3 * row['old_loop_step_s']:.2f} ms/step; new loop run")
@@ -173,6 +175,7 @@ def measure(size: str, seq_len: int, batch: int, *, old_steps: int, new_steps: i
   row["peak_flops"] = peak
   row["attention_impl"] = attention_impl(old.model, seq_len, batch)
   row["attention_blocks"] = list(old.model.attention.blocks(seq_len))
+  row["attention_sink"] = old.model.attention.sink
   return row
 
 
@@ -204,6 +207,8 @@ def main(argv=None) -> None:
   parser.add_argument("--block", type=int, default=None,
                       help="the model's attention blocks (default: the implementation's, 128; "
                            "the h200 study's models use 64)")
+  parser.add_argument("--sink", type=int, default=0,
+                      help="the model's attention sink (the h200 study's models: 64)")
   parser.add_argument("--child", help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
   preset = PRESETS[args.preset]
@@ -211,12 +216,15 @@ def main(argv=None) -> None:
     preset = {**preset, "impl": args.impl}
   if args.block is not None:
     preset = {**preset, "block": args.block}
+  if args.sink:
+    preset = {**preset, "sink": args.sink}
   if args.child:
     size, seq_len, batch = json.loads(args.child)
     print("ROW " + json.dumps(measure(
         size, seq_len, batch, old_steps=preset["old_steps"], new_steps=preset["new_steps"],
         steps_per_call=preset["steps_per_call"], threads=preset["threads"],
-        impl=preset["impl"], block=preset.get("block"))), flush=True)
+        impl=preset["impl"], block=preset.get("block"), sink=preset.get("sink", 0))),
+          flush=True)
     return
   out = pathlib.Path(args.out or pathlib.Path(__file__).parent / "results" /
                      f"train_loop_{args.preset}.json")
@@ -236,7 +244,8 @@ def main(argv=None) -> None:
     t0 = time.perf_counter()
     try:
       pin = (["--impl", args.impl] if args.impl else []) + (
-          ["--block", str(args.block)] if args.block is not None else [])
+          ["--block", str(args.block)] if args.block is not None else []) + (
+          ["--sink", str(args.sink)] if args.sink else [])
       proc = subprocess.run([sys.executable, "-m", "benchmarks.train_loop", "--preset",
                              args.preset, "--child", json.dumps(r)] + pin, capture_output=True,
                             text=True, timeout=args.row_timeout)

@@ -48,12 +48,12 @@ def test_refuses_a_call_without_out(tmp_path):
 
 
 def test_gpu_measurements_names_its_issue_before_anything_runs(tmp_path):
-  """benchmarks/gpu_measurements.sh takes the issue whose measurements to run (15 or 22) and
+  """benchmarks/gpu_measurements.sh takes the issue whose measurements to run (15, 15b or 22) and
   refuses anything else, and a call without OUT, before installing or running anything."""
   script = SCRIPT.parent / "gpu_measurements.sh"
   r = subprocess.run(["bash", str(script), "7"], env={**os.environ, "OUT": str(tmp_path)},
                      capture_output=True, text=True, timeout=60)
-  assert r.returncode == 2 and "usage: bash benchmarks/gpu_measurements.sh 15|22" in r.stderr
+  assert r.returncode == 2 and "usage: bash benchmarks/gpu_measurements.sh 15|15b|22" in r.stderr
   env = {k: v for k, v in os.environ.items() if k != "OUT"}
   r = subprocess.run(["bash", str(script), "15"], env=env, capture_output=True, text=True,
                      timeout=60)
