@@ -19,3 +19,17 @@ def pytest_collection_modifyitems(config, items):
   for item in items:
     if "gpu" in item.keywords:
       item.add_marker(skip)
+
+
+@pytest.fixture
+def predict_compiles():
+  """A list that grows by one for each XLA compile of the evaluator's `jit(predict)` while the
+  test runs (`experiments.evaluation.evaluate.make_forward`'s programs)."""
+  compiles = []
+
+  def listener(event, seconds, fun_name="", **kw):
+    if event == "/jax/core/compile/backend_compile_duration" and fun_name == "jit(predict)":
+      compiles.append(fun_name)
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  yield compiles
+  jax.monitoring.unregister_event_duration_listener(listener)

@@ -353,24 +353,15 @@ def test_a_traced_budget_selects_and_computes_exactly_what_the_constant_does(set
     np.testing.assert_array_equal(np.asarray(traced(x, value)), np.asarray(own(x)))
 
 
-def test_sparsities_of_one_content_pattern_share_one_program_per_phase():
+def test_sparsities_of_one_content_pattern_share_one_program_per_phase(predict_compiles):
   """Three sparsities of topk_blocks and two of quest compile 2 programs per phase (one per
   pattern), not 5, and score as each setting evaluated alone."""
   cfg, model = _model()
   settings = (("topk_blocks", 0.5), ("topk_blocks", 0.75), ("topk_blocks", 0.9),
               ("quest", 0.5), ("quest", 0.9))
   spec = _spec(settings=settings, selection_block=8, native=False, selection_queries=1)
-  compiles = []
-
-  def listener(event, seconds, fun_name="", **kw):
-    if event == "/jax/core/compile/backend_compile_duration" and fun_name == "jit(predict)":
-      compiles.append(fun_name)
-  jax.monitoring.register_event_duration_secs_listener(listener)
-  try:
-    rows = ev.evaluate(ev.make_forward(model), cfg, spec, VOCAB)
-  finally:
-    jax.monitoring.unregister_event_duration_listener(listener)
-  assert len(compiles) == 2 * 2 and len(rows) == 5 * 2
+  rows = ev.evaluate(ev.make_forward(model), cfg, spec, VOCAB)
+  assert len(predict_compiles) == 2 * 2 and len(rows) == 5 * 2
   # the one program follows each setting's value: its predictions are each config's own
   forward, task = ev.make_forward(model), tasks.make("niah_single", length=T, vocab_size=VOCAB)
   x = np.stack([task.example("test", i)["inputs"] for i in range(4)])

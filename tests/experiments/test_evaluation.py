@@ -254,7 +254,7 @@ def test_static_decode_runs_the_phase_masks_pairs_with_one_program_for_every_pre
     model(tokens, attention=models.AttentionConfig("local", sparsity=0.5), dense_before=100)
 
 
-def test_static_decode_compiles_one_program_per_tail_in_an_evaluation():
+def test_static_decode_compiles_one_program_per_tail_in_an_evaluation(predict_compiles):
   """Tasks with different context lengths (different decode prefixes) share a static setting's
   decode program once the floor covers their tails: 1 program where the phase masks took one per
   prefix, and the scores are those of each phase mask run whole."""
@@ -262,23 +262,14 @@ def test_static_decode_compiles_one_program_per_tail_in_an_evaluation():
   cfg = models.ModelConfig(vocab_size=128, width=32, depth=2, num_heads=4,
                            attention=models.AttentionConfig(implementation="reference", sink=8))
   model = models.Transformer(cfg, rngs=nnx.Rngs(0))
-  spec = EvalSpec(tasks=("niah_single", "niah_multiquery", "common_words"), lengths=(t,), examples=4,
-                  batch_size=4, settings=(("local", 0.75),), native=False, phases=("decode",),
-                  decode_rows=64)
+  spec = EvalSpec(tasks=("niah_single", "niah_multiquery", "common_words"), lengths=(t,),
+                  examples=4, batch_size=4, settings=(("local", 0.75),), native=False,
+                  phases=("decode",), decode_rows=64)
   prefixes = {accounting.dense_prefix(tasks.make(n, length=t, vocab_size=128))
               for n in spec.tasks}
   assert len(prefixes) == 3
-  compiles = []
-
-  def listener(event, seconds, fun_name="", **kw):
-    if event == "/jax/core/compile/backend_compile_duration" and fun_name == "jit(predict)":
-      compiles.append(fun_name)
-  jax.monitoring.register_event_duration_secs_listener(listener)
-  try:
-    rows = ev.evaluate(ev.make_forward(model), cfg, spec, 128)
-  finally:
-    jax.monitoring.unregister_event_duration_listener(listener)
-  assert len(compiles) == 1 and len(rows) == 3
+  rows = ev.evaluate(ev.make_forward(model), cfg, spec, 128)
+  assert len(predict_compiles) == 1 and len(rows) == 3
   forward = ev.make_forward(model)
   for r in rows:
     task = tasks.make(r["task"], length=t, vocab_size=128)
