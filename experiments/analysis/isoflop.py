@@ -97,27 +97,22 @@ def difference(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
               p_less=stats.welch_greater(b["arm"], a["arm"]).p, test=compare.WELCH)
 
 
-def compute_optimal(ms: list[dict[str, Any]], status: list[dict[str, Any]] = ()
-                    ) -> list[dict[str, Any]]:
-  """Per budget, the dense size with the lowest final training loss where every dense run of
-  the budget recorded one (`final_loss` in its status row), else with the best pooled
-  accuracy; against the runner-up (difference, interval, Holm across budgets), and whether it
-  sits at the edge of the grid's sizes (then the optimum may lie beyond)."""
-  loss = {s["run_id"]: s.get("final_loss") for s in status}
+def compute_optimal(ms: list[dict[str, Any]]) -> list[dict[str, Any]]:
+  """Per budget, the dense size with the best pooled accuracy at the training length, against
+  the runner-up (difference, interval, Holm across budgets), and whether it sits at the edge of
+  the grid's sizes (then the optimum may lie beyond). Not the training loss: the study's runs
+  log it at whichever length their schedule is on, so two runs' last losses are not comparable."""
   out = []
   for budget, group in by_budget(ms).items():
     dense = [m for m in group if not m["sparse"]]
     if not dense:
       continue
-    by_loss = all(loss.get(m["run_id"]) is not None for m in dense)
-    ranked = sorted(dense, key=(lambda m: (loss[m["run_id"]], m["params"])) if by_loss else
-                    (lambda m: (-m["arm"].mean, m["params"])))
+    ranked = sorted(dense, key=lambda m: (-m["arm"].mean, m["params"]))
     top = ranked[0]
     sizes = sorted(m["params"] for m in dense)
     edge = ("smallest" if top["params"] == sizes[0] else "largest" if top["params"] == sizes[-1]
             else "") if len(sizes) > 1 else "only"
-    row = dict(budget=budget, best=top, criterion="final loss" if by_loss else "pooled accuracy",
-               final_loss=loss.get(top["run_id"]), edge=edge, sizes=len(dense),
+    row = dict(budget=budget, best=top, edge=edge, sizes=len(dense),
                runner_up=ranked[1] if len(ranked) > 1 else None, diff=None)
     if row["runner_up"] is not None:
       row["diff"] = difference(top, row["runner_up"])
@@ -244,8 +239,7 @@ def _acc(arm: stats.Arm, ci: tuple[float, float]) -> str:
 def markdown(ms: list[dict[str, Any]], optimal: list[dict[str, Any]], table) -> list[str]:
   """The compute-optimal dense size per budget and the iso-FLOP table."""
   md = ["## Compute-optimal dense size per budget", "",
-        "The dense size with the lowest final training loss where every dense run of the budget "
-        "recorded one, else with the best accuracy at the training length (prefill, pooled over "
+        "The dense size with the best accuracy at the training length (prefill, pooled over "
         "the categories' questions), against the runner-up: difference with 95% interval, "
         "one-sided test best > runner-up (paired by question where the models hold the same "
         f"ones, else {compare.WELCH}), Holm across budgets. An optimum at the edge of the grid's "
@@ -256,14 +250,13 @@ def markdown(ms: list[dict[str, Any]], optimal: list[dict[str, Any]], table) -> 
     rows = []
     for r in optimal:
       b, u, d = r["best"], r["runner_up"], r["diff"]
-      rows.append([f"{r['budget']:.2g}", b["size"], b["params"], r["criterion"],
-                   _acc(b["arm"], b["ci"]), u["size"] if u else "—",
+      rows.append([f"{r['budget']:.2g}", b["size"], b["params"], _acc(b["arm"], b["ci"]), u["size"] if u else "—",
                    f"{d['diff']:+.3f} [{d['ci'][0]:+.2f}, {d['ci'][1]:+.2f}]" if d else "—",
                    d["test"] if d else "—", f"{r['p']:.3g}" if d else "—",
                    {"smallest": "smallest size in the grid: the optimum may be smaller",
                     "largest": "largest size in the grid: the optimum may be larger",
                     "only": "the only dense size"}.get(r["edge"], "inside the grid")])
-    md.append(table(["budget", "best size", "params", "by", "accuracy [95%]", "runner-up",
+    md.append(table(["budget", "best size", "params", "accuracy [95%]", "runner-up",
                      "best − runner-up [95%]", "test", "p (Holm)", "where"], rows))
   cats = sorted({c for m in ms for c in m["categories"]})
   md += ["", "## Iso-FLOP table", "",

@@ -204,7 +204,7 @@ def write(out: Path, rows: list[dict[str, Any]], status: list[dict[str, Any]], *
   verdicts = [claims.claim_a(tol), claims.claim_b(tol, _length_note(fit)), c_train, c_inf,
               claims.claim_d(tol)]
   models = isoflop.models(points)
-  optimal = isoflop.compute_optimal(models, status)
+  optimal = isoflop.compute_optimal(models)
   first_figs = [f for f in (
       plots.plot_tolerance_curves(points, plot_dir / "tolerance_curves.png",
                                   isoflop.leaders(models)[:6]),
