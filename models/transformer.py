@@ -65,7 +65,7 @@ class Attention(nnx.Module):
     q = rope(jnp.einsum("btd,dhe->bthe", x_btd, self.wq_dhe[...]), self.cfg.rope_base)
     k = rope(jnp.einsum("bsd,dke->bske", x_btd, self.wk_dke[...]), self.cfg.rope_base)
     v = jnp.einsum("bsd,dke->bske", x_btd, self.wv_dke[...])
-    if isinstance(layout, tuple):  # content-based: this layer's own blocks from its q and k
+    if isinstance(layout, tuple):  # decode phase, or content-based: blocks from this q and k
       attention, dense_before, decode_rows, budget_value = layout
       if dense_before is not None:
         out_bthe = decode_attention(attention, q, k, v, dense_before, decode_rows, implementation,
@@ -97,7 +97,7 @@ def decode_allowed(keep: jax.Array, first: int, t: int, block_q: int,
 def static_allowed(mask: so.masks.Mask, first: int, t: int, hq: int, hkv: int) -> jax.Array:
   """Element mask of rows first..t-1 of a static `mask`, broadcastable to [B, Hkv, Hq/Hkv, R,
   T] (a per-head mask's heads are query heads, or kv heads when it has as many)."""
-  allowed = np.asarray(mask(np.arange(first, t)[:, None], np.arange(t)[None, :]), bool)
+  allowed = so.masks.dense(mask, t, t, q_start=first)
   if mask.num_heads is None:
     return jnp.asarray(allowed)
   if mask.num_heads not in (hq, hkv):
@@ -263,8 +263,8 @@ class Transformer(nnx.Module):
       raise ValueError(f"dense_before={dense_before!r} applies to content-based patterns and "
                        f"static masks, not the static pattern {attention.pattern!r}: pass its "
                        "mask (`attention.mask(T)`)")
-    if budget_value is not None and (not isinstance(layout, tuple) or
-                                     isinstance(attention, so.masks.Mask)):
+    if budget_value is not None and (isinstance(attention, so.masks.Mask) or
+                                     not attention.is_content):
       raise ValueError(f"budget_value={budget_value!r} applies to content-based patterns, not "
                        f"{attention!r}")
     if decode_rows is not None and (dense_before is None or isinstance(decode_rows, bool) or

@@ -552,12 +552,13 @@ def _array_module(x):
   return jnp
 
 
-def dense(mask: Mask, q_len: int, kv_len: int) -> np.ndarray:
-  """The mask as a numpy bool array: [T, S], or [H, T, S] for MultiHead. For tests and small T."""
-  q = np.arange(q_len)[:, None]
+def dense(mask: Mask, q_len: int, kv_len: int, q_start: int = 0) -> np.ndarray:
+  """The mask as a numpy bool array over queries q_start..q_len-1: [T - q_start, S], or
+  [H, T - q_start, S] for MultiHead. For tests, small T, or a few rows of a long one."""
+  q = np.arange(q_start, q_len)[:, None]
   k = np.arange(kv_len)[None, :]
   out = np.asarray(mask(q, k), bool)
-  return np.broadcast_to(out, out.shape[:-2] + (q_len, kv_len)).copy()
+  return np.broadcast_to(out, out.shape[:-2] + (q_len - q_start, kv_len)).copy()
 
 
 def causal_pairs(q_len: int) -> int:

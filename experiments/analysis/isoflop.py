@@ -250,7 +250,8 @@ def markdown(ms: list[dict[str, Any]], optimal: list[dict[str, Any]], table) -> 
     rows = []
     for r in optimal:
       b, u, d = r["best"], r["runner_up"], r["diff"]
-      rows.append([f"{r['budget']:.2g}", b["size"], b["params"], _acc(b["arm"], b["ci"]), u["size"] if u else "—",
+      rows.append([f"{r['budget']:.2g}", b["size"], b["params"], _acc(b["arm"], b["ci"]),
+                   u["size"] if u else "—",
                    f"{d['diff']:+.3f} [{d['ci'][0]:+.2f}, {d['ci'][1]:+.2f}]" if d else "—",
                    d["test"] if d else "—", f"{r['p']:.3g}" if d else "—",
                    {"smallest": "smallest size in the grid: the optimum may be smaller",

@@ -101,6 +101,8 @@ def test_or_and_and_mean_the_elementwise_union_and_intersection(data):
   da, db = M.dense(a, t, s), M.dense(b, t, s)
   np.testing.assert_array_equal(M.dense(a | b, t, s), da | db)
   np.testing.assert_array_equal(M.dense(a & b, t, s), da & db)
+  first = data.draw(st.integers(0, t - 1))  # a few rows alone: those rows of the whole
+  np.testing.assert_array_equal(M.dense(a, t, s, q_start=first), da[first:])
 
 
 def test_multihead_predicate_and_heads():
