@@ -58,12 +58,11 @@ def _median(xs):
 
 
 def config(size: str, seq_len: int, batch: int, *, source: str, steps: int, steps_per_call: int,
-           threads: int, impl: str | None, run_dir: str, block: int | None = None,
-           sink: int = 0):
+           threads: int, attention: dict, run_dir: str):
+  """`attention`: the model's AttentionConfig fields (implementation, blocks, sink)."""
   import models
   import train
-  model = models.family(size, vocab_size=512, attention=models.AttentionConfig(
-      implementation=impl, block_q=block, block_kv=block, sink=sink))
+  model = models.family(size, vocab_size=512, attention=models.AttentionConfig(**attention))
   return train.Config(
       run_dir=run_dir, model=model, batch_size=batch, steps=steps, compute_dtype="bfloat16",
       steps_per_call=steps_per_call,
@@ -89,7 +88,7 @@ def loop_step_time(cfg) -> tuple[float, float]:
 
 
 def phases(size: str, seq_len: int, batch: int, *, steps_per_call: int, threads: int,
-           impl: str | None, block: int | None = None, sink: int = 0) -> dict:
+           attention: dict) -> dict:
   """The old loop's phases and the new loop's parts, each timed on its own."""
   import jax
   import numpy as np
@@ -99,7 +98,7 @@ def phases(size: str, seq_len: int, batch: int, *, steps_per_call: int, threads:
   from train.loop import Batches
   tmp = tempfile.mkdtemp()
   cfg = config(size, seq_len, batch, source="host", steps=10**6, steps_per_call=1,
-               threads=threads, impl=impl, run_dir=tmp, block=block, sink=sink)
+               threads=threads, attention=attention, run_dir=tmp)
   tasks = [tasks_lib.make(n, length=seq_len, vocab_size=512) for n in ALL_TASKS]
   mesh = mesh_lib.make_mesh(cfg.mesh)
   out = {}
@@ -141,21 +140,20 @@ def phases(size: str, seq_len: int, batch: int, *, steps_per_call: int, threads:
 
 
 def measure(size: str, seq_len: int, batch: int, *, old_steps: int, new_steps: int,
-            steps_per_call: int, threads: int, impl: str | None,
-            block: int | None = None, sink: int = 0) -> dict:
+            steps_per_call: int, threads: int, attention: dict) -> dict:
   import jax
   import models
   from train.log import device_peak
   row = {"size": size, "seq_len": seq_len, "batch": batch,
          "params": models.param_counts(models.family(size, vocab_size=512)).total}
   row.update(phases(size, seq_len, batch, steps_per_call=steps_per_call, threads=threads,
-                    impl=impl, block=block, sink=sink))
+                    attention=attention))
   tmp = tempfile.mkdtemp()
   old = config(size, seq_len, batch, source="host", steps=old_steps, steps_per_call=1,
-               threads=threads, impl=impl, run_dir=f"{tmp}/old", block=block, sink=sink)
+               threads=threads, attention=attention, run_dir=f"{tmp}/old")
   new = config(size, seq_len, batch, source="device", steps=new_steps,
-               steps_per_call=steps_per_call, threads=threads, impl=impl, run_dir=f"{tmp}/new",
-               block=block, sink=sink)
+               steps_per_call=steps_per_call, threads=threads, attention=attention,
+               run_dir=f"{tmp}/new")
   _phase("  old loop run")
   row["old_loop_step_s"], row["old_run_wall_s"] = loop_step_time(old)
   _phase(f"  old loop {1e3 * row['old_loop_step_s']:.2f} ms/step; new loop run")
@@ -218,14 +216,15 @@ def main(argv=None) -> None:
     preset = {**preset, "block": args.block}
   if args.sink:
     preset = {**preset, "sink": args.sink}
-  if args.child:
-    size, seq_len, batch = json.loads(args.child)
+  if args.child:  # one row, in its own process: [(size, seq_len, batch), attention fields]
+    (size, seq_len, batch), attention = json.loads(args.child)
     print("ROW " + json.dumps(measure(
         size, seq_len, batch, old_steps=preset["old_steps"], new_steps=preset["new_steps"],
         steps_per_call=preset["steps_per_call"], threads=preset["threads"],
-        impl=preset["impl"], block=preset.get("block"), sink=preset.get("sink", 0))),
-          flush=True)
+        attention=attention)), flush=True)
     return
+  attention = dict(implementation=preset["impl"], block_q=preset.get("block"),
+                   block_kv=preset.get("block"), sink=preset.get("sink", 0))
   out = pathlib.Path(args.out or pathlib.Path(__file__).parent / "results" /
                      f"train_loop_{args.preset}.json")
   rows = [r for r in preset["rows"] if not args.only or f"{r[0]}:{r[1]}" in args.only.split(",")]
@@ -243,12 +242,9 @@ def main(argv=None) -> None:
   for r in rows:
     t0 = time.perf_counter()
     try:
-      pin = (["--impl", args.impl] if args.impl else []) + (
-          ["--block", str(args.block)] if args.block is not None else []) + (
-          ["--sink", str(args.sink)] if args.sink else [])
       proc = subprocess.run([sys.executable, "-m", "benchmarks.train_loop", "--preset",
-                             args.preset, "--child", json.dumps(r)] + pin, capture_output=True,
-                            text=True, timeout=args.row_timeout)
+                             args.preset, "--child", json.dumps([r, attention])],
+                            capture_output=True, text=True, timeout=args.row_timeout)
       lines = [l for l in proc.stdout.splitlines() if l.startswith("ROW ")]
       row = json.loads(lines[-1][4:]) if lines else {"error": proc.stderr[-1500:]}
     except subprocess.TimeoutExpired as e:
