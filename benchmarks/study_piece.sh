@@ -40,25 +40,26 @@ bring_back() {
 }
 trap bring_back EXIT
 restore_records() {  # from the previous piece on this machine: see the header
-  local saved="$records/$(basename "$dir")" b r
-  [ -d "$saved/runs" ] || return 0
-  for b in "$saved"/runs/*/; do
-    r="$dir/runs/$(basename "$b")"
-    if [ "$(further "$b")" -gt "$(further "$r")" ]; then
-      mkdir -p "$r" && cp -a "$b". "$r"/ && echo "study_piece: restored $r from the last piece"
-    fi
-  done
-}
-further() {  # how far a run record got: 0 none, 1 + its trained step, 10^12 evaluated (done)
-  python3 -c 'import json, sys
-def read(name):
-  try:
-    return json.load(open(sys.argv[1] + name))
-  except (OSError, ValueError):
-    return None
-job, status = read("/job.json"), read("/status.json")
-print(10**12 if (job or {}).get("state") == "done" else
-      1 + int(status.get("step", 0)) if status else int(job is not None))' "$1"
+  [ -d "$records/$(basename "$dir")/runs" ] || return 0
+  python3 - "$records/$(basename "$dir")/runs" "$dir/runs" <<'PY'
+import json, shutil, sys
+from pathlib import Path
+saved, here = map(Path, sys.argv[1:])
+def further(run):  # how far a record got: 0 none, 1 + its trained step, 10**12 evaluated
+  def read(name):
+    try:
+      return json.loads((run / name).read_text())
+    except (OSError, ValueError):
+      return None
+  job, status = read("job.json"), read("status.json")
+  if (job or {}).get("state") == "done":
+    return 10**12
+  return 1 + int(status.get("step", 0)) if status else int(job is not None)
+for run in sorted(saved.iterdir()):
+  if further(run) > further(here / run.name):
+    shutil.copytree(run, here / run.name, dirs_exist_ok=True)
+    print(f"study_piece: restored {here / run.name} from the last piece")
+PY
 }
 restore_records
 . benchmarks/device_env.sh || exit 1
