@@ -297,3 +297,47 @@ def plot_tolerance_curves(points, path: Path, models: list[tuple[str, str]]) -> 
   fig.legend(handles=handles, fontsize=7, loc="upper center", ncol=len(handles),
              bbox_to_anchor=(0.5, 0.0))  # below the panels; savefig's "tight" box keeps it
   return save(fig, path)
+
+
+def plot_task_tolerance(points, category_of: dict[str, str], path: Path, run: str, why: str
+                        ) -> Path | None:
+  """Accuracy vs compression task by task for one model (`run`, shown as `why`), prefill at its
+  training length: one row of panels per pattern on a fixed ladder, one column per category, one
+  line per task. `points`: report points pooled per task (their `category` is the task spec,
+  `category_of` maps it to its category), as `claims.claim_a_by_task` reads them."""
+  pts = [p for p in points if p["run_id"] == run and p["phase"] == "prefill"
+         and p["eval_length"] == p["train_seq_len"] and p["eval_setting"] != "native"
+         and tl.nominal_sparsity(p["eval_setting"]) is not None]
+  patterns = sorted({tl.family(p) for p in pts if p["sparse"]})
+  cats = [c for c in ("retrieval", "multihop", "aggregation") if c in set(category_of.values())]
+  cats += sorted(set(category_of.values()) - set(cats))
+  if not patterns or not cats:
+    return None
+  plt = plt_module()
+  fig, axes = plt.subplots(len(patterns), len(cats), figsize=(4.2 * len(cats),
+                                                              3.0 * len(patterns)), squeeze=False)
+  ticks = sorted({tl.compression(tl.nominal_sparsity(p["eval_setting"])) for p in pts})
+  for row, pat in zip(axes, patterns):
+    for ax, cat in zip(row, cats):
+      tasks = sorted(t for t, c in category_of.items() if c == cat)
+      for i, task in enumerate(tasks):
+        ps = sorted((p for p in pts if p["category"] == task and
+                     (tl.family(p) == pat or p["eval_setting"] == "dense")),
+                    key=lambda p: tl.nominal_sparsity(p["eval_setting"]))
+        if len(ps) < 2:
+          continue
+        x = [tl.compression(tl.nominal_sparsity(p["eval_setting"])) for p in ps]
+        y = [p["arm"].mean for p in ps]
+        err = [[a - p["ci"][0] for a, p in zip(y, ps)], [p["ci"][1] - a for a, p in zip(y, ps)]]
+        ax.errorbar(x, y, yerr=err, marker="o", ms=3.5, capsize=2, lw=1.4,
+                    color=plt.get_cmap("tab10")(i), label=task.split("(")[0])
+      ax.set_xscale("log", base=2)
+      ax.set_xticks(ticks, [f"{c:.3g}" for c in ticks])
+      ax.minorticks_off()
+      ax.set(title=f"{cat}, {pat}", xlabel="compression, prefill", ylabel="exact match",
+             ylim=(-0.01, 1.02))
+      ax.title.set_fontsize(9)
+      ax.legend(fontsize=7, loc="lower left")
+  fig.suptitle(f"Task by task: {pts[0]['run_label']} ({why}), T={pts[0]['train_seq_len']}",
+               fontsize=10)
+  return save(fig, path)

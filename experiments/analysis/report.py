@@ -203,8 +203,15 @@ def write(out: Path, rows: list[dict[str, Any]], status: list[dict[str, Any]], *
   c_inf, c_inf_comps, c_inf_trends = claims.claim_c(points, "inference")
   verdicts = [claims.claim_a(tol), claims.claim_b(tol, _length_note(fit)), c_train, c_inf,
               claims.claim_d(tol)]
+  # (a) task by task: the same points and tolerances with each task as its own category
+  task_points = category_points([{**r, "category": r["task"]} for r in rows], outcomes)
+  task_tol = tl.curves(task_points, resamples=0, margin=margin)
+  category_of = {r["task"]: r["category"] for r in rows}
+  by_task = claims.claim_a_by_task(task_tol, category_of)
   models = isoflop.models(points)
   optimal = isoflop.compute_optimal(models)
+  dense_by_budget = isoflop.by_budget([m for m in models if not m["sparse"]])
+  top_dense = [isoflop.best(list(dense_by_budget.values())[-1])] if dense_by_budget else []
   first_figs = [f for f in (
       plots.plot_tolerance_curves(points, plot_dir / "tolerance_curves.png",
                                   isoflop.leaders(models)[:6]),
@@ -213,6 +220,9 @@ def write(out: Path, rows: list[dict[str, Any]], status: list[dict[str, Any]], *
   figs = first_figs + [f for f in (
       plots.plot_tolerance(points, plot_dir / "tolerance.png"),
       plots.plot_budgets(budget_rows, plot_dir / "budgets.png", ALPHA),
+      *[plots.plot_task_tolerance(task_points, category_of, plot_dir / "task_tolerance.png",
+                                  m["run_id"], f"best dense at {m['budget']:.2g} FLOPs")
+        for m in top_dense],
       plots.plot_training(curves or {}, plot_dir / "training.png")) if f]
   comps = fr.sparse_vs_dense(comparison_points(points, "inference"), alpha=ALPHA)
   train_comps = fr.sparse_vs_dense(comparison_points(points, "training"), alpha=ALPHA,
@@ -225,6 +235,9 @@ def write(out: Path, rows: list[dict[str, Any]], status: list[dict[str, Any]], *
         + ("paired tests use the per-question outcomes of `outcomes.npz`." if joined else
            "**no `outcomes.npz`**: every test here is the unpaired fallback (Welch between "
            "arms, each arm's questions resampled on their own), which ignores the pairing."),
+        *(["", "(a) read task by task (secondary, not planned ahead; section \"(a) task by "
+            "task\"), each retrieval task's tolerance against the multi-hop and aggregation "
+            f"tasks': {claims.by_task_summary(by_task)}."] if by_task else []),
         "", *[f"![{f.stem}](plots/{f.name})" for f in first_figs], ""]
   counts = defaultdict(int)
   for s in status:
@@ -260,6 +273,8 @@ def write(out: Path, rows: list[dict[str, Any]], status: list[dict[str, Any]], *
   md += ["", *statistics(points, joined, len(rows))]
   md += ["", *claims.markdown(verdicts, (c_train_comps, c_train_trends),
                              (c_inf_comps, c_inf_trends), joined > 0, _table)]
+  md += ["", *claims.by_task_markdown(by_task, task_tol, category_of, _table)]
+  md += [f"\n![{f.stem}](plots/{f.name})" for f in figs if f.stem == "task_tolerance"]
   md += ["", *isoflop.markdown(models, optimal, _table)]
   md += ["", "## Does a larger sparse model beat a smaller dense one at equal compute?", "",
          f"Test: one-sided {compare.WELCH} on per-question exact match (two models: unpaired), "

@@ -68,8 +68,9 @@ def _level(p: dict[str, Any]) -> tuple[float, bool]:
 def curves(points: list[dict[str, Any]], resamples: int = RESAMPLES,
            margin: float = 0.0) -> list[dict[str, Any]]:
   """One row per model × category × length × phase × eval pattern (report points): the
-  tolerance in sparsity and compression, its bootstrap interval (compression), the tests used,
-  and what the claims pair on. `weak`: the dense model is too weak to tell (`stats.measurable`
+  tolerance in sparsity and compression, its bootstrap interval (compression; None with
+  `resamples` 0, where only the point estimate is wanted), the tests used, and what the claims
+  pair on. `weak`: the dense model is too weak to tell (`stats.measurable`
   by the curve's own test and correction), and the row has no tolerance.
 
   `margin` (accuracy, per question): a level is tolerated while its drop below dense is not
@@ -107,10 +108,11 @@ def curves(points: list[dict[str, Any]], resamples: int = RESAMPLES,
                  ci=None, tests=set(), margin=margin)
       if not weak:
         tol, tests = _tolerance(dense, curve, margin)
+        row.update(tolerance=tol, compression=compression(tol), tests=tests)
+      if not weak and resamples:
         boot = bootstrap(dense, curve, resamples, margin=margin)
         c = np.array([compression(s) for s in boot])
-        row.update(tolerance=tol, compression=compression(tol), tests=tests,
-                   ci=(float(np.quantile(c, ALPHA / 2, method="inverted_cdf")),
+        row.update(ci=(float(np.quantile(c, ALPHA / 2, method="inverted_cdf")),
                        float(np.quantile(c, 1 - ALPHA / 2, method="inverted_cdf"))))
       out.append(row)
   return out

@@ -94,6 +94,8 @@ def test_tolerance_and_its_interval_where_the_answer_is_sharp():
   assert t["ladder"] and t["levels"] == [2, 4, 8, 16] and not t["weak"]
   assert t["tolerance"] == 0.75 and t["compression"] == 4 and t["ci"] == (4, 4)
   assert t["tests"] == {compare.PAIRED}
+  (point,) = tl.curves(_points(rows), resamples=0)  # the point estimate alone (task by task)
+  assert point["compression"] == 4 and point["ci"] is None
 
 
 def test_a_margin_makes_the_tolerance_measure_the_drop_not_the_power():
@@ -223,6 +225,48 @@ def test_claim_a_reproduced_refuted_and_not_resolvable():
   # no aggregation in the study
   only = [t for t in good if t["category"] != "aggregation"]
   assert "no cell with both retrieval and aggregation" in claims.claim_a(only).why
+
+
+def test_claim_a_by_task_compares_each_retrieval_task_with_each_other_task():
+  """(a) task by task: one single-needle task that tolerates 16x, one multi-value task that
+  tolerates 2x, against one multi-hop task (2x) and two aggregation tasks (2x and 16x), over 12
+  cells: each retrieval task against each other task, one Holm family."""
+  tasks = {"niah_single(questions=8)": ("retrieval", 16), "niah_multivalue(questions=4)":
+           ("retrieval", 2), "variable_tracking(questions=4)": ("multihop", 2),
+           "common_words(questions=4)": ("aggregation", 2),
+           "frequent_words(questions=3)": ("aggregation", 16)}
+  cells = [(f"m{i}", t) for i in range(6) for t in (1024, 4096)]
+  rows = [_tol(m, task, t, c) for m, t in cells for task, (_, c) in tasks.items()]
+  category_of = {task: cat for task, (cat, _) in tasks.items()}
+  found = {f.what: f for f in claims.claim_a_by_task(rows, category_of)}
+  # retrieval tasks in name order, the others by category (multi-hop first), then name
+  assert list(found) == [f"{r} − {o}" for r in ("niah_multivalue", "niah_single")
+                         for o in ("variable_tracking", "common_words", "frequent_words")]
+  single_vt = found["niah_single − variable_tracking"]
+  assert single_vt.verdict == claims.REPRODUCED and single_vt.signs == "12+ 0− 0="
+  # 12 cells one way, Holm over 18 tests (6 comparisons: for, against, rare)
+  assert single_vt.p_for == pytest.approx(18 * 0.5 ** 12)
+  assert found["niah_single − common_words"].verdict == claims.REPRODUCED
+  # both at the top of the ladder in every cell: censored, nothing to tell
+  assert found["niah_single − frequent_words"].verdict == claims.UNRESOLVED
+  assert "every one of 12 cells ties" in found["niah_single − frequent_words"].why
+  assert found["niah_multivalue − frequent_words"].verdict == claims.REFUTED
+  assert found["niah_multivalue − frequent_words"].why == "the opposite direction is significant"
+  # equal and below the top: the claimed direction never shows, so it is rare
+  assert found["niah_multivalue − variable_tracking"].verdict == claims.REFUTED
+  assert "rare: 0 of the 12 cells" in found["niah_multivalue − variable_tracking"].why
+  summary = claims.by_task_summary(list(found.values()))
+  assert summary == ("niah_multivalue: not more than variable_tracking and common_words and "
+                     "frequent_words; niah_single: more than variable_tracking and common_words, "
+                     "unresolved frequent_words")
+  md = "\n".join(claims.by_task_markdown(list(found.values()), rows, category_of,
+                                         report._table))
+  assert "| niah_single | retrieval | 16× (6) | 16× (6) |" in md
+  assert "| niah_single | reproduced (12+ 0− 0=) | reproduced (12+ 0− 0=) | not resolvable here " \
+      "(0+ 0− 12=) |" in md
+  # two specs of one task name keep their arguments, so each is named apart
+  assert claims.short_names(["a(x=1)", "a(x=2)", "b(y=1)"]) == \
+      {"a(x=1)": "a(x=1)", "a(x=2)": "a(x=2)", "b(y=1)": "b"}
 
 
 def test_claim_a_interval_spanning_zero():

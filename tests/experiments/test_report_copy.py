@@ -33,6 +33,8 @@ def test_report_on_copied_results_keeps_every_row(tmp_path):
   _claims_answered(md)
   assert "**no `outcomes.npz`**: every test here is the unpaired fallback" in md
   assert (out / "plots" / "tolerance_curves.png").exists()
+  assert "![task_tolerance](plots/task_tolerance.png)" in md.split("## Compute-optimal")[0]
+  assert (out / "plots" / "task_tolerance.png").exists()
 
 
 def _claims_answered(md):
@@ -49,8 +51,8 @@ def _claims_answered(md):
   top = md.split("## The claims in detail")[0]
   assert top.index("verdicts") < top.index("plots/tolerance_curves.png") < \
       top.index("plots/frontier.png") < top.index("plots/isoflop.png")
-  for section in ("## The claims in detail", "## Compute-optimal dense size per budget",
-                  "## Iso-FLOP table"):
+  for section in ("## The claims in detail", "## (a) task by task (secondary)",
+                  "## Compute-optimal dense size per budget", "## Iso-FLOP table"):
     assert section in md
   # one budget: the crossover of (c) cannot be fitted, and says so
   assert "needs >= 3 training budgets" in md
