@@ -242,6 +242,26 @@ def plot_budgets(rows: list[dict[str, Any]], path: Path, alpha: float) -> Path |
   return save(fig, path)
 
 
+def ladder_line(points, pattern: str):
+  """One line of a tolerance plot: the points of `pattern` on its fixed compression ladder with
+  the dense point at 1, by compression -> (x, y, yerr, points); None with fewer than two."""
+  ps = sorted((p for p in points if tl.family(p) == pattern or p["eval_setting"] == "dense"),
+              key=lambda p: tl.nominal_sparsity(p["eval_setting"]))
+  if len(ps) < 2:
+    return None
+  x = [tl.compression(tl.nominal_sparsity(p["eval_setting"])) for p in ps]
+  y = [p["arm"].mean for p in ps]
+  err = [[a - p["ci"][0] for a, p in zip(y, ps)], [p["ci"][1] - a for a, p in zip(y, ps)]]
+  return x, y, err, ps
+
+
+def ladder_axis(ax, ticks: list[float]) -> None:
+  """A log2 compression axis labelled at the ladder's levels."""
+  ax.set_xscale("log", base=2)
+  ax.set_xticks(ticks, [f"{c:.3g}" for c in ticks])
+  ax.minorticks_off()
+
+
 def plot_tolerance_curves(points, path: Path, models: list[tuple[str, str]]) -> Path | None:
   """Accuracy vs compression (log2 axis, 1 = dense) in prefill: one row of panels per model
   of `models` ((run_id, why it is shown): the best dense and best sparse model of each budget),
@@ -270,23 +290,17 @@ def plot_tolerance_curves(points, path: Path, models: list[tuple[str, str]]) -> 
       top = 0.0
       for pat in patterns:
         for t in lengths:
-          ps = sorted((p for p in here if p["eval_length"] == t and
-                       (tl.family(p) == pat or p["eval_setting"] == "dense")),
-                      key=lambda p: tl.nominal_sparsity(p["eval_setting"]))
-          if len(ps) < 2:
+          line = ladder_line([p for p in here if p["eval_length"] == t], pat)
+          if line is None:
             continue
-          x = [tl.compression(tl.nominal_sparsity(p["eval_setting"])) for p in ps]
-          y = [p["arm"].mean for p in ps]
-          err = [[a - p["ci"][0] for a, p in zip(y, ps)], [p["ci"][1] - a for a, p in zip(y, ps)]]
+          x, y, err, ps = line
           past = t > ps[0]["train_seq_len"]
           ax.errorbar(x, y, yerr=err, marker="o", ms=3.5, capsize=2, color=colour[t],
                       ls=style[pat], lw=0.8 if past else 1.6, alpha=0.5 if past else 1.0)
           top = max(top, max(p["ci"][1] for p in ps))
       if here:
         ax.axhline(sum(p["chance"] for p in here) / len(here), color="grey", ls=":", lw=1)
-      ax.set_xscale("log", base=2)
-      ax.set_xticks(ticks, [f"{c:.3g}" for c in ticks])
-      ax.minorticks_off()
+      ladder_axis(ax, ticks)
       ax.set(title=f"{cat}: {here[0]['run_label'] if here else run}\n({why})",
              xlabel="compression 1/(1 − sparsity), prefill", ylabel="exact match",
              ylim=(-0.01, accuracy_top([top])))
@@ -321,19 +335,12 @@ def plot_task_tolerance(points, category_of: dict[str, str], path: Path, run: st
     for ax, cat in zip(row, cats):
       tasks = sorted(t for t, c in category_of.items() if c == cat)
       for i, task in enumerate(tasks):
-        ps = sorted((p for p in pts if p["category"] == task and
-                     (tl.family(p) == pat or p["eval_setting"] == "dense")),
-                    key=lambda p: tl.nominal_sparsity(p["eval_setting"]))
-        if len(ps) < 2:
-          continue
-        x = [tl.compression(tl.nominal_sparsity(p["eval_setting"])) for p in ps]
-        y = [p["arm"].mean for p in ps]
-        err = [[a - p["ci"][0] for a, p in zip(y, ps)], [p["ci"][1] - a for a, p in zip(y, ps)]]
-        ax.errorbar(x, y, yerr=err, marker="o", ms=3.5, capsize=2, lw=1.4,
-                    color=plt.get_cmap("tab10")(i), label=task.split("(")[0])
-      ax.set_xscale("log", base=2)
-      ax.set_xticks(ticks, [f"{c:.3g}" for c in ticks])
-      ax.minorticks_off()
+        line = ladder_line([p for p in pts if p["category"] == task], pat)
+        if line is not None:
+          x, y, err, _ = line
+          ax.errorbar(x, y, yerr=err, marker="o", ms=3.5, capsize=2, lw=1.4,
+                      color=plt.get_cmap("tab10")(i), label=task.split("(")[0])
+      ladder_axis(ax, ticks)
       ax.set(title=f"{cat}, {pat}", xlabel="compression, prefill", ylabel="exact match",
              ylim=(-0.01, 1.02))
       ax.title.set_fontsize(9)
