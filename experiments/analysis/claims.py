@@ -290,11 +290,18 @@ def short_names(tasks: list[str]) -> dict[str, str]:
   return {t: t.split("(")[0] if base[t.split("(")[0]] == 1 else t for t in tasks}
 
 
+def _tasks_of(category_of: dict[str, str], cats: tuple[str, ...]) -> list[str]:
+  """The task specs of `cats`, in the order of `cats`, then by spec."""
+  return sorted((t for t in category_of if category_of[t] in cats),
+                key=lambda t: (cats.index(category_of[t]), t))
+
+
 def claim_a_by_task(tol: list[dict[str, Any]], category_of: dict[str, str]) -> list[Finding]:
   """(a) read task by task, a secondary reading that leaves the claim's verdict alone: the
   published claim is about single-question retrieval, and a category pools tasks that need one
   needle and tasks that need several. `tol`: tolerance rows whose `category` is a task spec
-  (`report.task_tolerance`); `category_of`: task spec -> its category. Per (model, length,
+  (the report's `tolerance.curves` over points pooled per task); `category_of`: task spec -> its
+  category. Per (model, length,
   pattern) cell in prefill, each retrieval task's tolerance minus each multi-hop and aggregation
   task's, as `claim_a` compares categories; all of them one family (Holm)."""
   rows = usable(tol)
@@ -302,11 +309,9 @@ def claim_a_by_task(tol: list[dict[str, Any]], category_of: dict[str, str]) -> l
   by_task = {task: _index([t for t in rows if t["category"] == task], cell)
              for task in category_of}
   name = short_names(sorted(category_of))
-  order = lambda cats: sorted((t for t in category_of if category_of[t] in cats),
-                              key=lambda t: (cats.index(category_of[t]), t))
   findings = []
-  for r in order(("retrieval",)):
-    for o in order(OTHERS):
+  for r in _tasks_of(category_of, ("retrieval",)):
+    for o in _tasks_of(category_of, OTHERS):
       pairs = [(by_task[r][k], by_task[o][k]) for k in sorted(by_task[r]) if k in by_task[o]]
       findings.append(paired_difference("a, by task", f"{name[r]} − {name[o]}", pairs,
                                         f"no cell with both {name[r]} and {name[o]} tolerances"))
@@ -320,9 +325,7 @@ def by_task_markdown(findings: list[Finding], tol: list[dict[str, Any]],
   name = short_names(sorted(category_of))
   rows = [t for t in usable(tol) if not t["weak"]]
   lengths = sorted({t["eval_length"] for t in rows})
-  cats = ("retrieval", *OTHERS)
-  tasks = sorted((t for t in category_of if category_of[t] in cats),
-                 key=lambda t: (cats.index(category_of[t]), t))
+  tasks = _tasks_of(category_of, ("retrieval", *OTHERS))
 
   def typical(task, length):
     c = [log2c(t) for t in rows if t["category"] == task and t["eval_length"] == length]
