@@ -379,6 +379,27 @@ def _matrix_cell(f: Finding) -> str:
   return f"{f.verdict}{rare} ({f.signs})" if f.signs else f.verdict
 
 
+# ------------------------------------------------------------------- margin sensitivity
+SENSITIVITY_MARGINS = (0.0, 0.02, 0.03, 0.05)  # accuracy per question
+
+
+def sensitivity_markdown(rows: list[tuple[float, list[Claim]]], margin: float,
+                         table: Callable[..., str]) -> list[str]:
+  """(a), (b), (d) again at other tolerance margins, `rows` [(margin, [claims])]: whether a
+  verdict rests on the study's choice of margin."""
+  if not rows:
+    return []
+  keys = [c.key for c in rows[0][1]]
+  cell = lambda c: f"**{c.verdict}**: " + "; ".join(
+      f"{f.what} {f.verdict}" + (f" ({f.signs})" if f.signs else "") for f in c.findings)
+  return ["**Verdicts at other tolerance margins.** The tolerance comparisons (a), (b), (d) "
+          "redone with point tolerances (no bootstrap) at each margin; the study's own is "
+          f"{margin:g}. A verdict that changes across the rows rests on that choice.", "",
+          table(["margin", *(f"({k})" for k in keys)],
+                [[f"{m:g}" + (" (the study's)" if m == margin else ""), *map(cell, claims)]
+                 for m, claims in rows])]
+
+
 # ----------------------------------------------------------------------- (c) larger sparse
 def comparisons(points: list[dict[str, Any]], match: str) -> list[dict[str, Any]]:
   """Per training budget, the best dense model (pooled accuracy, `isoflop.best`) against a

@@ -203,6 +203,9 @@ def write(out: Path, rows: list[dict[str, Any]], status: list[dict[str, Any]], *
   c_inf, c_inf_comps, c_inf_trends = claims.claim_c(points, "inference")
   verdicts = [claims.claim_a(tol), claims.claim_b(tol, _length_note(fit)), c_train, c_inf,
               claims.claim_d(tol)]
+  sensitivity = [(m, [claims.claim_a(t), claims.claim_b(t), claims.claim_d(t)])
+                 for m in sorted({*claims.SENSITIVITY_MARGINS, margin})
+                 for t in [tl.curves(points, resamples=0, margin=m)]]
   # (a) task by task: the same points and tolerances with each task as its own category
   task_points = category_points([{**r, "category": r["task"]} for r in rows], outcomes)
   task_tol = tl.curves(task_points, resamples=0, margin=margin)
@@ -273,6 +276,7 @@ def write(out: Path, rows: list[dict[str, Any]], status: list[dict[str, Any]], *
   md += ["", *statistics(points, joined, len(rows))]
   md += ["", *claims.markdown(verdicts, (c_train_comps, c_train_trends),
                              (c_inf_comps, c_inf_trends), joined > 0, _table)]
+  md += ["", *claims.sensitivity_markdown(sensitivity, margin, _table)]
   md += ["", *claims.by_task_markdown(by_task, task_tol, category_of, _table)]
   md += [f"\n![{f.stem}](plots/{f.name})" for f in figs if f.stem == "task_tolerance"]
   md += ["", *isoflop.markdown(models, optimal, _table)]

@@ -269,6 +269,20 @@ def test_claim_a_by_task_compares_each_retrieval_task_with_each_other_task():
       {"a(x=1)": "a(x=1)", "a(x=2)": "a(x=2)", "b(y=1)": "b"}
 
 
+def test_margin_sensitivity_shows_each_margins_verdicts_and_marks_the_studys():
+  cells = [(f"m{i}", t) for i in range(4) for t in (1024, 4096)]
+  good = [_tol(m, "retrieval", t, 16) for m, t in cells] + \
+      [_tol(m, cat, t, 2) for m, t in cells for cat in ("multihop", "aggregation")]
+  bad = [dict(t, compression=2 if t["category"] == "retrieval" else 16) for t in good]
+  rows = [(m, [claims.claim_a(t), claims.claim_d(t)]) for m, t in ((0.0, bad), (0.03, good))]
+  md = "\n".join(claims.sensitivity_markdown(rows, 0.03, report._table))
+  assert "| margin | (a) | (d) |" in md
+  assert "| 0 | **refuted**: retrieval − multihop refuted (0+ 8− 0=); retrieval − aggregation " \
+      "refuted (0+ 8− 0=) |" in md
+  assert "| 0.03 (the study's) | **reproduced**: retrieval − multihop reproduced (8+ 0− 0=)" in md
+  assert claims.sensitivity_markdown([], 0.03, report._table) == []
+
+
 def test_claim_a_interval_spanning_zero():
   """Ten cells, five each way: no direction, the median interval spans zero."""
   rows = []

@@ -54,6 +54,7 @@ def _claims_answered(md):
   for section in ("## The claims in detail", "## (a) task by task (secondary)",
                   "## Compute-optimal dense size per budget", "## Iso-FLOP table"):
     assert section in md
+  assert "**Verdicts at other tolerance margins.**" in md.split("## (a) task by task")[0]
   # one budget: the crossover of (c) cannot be fitted, and says so
   assert "needs >= 3 training budgets" in md
 
