@@ -83,9 +83,9 @@ class Mask:
     other = _as_mask(other)
     # Known containments keep block bounds exact without elementwise refinement (the common
     # ``Local(w) & Causal()`` is just ``Local(w)``).
-    if isinstance(other, Full) or (isinstance(other, Causal) and _is_causal(self)):
+    if _contains(other, self):
       return self
-    if isinstance(self, Full) or (isinstance(self, Causal) and _is_causal(other)):
+    if _contains(self, other):
       return other
     return And(self, other)
 
@@ -94,9 +94,9 @@ class Mask:
     # The same containments: a causal mask adds nothing to Causal() (a dense pattern's sink,
     # ``Causal() | (Sink(n) & Causal())``, is Causal(), which cuDNN's dense check and the
     # compiled-program caches recognise), and nothing adds to Full().
-    if isinstance(self, Full) or (isinstance(self, Causal) and _is_causal(other)):
+    if _contains(self, other):
       return self
-    if isinstance(other, Full) or (isinstance(other, Causal) and _is_causal(self)):
+    if _contains(other, self):
       return other
     return Or(self, other)
 
@@ -105,6 +105,12 @@ def _as_mask(m: Any) -> Mask:
   if not isinstance(m, Mask):
     raise TypeError(f"can only combine a Mask with a Mask, got {type(m).__name__}")
   return m
+
+
+def _contains(big: Mask, small: Mask) -> bool:
+  """True when every pair `small` allows is known to be in `big` (Full, or Causal over a
+  causal mask): then ``big & small`` is `small` and ``big | small`` is `big`."""
+  return isinstance(big, Full) or (isinstance(big, Causal) and _is_causal(small))
 
 
 def _is_causal(m: Mask) -> bool:
