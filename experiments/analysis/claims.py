@@ -74,6 +74,7 @@ class Finding:
   up: int | None = None  # sign tests: cells that show it
   untestable: str = ""  # why there is nothing to test (set before `decide`)
   verdict: str = ""
+  yet_rare: bool = False  # reproduced, and the claimed direction also significantly rare
   why: str = ""    # the verdict's reason (the findings table, beside the numbers)
   short: str = ""  # the same in a few words (the verdict table)
 
@@ -124,10 +125,12 @@ def decide(findings: list[Finding], alpha: float = ALPHA) -> list[Finding]:
     p_for, p_against = p_adj[id(f)]
     f = dataclasses.replace(f, p_for=p_for, p_against=p_against, p_rare=p_rare.get(id(f)))
     brief = effect_text(f) + (f" ({f.signs})" if f.signs else "")
+    yet_rare = False
     if p_for < alpha:
       verdict, why = REPRODUCED, "the claimed direction is significant"
       short = f"{brief}, Holm p {p_for:.2g}"
-      if f.p_rare is not None and f.p_rare < alpha:  # both: the direction holds, but seldom
+      yet_rare = f.p_rare is not None and f.p_rare < alpha
+      if yet_rare:  # both: the direction holds, but seldom
         why += (f" where the cells differ, yet rare: it shows in {f.up} of the {f.could} cells "
                 "that could show it, significantly fewer than half (the rest mostly tie)")
         short += f"; yet rare: {f.up} of {f.could} cells, Holm p {f.p_rare:.2g}"
@@ -157,7 +160,7 @@ def decide(findings: list[Finding], alpha: float = ALPHA) -> list[Finding]:
           "not corrected for the family, excludes zero)")
       short = (f"not significant after Holm: {brief}, "
                f"p {min(p_for, p_against):.2g}")
-    out.append(dataclasses.replace(f, verdict=verdict, why=why, short=short))
+    out.append(dataclasses.replace(f, verdict=verdict, why=why, short=short, yet_rare=yet_rare))
   return out
 
 
@@ -296,29 +299,31 @@ def _tasks_of(category_of: dict[str, str], cats: tuple[str, ...]) -> list[str]:
                 key=lambda t: (cats.index(category_of[t]), t))
 
 
-def claim_a_by_task(tol: list[dict[str, Any]], category_of: dict[str, str]) -> list[Finding]:
+def claim_a_by_task(tol: list[dict[str, Any]], category_of: dict[str, str]
+                    ) -> dict[tuple[str, str], Finding]:
   """(a) read task by task, a secondary reading that leaves the claim's verdict alone: the
   published claim is about single-question retrieval, and a category pools tasks that need one
   needle and tasks that need several. `tol`: tolerance rows whose `category` is a task spec
   (the report's `tolerance.curves` over points pooled per task); `category_of`: task spec -> its
   category. Per (model, length,
   pattern) cell in prefill, each retrieval task's tolerance minus each multi-hop and aggregation
-  task's, as `claim_a` compares categories; all of them one family (Holm)."""
+  task's, as `claim_a` compares categories; all of them one family (Holm). Keyed by (retrieval
+  task, other task) spec, in order."""
   rows = usable(tol)
   cell = lambda t: (t["run_id"], t["eval_length"], t["pattern"])
   by_task = {task: _index([t for t in rows if t["category"] == task], cell)
              for task in category_of}
   name = short_names(sorted(category_of))
-  findings = []
-  for r in _tasks_of(category_of, ("retrieval",)):
-    for o in _tasks_of(category_of, OTHERS):
-      pairs = [(by_task[r][k], by_task[o][k]) for k in sorted(by_task[r]) if k in by_task[o]]
-      findings.append(paired_difference("a, by task", f"{name[r]} − {name[o]}", pairs,
-                                        f"no cell with both {name[r]} and {name[o]} tolerances"))
-  return decide(findings)
+  keys = [(r, o) for r in _tasks_of(category_of, ("retrieval",))
+          for o in _tasks_of(category_of, OTHERS)]
+  findings = [paired_difference(
+      "a, by task", f"{name[r]} − {name[o]}",
+      [(by_task[r][k], by_task[o][k]) for k in sorted(by_task[r]) if k in by_task[o]],
+      f"no cell with both {name[r]} and {name[o]} tolerances") for r, o in keys]
+  return dict(zip(keys, decide(findings)))
 
 
-def by_task_markdown(findings: list[Finding], tol: list[dict[str, Any]],
+def by_task_markdown(findings: dict[tuple[str, str], Finding], tol: list[dict[str, Any]],
                      category_of: dict[str, str], table: Callable[..., str]) -> list[str]:
   """The report's section for `claim_a_by_task`: each task's typical tolerance per length, the
   retrieval × other-task verdicts as a matrix, and the comparisons in full."""
@@ -349,25 +354,24 @@ def by_task_markdown(findings: list[Finding], tol: list[dict[str, Any]],
         ""]
   if not findings:
     return md + ["No retrieval task and other task to compare."]
-  verdicts = {f.what: f for f in findings}
   others = [t for t in tasks if category_of[t] in OTHERS]
   md += ["Retrieval task (row) minus other task (column) in log2 tolerated compression, per "
          f"(model, length, pattern) cell: verdict (cells up, down, tied), {SIGN}.", "",
          table(["retrieval task", *(name[o] for o in others)],
-               [[name[r], *(_matrix_cell(verdicts[f"{name[r]} − {name[o]}"]) for o in others)]
+               [[name[r], *(_matrix_cell(findings[r, o]) for o in others)]
                 for r in tasks if category_of[r] == "retrieval"]), "",
-         findings_table([Claim("a, by task", "", "", "", tuple(findings))], table)]
+         findings_table([Claim("a, by task", "", "", "", tuple(findings.values()))], table)]
   return md
 
 
-def by_task_summary(findings: list[Finding]) -> str:
+def by_task_summary(findings: dict[tuple[str, str], Finding]) -> str:
   """One clause per retrieval task for under the verdict table: the other categories' tasks it
   tolerates more sparsity than (reproduced), not more than (refuted: the opposite holds, or the
   claimed direction is rare), and those left unresolved."""
+  name = short_names(sorted({t for pair in findings for t in pair}))
   per: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
-  for f in findings:
-    task, other = f.what.split(" − ")
-    per[task][f.verdict].append(other + (" (yet rare)" if "yet rare" in f.why else ""))
+  for (task, other), f in findings.items():
+    per[name[task]][f.verdict].append(name[other] + (" (yet rare)" if f.yet_rare else ""))
   said = ((REPRODUCED, "more than"), (REFUTED, "not more than"), (UNRESOLVED, "unresolved"))
   return "; ".join(f"{task}: " + ", ".join(f"{word} {' and '.join(v[key])}"
                                            for key, word in said if v[key])
@@ -375,7 +379,7 @@ def by_task_summary(findings: list[Finding]) -> str:
 
 
 def _matrix_cell(f: Finding) -> str:
-  rare = ", yet rare" if "yet rare" in f.why else ""
+  rare = ", yet rare" if f.yet_rare else ""
   return f"{f.verdict}{rare} ({f.signs})" if f.signs else f.verdict
 
 

@@ -203,9 +203,10 @@ def write(out: Path, rows: list[dict[str, Any]], status: list[dict[str, Any]], *
   c_inf, c_inf_comps, c_inf_trends = claims.claim_c(points, "inference")
   verdicts = [claims.claim_a(tol), claims.claim_b(tol, _length_note(fit)), c_train, c_inf,
               claims.claim_d(tol)]
-  sensitivity = [(m, [claims.claim_a(t), claims.claim_b(t), claims.claim_d(t)])
-                 for m in sorted({*claims.SENSITIVITY_MARGINS, margin})
-                 for t in [tl.curves(points, resamples=0, margin=m)]]
+  sensitivity = []  # (a), (b), (d) at other margins (the study's: the curves above)
+  for m in sorted({*claims.SENSITIVITY_MARGINS, margin}):
+    t = tol if m == margin else tl.curves(points, resamples=0, margin=m)
+    sensitivity.append((m, [claims.claim_a(t), claims.claim_b(t), claims.claim_d(t)]))
   # (a) task by task: the same points and tolerances with each task as its own category
   task_points = category_points([{**r, "category": r["task"]} for r in rows], outcomes)
   task_tol = tl.curves(task_points, resamples=0, margin=margin)
@@ -214,7 +215,10 @@ def write(out: Path, rows: list[dict[str, Any]], status: list[dict[str, Any]], *
   models = isoflop.models(points)
   optimal = isoflop.compute_optimal(models)
   dense_by_budget = isoflop.by_budget([m for m in models if not m["sparse"]])
-  top_dense = [isoflop.best(list(dense_by_budget.values())[-1])] if dense_by_budget else []
+  top = isoflop.best(list(dense_by_budget.values())[-1]) if dense_by_budget else None
+  task_fig = plots.plot_task_tolerance(
+      task_points, category_of, plot_dir / "task_tolerance.png", top["run_id"],
+      f"best dense at {top['budget']:.2g} FLOPs") if top else None
   first_figs = [f for f in (
       plots.plot_tolerance_curves(points, plot_dir / "tolerance_curves.png",
                                   isoflop.leaders(models)[:6]),
@@ -223,9 +227,7 @@ def write(out: Path, rows: list[dict[str, Any]], status: list[dict[str, Any]], *
   figs = first_figs + [f for f in (
       plots.plot_tolerance(points, plot_dir / "tolerance.png"),
       plots.plot_budgets(budget_rows, plot_dir / "budgets.png", ALPHA),
-      *[plots.plot_task_tolerance(task_points, category_of, plot_dir / "task_tolerance.png",
-                                  m["run_id"], f"best dense at {m['budget']:.2g} FLOPs")
-        for m in top_dense],
+      task_fig,
       plots.plot_training(curves or {}, plot_dir / "training.png")) if f]
   comps = fr.sparse_vs_dense(comparison_points(points, "inference"), alpha=ALPHA)
   train_comps = fr.sparse_vs_dense(comparison_points(points, "training"), alpha=ALPHA,
@@ -278,7 +280,8 @@ def write(out: Path, rows: list[dict[str, Any]], status: list[dict[str, Any]], *
                              (c_inf_comps, c_inf_trends), joined > 0, _table)]
   md += ["", *claims.sensitivity_markdown(sensitivity, margin, _table)]
   md += ["", *claims.by_task_markdown(by_task, task_tol, category_of, _table)]
-  md += [f"\n![{f.stem}](plots/{f.name})" for f in figs if f.stem == "task_tolerance"]
+  if task_fig:
+    md += ["", f"![{task_fig.stem}](plots/{task_fig.name})"]
   md += ["", *isoflop.markdown(models, optimal, _table)]
   md += ["", "## Does a larger sparse model beat a smaller dense one at equal compute?", "",
          f"Test: one-sided {compare.WELCH} on per-question exact match (two models: unpaired), "

@@ -238,7 +238,8 @@ def test_claim_a_by_task_compares_each_retrieval_task_with_each_other_task():
   cells = [(f"m{i}", t) for i in range(6) for t in (1024, 4096)]
   rows = [_tol(m, task, t, c) for m, t in cells for task, (_, c) in tasks.items()]
   category_of = {task: cat for task, (cat, _) in tasks.items()}
-  found = {f.what: f for f in claims.claim_a_by_task(rows, category_of)}
+  by_pair = claims.claim_a_by_task(rows, category_of)
+  found = {f.what: f for f in by_pair.values()}
   # retrieval tasks in name order, the others by category (multi-hop first), then name
   assert list(found) == [f"{r} − {o}" for r in ("niah_multivalue", "niah_single")
                          for o in ("variable_tracking", "common_words", "frequent_words")]
@@ -255,11 +256,11 @@ def test_claim_a_by_task_compares_each_retrieval_task_with_each_other_task():
   # equal and below the top: the claimed direction never shows, so it is rare
   assert found["niah_multivalue − variable_tracking"].verdict == claims.REFUTED
   assert "rare: 0 of the 12 cells" in found["niah_multivalue − variable_tracking"].why
-  summary = claims.by_task_summary(list(found.values()))
+  summary = claims.by_task_summary(by_pair)
   assert summary == ("niah_multivalue: not more than variable_tracking and common_words and "
                      "frequent_words; niah_single: more than variable_tracking and common_words, "
                      "unresolved frequent_words")
-  md = "\n".join(claims.by_task_markdown(list(found.values()), rows, category_of,
+  md = "\n".join(claims.by_task_markdown(by_pair, rows, category_of,
                                          report._table))
   assert "| niah_single | retrieval | 16× (6) | 16× (6) |" in md
   assert "| niah_single | reproduced (12+ 0− 0=) | reproduced (12+ 0− 0=) | not resolvable here " \
@@ -350,7 +351,7 @@ def test_a_claimed_direction_that_is_rare_refutes_the_claim():
           for t in rows]
   (h,) = claims.claim_d(half).findings
   assert h.verdict == claims.REPRODUCED and h.p_rare > 0.05
-  assert "rare" not in h.why
+  assert "rare" not in h.why and not h.yet_rare
   # 12 up, 0 down, 28 tied: the direction is significant where cells differ, and rare: said so
   many = [dict(t, compression=2 * t["compression"])
           if t["phase"] == "decode" and int(t["run_id"][1:]) < 12 else t for t in rows]
@@ -358,6 +359,7 @@ def test_a_claimed_direction_that_is_rare_refutes_the_claim():
   assert k.signs == "12+ 0− 28=" and k.verdict == claims.REPRODUCED
   assert k.p_for < 0.05 and k.p_rare < 0.05
   assert "yet rare: it shows in 12 of the 40 cells" in k.why and "yet rare: 12 of 40" in k.short
+  assert k.yet_rare  # the flag the task-by-task matrix and summary read
 
 
 def test_mixed_verdicts_are_not_resolvable_and_say_so():
